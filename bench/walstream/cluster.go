@@ -1,0 +1,258 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"os/user"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+)
+
+// cluster is a throwaway PostgreSQL cluster whose postmaster is a child of
+// this process (not daemonized by pg_ctl: PID 1 here does not reap zombies).
+type cluster struct {
+	bin     string
+	dir     string // base directory, owned by the server user
+	data    string
+	port    int
+	logPath string
+	cred    *syscall.Credential // set when we are root
+	home    string
+
+	cmd  *exec.Cmd
+	done chan struct{}
+}
+
+// serverCred returns the credentials to run initdb and postgres with: the
+// postgres OS user when we are root (both refuse to run as root).
+func serverCred() (*syscall.Credential, string, error) {
+	if os.Geteuid() != 0 {
+		return nil, "", nil
+	}
+	u, err := user.Lookup("postgres")
+	if err != nil {
+		return nil, "", fmt.Errorf("running as root, PostgreSQL must run as the postgres OS user, which does not exist: %w", err)
+	}
+	uid, _ := strconv.Atoi(u.Uid)
+	gid, _ := strconv.Atoi(u.Gid)
+	return &syscall.Credential{Uid: uint32(uid), Gid: uint32(gid)}, u.HomeDir, nil
+}
+
+func freePort() (int, error) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return 0, err
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port, nil
+}
+
+// cleanEnv is our environment without libpq's PG* and synbak's SYNBAK_*
+// variables, so that nothing connects elsewhere or reads other settings.
+func cleanEnv(extra ...string) []string {
+	var env []string
+	for _, kv := range os.Environ() {
+		if strings.HasPrefix(kv, "PG") || strings.HasPrefix(kv, "SYNBAK_") {
+			continue
+		}
+		env = append(env, kv)
+	}
+	return append(env, extra...)
+}
+
+// startCluster runs initdb in dir/data and starts the postmaster.
+func startCluster(ctx context.Context, bin, dir string) (*cluster, error) {
+	cred, home, err := serverCred()
+	if err != nil {
+		return nil, err
+	}
+	port, err := freePort()
+	if err != nil {
+		return nil, fmt.Errorf("find a free port: %w", err)
+	}
+	c := &cluster{bin: bin, dir: dir, data: filepath.Join(dir, "data"), port: port,
+		logPath: filepath.Join(dir, "postgres.log"), cred: cred, home: home}
+	sock := filepath.Join(dir, "s")
+	if err := os.Mkdir(sock, 0o755); err != nil {
+		return nil, err
+	}
+	if cred != nil {
+		for _, p := range []string{dir, sock} {
+			if err := os.Chown(p, int(cred.Uid), int(cred.Gid)); err != nil {
+				return nil, err
+			}
+		}
+	}
+	initdb := exec.CommandContext(ctx, filepath.Join(bin, "initdb"), "-D", c.data, "-U", "postgres",
+		"-A", "trust", "-E", "UTF8", "--locale=C", "--no-sync")
+	c.asServer(initdb)
+	if out, err := initdb.CombinedOutput(); err != nil {
+		return nil, fmt.Errorf("initdb: %w\n%s", err, out)
+	}
+	conf := fmt.Sprintf(`
+listen_addresses = '127.0.0.1'
+port = %d
+unix_socket_directories = '%s'
+wal_level = replica
+max_wal_senders = 64
+max_replication_slots = 64
+# The benchmark's slots hold all WAL; no checkpoint should recycle anything.
+wal_keep_size = 0
+max_wal_size = 64GB
+min_wal_size = 1GB
+checkpoint_timeout = 1h
+shared_buffers = 512MB
+# Speeds up generating the WAL; the lag phase sets it back per session.
+synchronous_commit = off
+log_min_messages = warning
+log_checkpoints = off
+`, port, sock)
+	if err := appendFile(filepath.Join(c.data, "postgresql.conf"), conf); err != nil {
+		return nil, err
+	}
+	hba := "local all all trust\nlocal replication all trust\nhost all all 127.0.0.1/32 trust\nhost replication all 127.0.0.1/32 trust\n"
+	if err := os.WriteFile(filepath.Join(c.data, "pg_hba.conf"), []byte(hba), 0o600); err != nil {
+		return nil, err
+	}
+	if cred != nil {
+		if err := os.Chown(filepath.Join(c.data, "pg_hba.conf"), int(cred.Uid), int(cred.Gid)); err != nil {
+			return nil, err
+		}
+	}
+	logf, err := os.Create(c.logPath)
+	if err != nil {
+		return nil, err
+	}
+	defer logf.Close()
+	c.cmd = exec.Command(filepath.Join(bin, "postgres"), "-D", c.data)
+	c.asServer(c.cmd)
+	c.cmd.Stdout, c.cmd.Stderr = logf, logf
+	// SIGQUIT (immediate shutdown) if this process dies without cleaning up.
+	c.cmd.SysProcAttr.Pdeathsig = syscall.SIGQUIT
+	if err := c.cmd.Start(); err != nil {
+		return nil, fmt.Errorf("start postgres: %w", err)
+	}
+	c.done = make(chan struct{})
+	go func() { _ = c.cmd.Wait(); close(c.done) }()
+
+	deadline := time.Now().Add(90 * time.Second)
+	for {
+		conn, err := pgx.Connect(ctx, c.dsn())
+		if err == nil {
+			conn.Close(ctx)
+			return c, nil
+		}
+		select {
+		case <-c.done:
+			return nil, fmt.Errorf("postgres exited during start-up; see %s", c.logPath)
+		case <-ctx.Done():
+			c.stop()
+			return nil, ctx.Err()
+		case <-time.After(200 * time.Millisecond):
+		}
+		if time.Now().After(deadline) {
+			c.stop()
+			return nil, fmt.Errorf("postgres did not accept connections within 90s: %w (see %s)", err, c.logPath)
+		}
+	}
+}
+
+// asServer makes cmd run as the server user in its own process group.
+func (c *cluster) asServer(cmd *exec.Cmd) {
+	cmd.Dir = c.dir
+	env := cleanEnv()
+	if c.home != "" {
+		env = append(env, "HOME="+c.home)
+	}
+	cmd.Env = env
+	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: c.cred, Setpgid: true}
+}
+
+func (c *cluster) dsn() string {
+	return fmt.Sprintf("host=127.0.0.1 port=%d user=postgres dbname=postgres sslmode=disable", c.port)
+}
+
+// stop shuts the postmaster down by PID: SIGINT (fast shutdown), then
+// SIGKILL after 60 s.
+func (c *cluster) stop() {
+	if c == nil || c.cmd == nil || c.cmd.Process == nil {
+		return
+	}
+	select {
+	case <-c.done:
+		return
+	default:
+	}
+	_ = c.cmd.Process.Signal(syscall.SIGINT)
+	select {
+	case <-c.done:
+	case <-time.After(60 * time.Second):
+		_ = c.cmd.Process.Kill()
+		<-c.done
+	}
+}
+
+func appendFile(p, s string) error {
+	f, err := os.OpenFile(p, os.O_APPEND|os.O_WRONLY, 0)
+	if err != nil {
+		return err
+	}
+	if _, err := f.WriteString(s); err != nil {
+		f.Close()
+		return err
+	}
+	return f.Close()
+}
+
+// procCPU returns the user+system CPU seconds a live process has used
+// (from /proc/PID/stat; clock ticks of 1/100 s as on every Linux build).
+func procCPU(pid int) (float64, error) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0, err
+	}
+	s := string(b)
+	i := strings.LastIndexByte(s, ')')
+	if i < 0 {
+		return 0, errors.New("unexpected /proc stat format")
+	}
+	f := strings.Fields(s[i+1:])
+	if len(f) < 13 {
+		return 0, errors.New("unexpected /proc stat format")
+	}
+	ut, err1 := strconv.ParseFloat(f[11], 64)
+	st, err2 := strconv.ParseFloat(f[12], 64)
+	if err1 != nil || err2 != nil {
+		return 0, errors.New("unexpected /proc stat format")
+	}
+	return (ut + st) / 100, nil
+}
+
+// busyCPU returns the CPU seconds all CPUs have spent busy since boot (from
+// /proc/stat: user, nice, system, irq, softirq, steal).
+func busyCPU() float64 {
+	b, err := os.ReadFile("/proc/stat")
+	if err != nil {
+		return 0
+	}
+	line, _, _ := strings.Cut(string(b), "\n")
+	f := strings.Fields(line)
+	if len(f) < 9 || f[0] != "cpu" {
+		return 0
+	}
+	var sum float64
+	for _, i := range []int{1, 2, 3, 6, 7, 8} {
+		v, _ := strconv.ParseFloat(f[i], 64)
+		sum += v
+	}
+	return sum / 100
+}

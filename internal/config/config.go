@@ -1,0 +1,291 @@
+// Package config holds synbak's typed configuration: the struct every
+// command receives, its defaults, and its validation. Reading the YAML file,
+// the SYNBAK_* environment and the flags into it is cmd/synbak's job (viper
+// lives only there); this package knows nothing about where values came from.
+package config
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// Config is synbak's whole configuration. The mapstructure tags are the keys
+// of synbak.yaml (dotted paths for nested keys).
+type Config struct {
+	Synapse    Synapse    `mapstructure:"synapse"`
+	Repository Repository `mapstructure:"repository"`
+	Postgres   Postgres   `mapstructure:"postgres"`
+	WAL        WAL        `mapstructure:"wal"`
+	HTTP       HTTP       `mapstructure:"http"`
+	StateDir   string     `mapstructure:"state_dir"`
+	Basebackup Basebackup `mapstructure:"basebackup"`
+	Retention  Retention  `mapstructure:"retention"`
+	Dump       Dump       `mapstructure:"dump"`
+	Log        Log        `mapstructure:"log"`
+}
+
+// Synapse says where the homeserver's configuration is.
+type Synapse struct {
+	// Config lists homeserver.yaml files or conf.d directories, in the
+	// order Synapse's -c options take them.
+	Config []string `mapstructure:"config"`
+	// Workdir is Synapse's working directory: relative paths in
+	// homeserver.yaml are relative to it.
+	Workdir string `mapstructure:"workdir"`
+}
+
+// Repository says where backups are stored.
+type Repository struct {
+	// Path is a local directory.
+	Path string `mapstructure:"path"`
+	// URL is a repository URL (s3://bucket/prefix); not supported yet.
+	URL string `mapstructure:"url"`
+	// Compression is "zstd" or "none".
+	Compression string `mapstructure:"compression"`
+	// ZstdLevel is the zstd level, 1 (fastest) to 22 (smallest), mapped to
+	// the nearest klauspost/compress encoder level.
+	ZstdLevel int `mapstructure:"zstd_level"`
+}
+
+// Postgres overrides or complements the connection found in homeserver.yaml.
+type Postgres struct {
+	// DSN is a libpq conninfo string or URL; when set it replaces the
+	// database section of homeserver.yaml for every connection synbak makes.
+	DSN string `mapstructure:"dsn"`
+	// DSNFile names a file holding the DSN (so that a password in it stays
+	// out of synbak.yaml and the environment).
+	DSNFile string `mapstructure:"dsn_file"`
+	// Slot is the physical replication slot.
+	Slot string `mapstructure:"slot"`
+}
+
+// WAL configures the WAL receiver.
+type WAL struct {
+	// StatusInterval is how often the receiver sends a standby status
+	// update (and fsyncs what it has received) when nothing else prompts it.
+	StatusInterval Duration `mapstructure:"status_interval"`
+	// Synchronous makes the receiver fsync and report flush after every
+	// message, so that it can be listed in synchronous_standby_names.
+	Synchronous bool `mapstructure:"synchronous"`
+	// PartialInterval is how often the open partial segment is stored in
+	// the repository when it has changed (bounds the RPO on a quiet server).
+	PartialInterval Duration `mapstructure:"partial_interval"`
+	// PrefetchSegments is how many segments wal-fetch fetches ahead.
+	PrefetchSegments int `mapstructure:"prefetch"`
+}
+
+// HTTP configures the agent's HTTP endpoint.
+type HTTP struct {
+	Listen string `mapstructure:"listen"`
+}
+
+// Basebackup configures scheduled base backups.
+type Basebackup struct {
+	Interval Duration `mapstructure:"interval"`
+}
+
+// Retention configures what prune keeps.
+type Retention struct {
+	Backups int      `mapstructure:"backups"`
+	Window  Duration `mapstructure:"window"`
+	Dumps   int      `mapstructure:"dumps"`
+}
+
+// Dump configures logical dumps.
+type Dump struct {
+	Interval Duration `mapstructure:"interval"`
+}
+
+// Log configures logging.
+type Log struct {
+	Level  string `mapstructure:"level"`
+	Format string `mapstructure:"format"`
+}
+
+// Defaults returns every key's default value, keyed by its dotted name. The
+// set of keys is also the set of keys synbak.yaml may contain.
+func Defaults() map[string]any {
+	return map[string]any{
+		"synapse.config":         []string{"/etc/matrix-synapse/homeserver.yaml"},
+		"synapse.workdir":        "/var/lib/matrix-synapse",
+		"repository.path":        "",
+		"repository.url":         "",
+		"repository.compression": "zstd",
+		"repository.zstd_level":  2,
+		"postgres.dsn":           "",
+		"postgres.dsn_file":      "",
+		"postgres.slot":          "synbak",
+		"wal.status_interval":    "10s",
+		"wal.synchronous":        false,
+		"wal.partial_interval":   "10s",
+		"wal.prefetch":           4,
+		"http.listen":            "127.0.0.1:9816",
+		"state_dir":              "/var/lib/synbak",
+		"basebackup.interval":    "24h",
+		"retention.backups":      7,
+		"retention.window":       "14d",
+		"retention.dumps":        7,
+		"dump.interval":          "0",
+		"log.level":              "info",
+		"log.format":             "text",
+	}
+}
+
+// ErrInvalid marks every validation error, so that cmd can map it to exit
+// code 2.
+var ErrInvalid = errors.New("invalid configuration")
+
+// IsInvalid reports whether err is a configuration error.
+func IsInvalid(err error) bool { return errors.Is(err, ErrInvalid) }
+
+func invalid(format string, args ...any) error {
+	return fmt.Errorf("%w: %s", ErrInvalid, fmt.Sprintf(format, args...))
+}
+
+// Validate checks values that each key's type alone does not constrain.
+func (c *Config) Validate() error {
+	var errs []error
+	add := func(err error) { errs = append(errs, err) }
+	if c.Repository.Path != "" && c.Repository.URL != "" {
+		add(invalid("repository.path and repository.url are both set: set one of them"))
+	}
+	if c.Repository.URL != "" {
+		add(invalid("repository.url %q: only local repositories (repository.path) are supported in this version", redactURL(c.Repository.URL)))
+	}
+	switch c.Repository.Compression {
+	case "zstd", "none":
+	default:
+		add(invalid("repository.compression %q: must be zstd or none", c.Repository.Compression))
+	}
+	if c.Repository.ZstdLevel < 1 || c.Repository.ZstdLevel > 22 {
+		add(invalid("repository.zstd_level %d: must be between 1 (fastest) and 22 (smallest)", c.Repository.ZstdLevel))
+	}
+	if c.Postgres.DSN != "" && c.Postgres.DSNFile != "" {
+		add(invalid("postgres.dsn and postgres.dsn_file are both set: set one of them"))
+	}
+	if !validSlotName(c.Postgres.Slot) {
+		add(invalid("postgres.slot %q: a slot name is 1 to 63 lower-case letters, digits and underscores", c.Postgres.Slot))
+	}
+	if c.WAL.StatusInterval.D() < 100*time.Millisecond {
+		add(invalid("wal.status_interval %s: must be at least 100ms", c.WAL.StatusInterval))
+	}
+	if c.WAL.PartialInterval.D() < 0 {
+		add(invalid("wal.partial_interval %s: must not be negative (0 turns partial uploads off)", c.WAL.PartialInterval))
+	}
+	if c.WAL.PrefetchSegments < 0 || c.WAL.PrefetchSegments > 64 {
+		add(invalid("wal.prefetch %d: must be between 0 and 64", c.WAL.PrefetchSegments))
+	}
+	if c.Basebackup.Interval.D() < 0 {
+		add(invalid("basebackup.interval %s: must not be negative", c.Basebackup.Interval))
+	}
+	if c.Retention.Backups < 1 {
+		add(invalid("retention.backups %d: must be at least 1", c.Retention.Backups))
+	}
+	if c.Retention.Window.D() < 0 {
+		add(invalid("retention.window %s: must not be negative", c.Retention.Window))
+	}
+	if c.Retention.Dumps < 0 {
+		add(invalid("retention.dumps %d: must not be negative", c.Retention.Dumps))
+	}
+	if c.Dump.Interval.D() < 0 {
+		add(invalid("dump.interval %s: must not be negative", c.Dump.Interval))
+	}
+	switch strings.ToLower(c.Log.Level) {
+	case "debug", "info", "warn", "error":
+	default:
+		add(invalid("log.level %q: must be debug, info, warn or error", c.Log.Level))
+	}
+	switch c.Log.Format {
+	case "text", "json":
+	default:
+		add(invalid("log.format %q: must be text or json", c.Log.Format))
+	}
+	return errors.Join(errs...)
+}
+
+// ResolveDSN returns the configured DSN, reading postgres.dsn_file when set.
+// The error never contains the file's content.
+func (c *Config) ResolveDSN() (string, error) {
+	if c.Postgres.DSNFile == "" {
+		return c.Postgres.DSN, nil
+	}
+	b, err := os.ReadFile(c.Postgres.DSNFile)
+	if err != nil {
+		return "", fmt.Errorf("%w: postgres.dsn_file: %w", ErrInvalid, err)
+	}
+	return strings.TrimSpace(string(b)), nil
+}
+
+// RequireRepository checks that a repository is configured.
+func (c *Config) RequireRepository() error {
+	if c.Repository.Path == "" && c.Repository.URL == "" {
+		return invalid("no repository configured: set repository.path in synbak.yaml, SYNBAK_REPOSITORY_PATH, or pass --repo DIR")
+	}
+	return nil
+}
+
+func validSlotName(s string) bool {
+	if s == "" || len(s) > 63 {
+		return false
+	}
+	for _, r := range s {
+		if !(r >= 'a' && r <= 'z' || r >= '0' && r <= '9' || r == '_') {
+			return false
+		}
+	}
+	return true
+}
+
+func redactURL(u string) string {
+	if i := strings.Index(u, "@"); i >= 0 {
+		if j := strings.Index(u, "://"); j >= 0 && j < i {
+			return u[:j+3] + "REDACTED@" + u[i+1:]
+		}
+	}
+	return u
+}
+
+// Duration is a time.Duration that also accepts whole days ("14d", "7d12h")
+// and a bare "0".
+type Duration time.Duration
+
+// D returns the value as a time.Duration.
+func (d Duration) D() time.Duration { return time.Duration(d) }
+
+// String formats the duration, using days when it is a whole number of them.
+func (d Duration) String() string {
+	td := time.Duration(d)
+	if td != 0 && td%(24*time.Hour) == 0 {
+		return strconv.FormatInt(int64(td/(24*time.Hour)), 10) + "d"
+	}
+	return td.String()
+}
+
+// ParseDuration parses a Go duration with an optional leading day count.
+func ParseDuration(s string) (Duration, error) {
+	s = strings.TrimSpace(s)
+	if s == "0" {
+		return 0, nil
+	}
+	var days int64
+	if i := strings.IndexByte(s, 'd'); i > 0 {
+		n, err := strconv.ParseInt(s[:i], 10, 64)
+		if err != nil {
+			return 0, fmt.Errorf("invalid duration %q: use Go's form (90s, 10m, 24h) or days (7d)", s)
+		}
+		days, s = n, s[i+1:]
+	}
+	var rest time.Duration
+	if s != "" {
+		var err error
+		rest, err = time.ParseDuration(s)
+		if err != nil {
+			return 0, fmt.Errorf("invalid duration %q: use Go's form (90s, 10m, 24h) or days (7d)", s)
+		}
+	}
+	return Duration(time.Duration(days)*24*time.Hour + rest), nil
+}

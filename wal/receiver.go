@@ -1,0 +1,692 @@
+// Package wal streams PostgreSQL's write-ahead log into the repository over
+// the physical replication protocol (the job pg_receivewal does, with a
+// replication slot, a durable local spool and an uploader), and fetches it
+// back for PostgreSQL's restore_command.
+package wal
+
+import (
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/jackc/pglogrepl"
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgproto3"
+
+	"github.com/synbak/synbak/internal/pgsource"
+	"github.com/synbak/synbak/internal/repo"
+)
+
+// Connector opens physical replication connections (pgsource.Source does).
+type Connector interface {
+	ConnectReplication(ctx context.Context, appName string) (*pgconn.PgConn, error)
+}
+
+// Options configures a Receiver.
+type Options struct {
+	// Slot is the physical replication slot; also the application_name.
+	Slot string
+	// SpoolDir is the local directory for the spool (state_dir/wal).
+	SpoolDir string
+	// StatusInterval is how often status updates are sent and received WAL
+	// fsynced when nothing else prompts it.
+	StatusInterval time.Duration
+	// Synchronous fsyncs and reports flush after every WAL message.
+	Synchronous bool
+	// PartialInterval is how often the open segment is stored as a partial
+	// object when it has changed; 0 turns that off.
+	PartialInterval time.Duration
+	// MaxBackoff caps the reconnection delay (default 30s).
+	MaxBackoff time.Duration
+}
+
+// ErrPermanent marks errors that reconnecting cannot fix; Run returns them.
+var ErrPermanent = errors.New("permanent error")
+
+// IsPermanent reports whether err needs an admin, not a retry.
+func IsPermanent(err error) bool { return errors.Is(err, ErrPermanent) }
+
+// Status is a snapshot of the receiver's progress.
+type Status struct {
+	SystemID   string
+	Timeline   uint32
+	Received   pglogrepl.LSN // end of WAL written to the spool
+	Flushed    pglogrepl.LSN // end of WAL fsynced and reported as flushed
+	Archived   pglogrepl.LSN // end of the newest complete segment stored in the repository
+	ServerTime time.Time     // server time of the last message received
+	Streaming  bool
+	LastError  string
+}
+
+// Receiver streams WAL from one PostgreSQL cluster into the repository.
+type Receiver struct {
+	src  Connector
+	repo *repo.Repo
+	opts Options
+	log  *slog.Logger
+
+	mu     sync.Mutex
+	status Status
+
+	up *uploader
+}
+
+// NewReceiver returns a receiver; Run starts it.
+func NewReceiver(src Connector, r *repo.Repo, opts Options, log *slog.Logger) *Receiver {
+	if opts.StatusInterval <= 0 {
+		opts.StatusInterval = 10 * time.Second
+	}
+	if opts.MaxBackoff <= 0 {
+		opts.MaxBackoff = 30 * time.Second
+	}
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	return &Receiver{src: src, repo: r, opts: opts, log: log.With("component", "wal", "slot", opts.Slot)}
+}
+
+// Status returns the receiver's progress.
+func (r *Receiver) Status() Status {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.status
+}
+
+func (r *Receiver) update(f func(*Status)) {
+	r.mu.Lock()
+	f(&r.status)
+	r.mu.Unlock()
+}
+
+// Run streams until ctx is cancelled (then returns nil after making the open
+// segment durable and stored) or a permanent error occurs. Transient errors
+// (connection lost, server restart) reconnect with backoff.
+func (r *Receiver) Run(ctx context.Context) error {
+	backoff := time.Second
+	slotBusySince := time.Time{}
+	for {
+		started := time.Now()
+		err := r.session(ctx)
+		if ctx.Err() != nil {
+			return nil
+		}
+		if err == nil {
+			continue
+		}
+		if isSlotActive(err) {
+			if slotBusySince.IsZero() {
+				slotBusySince = time.Now()
+			} else if time.Since(slotBusySince) > 2*time.Minute {
+				return fmt.Errorf("%w: %w", ErrPermanent, err)
+			}
+		} else {
+			slotBusySince = time.Time{}
+		}
+		if IsPermanent(err) {
+			r.update(func(s *Status) { s.LastError = err.Error(); s.Streaming = false })
+			return err
+		}
+		if time.Since(started) > time.Minute {
+			backoff = time.Second
+		}
+		r.update(func(s *Status) { s.LastError = err.Error(); s.Streaming = false })
+		wait := backoff/2 + rand.N(backoff/2+1)
+		r.log.Warn("WAL streaming interrupted; reconnecting", "err", err, "retry_in", wait.Round(time.Millisecond))
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-time.After(wait):
+		}
+		backoff = min(backoff*2, r.opts.MaxBackoff)
+	}
+}
+
+// BindRepository identifies the server and binds the repository to its
+// system identifier, refusing a repository of another cluster.
+func BindRepository(ctx context.Context, conn *pgconn.PgConn, rp *repo.Repo) (string, error) {
+	sys, err := pglogrepl.IdentifySystem(ctx, conn)
+	if err != nil {
+		return "", fmt.Errorf("IDENTIFY_SYSTEM: %w", err)
+	}
+	if err := rp.BindSystemID(ctx, sys.SystemID); err != nil {
+		if repo.IsWrongCluster(err) {
+			return "", fmt.Errorf("%w: %w", ErrPermanent, err)
+		}
+		return "", err
+	}
+	return sys.SystemID, nil
+}
+
+// session is one connection's worth of streaming.
+func (r *Receiver) session(ctx context.Context) (err error) {
+	conn, err := r.src.ConnectReplication(ctx, r.opts.Slot)
+	if err != nil {
+		if pgsource.IsPrivilege(err) {
+			return fmt.Errorf("%w: %w", ErrPermanent, err)
+		}
+		return err
+	}
+	defer conn.Close(context.Background())
+
+	sys, err := pglogrepl.IdentifySystem(ctx, conn)
+	if err != nil {
+		return fmt.Errorf("IDENTIFY_SYSTEM: %w", err)
+	}
+	if err := r.repo.BindSystemID(ctx, sys.SystemID); err != nil {
+		if repo.IsWrongCluster(err) {
+			return fmt.Errorf("%w: %w", ErrPermanent, err)
+		}
+		return err
+	}
+	segSize, err := showSegmentSize(ctx, conn)
+	if err != nil {
+		return err
+	}
+	if err := storeSettings(ctx, r.repo, sys.SystemID, segSize); err != nil {
+		return err
+	}
+	r.update(func(s *Status) { s.SystemID = sys.SystemID })
+
+	sp, err := openSpool(filepath.Join(r.opts.SpoolDir, sys.SystemID), segSize)
+	if err != nil {
+		return err
+	}
+	defer sp.close()
+
+	up := newUploader(r.repo, sp, sys.SystemID, r.log, func(end pglogrepl.LSN) {
+		r.update(func(s *Status) {
+			if end > s.Archived {
+				s.Archived = end
+			}
+		})
+	})
+	upCtx, upCancel := context.WithCancel(context.WithoutCancel(ctx))
+	upDone := make(chan error, 1)
+	go func() { upDone <- up.run(upCtx) }()
+	defer func() {
+		// Let the uploader store what is finished (bounded), then stop it.
+		up.drain()
+		select {
+		case uerr := <-upDone:
+			if err == nil && uerr != nil {
+				err = uerr
+			}
+			upCancel()
+		case <-time.After(2 * time.Minute):
+			r.log.Error("uploader did not finish within 2 minutes; the spool keeps what is not stored", "dir", sp.dir)
+			upCancel()
+			<-upDone
+		}
+	}()
+	up.kick()
+
+	if err := r.ensureSlot(ctx, conn); err != nil {
+		return err
+	}
+	for t := uint32(2); t <= uint32(sys.Timeline); t++ {
+		if err := storeHistory(ctx, conn, r.repo, t); err != nil {
+			return err
+		}
+	}
+
+	tli, start, err := r.startPoint(ctx, conn, sp, uint32(sys.Timeline))
+	if err != nil {
+		return err
+	}
+	for {
+		next, err := r.stream(ctx, conn, sp, up, tli, start)
+		if err != nil || next == nil {
+			return err
+		}
+		if err := storeHistory(ctx, conn, r.repo, next.tli); err != nil {
+			return err
+		}
+		r.log.Info("following timeline switch", "timeline", next.tli, "lsn", next.switchLSN)
+		tli = next.tli
+		start = SegmentAt(tli, next.switchLSN, segSize).StartLSN()
+	}
+}
+
+type timelineSwitch struct {
+	tli       uint32
+	switchLSN pglogrepl.LSN
+}
+
+// ensureSlot creates the physical slot (reserving WAL) when missing.
+func (r *Receiver) ensureSlot(ctx context.Context, conn *pgconn.PgConn) error {
+	info, err := readSlot(ctx, conn, r.opts.Slot)
+	if err != nil {
+		return err
+	}
+	if info.exists {
+		if info.slotType != "physical" {
+			return fmt.Errorf("%w: replication slot %q is a %s slot: choose another postgres.slot name", ErrPermanent, r.opts.Slot, info.slotType)
+		}
+		return nil
+	}
+	sql := fmt.Sprintf("CREATE_REPLICATION_SLOT %s PHYSICAL (RESERVE_WAL)", r.opts.Slot)
+	if _, err := conn.Exec(ctx, sql).ReadAll(); err != nil {
+		var pgErr *pgconn.PgError
+		if errors.As(err, &pgErr) && pgErr.Code == "42710" { // created concurrently
+			return nil
+		}
+		return fmt.Errorf("create replication slot %q: %w", r.opts.Slot, err)
+	}
+	r.log.Info("created physical replication slot (consider max_slot_wal_keep_size so that a stopped agent cannot fill the server's disk)")
+	return nil
+}
+
+type slotInfo struct {
+	exists     bool
+	slotType   string
+	restartLSN pglogrepl.LSN
+	restartTLI uint32
+}
+
+func readSlot(ctx context.Context, conn *pgconn.PgConn, slot string) (slotInfo, error) {
+	res, err := conn.Exec(ctx, "READ_REPLICATION_SLOT "+slot).ReadAll()
+	if err != nil {
+		return slotInfo{}, fmt.Errorf("READ_REPLICATION_SLOT %s: %w", slot, err)
+	}
+	if len(res) != 1 || len(res[0].Rows) != 1 || len(res[0].Rows[0]) < 3 {
+		return slotInfo{}, fmt.Errorf("READ_REPLICATION_SLOT %s: unexpected reply", slot)
+	}
+	row := res[0].Rows[0]
+	if row[0] == nil {
+		return slotInfo{}, nil
+	}
+	si := slotInfo{exists: true, slotType: string(row[0])}
+	if row[1] != nil {
+		lsn, err := pglogrepl.ParseLSN(string(row[1]))
+		if err != nil {
+			return slotInfo{}, fmt.Errorf("READ_REPLICATION_SLOT %s: restart_lsn: %w", slot, err)
+		}
+		si.restartLSN = lsn
+	}
+	if row[2] != nil {
+		t, _ := strconv.ParseUint(string(row[2]), 10, 32)
+		si.restartTLI = uint32(t)
+	}
+	return si, nil
+}
+
+// startPoint decides where streaming resumes: at the open segment in the
+// spool, else after the newest segment stored (spool or repository), else at
+// the slot's restart_lsn; always at a segment boundary.
+func (r *Receiver) startPoint(ctx context.Context, conn *pgconn.PgConn, sp *spool, serverTLI uint32) (uint32, pglogrepl.LSN, error) {
+	var best *Segment
+	consider := func(s Segment) {
+		if best == nil || s.TLI > best.TLI || (s.TLI == best.TLI && s.No > best.No) {
+			c := s
+			best = &c
+		}
+	}
+	partials, err := sp.openPartials()
+	if err != nil {
+		return 0, 0, err
+	}
+	for _, s := range partials {
+		consider(s)
+	}
+	pend, err := sp.pending()
+	if err != nil {
+		return 0, 0, err
+	}
+	for _, e := range pend {
+		if e.valid == sp.segSize {
+			consider(e.seg.Next())
+		}
+	}
+	last, err := lastArchivedSegment(ctx, r.repo, sp.segSize)
+	if err != nil {
+		return 0, 0, err
+	}
+	if last != nil {
+		consider(last.Next())
+	}
+	slot, err := readSlot(ctx, conn, r.opts.Slot)
+	if err != nil {
+		return 0, 0, err
+	}
+	if !slot.exists {
+		return 0, 0, fmt.Errorf("replication slot %q disappeared", r.opts.Slot)
+	}
+	if slot.restartLSN == 0 {
+		return 0, 0, fmt.Errorf("%w: replication slot %q reserves no WAL (created without RESERVE_WAL?): drop it with SELECT pg_drop_replication_slot('%s') and let synbak create it", ErrPermanent, r.opts.Slot, r.opts.Slot)
+	}
+	if best == nil {
+		tli := slot.restartTLI
+		if tli == 0 {
+			tli = serverTLI
+		}
+		s := SegmentAt(tli, slot.restartLSN, sp.segSize)
+		r.log.Info("starting at the slot's restart_lsn", "lsn", s.StartLSN(), "timeline", tli)
+		return tli, s.StartLSN(), nil
+	}
+	if best.StartLSN() < SegmentAt(best.TLI, slot.restartLSN, sp.segSize).StartLSN() {
+		return 0, 0, fmt.Errorf("%w: the repository ends at %s but replication slot %q starts at %s: the WAL between them is gone from the server (the slot was dropped or recreated, or max_slot_wal_keep_size was exceeded). Restores cannot cross this gap: take a new base backup (synbak backup) so that restores can start after it",
+			ErrPermanent, best.StartLSN(), r.opts.Slot, slot.restartLSN)
+	}
+	r.log.Info("resuming after the archived WAL", "lsn", best.StartLSN(), "timeline", best.TLI)
+	return best.TLI, best.StartLSN(), nil
+}
+
+// stream runs START_REPLICATION from start on tli until the timeline ends
+// (it returns the switch), ctx is cancelled, or an error.
+func (r *Receiver) stream(ctx context.Context, conn *pgconn.PgConn, sp *spool, up *uploader, tli uint32, start pglogrepl.LSN) (*timelineSwitch, error) {
+	err := pglogrepl.StartReplication(ctx, conn, r.opts.Slot, start, pglogrepl.StartReplicationOptions{Timeline: int32(tli), Mode: pglogrepl.PhysicalReplication})
+	if err != nil {
+		if next, lsn, ok := endOfTimeline(err); ok {
+			return &timelineSwitch{tli: next, switchLSN: lsn}, nil
+		}
+		return nil, startError(err, r.opts.Slot, start)
+	}
+	r.log.Info("streaming", "lsn", start, "timeline", tli)
+	r.update(func(s *Status) { s.Timeline = tli; s.Streaming = true; s.LastError = "" })
+
+	st := &streamState{sp: sp, up: up, tli: tli, pos: start, flushed: start}
+	defer func() {
+		if st.cur != nil {
+			_ = st.cur.sync()
+			st.cur.f.Close()
+		}
+	}()
+	// Data before start is durable by construction (archived or in the spool).
+	nextStatus := time.Now()
+	lastPartial := time.Now()
+	var partialStored uint64
+	var partialSeg Segment
+	for {
+		if time.Now().After(nextStatus) {
+			if err := r.flushAndReport(ctx, conn, st, false); err != nil {
+				return nil, err
+			}
+			nextStatus = time.Now().Add(r.opts.StatusInterval)
+		}
+		if r.opts.PartialInterval > 0 && time.Since(lastPartial) >= r.opts.PartialInterval {
+			if st.cur != nil && st.cur.written > 0 && (st.cur.seg != partialSeg || st.cur.written != partialStored) {
+				// Only durable bytes go into a partial object.
+				if err := r.flushAndReport(ctx, conn, st, false); err != nil {
+					return nil, err
+				}
+				up.storePartial(st.cur.seg, st.cur.synced, segTimes{First: st.cur.first, Last: st.cur.last})
+				partialSeg, partialStored = st.cur.seg, st.cur.synced
+			}
+			lastPartial = time.Now()
+		}
+		deadline := nextStatus
+		if r.opts.PartialInterval > 0 {
+			if pd := lastPartial.Add(r.opts.PartialInterval); pd.Before(deadline) {
+				deadline = pd
+			}
+		}
+		rctx, cancel := context.WithDeadline(ctx, deadline)
+		msg, err := conn.ReceiveMessage(rctx)
+		cancel()
+		if err != nil {
+			if ctx.Err() != nil {
+				return nil, r.shutdown(conn, st)
+			}
+			if pgconn.Timeout(err) {
+				continue
+			}
+			return nil, fmt.Errorf("receive WAL: %w", err)
+		}
+		switch m := msg.(type) {
+		case *pgproto3.CopyData:
+			if len(m.Data) == 0 {
+				continue
+			}
+			switch m.Data[0] {
+			case pglogrepl.XLogDataByteID:
+				xld, err := pglogrepl.ParseXLogData(m.Data[1:])
+				if err != nil {
+					return nil, fmt.Errorf("parse XLogData: %w", err)
+				}
+				if err := st.write(xld); err != nil {
+					return nil, err
+				}
+				r.update(func(s *Status) { s.Received = st.pos; s.ServerTime = xld.ServerTime })
+				if r.opts.Synchronous {
+					if err := r.flushAndReport(ctx, conn, st, false); err != nil {
+						return nil, err
+					}
+				}
+			case pglogrepl.PrimaryKeepaliveMessageByteID:
+				ka, err := pglogrepl.ParsePrimaryKeepaliveMessage(m.Data[1:])
+				if err != nil {
+					return nil, fmt.Errorf("parse keepalive: %w", err)
+				}
+				if ka.ServerWALEnd <= st.pos && st.cur != nil {
+					st.cur.last = ka.ServerTime.UTC().Format(time.RFC3339Nano)
+				}
+				r.update(func(s *Status) { s.ServerTime = ka.ServerTime })
+				if ka.ReplyRequested {
+					if err := r.flushAndReport(ctx, conn, st, false); err != nil {
+						return nil, err
+					}
+					nextStatus = time.Now().Add(r.opts.StatusInterval)
+				}
+			default:
+				return nil, fmt.Errorf("unexpected replication message type %q", m.Data[0])
+			}
+		case *pgproto3.CopyDone:
+			// End of the timeline: keep its last segment as a partial.
+			if err := r.flushAndReport(ctx, conn, st, false); err != nil {
+				return nil, err
+			}
+			if err := st.finishTimeline(); err != nil {
+				return nil, err
+			}
+			res, err := pglogrepl.SendStandbyCopyDone(ctx, conn)
+			if err != nil {
+				return nil, fmt.Errorf("end of timeline %d: %w", tli, err)
+			}
+			if res == nil {
+				return nil, fmt.Errorf("end of timeline %d: the server sent no next timeline", tli)
+			}
+			return &timelineSwitch{tli: uint32(res.Timeline), switchLSN: res.LSN}, nil
+		case *pgproto3.ErrorResponse:
+			return nil, startError(pgconn.ErrorResponseToPgError(m), r.opts.Slot, start)
+		default:
+			// NoticeResponse and the like.
+		}
+	}
+}
+
+// shutdown makes what was received durable, reports it, stores the open
+// segment as a partial object and ends the replication.
+func (r *Receiver) shutdown(conn *pgconn.PgConn, st *streamState) error {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := r.flushAndReport(ctx, conn, st, false); err != nil {
+		r.log.Warn("final status update failed", "err", err)
+	}
+	if st.cur != nil && st.cur.synced > 0 {
+		st.up.storePartial(st.cur.seg, st.cur.synced, segTimes{First: st.cur.first, Last: st.cur.last})
+	}
+	_, _ = pglogrepl.SendStandbyCopyDone(ctx, conn)
+	r.log.Info("WAL streaming stopped", "flushed", st.flushed)
+	return nil
+}
+
+// flushAndReport fsyncs the open segment and tells the server how far WAL is
+// written and durable. Apply is reported as 0 (invalid), like pg_receivewal.
+func (r *Receiver) flushAndReport(ctx context.Context, conn *pgconn.PgConn, st *streamState, reply bool) error {
+	if st.cur != nil {
+		if err := st.cur.sync(); err != nil {
+			return fmt.Errorf("%w (streaming stops acknowledging WAL until this is fixed)", err)
+		}
+		st.flushed = st.cur.seg.StartLSN() + pglogrepl.LSN(st.cur.synced)
+	} else {
+		st.flushed = st.pos
+	}
+	r.update(func(s *Status) { s.Flushed = st.flushed })
+	return sendStatus(ctx, conn, st.pos, st.flushed, reply)
+}
+
+// sendStatus writes the 34-byte standby status update itself, because
+// pglogrepl.SendStandbyStatusUpdate replaces a zero flush or apply position
+// with the write position.
+func sendStatus(ctx context.Context, conn *pgconn.PgConn, write, flush pglogrepl.LSN, reply bool) error {
+	buf := make([]byte, 34)
+	buf[0] = pglogrepl.StandbyStatusUpdateByteID
+	binary.BigEndian.PutUint64(buf[1:], uint64(write))
+	binary.BigEndian.PutUint64(buf[9:], uint64(flush))
+	binary.BigEndian.PutUint64(buf[17:], 0)
+	const pgEpochMicros = 946684800 * 1000000
+	binary.BigEndian.PutUint64(buf[25:], uint64(time.Now().UnixMicro()-pgEpochMicros))
+	if reply {
+		buf[33] = 1
+	}
+	conn.Frontend().Send(&pgproto3.CopyData{Data: buf})
+	if err := conn.Frontend().Flush(); err != nil {
+		return fmt.Errorf("send standby status: %w", err)
+	}
+	return nil
+}
+
+// streamState is the receive loop's position and open segment.
+type streamState struct {
+	sp      *spool
+	up      *uploader
+	tli     uint32
+	pos     pglogrepl.LSN // next byte expected
+	flushed pglogrepl.LSN
+	cur     *segmentFile
+}
+
+// write stores one XLogData message, splitting it at segment boundaries.
+func (st *streamState) write(x pglogrepl.XLogData) error {
+	if x.WALStart != st.pos {
+		return fmt.Errorf("WAL stream jumped from %s to %s", st.pos, x.WALStart)
+	}
+	when := x.ServerTime.UTC().Format(time.RFC3339Nano)
+	data := x.WALData
+	for len(data) > 0 {
+		if st.cur == nil {
+			seg := SegmentAt(st.tli, st.pos, st.sp.segSize)
+			if st.pos != seg.StartLSN() {
+				return fmt.Errorf("WAL stream starts at %s, inside segment %s with no open file", st.pos, seg.Name())
+			}
+			f, err := st.sp.create(seg)
+			if err != nil {
+				return err
+			}
+			st.cur = f
+			f.first = when
+		}
+		room := st.sp.segSize - st.cur.written
+		n := min(uint64(len(data)), room)
+		if _, err := st.cur.f.WriteAt(data[:n], int64(st.cur.written)); err != nil {
+			return fmt.Errorf("write %s: %w", st.cur.f.Name(), diskErr(err))
+		}
+		st.cur.written += n
+		st.cur.last = when
+		st.pos += pglogrepl.LSN(n)
+		data = data[n:]
+		if st.cur.written == st.sp.segSize {
+			if err := st.sp.finish(st.cur, st.cur.seg.Name()); err != nil {
+				return err
+			}
+			st.cur = nil
+			st.up.kick()
+		}
+	}
+	return nil
+}
+
+// finishTimeline turns the open segment of an ended timeline into a
+// finished partial file for upload.
+func (st *streamState) finishTimeline() error {
+	if st.cur == nil {
+		return nil
+	}
+	name := fmt.Sprintf("%s%s%08X", st.cur.seg.Name(), partialMarker, st.cur.written)
+	if err := st.sp.finish(st.cur, name); err != nil {
+		return err
+	}
+	st.cur = nil
+	st.up.kick()
+	return nil
+}
+
+func showSegmentSize(ctx context.Context, conn *pgconn.PgConn) (uint64, error) {
+	res, err := conn.Exec(ctx, "SHOW wal_segment_size").ReadAll()
+	if err != nil {
+		return 0, fmt.Errorf("SHOW wal_segment_size: %w", err)
+	}
+	if len(res) != 1 || len(res[0].Rows) != 1 {
+		return 0, errors.New("SHOW wal_segment_size: unexpected reply")
+	}
+	return parseSize(string(res[0].Rows[0][0]))
+}
+
+// parseSize parses PostgreSQL's "16MB" style.
+func parseSize(s string) (uint64, error) {
+	units := []struct {
+		suffix string
+		mult   uint64
+	}{{"GB", 1 << 30}, {"MB", 1 << 20}, {"kB", 1 << 10}, {"B", 1}}
+	for _, u := range units {
+		if n, ok := strings.CutSuffix(s, u.suffix); ok {
+			v, err := strconv.ParseUint(strings.TrimSpace(n), 10, 64)
+			if err != nil {
+				break
+			}
+			return v * u.mult, nil
+		}
+	}
+	return 0, fmt.Errorf("cannot parse wal_segment_size %q", s)
+}
+
+// storeHistory archives timeline tli's history file.
+func storeHistory(ctx context.Context, conn *pgconn.PgConn, rp *repo.Repo, tli uint32) error {
+	if tli <= 1 {
+		return nil
+	}
+	name := HistoryObjectName(tli)
+	if _, err := rp.Stat(ctx, name); err == nil {
+		return nil
+	}
+	h, err := pglogrepl.TimelineHistory(ctx, conn, int32(tli))
+	if err != nil {
+		return fmt.Errorf("TIMELINE_HISTORY %d: %w", tli, err)
+	}
+	if _, err := rp.Put(ctx, name, strings.NewReader(string(h.Content)), map[string]string{AttrTimeline: strconv.FormatUint(uint64(tli), 10)}); err != nil {
+		return fmt.Errorf("store %s: %w", name, err)
+	}
+	return nil
+}
+
+func endOfTimeline(err error) (uint32, pglogrepl.LSN, bool) {
+	tli, lsn, ok := pglogrepl.IsErrEndTimeline(err)
+	return uint32(tli), lsn, ok
+}
+
+func isSlotActive(err error) bool {
+	var pgErr *pgconn.PgError
+	return errors.As(err, &pgErr) && pgErr.Code == "55006"
+}
+
+// startError explains START_REPLICATION failures.
+func startError(err error, slot string, start pglogrepl.LSN) error {
+	var pgErr *pgconn.PgError
+	if errors.As(err, &pgErr) {
+		switch {
+		case pgErr.Code == "55006":
+			return fmt.Errorf("replication slot %q is in use by another process (%s): stop the other synbak or pg_receivewal using it, or choose another postgres.slot: %w", slot, pgErr.Message, err)
+		case pgErr.Code == "58P01" || strings.Contains(pgErr.Message, "has already been removed"):
+			return fmt.Errorf("%w: the server no longer has the WAL at %s (%s): the archive has a gap; take a new base backup (synbak backup) so that restores can start after it, and check max_slot_wal_keep_size: %w", ErrPermanent, start, pgErr.Message, err)
+		}
+	}
+	return fmt.Errorf("START_REPLICATION at %s: %w", start, err)
+}
