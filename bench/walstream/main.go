@@ -65,7 +65,7 @@ func run() (err error) {
 		"catch-up configurations: "+strings.Join(slices.Sorted(mapKeys(knownConfigs)), ","))
 	flag.IntVar(&o.lagSeconds, "lag-seconds", 30, "duration of each steady-load lag phase (0 skips them)")
 	flag.IntVar(&o.lagRate, "lag-rate", 200, "pgbench transactions per second during the lag phases")
-	flag.BoolVar(&o.keep, "keep", false, "keep the work directory (cluster, logs) at the end")
+	flag.BoolVar(&o.keep, "keep", false, "keep the work directory (cluster, logs, and the first pgrw-none run's uncompressed segments) at the end")
 	flag.IntVar(&o.scale, "pgbench-scale", 0, "pgbench -i scale (0: derived from -wal-gb)")
 	flag.IntVar(&o.verifyCount, "verify", 3, "segments per synbak run fetched back and compared")
 	flag.StringVar(&o.perf, "perf", "", "diagnostics: record system-wide `perf` profiles of the synbak runs into this directory (slows those runs)")
@@ -237,8 +237,10 @@ func run() (err error) {
 			syscall.Sync()
 		}
 	}
-	if refDir != "" {
+	if refDir != "" && !o.keep {
 		_ = os.RemoveAll(filepath.Dir(refDir))
+	} else if refDir != "" {
+		logf("kept pg_receivewal's uncompressed segments in %s", refDir)
 	}
 
 	if o.lagSeconds > 0 {
