@@ -360,7 +360,7 @@ func (r *Receiver) startPoint(ctx context.Context, conn *pgconn.PgConn, sp *spoo
 		return 0, 0, fmt.Errorf("replication slot %q disappeared", r.opts.Slot)
 	}
 	if slot.restartLSN == 0 {
-		return 0, 0, fmt.Errorf("%w: replication slot %q reserves no WAL (created without RESERVE_WAL?): drop it with SELECT pg_drop_replication_slot('%s') and let synbak create it", ErrPermanent, r.opts.Slot, r.opts.Slot)
+		return 0, 0, fmt.Errorf("%w: replication slot %q holds no WAL position: either it was created without RESERVE_WAL, or PostgreSQL invalidated it because it exceeded max_slot_wal_keep_size, and the WAL since synbak last ran is gone. Drop it (SELECT pg_drop_replication_slot('%s')), let synbak create it, and take a new base backup (synbak backup) so that restores can start after the gap", ErrPermanent, r.opts.Slot, r.opts.Slot)
 	}
 	if best == nil {
 		tli := slot.restartTLI
@@ -372,8 +372,10 @@ func (r *Receiver) startPoint(ctx context.Context, conn *pgconn.PgConn, sp *spoo
 		return tli, s.StartLSN(), nil
 	}
 	if best.StartLSN() < SegmentAt(best.TLI, slot.restartLSN, sp.segSize).StartLSN() {
-		return 0, 0, fmt.Errorf("%w: the repository ends at %s but replication slot %q starts at %s: the WAL between them is gone from the server (the slot was dropped or recreated, or max_slot_wal_keep_size was exceeded). Restores cannot cross this gap: take a new base backup (synbak backup) so that restores can start after it",
-			ErrPermanent, best.StartLSN(), r.opts.Slot, slot.restartLSN)
+		// The slot does not protect this WAL (it was dropped and
+		// recreated); the server may still have it. If not, START_REPLICATION
+		// says so and startError reports the gap.
+		r.log.Warn("the archive ends before the slot's restart_lsn; trying to stream the WAL in between", "lsn", best.StartLSN(), "restart_lsn", slot.restartLSN)
 	}
 	r.log.Info("resuming after the archived WAL", "lsn", best.StartLSN(), "timeline", best.TLI)
 	return best.TLI, best.StartLSN(), nil
@@ -684,7 +686,8 @@ func startError(err error, slot string, start pglogrepl.LSN) error {
 		switch {
 		case pgErr.Code == "55006":
 			return fmt.Errorf("replication slot %q is in use by another process (%s): stop the other synbak or pg_receivewal using it, or choose another postgres.slot: %w", slot, pgErr.Message, err)
-		case pgErr.Code == "58P01" || strings.Contains(pgErr.Message, "has already been removed"):
+		case pgErr.Code == "58P01" || strings.Contains(pgErr.Message, "has already been removed") ||
+			(pgErr.Code == "55000" && strings.Contains(pgErr.Message+pgErr.Detail, "invalidated")):
 			return fmt.Errorf("%w: the server no longer has the WAL at %s (%s): the archive has a gap; take a new base backup (synbak backup) so that restores can start after it, and check max_slot_wal_keep_size: %w", ErrPermanent, start, pgErr.Message, err)
 		}
 	}

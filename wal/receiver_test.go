@@ -381,3 +381,66 @@ func TestFollowsPromotionToNewTimeline(t *testing.T) {
 		t.Fatal("the last segment of timeline 1 was not kept as a partial object")
 	}
 }
+
+// runUntilError runs a receiver that must stop on its own with a permanent
+// error, and returns it.
+func runUntilError(t *testing.T, c *pgtest.Cluster, rp *repo.Repo, spool string) error {
+	t.Helper()
+	src := pgsource.Source{ConnString: c.DSN("postgres"), Origin: "test"}
+	rcv := wal.NewReceiver(src, rp, wal.Options{Slot: "synbak", SpoolDir: spool, StatusInterval: 200 * time.Millisecond}, testLogger(t))
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	err := rcv.Run(ctx)
+	if ctx.Err() != nil {
+		t.Fatal("the receiver kept retrying a permanent error for a minute")
+	}
+	return err
+}
+
+func TestGapIsAPermanentErrorAskingForABaseBackup(t *testing.T) {
+	if testing.Short() {
+		t.Skip("needs PostgreSQL (skipped with -short)")
+	}
+	c := pgtest.Start(t, pgtest.Options{InitdbArgs: segOpts, Conf: []string{"min_wal_size = '2MB'", "max_wal_size = '32MB'"}})
+	rp := newRepo(t, t.TempDir())
+	spool := t.TempDir()
+	r := startReceiver(t, c, rp, spool, wal.Options{})
+	waitFor(t, time.Minute, "streaming", func() bool { return r.rcv.Status().Streaming })
+	c.Exec(t, "postgres", "create table t as select generate_series(1, 10000) as i")
+	end := switchWAL(t, c)
+	waitFor(t, time.Minute, "archive", func() bool { return r.rcv.Status().Archived >= end })
+	r.stop(t)
+
+	// The slot is dropped and WAL moves on: a new slot starts after a gap.
+	c.Exec(t, "postgres", "select pg_drop_replication_slot('synbak')")
+	c.Exec(t, "postgres", "create table u as select generate_series(1, 100000) as i")
+	for i := 0; i < 4; i++ {
+		c.Exec(t, "postgres", "insert into u select generate_series(1, 50000)")
+		switchWAL(t, c)
+		c.Exec(t, "postgres", "checkpoint")
+	}
+	err := runUntilError(t, c, rp, spool)
+	if !wal.IsPermanent(err) || !strings.Contains(err.Error(), "take a new base backup") {
+		t.Fatalf("after a gap: %v, want a permanent error asking for a base backup", err)
+	}
+}
+
+func TestInvalidatedSlotIsAPermanentError(t *testing.T) {
+	if testing.Short() {
+		t.Skip("needs PostgreSQL (skipped with -short)")
+	}
+	c := pgtest.Start(t, pgtest.Options{InitdbArgs: segOpts, Conf: []string{"max_slot_wal_keep_size = '2MB'", "max_wal_size = '32MB'", "min_wal_size = '2MB'"}})
+	c.Exec(t, "postgres", "select pg_create_physical_replication_slot('synbak', true)")
+	for i := 0; i < 8; i++ {
+		c.Exec(t, "postgres", "create table if not exists filler(v text); insert into filler select repeat('x', 1000) from generate_series(1, 2000)")
+		switchWAL(t, c)
+	}
+	c.Exec(t, "postgres", "checkpoint")
+	if st := c.Text(t, "postgres", "select coalesce(wal_status, '') from pg_replication_slots where slot_name = 'synbak'"); st != "lost" {
+		t.Fatalf("slot wal_status %q, want lost (test setup)", st)
+	}
+	err := runUntilError(t, c, newRepo(t, t.TempDir()), t.TempDir())
+	if !wal.IsPermanent(err) || !strings.Contains(err.Error(), "base backup") {
+		t.Fatalf("invalidated slot: %v, want a permanent error asking for a base backup", err)
+	}
+}
