@@ -444,3 +444,21 @@ func TestInvalidatedSlotIsAPermanentError(t *testing.T) {
 		t.Fatalf("invalidated slot: %v, want a permanent error asking for a base backup", err)
 	}
 }
+
+func TestRepositoryOfAnotherClusterIsRefused(t *testing.T) {
+	if testing.Short() {
+		t.Skip("needs PostgreSQL (skipped with -short)")
+	}
+	a, b := startCluster(t), startCluster(t)
+	rp := newRepo(t, t.TempDir())
+	if err := rp.BindSystemID(context.Background(), a.IdentifySystem(t).SystemID); err != nil {
+		t.Fatal(err)
+	}
+	err := runUntilError(t, b, rp, t.TempDir())
+	if !wal.IsPermanent(err) || !repo.IsWrongCluster(err) {
+		t.Fatalf("streaming cluster B into cluster A's repository: %v, want a permanent wrong-cluster error", err)
+	}
+	if n := b.Int64(t, "postgres", "select count(*) from pg_replication_slots"); n != 0 {
+		t.Fatalf("a slot was created on the wrong cluster (%d)", n)
+	}
+}
