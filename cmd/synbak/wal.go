@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"time"
 
 	"github.com/spf13/cobra"
 
@@ -61,7 +62,23 @@ func runWALStream(ctx context.Context, cfg *config.Config) error {
 	if err != nil {
 		return err
 	}
-	return wal.NewReceiver(src, r, walOptions(cfg), log).Run(ctx)
+	rcv := wal.NewReceiver(src, r, walOptions(cfg), log)
+	done := make(chan struct{})
+	defer close(done)
+	go func() {
+		t := time.NewTicker(time.Minute)
+		defer t.Stop()
+		for {
+			select {
+			case <-done:
+				return
+			case <-t.C:
+				st := rcv.Status()
+				log.Info("WAL progress", "timeline", st.Timeline, "received", st.Received, "flushed", st.Flushed, "archived", st.Archived, "streaming", st.Streaming)
+			}
+		}
+	}()
+	return rcv.Run(ctx)
 }
 
 func newWALFetchCommand(st *rootState) *cobra.Command {
