@@ -76,6 +76,9 @@ func lastArchivedSegment(ctx context.Context, rp *repo.Repo, segSize uint64) (*S
 	return best, err
 }
 
+// uploadParallelism is how many finished segments are stored at once.
+const uploadParallelism = 2
+
 // uploader moves finished spool files (and snapshots of the open segment)
 // into the repository.
 type uploader struct {
@@ -162,9 +165,27 @@ func (u *uploader) pass(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	for _, e := range entries {
-		if err := u.storeFinished(ctx, e); err != nil {
-			return err
+	// Two at a time: during catch-up this uses both cores (compression is
+	// single-threaded per object). Progress is reported in order.
+	for i := 0; i < len(entries); i += uploadParallelism {
+		batch := entries[i:min(i+uploadParallelism, len(entries))]
+		errs := make([]error, len(batch))
+		var wg sync.WaitGroup
+		for j, e := range batch {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				errs[j] = u.storeFinished(ctx, e)
+			}()
+		}
+		wg.Wait()
+		for j, e := range batch {
+			if errs[j] != nil {
+				return errs[j]
+			}
+			if e.valid == u.sp.segSize {
+				u.onArchived(e.seg.EndLSN())
+			}
 		}
 	}
 	u.mu.Lock()
@@ -233,7 +254,6 @@ func (u *uploader) storeFinished(ctx context.Context, e spoolEntry) error {
 		return err
 	}
 	if complete {
-		u.onArchived(e.seg.EndLSN())
 		u.log.Debug("segment stored", "segment", e.seg.Name())
 	} else {
 		u.log.Info("stored the last, partial segment of an ended timeline", "segment", e.seg.Name(), "timeline", e.seg.TLI)

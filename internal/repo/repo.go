@@ -68,7 +68,9 @@ type Repo struct {
 	// encoders pools zstd encoders by level: creating one per object cost
 	// half the CPU and most of the memory of WAL archiving
 	// (bench/walstream). Each runs on one goroutine (concurrency 1):
-	// callers parallelize across objects, not within one.
+	// callers parallelize across objects, not within one. A 1 MiB window
+	// compresses WAL as well as the default 4 MiB one, faster and in less
+	// memory (measured on 2 GB of mixed pgbench and Synapse-like WAL).
 	encoders sync.Map // zstd.EncoderLevel -> *sync.Pool
 }
 
@@ -378,7 +380,7 @@ func getEncoder(pools *sync.Map, w io.Writer, level zstd.EncoderLevel) (*zstd.En
 		e.Reset(w)
 		return e, nil
 	}
-	return zstd.NewWriter(w, zstd.WithEncoderLevel(level), zstd.WithEncoderConcurrency(1), zstd.WithLowerEncoderMem(true))
+	return zstd.NewWriter(w, zstd.WithEncoderLevel(level), zstd.WithEncoderConcurrency(1), zstd.WithWindowSize(1<<20))
 }
 
 func putEncoder(pools *sync.Map, e *zstd.Encoder, level zstd.EncoderLevel) {
