@@ -44,7 +44,8 @@ type Repository struct {
 	Path string `mapstructure:"path"`
 	// URL is a repository URL (s3://bucket/prefix); not supported yet.
 	URL string `mapstructure:"url"`
-	// Compression is "zstd" or "none".
+	// Compression is "zstd" (smallest), "s2" (fastest: for WAL-heavy
+	// servers on few cores) or "none".
 	Compression string `mapstructure:"compression"`
 	// ZstdLevel is the zstd level, 1 (fastest) to 22 (smallest), mapped to
 	// the nearest klauspost/compress encoder level.
@@ -86,6 +87,15 @@ type HTTP struct {
 // Basebackup configures scheduled base backups.
 type Basebackup struct {
 	Interval Duration `mapstructure:"interval"`
+	// Checkpoint is BASE_BACKUP's checkpoint mode: fast or spread.
+	Checkpoint string `mapstructure:"checkpoint"`
+	// ServerCompression is none, lz4 or zstd (the server compresses; for
+	// slow links). synbak restores plain and zstd archives.
+	ServerCompression string `mapstructure:"server_compression"`
+	// WALTimeout bounds the wait for the backup's WAL to be archived.
+	WALTimeout Duration `mapstructure:"wal_timeout"`
+	// PartSizeMB bounds each stored object of an archive, in MiB.
+	PartSizeMB int `mapstructure:"part_size_mb"`
 }
 
 // Retention configures what prune keeps.
@@ -110,28 +120,32 @@ type Log struct {
 // set of keys is also the set of keys synbak.yaml may contain.
 func Defaults() map[string]any {
 	return map[string]any{
-		"synapse.config":         []string{"/etc/matrix-synapse/homeserver.yaml"},
-		"synapse.workdir":        "/var/lib/matrix-synapse",
-		"repository.path":        "",
-		"repository.url":         "",
-		"repository.compression": "zstd",
-		"repository.zstd_level":  2,
-		"postgres.dsn":           "",
-		"postgres.dsn_file":      "",
-		"postgres.slot":          "synbak",
-		"wal.status_interval":    "10s",
-		"wal.synchronous":        false,
-		"wal.partial_interval":   "10s",
-		"wal.prefetch":           4,
-		"http.listen":            "127.0.0.1:9816",
-		"state_dir":              "/var/lib/synbak",
-		"basebackup.interval":    "24h",
-		"retention.backups":      7,
-		"retention.window":       "14d",
-		"retention.dumps":        7,
-		"dump.interval":          "0",
-		"log.level":              "info",
-		"log.format":             "text",
+		"synapse.config":                []string{"/etc/matrix-synapse/homeserver.yaml"},
+		"synapse.workdir":               "/var/lib/matrix-synapse",
+		"repository.path":               "",
+		"repository.url":                "",
+		"repository.compression":        "zstd",
+		"repository.zstd_level":         2,
+		"postgres.dsn":                  "",
+		"postgres.dsn_file":             "",
+		"postgres.slot":                 "synbak",
+		"wal.status_interval":           "10s",
+		"wal.synchronous":               false,
+		"wal.partial_interval":          "10s",
+		"wal.prefetch":                  4,
+		"http.listen":                   "127.0.0.1:9816",
+		"state_dir":                     "/var/lib/synbak",
+		"basebackup.interval":           "24h",
+		"basebackup.checkpoint":         "fast",
+		"basebackup.server_compression": "none",
+		"basebackup.wal_timeout":        "10m",
+		"basebackup.part_size_mb":       1024,
+		"retention.backups":             7,
+		"retention.window":              "14d",
+		"retention.dumps":               7,
+		"dump.interval":                 "0",
+		"log.level":                     "info",
+		"log.format":                    "text",
 	}
 }
 
@@ -157,9 +171,9 @@ func (c *Config) Validate() error {
 		add(invalid("repository.url %q: only local repositories (repository.path) are supported in this version", redactURL(c.Repository.URL)))
 	}
 	switch c.Repository.Compression {
-	case "zstd", "none":
+	case "zstd", "s2", "none":
 	default:
-		add(invalid("repository.compression %q: must be zstd or none", c.Repository.Compression))
+		add(invalid("repository.compression %q: must be zstd, s2 or none", c.Repository.Compression))
 	}
 	if c.Repository.ZstdLevel < 1 || c.Repository.ZstdLevel > 22 {
 		add(invalid("repository.zstd_level %d: must be between 1 (fastest) and 22 (smallest)", c.Repository.ZstdLevel))
@@ -181,6 +195,22 @@ func (c *Config) Validate() error {
 	}
 	if c.Basebackup.Interval.D() < 0 {
 		add(invalid("basebackup.interval %s: must not be negative", c.Basebackup.Interval))
+	}
+	switch c.Basebackup.Checkpoint {
+	case "fast", "spread":
+	default:
+		add(invalid("basebackup.checkpoint %q: must be fast or spread", c.Basebackup.Checkpoint))
+	}
+	switch c.Basebackup.ServerCompression {
+	case "none", "lz4", "zstd":
+	default:
+		add(invalid("basebackup.server_compression %q: must be none, lz4 or zstd", c.Basebackup.ServerCompression))
+	}
+	if c.Basebackup.WALTimeout.D() <= 0 {
+		add(invalid("basebackup.wal_timeout %s: must be positive", c.Basebackup.WALTimeout))
+	}
+	if c.Basebackup.PartSizeMB < 1 {
+		add(invalid("basebackup.part_size_mb %d: must be at least 1", c.Basebackup.PartSizeMB))
 	}
 	if c.Retention.Backups < 1 {
 		add(invalid("retention.backups %d: must be at least 1", c.Retention.Backups))

@@ -8,6 +8,7 @@ import (
 	"hash"
 	"io"
 
+	"github.com/klauspost/compress/s2"
 	"github.com/klauspost/compress/zstd"
 )
 
@@ -57,6 +58,9 @@ func (r *Repo) Get(ctx context.Context, name string) (*Reader, error) {
 			return nil, fmt.Errorf("get %s: zstd: %w", name, err)
 		}
 		rd.dec, rd.src = dec, dec
+	}
+	if hdr.codec == CodecS2 {
+		rd.src = s2.NewReader(hold)
 	}
 	return rd, nil
 }

@@ -17,6 +17,7 @@ import (
 	"log/slog"
 	"sync"
 
+	"github.com/klauspost/compress/s2"
 	"github.com/klauspost/compress/zstd"
 
 	"github.com/synbak/synbak/internal/storage"
@@ -42,8 +43,10 @@ func (o Options) codec() (Codec, zstd.EncoderLevel, error) {
 		c = CodecZstd
 	case "none":
 		c = CodecNone
+	case "s2":
+		c = CodecS2
 	default:
-		return 0, 0, fmt.Errorf("unknown compression %q: use \"zstd\" or \"none\"", o.Compression)
+		return 0, 0, fmt.Errorf("unknown compression %q: use \"zstd\", \"s2\" or \"none\"", o.Compression)
 	}
 	level := o.ZstdLevel
 	if level == 0 {
@@ -213,7 +216,21 @@ func frame(ctx context.Context, w io.Writer, rd io.Reader, hdr []byte, cfg putCo
 		}
 		payload = enc
 	}
+	var s2w *s2.Writer
+	if cfg.codec == CodecS2 {
+		s2w = getS2Writer(cfg.encoders, w)
+		payload = s2w
+	}
 	n, err := copyHashed(ctx, payload, h, rd)
+	if s2w != nil {
+		cerr := s2w.Close()
+		if err == nil && cerr != nil {
+			err = cerr
+		}
+		if cerr == nil {
+			putS2Writer(cfg.encoders, s2w)
+		}
+	}
 	if enc != nil {
 		cerr := enc.Close()
 		if err == nil && cerr != nil {
@@ -386,6 +403,25 @@ func getEncoder(pools *sync.Map, w io.Writer, level zstd.EncoderLevel) (*zstd.En
 func putEncoder(pools *sync.Map, e *zstd.Encoder, level zstd.EncoderLevel) {
 	e.Reset(nil)
 	if p, ok := pools.Load(level); ok {
+		p.(*sync.Pool).Put(e)
+	}
+}
+
+// s2Pool is the key of the S2 writer pool in Repo.encoders.
+type s2Pool struct{}
+
+func getS2Writer(pools *sync.Map, w io.Writer) *s2.Writer {
+	p, _ := pools.LoadOrStore(s2Pool{}, &sync.Pool{})
+	if e, ok := p.(*sync.Pool).Get().(*s2.Writer); ok {
+		e.Reset(w)
+		return e
+	}
+	return s2.NewWriter(w, s2.WriterConcurrency(1))
+}
+
+func putS2Writer(pools *sync.Map, e *s2.Writer) {
+	e.Reset(nil)
+	if p, ok := pools.Load(s2Pool{}); ok {
 		p.(*sync.Pool).Put(e)
 	}
 }

@@ -86,7 +86,7 @@ func readAll(t *testing.T, r *Repo, name string) ([]byte, error) {
 
 func TestRoundTrip(t *testing.T) {
 	data := mixedPayload(10<<20 + 777)
-	for _, comp := range []string{"zstd", "none"} {
+	for _, comp := range []string{"zstd", "s2", "none"} {
 		t.Run(comp, func(t *testing.T) {
 			ctx := context.Background()
 			r, b := initRepo(t, Options{Compression: comp})
@@ -120,7 +120,7 @@ func TestRoundTrip(t *testing.T) {
 				t.Fatalf("read back %d bytes sha256 %s, want %d bytes %s", len(got), sumHex(got), len(data), sumHex(data))
 			}
 			want := Info{Name: "base/obj", StoredSize: res.StoredSize, Size: res.Size, SHA256: res.SHA256,
-				Codec: map[string]Codec{"zstd": CodecZstd, "none": CodecNone}[comp], Attrs: map[string]string{"k": "v"}}
+				Codec: map[string]Codec{"zstd": CodecZstd, "s2": CodecS2, "none": CodecNone}[comp], Attrs: map[string]string{"k": "v"}}
 			if fmt.Sprint(rd.Info()) != fmt.Sprint(want) {
 				t.Errorf("Reader.Info = %+v, want %+v", rd.Info(), want)
 			}
@@ -141,7 +141,7 @@ func TestRoundTrip(t *testing.T) {
 
 func TestReaderContract(t *testing.T) {
 	ctx := context.Background()
-	for _, comp := range []string{"zstd", "none"} {
+	for _, comp := range []string{"zstd", "s2", "none"} {
 		r, _ := initRepo(t, Options{Compression: comp})
 		for _, data := range [][]byte{nil, []byte("x"), mixedPayload(200_000)} {
 			if _, err := r.Put(ctx, "small", bytes.NewReader(data), nil); err != nil {
@@ -228,7 +228,7 @@ func wantCorrupt(t *testing.T, r *Repo, name, what string) {
 func TestCorruption(t *testing.T) {
 	ctx := context.Background()
 	data := mixedPayload(1 << 20)
-	for _, comp := range []string{"zstd", "none"} {
+	for _, comp := range []string{"zstd", "s2", "none"} {
 		r, b := initRepo(t, Options{Compression: comp})
 		put := func(name string) PutResult {
 			res, err := r.Put(ctx, name, bytes.NewReader(data), map[string]string{"a": "b"})
@@ -315,7 +315,7 @@ func (f *failAfter) Close() error { return f.rc.Close() }
 
 func TestBackendErrorIsNotCorruption(t *testing.T) {
 	ctx := context.Background()
-	for _, comp := range []string{"zstd", "none"} {
+	for _, comp := range []string{"zstd", "s2", "none"} {
 		r, b := initRepo(t, Options{Compression: comp})
 		res, err := r.Put(ctx, "obj", bytes.NewReader(mixedPayload(1<<20)), nil)
 		if err != nil {
