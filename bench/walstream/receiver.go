@@ -24,7 +24,7 @@ import (
 type receiverConfig struct {
 	Name     string `json:"name"`
 	Tool     string `json:"tool"`     // "pg_receivewal" or "synbak"
-	Compress string `json:"compress"` // none, lz4, gzip, zstd
+	Compress string `json:"compress"` // none, lz4, gzip, zstd, s2
 	Level    int    `json:"zstd_level,omitempty"`
 }
 
@@ -39,6 +39,9 @@ var knownConfigs = map[string]receiverConfig{
 	// fastest.
 	"synbak-zstd4": {Name: "synbak-zstd4", Tool: "synbak", Compress: "zstd", Level: 4},
 	"synbak-none":  {Name: "synbak-none", Tool: "synbak", Compress: "none"},
+	// s2 (klauspost/compress), synbak's codec for WAL-heavy servers on few
+	// cores: less CPU than zstd, larger objects.
+	"synbak-s2": {Name: "synbak-s2", Tool: "synbak", Compress: "s2"},
 }
 
 // proc is a running receiver.
