@@ -68,6 +68,8 @@ restored as of any point in time.`,
 		newConfigCommand(st),
 		newWALCommand(st),
 		newWALFetchCommand(st),
+		newBackupCommand(st),
+		newListCommand(st),
 	)
 	return cmd, st
 }

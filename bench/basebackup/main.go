@@ -1,0 +1,330 @@
+// Command basebackup benchmarks `synbak backup` against pg_basebackup
+// (-Ft -Z zstd, and -Ft -Z server-lz4) on the same throwaway cluster at two
+// database sizes: wall time, client CPU, client peak RSS, stored size.
+//
+//	go run ./bench/basebackup -sizes 1,2 -runs 1
+//
+// See bench/README.md for what is measured and how to read it.
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"io/fs"
+	"os"
+	"os/exec"
+	"os/signal"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+)
+
+type config struct {
+	name string
+	// synbak is true for `synbak backup`; env adds settings.
+	synbak bool
+	env    []string
+	args   []string // pg_basebackup arguments after -D DIR
+}
+
+var configs = []config{
+	{name: "pg_basebackup -Z zstd", args: []string{"-Ft", "-Z", "zstd", "-c", "fast"}},
+	{name: "pg_basebackup -Z server-lz4", args: []string{"-Ft", "-Z", "server-lz4", "-c", "fast"}},
+	{name: "synbak (zstd)", synbak: true},
+	{name: "synbak (s2)", synbak: true, env: []string{"SYNBAK_REPOSITORY_COMPRESSION=s2"}},
+	{name: "synbak (server lz4)", synbak: true, env: []string{"SYNBAK_BASEBACKUP_SERVER_COMPRESSION=lz4"}},
+}
+
+type result struct {
+	size   string
+	dbMB   float64
+	config string
+	wall   float64
+	cpu    float64
+	rssMB  float64
+	stored int64
+}
+
+func main() {
+	if err := run(); err != nil {
+		fmt.Fprintln(os.Stderr, "basebackup bench:", err)
+		os.Exit(1)
+	}
+}
+
+func run() error {
+	sizes := flag.String("sizes", "1,2", "database sizes in GiB (approximate), ascending")
+	runs := flag.Int("runs", 1, "runs per configuration and size (medians are reported)")
+	synbak := flag.String("synbak", "", "synbak binary (default: build ./cmd/synbak)")
+	pgBin := flag.String("pg-bin", "/usr/lib/postgresql/15/bin", "PostgreSQL binaries")
+	keep := flag.Bool("keep", false, "keep the work directory")
+	flag.Parse()
+
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	work, err := os.MkdirTemp("/tmp", "bbbench-")
+	if err != nil {
+		return err
+	}
+	if !*keep {
+		defer os.RemoveAll(work)
+	}
+	if err := os.Chmod(work, 0o755); err != nil { // the server user must reach pg/
+		return err
+	}
+	if *synbak == "" {
+		*synbak = filepath.Join(work, "synbak")
+		if out, err := exec.Command("go", "build", "-o", *synbak, "./cmd/synbak").CombinedOutput(); err != nil {
+			return fmt.Errorf("build synbak: %v\n%s", err, out)
+		}
+	}
+	pgdir := filepath.Join(work, "pg")
+	if err := os.Mkdir(pgdir, 0o755); err != nil {
+		return err
+	}
+	c, err := startCluster(ctx, *pgBin, pgdir)
+	if err != nil {
+		return err
+	}
+	defer c.stop()
+	conn, err := pgx.Connect(ctx, c.dsn())
+	if err != nil {
+		return err
+	}
+	defer conn.Close(context.Background())
+
+	var results []result
+	for _, s := range strings.Split(*sizes, ",") {
+		gb, err := strconv.ParseFloat(s, 64)
+		if err != nil {
+			return fmt.Errorf("-sizes: %w", err)
+		}
+		dbMB, err := fill(ctx, c, conn, gb)
+		if err != nil {
+			return err
+		}
+		fmt.Fprintf(os.Stderr, "database: %.0f MB\n", dbMB)
+		for i := 0; i < *runs; i++ {
+			order := slices.Clone(configs)
+			if i%2 == 1 {
+				slices.Reverse(order)
+			}
+			for _, cfg := range order {
+				if _, err := conn.Exec(ctx, "select pg_drop_replication_slot(slot_name) from pg_replication_slots"); err != nil {
+					return err
+				}
+				if _, err := conn.Exec(ctx, "checkpoint"); err != nil {
+					return err
+				}
+				_ = exec.Command("sync").Run()
+				r, err := measure(ctx, c, cfg, *synbak, work)
+				if err != nil {
+					return fmt.Errorf("%s: %w", cfg.name, err)
+				}
+				r.size, r.dbMB = s+" GiB", dbMB
+				fmt.Fprintf(os.Stderr, "%s: wall %.2f s, cpu %.2f s, rss %.1f MB, stored %d MiB\n", r.config, r.wall, r.cpu, r.rssMB, r.stored>>20)
+				results = append(results, r)
+			}
+		}
+	}
+	report(results)
+	return nil
+}
+
+// fill grows the database to about gb GiB: pgbench tables (about 2/3) and
+// Synapse-like event JSON (about 1/3; compresses ~3x, pgbench ~20x).
+func fill(ctx context.Context, c *cluster, conn *pgx.Conn, gb float64) (float64, error) {
+	scale := int(gb * 2 / 3 * 1024 / 15) // ~15 MB per scale unit
+	cmd := exec.CommandContext(ctx, filepath.Join(c.bin, "pgbench"), "-i", "-q", "-s", strconv.Itoa(scale),
+		"-h", "127.0.0.1", "-p", strconv.Itoa(c.port), "-U", "postgres", "postgres")
+	cmd.Env = cleanEnv()
+	if out, err := cmd.CombinedOutput(); err != nil {
+		return 0, fmt.Errorf("pgbench -i: %v\n%s", err, out)
+	}
+	if _, err := conn.Exec(ctx, `create table if not exists event_json (event_id text primary key, room_id text, json text)`); err != nil {
+		return 0, err
+	}
+	var have int64
+	if err := conn.QueryRow(ctx, "select pg_total_relation_size('event_json')").Scan(&have); err != nil {
+		return 0, err
+	}
+	want := int64(gb / 3 * (1 << 30))
+	for have < want {
+		// About 50 MB per batch: JSON bodies of 300 B to 4 kB with random
+		// ids, hashes and words.
+		_, err := conn.Exec(ctx, `
+insert into event_json
+select '$' || md5(random()::text) || md5(random()::text),
+       '!' || substr(md5((g % 500)::text), 1, 18) || ':example.org',
+       json_build_object(
+         'type', (array['m.room.message','m.room.member','m.reaction','m.room.encrypted'])[1 + (g % 4)],
+         'sender', '@user' || (g % 2000) || ':example.org',
+         'origin_server_ts', 1700000000000 + g,
+         'content', json_build_object('body', (select string_agg((array['the','a','matrix','room','hello','synapse','backup','server','message','ok','thanks','see','you','later'])[1 + floor(random()*14)::int] || case when random() < 0.2 then md5(random()::text) else '' end, ' ') from generate_series(1, 10 + (g % 300) + (g*0)) )),
+         'hashes', json_build_object('sha256', encode(sha256(random()::text::bytea), 'base64')),
+         'signatures', json_build_object('example.org', json_build_object('ed25519:a', encode(sha512(random()::text::bytea), 'base64'))))::text
+from generate_series(1, 30000) g`)
+		if err != nil {
+			return 0, fmt.Errorf("fill event_json: %w", err)
+		}
+		if err := conn.QueryRow(ctx, "select pg_total_relation_size('event_json')").Scan(&have); err != nil {
+			return 0, err
+		}
+	}
+	if _, err := conn.Exec(ctx, "vacuum analyze"); err != nil {
+		return 0, err
+	}
+	var db int64
+	if err := conn.QueryRow(ctx, "select pg_database_size('postgres')").Scan(&db); err != nil {
+		return 0, err
+	}
+	return float64(db) / 1e6, nil
+}
+
+func measure(ctx context.Context, c *cluster, cfg config, synbak, work string) (result, error) {
+	out := filepath.Join(work, "out")
+	_ = os.RemoveAll(out)
+	if err := os.Mkdir(out, 0o700); err != nil {
+		return result{}, err
+	}
+	defer os.RemoveAll(out)
+	var cmd *exec.Cmd
+	if cfg.synbak {
+		cmd = exec.CommandContext(ctx, synbak, "-c", "/dev/null", "backup")
+		cmd.Env = cleanEnv(append([]string{
+			"SYNBAK_POSTGRES_DSN=" + c.dsn(),
+			"SYNBAK_REPOSITORY_PATH=" + filepath.Join(out, "repo"),
+			"SYNBAK_STATE_DIR=" + filepath.Join(out, "state"),
+			"SYNBAK_LOG_LEVEL=warn",
+		}, cfg.env...)...)
+	} else {
+		args := append([]string{"-h", "127.0.0.1", "-p", strconv.Itoa(c.port), "-U", "postgres", "-D", filepath.Join(out, "pgbb")}, cfg.args...)
+		cmd = exec.CommandContext(ctx, filepath.Join(c.bin, "pg_basebackup"), args...)
+		cmd.Env = cleanEnv()
+	}
+	var stderr strings.Builder
+	cmd.Stderr = &stderr
+	start := time.Now()
+	if err := cmd.Start(); err != nil {
+		return result{}, err
+	}
+	var hwm atomic.Int64
+	done := make(chan struct{})
+	go func() {
+		t := time.NewTicker(20 * time.Millisecond)
+		defer t.Stop()
+		for {
+			if kb := vmHWM(cmd.Process.Pid); kb > hwm.Load() {
+				hwm.Store(kb)
+			}
+			select {
+			case <-done:
+				return
+			case <-t.C:
+			}
+		}
+	}()
+	err := cmd.Wait()
+	wall := time.Since(start).Seconds()
+	close(done)
+	if err != nil {
+		return result{}, fmt.Errorf("%v\n%s", err, stderr.String())
+	}
+	ru := cmd.ProcessState.SysUsage().(*syscall.Rusage)
+	cpu := tv(ru.Utime) + tv(ru.Stime)
+	stored, err := dirSize(out, cfg.synbak)
+	if err != nil {
+		return result{}, err
+	}
+	return result{config: cfg.name, wall: wall, cpu: cpu, rssMB: float64(hwm.Load()) / 1024, stored: stored}, nil
+}
+
+func tv(t syscall.Timeval) float64 { return float64(t.Sec) + float64(t.Usec)/1e6 }
+
+// vmHWM reads a live process's peak resident set (kB) from /proc. (wait4's
+// ru_maxrss is useless: exec keeps the high-water mark of the address
+// space it replaces, here the benchmark's own.)
+func vmHWM(pid int) int64 {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		return 0
+	}
+	for _, l := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(l, "VmHWM:"); ok {
+			n, _ := strconv.ParseInt(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(v), "kB")), 10, 64)
+			return n
+		}
+	}
+	return 0
+}
+
+// dirSize is the apparent size of the backup's files: for synbak the
+// backups/ objects (not the WAL), for pg_basebackup base and tablespace
+// tars (not pg_wal.tar, as synbak's WAL is not counted either).
+func dirSize(dir string, synbak bool) (int64, error) {
+	var n int64
+	err := filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
+		if err != nil || d.IsDir() {
+			return err
+		}
+		rel, _ := filepath.Rel(dir, p)
+		if synbak && !strings.HasPrefix(rel, "repo/backups/") {
+			return nil
+		}
+		if !synbak && strings.HasPrefix(filepath.Base(p), "pg_wal") {
+			return nil
+		}
+		fi, err := d.Info()
+		if err != nil {
+			return err
+		}
+		n += fi.Size()
+		return nil
+	})
+	return n, err
+}
+
+func median(v []float64) float64 {
+	s := slices.Clone(v)
+	slices.Sort(s)
+	return s[len(s)/2]
+}
+
+func report(rs []result) {
+	type key struct{ size, config string }
+	groups := map[key][]result{}
+	var keys []key
+	for _, r := range rs {
+		k := key{r.size, r.config}
+		if _, ok := groups[k]; !ok {
+			keys = append(keys, k)
+		}
+		groups[k] = append(groups[k], r)
+	}
+	fmt.Println("| DB size | client | wall s | CPU s | peak RSS MB | stored MiB | wall vs pg_basebackup -Z zstd |")
+	fmt.Println("|---|---|---|---|---|---|---|")
+	ref := map[string]float64{}
+	for _, k := range keys {
+		g := groups[k]
+		var wall, cpu, rss []float64
+		for _, r := range g {
+			wall, cpu, rss = append(wall, r.wall), append(cpu, r.cpu), append(rss, r.rssMB)
+		}
+		w := median(wall)
+		if k.config == configs[0].name {
+			ref[k.size] = w
+		}
+		ratio := "–"
+		if ref[k.size] > 0 {
+			ratio = fmt.Sprintf("%.2f", w/ref[k.size])
+		}
+		fmt.Printf("| %s (%.0f MB) | %s | %.2f | %.2f | %.1f | %d | %s |\n", k.size, g[0].dbMB, k.config, w, median(cpu), median(rss), g[0].stored>>20, ratio)
+	}
+}

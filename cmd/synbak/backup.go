@@ -1,0 +1,272 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/spf13/cobra"
+	"golang.org/x/sys/unix"
+
+	"github.com/synbak/synbak/basebackup"
+	"github.com/synbak/synbak/internal/config"
+	"github.com/synbak/synbak/internal/pgsource"
+	"github.com/synbak/synbak/internal/repo"
+	"github.com/synbak/synbak/wal"
+)
+
+func newBackupCommand(st *rootState) *cobra.Command {
+	return &cobra.Command{
+		Use:   "backup",
+		Short: "Take a base backup now",
+		Long: `backup runs BASE_BACKUP over a replication connection and streams the data
+directory, every tablespace and the backup manifest into the repository
+(compressed with zstd, or as the server compressed them with
+basebackup.server_compression), in parts of at most basebackup.part_size_mb.
+
+A backup is complete, and usable by restore, only once the WAL from its start
+to its end is archived in the repository too. While it runs, backup streams
+WAL itself (like wal stream); when an agent or a wal stream already does so
+for this state_dir, it leaves that to them. If the WAL does not arrive within
+basebackup.wal_timeout the backup fails and is not listed as complete.
+
+On a terminal it shows a progress bar, otherwise a log line every 10 seconds.
+It prints the backup's id on standard output at the end.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			cfg, err := st.load()
+			if err != nil {
+				return err
+			}
+			return runBackup(cmd.Context(), cfg, cmd.OutOrStdout())
+		},
+	}
+}
+
+func runBackup(ctx context.Context, cfg *config.Config, stdout io.Writer) error {
+	log := newLogger(cfg, os.Stderr)
+	src, hsFacts, err := backupSource(cfg)
+	if err != nil {
+		return err
+	}
+	if err := os.MkdirAll(cfg.StateDir, 0o700); err != nil {
+		return fmt.Errorf("state_dir %s: %w", cfg.StateDir, err)
+	}
+	r, err := openRepo(ctx, cfg, true)
+	if err != nil {
+		return err
+	}
+	conn, err := src.ConnectReplication(ctx, cfg.Postgres.Slot+"_backup")
+	if err != nil {
+		return err
+	}
+	defer conn.Close(context.Background())
+	if _, err := wal.BindRepository(ctx, conn, r); err != nil {
+		return err
+	}
+
+	bctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	rcv, err := startBackupReceiver(bctx, cancel, src, r, cfg, log)
+	if err != nil {
+		return err
+	}
+	defer rcv.stop()
+
+	prog := newProgressPrinter(os.Stderr, log)
+	b, err := basebackup.Take(bctx, conn, r, basebackup.Options{
+		Checkpoint:        cfg.Basebackup.Checkpoint,
+		ServerCompression: cfg.Basebackup.ServerCompression,
+		PartSize:          int64(cfg.Basebackup.PartSizeMB) << 20,
+		WALTimeout:        cfg.Basebackup.WALTimeout.D(),
+		Facts:             hsFacts,
+		Progress:          prog.update,
+	}, log)
+	prog.finish()
+	if err != nil {
+		if cause := context.Cause(bctx); cause != nil && !errors.Is(cause, context.Canceled) {
+			return fmt.Errorf("%w (%w)", err, cause)
+		}
+		return err
+	}
+	if err := rcv.stop(); err != nil {
+		log.Warn("WAL receiver", "err", err)
+	}
+	fmt.Fprintln(stdout, b.ID)
+	return nil
+}
+
+// backupSource finds PostgreSQL and the Synapse facts recorded with the
+// backup (best effort: postgres.dsn works without homeserver.yaml).
+func backupSource(cfg *config.Config) (pgsource.Source, map[string]string, error) {
+	facts := map[string]string{}
+	hs, hsErr := loadHomeserver(cfg)
+	if hsErr == nil {
+		facts["server_name"] = hs.ServerName
+		var names []string
+		for _, d := range hs.Databases {
+			names = append(names, d.Params["dbname"])
+		}
+		facts["databases"] = strings.Join(names, ",")
+		facts["main_database"] = hs.MainDatabase().Params["dbname"]
+	} else {
+		hs = nil
+	}
+	src, err := postgresSource(cfg, hs)
+	if err != nil {
+		if hsErr != nil {
+			return src, nil, hsErr
+		}
+		return src, nil, err
+	}
+	return src, facts, nil
+}
+
+// backupReceiver is the WAL receiver a backup runs for its duration.
+type backupReceiver struct {
+	cancel context.CancelFunc
+	done   chan struct{}
+	err    error // set before done is closed
+}
+
+// stop stops the receiver (it stores the open segment as a partial) and
+// returns its error. It may be called more than once.
+func (b *backupReceiver) stop() error {
+	b.cancel()
+	<-b.done
+	return b.err
+}
+
+// startBackupReceiver runs a WAL receiver for the duration of the backup,
+// so that a standalone backup gets its WAL. When another synbak process
+// holds the spool it leaves the WAL to that process. It returns once the
+// receiver streams (so that a new slot reserves WAL from before the
+// backup's checkpoint). A receiver that fails permanently for another
+// reason cancels the backup with that cause.
+func startBackupReceiver(ctx context.Context, cancelBackup context.CancelCauseFunc, src pgsource.Source, r *repo.Repo, cfg *config.Config, log *slog.Logger) (*backupReceiver, error) {
+	rctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	br := &backupReceiver{cancel: cancel, done: make(chan struct{})}
+	rcv := wal.NewReceiver(src, r, walOptions(cfg), log.With("component", "wal"))
+	go func() {
+		defer close(br.done)
+		err := rcv.Run(rctx)
+		switch {
+		case err == nil:
+		case wal.IsPermanent(err) && strings.Contains(err.Error(), "is locked by another synbak process"):
+			log.Info("another synbak process (agent or wal stream) is archiving WAL; the backup waits for it to archive the backup's WAL")
+		default:
+			br.err = err
+			cancelBackup(fmt.Errorf("WAL receiver: %w", err))
+		}
+	}()
+	tick := time.NewTicker(50 * time.Millisecond)
+	defer tick.Stop()
+	deadline := time.After(time.Minute)
+	for !rcv.Status().Streaming {
+		select {
+		case <-br.done:
+			if br.err != nil {
+				return nil, fmt.Errorf("WAL receiver: %w", br.err)
+			}
+			return br, nil
+		case <-ctx.Done():
+			_ = br.stop()
+			return nil, ctx.Err()
+		case <-deadline:
+			log.Warn("the WAL receiver is not streaming yet; starting the backup anyway", "last_error", rcv.Status().LastError)
+			return br, nil
+		case <-tick.C:
+		}
+	}
+	return br, nil
+}
+
+// progressPrinter shows backup progress: a one-line bar on a terminal,
+// a log line every 10 s otherwise.
+type progressPrinter struct {
+	w        io.Writer
+	log      *slog.Logger
+	tty      bool
+	start    time.Time
+	last     time.Time
+	lastLine int
+	p        basebackup.Progress
+}
+
+func newProgressPrinter(w *os.File, log *slog.Logger) *progressPrinter {
+	_, err := unix.IoctlGetTermios(int(w.Fd()), unix.TCGETS)
+	return &progressPrinter{w: w, log: log, tty: err == nil, start: time.Now()}
+}
+
+func (p *progressPrinter) update(pr basebackup.Progress) {
+	p.p = pr
+	now := time.Now()
+	if p.tty {
+		if now.Sub(p.last) < 200*time.Millisecond && pr.Phase == "streaming" {
+			return
+		}
+		p.last = now
+		line := p.line(now)
+		pad := ""
+		if n := p.lastLine - len(line); n > 0 {
+			pad = strings.Repeat(" ", n)
+		}
+		p.lastLine = len(line)
+		fmt.Fprintf(p.w, "\r%s%s", line, pad)
+		return
+	}
+	if now.Sub(p.last) < 10*time.Second && pr.Phase == "streaming" {
+		return
+	}
+	p.last = now
+	rate := float64(pr.Done) / max(now.Sub(p.start).Seconds(), 0.001)
+	p.log.Info("backup progress", "phase", pr.Phase, "done", pr.Done, "estimated_total", pr.Total, "rate_mb_s", fmt.Sprintf("%.1f", rate/1e6), "archive", pr.Archive)
+}
+
+func (p *progressPrinter) line(now time.Time) string {
+	pr := p.p
+	el := now.Sub(p.start).Seconds()
+	rate := float64(pr.Done) / max(el, 0.001)
+	if pr.Phase != "streaming" {
+		return fmt.Sprintf("%s: %s, %s", pr.ID, humanBytes(pr.Done), pr.Phase)
+	}
+	frac := 0.0
+	if pr.Total > 0 {
+		frac = min(float64(pr.Done)/float64(pr.Total), 1)
+	}
+	const width = 30
+	fill := int(frac * width)
+	eta := "?"
+	if rate > 0 && pr.Total > pr.Done {
+		eta = time.Duration(float64(pr.Total-pr.Done) / rate * float64(time.Second)).Round(time.Second).String()
+	} else if pr.Total > 0 {
+		eta = "0s"
+	}
+	return fmt.Sprintf("[%s%s] %3.0f%% %s / %s  %s/s  ETA %s",
+		strings.Repeat("=", fill), strings.Repeat(" ", width-fill), frac*100,
+		humanBytes(pr.Done), humanBytes(pr.Total), humanBytes(int64(rate)), eta)
+}
+
+func (p *progressPrinter) finish() {
+	if p.tty && p.lastLine > 0 {
+		fmt.Fprintln(p.w)
+	}
+}
+
+func humanBytes(n int64) string {
+	const unit = 1024
+	if n < unit {
+		return fmt.Sprintf("%d B", n)
+	}
+	div, exp := int64(unit), 0
+	for m := n / unit; m >= unit; m /= unit {
+		div *= unit
+		exp++
+	}
+	return fmt.Sprintf("%.1f %ciB", float64(n)/float64(div), "KMGTPE"[exp])
+}

@@ -1,0 +1,276 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"sort"
+	"strconv"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/jackc/pglogrepl"
+	"github.com/spf13/cobra"
+
+	"github.com/synbak/synbak/basebackup"
+	"github.com/synbak/synbak/internal/config"
+	"github.com/synbak/synbak/internal/repo"
+	"github.com/synbak/synbak/internal/storage"
+	"github.com/synbak/synbak/wal"
+)
+
+func newListCommand(st *rootState) *cobra.Command {
+	var asJSON bool
+	cmd := &cobra.Command{
+		Use:   "list",
+		Short: "List base backups, WAL ranges by timeline, and the recovery window",
+		Long: `list reads the repository only (no PostgreSQL, no homeserver.yaml needed) and
+shows the complete base backups, incomplete ones (interrupted or running;
+never used by restore), the archived WAL as contiguous ranges per timeline
+with the newest partial segment, and the recovery window: from the end of
+the oldest complete backup to the server time of the newest archived WAL.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			cfg, err := st.load()
+			if err != nil {
+				return err
+			}
+			return runList(cmd.Context(), cfg, cmd.OutOrStdout(), asJSON)
+		},
+	}
+	cmd.Flags().BoolVar(&asJSON, "json", false, "print one JSON object")
+	return cmd
+}
+
+// listing is what `synbak list --json` prints.
+type listing struct {
+	Backups        []listBackup     `json:"backups"`
+	Incomplete     []listIncomplete `json:"incomplete_backups"`
+	WAL            []walTimeline    `json:"wal"`
+	RecoveryWindow *window          `json:"recovery_window"`
+}
+
+type listBackup struct {
+	ID          string    `json:"id"`
+	Label       string    `json:"label"`
+	StartTime   time.Time `json:"start_time"`
+	EndTime     time.Time `json:"end_time"`
+	StartLSN    string    `json:"start_lsn"`
+	EndLSN      string    `json:"end_lsn"`
+	Timeline    uint32    `json:"timeline"`
+	PGVersion   int       `json:"pg_version_num"`
+	Size        int64     `json:"size"`
+	StoredSize  int64     `json:"stored_size"`
+	Tablespaces int       `json:"tablespaces"`
+}
+
+type listIncomplete struct {
+	ID           string    `json:"id"`
+	Objects      int       `json:"objects"`
+	StoredSize   int64     `json:"stored_size"`
+	LastModified time.Time `json:"last_modified"`
+}
+
+type walTimeline struct {
+	Timeline uint32     `json:"timeline"`
+	Ranges   []walRange `json:"ranges"`
+	// Partial is the newest partial segment beyond the ranges, if any.
+	Partial *walPartial `json:"partial,omitempty"`
+}
+
+type walRange struct {
+	FirstSegment string `json:"first_segment"`
+	LastSegment  string `json:"last_segment"`
+	StartLSN     string `json:"start_lsn"`
+	EndLSN       string `json:"end_lsn"`
+	Segments     int    `json:"segments"`
+}
+
+type walPartial struct {
+	Segment string `json:"segment"`
+	EndLSN  string `json:"end_lsn"`
+}
+
+type window struct {
+	From time.Time `json:"from"`
+	To   time.Time `json:"to"`
+}
+
+func runList(ctx context.Context, cfg *config.Config, out io.Writer, asJSON bool) error {
+	r, err := openRepo(ctx, cfg, false)
+	if err != nil {
+		return err
+	}
+	l, err := buildListing(ctx, r)
+	if err != nil {
+		return err
+	}
+	if asJSON {
+		enc := json.NewEncoder(out)
+		enc.SetIndent("", "  ")
+		return enc.Encode(l)
+	}
+	printListing(out, l)
+	return nil
+}
+
+func buildListing(ctx context.Context, r *repo.Repo) (listing, error) {
+	l := listing{Backups: []listBackup{}, Incomplete: []listIncomplete{}, WAL: []walTimeline{}}
+	bs, err := basebackup.List(ctx, r)
+	if err != nil {
+		return l, err
+	}
+	for _, b := range bs {
+		l.Backups = append(l.Backups, listBackup{
+			ID: b.ID, Label: b.Label, StartTime: b.StartTime, EndTime: b.EndTime,
+			StartLSN: b.StartLSN.String(), EndLSN: b.EndLSN.String(), Timeline: b.Timeline,
+			PGVersion: b.PGVersion, Size: b.Size(), StoredSize: b.StoredSize(), Tablespaces: len(b.Tablespaces),
+		})
+	}
+	inc, err := basebackup.ListIncomplete(ctx, r)
+	if err != nil {
+		return l, err
+	}
+	for _, i := range inc {
+		l.Incomplete = append(l.Incomplete, listIncomplete{ID: i.ID, Objects: i.Objects, StoredSize: i.StoredSize, LastModified: i.LastModified})
+	}
+
+	settings, err := wal.LoadSettings(ctx, r)
+	if err != nil {
+		if repo.IsNotExist(err) {
+			return l, nil // no WAL archived yet
+		}
+		return l, fmt.Errorf("read WAL settings: %w", err)
+	}
+	segs := map[uint32][]uint64{}
+	type partial struct {
+		no, valid uint64
+		name      string
+	}
+	partials := map[uint32]partial{}
+	err = r.List(ctx, "wal/", func(oi storage.ObjectInfo) error {
+		parts := strings.Split(oi.Name, "/")
+		if len(parts) != 3 || len(parts[1]) != 8 {
+			return nil
+		}
+		base, off, isPartial := strings.Cut(parts[2], ".partial.")
+		seg, err := wal.ParseSegmentName(base, settings.SegmentSize)
+		if err != nil {
+			return nil
+		}
+		if !isPartial {
+			segs[seg.TLI] = append(segs[seg.TLI], seg.No)
+			return nil
+		}
+		valid, err := strconv.ParseUint(off, 16, 64)
+		if err != nil {
+			return nil
+		}
+		if p, ok := partials[seg.TLI]; !ok || seg.No > p.no || (seg.No == p.no && valid > p.valid) {
+			partials[seg.TLI] = partial{no: seg.No, valid: valid, name: oi.Name}
+		}
+		return nil
+	})
+	if err != nil {
+		return l, fmt.Errorf("list WAL: %w", err)
+	}
+	var tlis []uint32
+	for tli := range segs {
+		tlis = append(tlis, tli)
+	}
+	for tli := range partials {
+		if _, ok := segs[tli]; !ok {
+			tlis = append(tlis, tli)
+		}
+	}
+	sort.Slice(tlis, func(i, j int) bool { return tlis[i] < tlis[j] })
+	var newest string // the newest WAL object: last timeline's partial or last segment
+	for _, tli := range tlis {
+		nos := segs[tli]
+		sort.Slice(nos, func(i, j int) bool { return nos[i] < nos[j] })
+		wt := walTimeline{Timeline: tli, Ranges: []walRange{}}
+		mk := func(no uint64) wal.Segment {
+			return wal.SegmentAt(tli, pglogrepl.LSN(no*settings.SegmentSize), settings.SegmentSize)
+		}
+		for i := 0; i < len(nos); {
+			j := i
+			for j+1 < len(nos) && nos[j+1] == nos[j]+1 {
+				j++
+			}
+			first, last := mk(nos[i]), mk(nos[j])
+			wt.Ranges = append(wt.Ranges, walRange{
+				FirstSegment: first.Name(), LastSegment: last.Name(),
+				StartLSN: first.StartLSN().String(), EndLSN: last.EndLSN().String(), Segments: j - i + 1,
+			})
+			i = j + 1
+		}
+		if len(nos) > 0 {
+			newest = mk(nos[len(nos)-1]).ObjectName()
+		}
+		if p, ok := partials[tli]; ok && (len(nos) == 0 || p.no > nos[len(nos)-1]) {
+			s := mk(p.no)
+			wt.Partial = &walPartial{Segment: s.Name(), EndLSN: (s.StartLSN() + pglogrepl.LSN(p.valid)).String()}
+			newest = p.name
+		}
+		l.WAL = append(l.WAL, wt)
+	}
+	if len(bs) > 0 && newest != "" {
+		info, err := r.Stat(ctx, newest)
+		if err != nil {
+			return l, err
+		}
+		if to, err := time.Parse(time.RFC3339Nano, info.Attrs[wal.AttrLastTime]); err == nil {
+			// A complete backup's WAL is archived up to its end, so the
+			// window reaches at least that far even when the newest WAL's
+			// server time (another clock) reads a little earlier.
+			from := bs[0].EndTime
+			l.RecoveryWindow = &window{From: from, To: maxTime(to.UTC(), from)}
+		}
+	}
+	return l, nil
+}
+
+func printListing(out io.Writer, l listing) {
+	tw := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "BACKUP\tSTARTED\tENDED\tSTART LSN\tEND LSN\tTLI\tSIZE\tSTORED")
+	for _, b := range l.Backups {
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%d\t%s\t%s\n", b.ID, b.StartTime.Format(time.RFC3339), b.EndTime.Format(time.RFC3339),
+			b.StartLSN, b.EndLSN, b.Timeline, humanBytes(b.Size), humanBytes(b.StoredSize))
+	}
+	tw.Flush()
+	if len(l.Incomplete) > 0 {
+		fmt.Fprintln(out, "\nIncomplete backups (interrupted or still running; never used by restore):")
+		for _, i := range l.Incomplete {
+			fmt.Fprintf(out, "  %s  INCOMPLETE  %d objects, %s, last written %s\n",
+				i.ID, i.Objects, humanBytes(i.StoredSize), i.LastModified.UTC().Format(time.RFC3339))
+		}
+	}
+	fmt.Fprintln(out)
+	if len(l.WAL) == 0 {
+		fmt.Fprintln(out, "WAL: none archived")
+	}
+	for _, t := range l.WAL {
+		fmt.Fprintf(out, "WAL timeline %d:\n", t.Timeline)
+		for _, r := range t.Ranges {
+			fmt.Fprintf(out, "  %s .. %s  (%s to %s, %d segments)\n", r.FirstSegment, r.LastSegment, r.StartLSN, r.EndLSN, r.Segments)
+		}
+		if t.Partial != nil {
+			fmt.Fprintf(out, "  partial %s up to %s\n", t.Partial.Segment, t.Partial.EndLSN)
+		}
+	}
+	fmt.Fprintln(out)
+	if l.RecoveryWindow == nil {
+		fmt.Fprintln(out, "Recovery window: none (a complete base backup and archived WAL are needed)")
+		return
+	}
+	fmt.Fprintf(out, "Recovery window: %s to %s\n", l.RecoveryWindow.From.Format(time.RFC3339), l.RecoveryWindow.To.Format(time.RFC3339))
+}
+
+func maxTime(a, b time.Time) time.Time {
+	if a.After(b) {
+		return a
+	}
+	return b
+}
