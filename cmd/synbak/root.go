@@ -70,6 +70,7 @@ restored as of any point in time.`,
 		newWALFetchCommand(st),
 		newBackupCommand(st),
 		newListCommand(st),
+		newMediaCommand(st),
 	)
 	return cmd, st
 }

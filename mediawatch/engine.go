@@ -1,0 +1,783 @@
+package mediawatch
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"hash"
+	"io"
+	"io/fs"
+	"log/slog"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/synbak/synbak/internal/repo"
+)
+
+// Trees Synapse writes local media to. remote_content, remote_thumbnail,
+// url_cache and url_cache_thumbnails are caches of other servers' media and
+// are never backed up.
+const (
+	LocalContent    = "local_content"
+	LocalThumbnails = "local_thumbnails"
+)
+
+// Options configure a Watcher or a Sync. Zero values mean the defaults.
+type Options struct {
+	// Trees are the media store's subdirectories to back up; nil means
+	// local_content, plus local_thumbnails unless DynamicThumbnails.
+	Trees []string
+	// DynamicThumbnails is Synapse's dynamic_thumbnails: thumbnails are
+	// generated on request and not worth backing up.
+	DynamicThumbnails bool
+	// QuietPeriod is how long a file must be unmodified before it is
+	// copied (default 2 s).
+	QuietPeriod time.Duration
+	// ScanInterval is the period of the reconciling full scan (default
+	// 1 h; negative disables it).
+	ScanInterval time.Duration
+	// Workers is the number of parallel copies (default 8: a copy mostly
+	// waits for fsync, which the file system commits in groups).
+	Workers int
+	// BatchInterval and BatchSize bound how long and how many events wait
+	// before an index batch is stored (defaults 1 s and 1000); a batch is
+	// stored at once when no other copy is in flight.
+	BatchInterval time.Duration
+	BatchSize     int
+	// MaxLeafWatches bounds the inotify watches on leaf directories
+	// (default 10,000).
+	MaxLeafWatches int
+	// Lengths, when set, is asked for local_media_repository.media_length
+	// before a recently modified local_content file is copied; a matching
+	// row makes the file complete without waiting for QuietPeriod.
+	Lengths LengthChecker
+	// DBGrace is how long after its last modification a file waits for a
+	// matching database row before it is copied anyway (default 1 min).
+	DBGrace time.Duration
+	// Logger receives progress and warnings; nil discards them.
+	Logger *slog.Logger
+	// Progress, when set, is called about twice a second during Sync.
+	Progress func(Stats)
+}
+
+func (o Options) withDefaults() Options {
+	if o.Trees == nil {
+		o.Trees = []string{LocalContent}
+		if !o.DynamicThumbnails {
+			o.Trees = append(o.Trees, LocalThumbnails)
+		}
+	}
+	if o.QuietPeriod <= 0 {
+		o.QuietPeriod = 2 * time.Second
+	}
+	if o.ScanInterval == 0 {
+		o.ScanInterval = time.Hour
+	}
+	if o.Workers <= 0 {
+		o.Workers = 8
+	}
+	if o.BatchInterval <= 0 {
+		o.BatchInterval = time.Second
+	}
+	if o.BatchSize <= 0 {
+		o.BatchSize = 1000
+	}
+	if o.MaxLeafWatches <= 0 {
+		o.MaxLeafWatches = 10000
+	}
+	if o.DBGrace <= 0 {
+		o.DBGrace = time.Minute
+	}
+	if o.Logger == nil {
+		o.Logger = slog.New(slog.DiscardHandler)
+	}
+	return o
+}
+
+// Stats count what a Watcher or Sync did.
+type Stats struct {
+	// Scanned is the number of files looked at by scans.
+	Scanned int64
+	// Pending is the number of files waiting to be complete or copied.
+	Pending int64
+	// Added and Deleted count index events recorded.
+	Added, Deleted int64
+	// Uploaded counts objects written; Deduplicated files whose content
+	// was in the repository already.
+	Uploaded, Deduplicated int64
+	// Bytes is the plaintext size of the files added.
+	Bytes int64
+	// ScanDone is true once the first full scan has finished.
+	ScanDone bool
+}
+
+// entry is the backed-up state of one path.
+type entry struct {
+	sha     [32]byte
+	size    int64
+	mtime   int64 // UnixNano
+	deleted bool
+	gen     uint32 // full scan generation that last saw it
+}
+
+type pend struct {
+	firstSeen time.Time
+	notBefore time.Time
+}
+
+type job struct {
+	path      string
+	size      int64
+	mtime     time.Time
+	firstSeen time.Time
+	deleted   bool
+}
+
+// engine owns the state, the pending set and the copy pipeline; Watcher
+// and Sync feed it paths.
+type engine struct {
+	r     *repo.Repo
+	store string
+	opts  Options
+	log   *slog.Logger
+
+	mu       sync.Mutex
+	state    map[string]*entry
+	pending  map[string]pend
+	inflight map[string]bool
+	gen      uint32
+	seq      uint64 // next index batch
+	stats    Stats
+
+	// failFast (Sync) makes the first copy error end the pass.
+	failFast bool
+	firstErr error
+
+	wake    chan struct{}
+	jobs    chan job
+	results chan Event
+}
+
+func newEngine(r *repo.Repo, store string, opts Options) *engine {
+	opts = opts.withDefaults()
+	return &engine{
+		r: r, store: store, opts: opts, log: opts.Logger.With("component", "mediawatch"),
+		state: map[string]*entry{}, pending: map[string]pend{}, inflight: map[string]bool{},
+		wake: make(chan struct{}, 1), jobs: make(chan job, 64), results: make(chan Event, 256),
+	}
+}
+
+// load rebuilds the state from the index.
+func (e *engine) load(ctx context.Context) error {
+	n := 0
+	last, err := ReadIndex(ctx, e.r, func(ev Event) error {
+		n++
+		e.apply(ev)
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	e.seq = last + 1
+	e.log.Debug("media index loaded", "events", n, "paths", len(e.state))
+	return nil
+}
+
+// apply records ev in the state; the caller holds mu or owns e.
+func (e *engine) apply(ev Event) {
+	st := e.state[ev.Path]
+	if st == nil {
+		st = &entry{}
+		e.state[ev.Path] = st
+	}
+	if ev.Event == Deleted {
+		st.deleted = true
+		return
+	}
+	b, _ := hex.DecodeString(ev.SHA256)
+	copy(st.sha[:], b)
+	st.size, st.mtime, st.deleted = ev.Size, ev.MTime.UnixNano(), false
+}
+
+func (e *engine) poke() {
+	select {
+	case e.wake <- struct{}{}:
+	default:
+	}
+}
+
+// notice marks rel (relative to the store) as worth a look.
+func (e *engine) notice(rel string) {
+	e.mu.Lock()
+	if !e.inflight[rel] {
+		if _, ok := e.pending[rel]; !ok {
+			e.pending[rel] = pend{firstSeen: time.Now().UTC()}
+		}
+	}
+	e.mu.Unlock()
+	e.poke()
+}
+
+// observe is notice for a file found by a scan with gen, skipping files the
+// state has with the same size and mtime.
+func (e *engine) observe(rel string, fi fs.FileInfo, gen uint32) {
+	e.mu.Lock()
+	e.stats.Scanned++
+	st := e.state[rel]
+	if st != nil && !st.deleted && st.size == fi.Size() && st.mtime == fi.ModTime().UnixNano() {
+		st.gen = gen
+		e.mu.Unlock()
+		return
+	}
+	if !e.inflight[rel] {
+		if _, ok := e.pending[rel]; !ok {
+			e.pending[rel] = pend{firstSeen: time.Now().UTC()}
+		}
+	}
+	e.mu.Unlock()
+	e.poke()
+}
+
+// scanTrees walks every tree, observing files, and calls onDir (when not
+// nil) for each directory before its contents are read. If a tree was
+// scanned completely, files of the state under it that the scan did not
+// see are queued for a check (deleted ones are then recorded).
+func (e *engine) scanTrees(ctx context.Context, onDir func(rel string, level int, fi fs.FileInfo)) error {
+	e.mu.Lock()
+	e.gen++
+	gen := e.gen
+	e.mu.Unlock()
+	var complete []string
+	for _, tree := range e.opts.Trees {
+		err := e.scanDir(ctx, tree, gen, onDir)
+		if err != nil {
+			if ctx.Err() != nil {
+				return ctx.Err()
+			}
+			if errors.Is(err, fs.ErrNotExist) && tree == unwrapRoot(err) {
+				e.log.Debug("media tree does not exist yet", "tree", filepath.Join(e.store, tree))
+			} else {
+				e.log.Warn("media scan incomplete: deletions under this tree are not checked until the next scan", "tree", filepath.Join(e.store, tree), "err", err)
+			}
+			continue
+		}
+		complete = append(complete, tree+"/")
+	}
+	e.mu.Lock()
+	now := time.Now().UTC()
+	for p, st := range e.state {
+		if st.deleted || st.gen == gen || e.inflight[p] {
+			continue
+		}
+		for _, pre := range complete {
+			if strings.HasPrefix(p, pre) {
+				if _, ok := e.pending[p]; !ok {
+					e.pending[p] = pend{firstSeen: now}
+				}
+				break
+			}
+		}
+	}
+	e.stats.ScanDone = true
+	e.mu.Unlock()
+	e.poke()
+	return nil
+}
+
+type rootError struct {
+	rel string
+	err error
+}
+
+func (r rootError) Error() string { return r.err.Error() }
+func (r rootError) Unwrap() error { return r.err }
+
+func unwrapRoot(err error) string {
+	var re rootError
+	if errors.As(err, &re) {
+		return re.rel
+	}
+	return ""
+}
+
+// scanDir walks rel (relative to the store).
+func (e *engine) scanDir(ctx context.Context, rel string, gen uint32, onDir func(rel string, level int, fi fs.FileInfo)) error {
+	root := filepath.Join(e.store, rel)
+	if _, err := os.Lstat(root); err != nil {
+		return rootError{rel, err}
+	}
+	return filepath.WalkDir(root, func(p string, d fs.DirEntry, err error) error {
+		if err != nil {
+			if p != root && errors.Is(err, fs.ErrNotExist) {
+				return nil // removed while walking
+			}
+			return err
+		}
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		r, rerr := filepath.Rel(e.store, p)
+		if rerr != nil {
+			return rerr
+		}
+		r = filepath.ToSlash(r)
+		if d.IsDir() {
+			if onDir != nil {
+				if fi, err := d.Info(); err == nil {
+					onDir(r, level(r), fi)
+				}
+			}
+			return nil
+		}
+		if !d.Type().IsRegular() {
+			return nil
+		}
+		fi, err := d.Info()
+		if err != nil {
+			return nil // removed while walking: an event or the next scan
+		}
+		e.observe(r, fi, gen)
+		return nil
+	})
+}
+
+// level is the depth of rel below its tree: 0 for the tree itself.
+func level(rel string) int { return strings.Count(rel, "/") }
+
+// tick is how often the pending set is examined.
+func (e *engine) tick() time.Duration {
+	return min(max(e.opts.QuietPeriod/4, 20*time.Millisecond), 250*time.Millisecond)
+}
+
+// runChecker moves complete files from pending to the copy workers until
+// ctx ends.
+func (e *engine) runChecker(ctx context.Context) {
+	t := time.NewTicker(e.tick())
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		case <-e.wake:
+		}
+		for e.checkPending(ctx) && ctx.Err() == nil {
+		}
+	}
+}
+
+// checkBatch bounds the paths examined in one pass, so that memory stays
+// flat when a scan queues a million files.
+const checkBatch = 4096
+
+// checkPending examines pending paths that are due and sends the complete
+// ones to the workers; it returns true when more were due than it took.
+func (e *engine) checkPending(ctx context.Context) (more bool) {
+	now := time.Now()
+	e.mu.Lock()
+	var paths []string
+	for p, pd := range e.pending {
+		if !now.Before(pd.notBefore) {
+			if len(paths) == checkBatch {
+				more = true
+				break
+			}
+			paths = append(paths, p)
+		}
+	}
+	e.mu.Unlock()
+
+	var ready, dbCheck []job
+	for _, p := range paths {
+		fi, err := os.Lstat(filepath.Join(e.store, filepath.FromSlash(p)))
+		e.mu.Lock()
+		pd, ok := e.pending[p]
+		if !ok {
+			e.mu.Unlock()
+			continue
+		}
+		st := e.state[p]
+		switch {
+		case errors.Is(err, fs.ErrNotExist) || errors.Is(err, syscall.ENOTDIR):
+			delete(e.pending, p)
+			if st != nil && !st.deleted {
+				e.inflight[p] = true
+				ready = append(ready, job{path: p, firstSeen: pd.firstSeen, deleted: true})
+			}
+		case err != nil:
+			e.log.Warn("cannot stat media file; retrying", "file", p, "err", err)
+			pd.notBefore = now.Add(5 * time.Second)
+			e.pending[p] = pd
+		case !fi.Mode().IsRegular():
+			delete(e.pending, p)
+		case st != nil && !st.deleted && st.size == fi.Size() && st.mtime == fi.ModTime().UnixNano():
+			delete(e.pending, p)
+		case now.Sub(fi.ModTime()) < e.opts.QuietPeriod && e.dbEligible(p):
+			// The row is inserted once the file is complete: no need to
+			// wait for the quiet period when it says so.
+			j := job{path: p, size: fi.Size(), mtime: fi.ModTime(), firstSeen: pd.firstSeen}
+			delete(e.pending, p)
+			e.inflight[p] = true
+			dbCheck = append(dbCheck, j)
+		case now.Sub(fi.ModTime()) < e.opts.QuietPeriod:
+			mt := fi.ModTime()
+			if mt.After(now) {
+				mt = now
+			}
+			pd.notBefore = mt.Add(e.opts.QuietPeriod)
+			e.pending[p] = pd
+		default:
+			j := job{path: p, size: fi.Size(), mtime: fi.ModTime(), firstSeen: pd.firstSeen}
+			delete(e.pending, p)
+			e.inflight[p] = true
+			if now.Sub(fi.ModTime()) < e.opts.DBGrace && e.dbEligible(p) {
+				dbCheck = append(dbCheck, j)
+			} else {
+				ready = append(ready, j)
+			}
+		}
+		e.mu.Unlock()
+	}
+	for _, j := range dbCheck {
+		if e.lengthMatches(ctx, j) {
+			ready = append(ready, j)
+			continue
+		}
+		e.mu.Lock()
+		delete(e.inflight, j.path)
+		e.pending[j.path] = pend{firstSeen: j.firstSeen, notBefore: now.Add(e.tick())}
+		e.mu.Unlock()
+	}
+	for _, j := range ready {
+		select {
+		case e.jobs <- j:
+		case <-ctx.Done():
+			return false
+		}
+	}
+	return more
+}
+
+// dbEligible says whether the database can tell whether p is complete.
+func (e *engine) dbEligible(p string) bool {
+	return e.opts.Lengths != nil && strings.HasPrefix(p, LocalContent+"/") && strings.Count(p, "/") == 3
+}
+
+// lengthMatches asks the database whether j's size is the media's length.
+// Database errors do not hold copies back.
+func (e *engine) lengthMatches(ctx context.Context, j job) bool {
+	parts := strings.Split(j.path, "/")
+	if len(parts) != 4 {
+		return true
+	}
+	qctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	n, found, err := e.opts.Lengths.MediaLength(qctx, parts[1]+parts[2]+parts[3])
+	if err != nil {
+		e.log.Debug("media length query failed; copying on the quiet period alone", "file", j.path, "err", err)
+		return true
+	}
+	return found && n == j.size
+}
+
+// runWorker copies files until jobs is closed or ctx ends.
+func (e *engine) runWorker(ctx context.Context) {
+	for {
+		var j job
+		select {
+		case <-ctx.Done():
+			return
+		case j = <-e.jobs:
+		}
+		ev, ok, err := e.copyFile(ctx, j)
+		if err != nil || !ok {
+			e.mu.Lock()
+			delete(e.inflight, j.path)
+			if err != nil {
+				if ctx.Err() == nil {
+					if e.failFast && e.firstErr == nil {
+						e.firstErr = err
+					}
+					e.log.Warn("media copy failed; retrying", "file", j.path, "err", err)
+				}
+				e.pending[j.path] = pend{firstSeen: j.firstSeen, notBefore: time.Now().Add(5 * time.Second)}
+			} else {
+				// Changed or vanished meanwhile: look again.
+				e.pending[j.path] = pend{firstSeen: j.firstSeen}
+			}
+			e.mu.Unlock()
+			continue
+		}
+		select {
+		case e.results <- ev:
+		case <-ctx.Done():
+			return
+		}
+	}
+}
+
+var errChanged = errors.New("file changed while it was copied")
+
+// smallFile is the size up to which a file is copied from memory.
+const smallFile = 1 << 20
+
+var smallBufs = sync.Pool{New: func() any { b := make([]byte, smallFile+1); return &b }}
+
+// copyFile stores j's file as a content-addressed object and returns its
+// index event; ok is false when the file changed or vanished (look again).
+func (e *engine) copyFile(ctx context.Context, j job) (Event, bool, error) {
+	now := time.Now().UTC()
+	if j.deleted {
+		e.mu.Lock()
+		st := e.state[j.path]
+		var ev Event
+		if st != nil {
+			ev = Event{Path: j.path, SHA256: hex.EncodeToString(st.sha[:]), Size: st.size, MTime: time.Unix(0, st.mtime).UTC(),
+				FirstSeen: j.firstSeen, Event: Deleted, At: now}
+		}
+		e.mu.Unlock()
+		return ev, st != nil, nil
+	}
+	full := filepath.Join(e.store, filepath.FromSlash(j.path))
+	f, err := os.Open(full)
+	if err != nil {
+		if errors.Is(err, fs.ErrNotExist) {
+			return Event{}, false, nil
+		}
+		return Event{}, false, err
+	}
+	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil {
+		return Event{}, false, err
+	}
+	if fi.Size() != j.size || !fi.ModTime().Equal(j.mtime) {
+		return Event{}, false, nil
+	}
+	// Small files (most media) are read once, into memory; larger ones
+	// are hashed first and then streamed, checked again on the way.
+	var small []byte
+	var sum [32]byte
+	var head []byte
+	if j.size <= smallFile {
+		bp := smallBufs.Get().(*[]byte)
+		defer smallBufs.Put(bp)
+		small = (*bp)[:j.size]
+		if _, err := io.ReadFull(f, small); err != nil {
+			if errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, io.EOF) {
+				return Event{}, false, nil // shrank meanwhile
+			}
+			return Event{}, false, fmt.Errorf("read %s: %w", full, err)
+		}
+		if n, _ := f.Read((*bp)[j.size : j.size+1]); n > 0 {
+			return Event{}, false, nil // grew meanwhile
+		}
+		sum = sha256.Sum256(small)
+		head = small[:min(512, len(small))]
+	} else {
+		h := sha256.New()
+		head = make([]byte, 512)
+		hn, _ := io.ReadFull(f, head)
+		head = head[:hn]
+		h.Write(head)
+		if _, err := io.Copy(h, f); err != nil {
+			return Event{}, false, fmt.Errorf("read %s: %w", full, err)
+		}
+		h.Sum(sum[:0])
+	}
+	shaHex := hex.EncodeToString(sum[:])
+	name := ObjectName(shaHex)
+	info, err := e.r.Stat(ctx, name)
+	switch {
+	case err == nil && info.SHA256 == shaHex && info.Size == j.size:
+		e.mu.Lock()
+		e.stats.Deduplicated++
+		e.mu.Unlock()
+	case err != nil && !repo.IsNotExist(err) && !repo.IsCorrupt(err):
+		return Event{}, false, err
+	default:
+		var opts []repo.PutOption
+		if incompressible(head) {
+			opts = append(opts, repo.Uncompressed())
+		}
+		var rd io.Reader
+		if small != nil {
+			rd = bytes.NewReader(small)
+		} else {
+			if _, err := f.Seek(0, io.SeekStart); err != nil {
+				return Event{}, false, err
+			}
+			rd = &verifyReader{r: f, h: sha256.New(), want: sum, size: j.size}
+		}
+		if _, err := e.r.Put(ctx, name, rd, nil, opts...); err != nil {
+			if errors.Is(err, errChanged) {
+				return Event{}, false, nil
+			}
+			return Event{}, false, err
+		}
+		e.mu.Lock()
+		e.stats.Uploaded++
+		e.mu.Unlock()
+	}
+	return Event{Path: j.path, SHA256: shaHex, Size: j.size, MTime: j.mtime.UTC(), FirstSeen: j.firstSeen, Event: Added, At: now}, true, nil
+}
+
+// verifyReader returns errChanged instead of io.EOF when what it read is
+// not the content that was hashed, so that an object is never stored under
+// another content's name.
+type verifyReader struct {
+	r    io.Reader
+	h    hash.Hash
+	want [32]byte
+	size int64
+	n    int64
+}
+
+func (v *verifyReader) Read(p []byte) (int, error) {
+	n, err := v.r.Read(p)
+	v.h.Write(p[:n])
+	v.n += int64(n)
+	if err == io.EOF {
+		var got [32]byte
+		v.h.Sum(got[:0])
+		if got != v.want || v.n != v.size {
+			return n, errChanged
+		}
+	}
+	return n, err
+}
+
+// incompressible says whether content starting with head is already
+// compressed (images, video, audio, archives).
+func incompressible(head []byte) bool {
+	ct := http.DetectContentType(head)
+	for _, pre := range []string{"image/jpeg", "image/png", "image/gif", "image/webp", "video/", "audio/",
+		"application/zip", "application/x-gzip", "application/x-rar-compressed", "application/wasm"} {
+		if strings.HasPrefix(ct, pre) {
+			return true
+		}
+	}
+	return false
+}
+
+// runBatcher stores events in index batches, then commits them to the
+// state, until results is closed; then it stores the rest with a fresh
+// context.
+func (e *engine) runBatcher(ctx context.Context) {
+	var batch []Event
+	t := time.NewTicker(e.opts.BatchInterval)
+	defer t.Stop()
+	flush := func(ctx context.Context) {
+		for len(batch) > 0 {
+			seq, err := storeBatch(ctx, e.r, e.seq, batch)
+			if err == nil {
+				e.commit(seq, batch)
+				batch = nil
+				return
+			}
+			e.log.Error("cannot store media index batch; retrying", "err", err)
+			e.mu.Lock()
+			if e.failFast && e.firstErr == nil {
+				e.firstErr = err
+			}
+			e.mu.Unlock()
+			select {
+			case <-ctx.Done():
+				return
+			case <-time.After(2 * time.Second):
+			}
+		}
+	}
+	for {
+		select {
+		case ev, ok := <-e.results:
+			if !ok {
+				fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
+				flush(fctx)
+				cancel()
+				return
+			}
+			batch = append(batch, ev)
+			if len(batch) >= e.opts.BatchSize || e.nothingElseInFlight(len(batch)) {
+				flush(ctx)
+			}
+		case <-t.C:
+			flush(ctx)
+		}
+	}
+}
+
+// nothingElseInFlight says whether the n events of the batch are all that
+// is being copied: then waiting for more only delays them.
+func (e *engine) nothingElseInFlight(n int) bool {
+	if len(e.results) > 0 {
+		return false
+	}
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return len(e.inflight) <= n
+}
+
+func (e *engine) commit(seq uint64, batch []Event) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	e.seq = seq + 1
+	for _, ev := range batch {
+		e.apply(ev)
+		if st := e.state[ev.Path]; st != nil {
+			st.gen = e.gen
+		}
+		delete(e.inflight, ev.Path)
+		if ev.Event == Added {
+			e.stats.Added++
+			e.stats.Bytes += ev.Size
+		} else {
+			e.stats.Deleted++
+		}
+	}
+}
+
+// Stats returns the counters so far.
+func (e *engine) Stats() Stats {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	s := e.stats
+	s.Pending = int64(len(e.pending) + len(e.inflight))
+	return s
+}
+
+func (e *engine) failure() error {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return e.firstErr
+}
+
+func (e *engine) idle() bool {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return e.stats.ScanDone && len(e.pending) == 0 && len(e.inflight) == 0
+}
+
+// pipeline runs the checker, the workers and the batcher until ctx ends;
+// the returned function waits for them (and the final index batch).
+func (e *engine) pipeline(ctx context.Context) (wait func()) {
+	var wg, workers sync.WaitGroup
+	wg.Go(func() { e.runChecker(ctx) })
+	for range e.opts.Workers {
+		workers.Go(func() { e.runWorker(ctx) })
+	}
+	wg.Go(func() {
+		workers.Wait()
+		close(e.results)
+	})
+	wg.Go(func() { e.runBatcher(ctx) })
+	return wg.Wait
+}
