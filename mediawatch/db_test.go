@@ -14,7 +14,7 @@ import (
 func TestDatabaseLengths(t *testing.T) {
 	t.Parallel()
 	if testing.Short() {
-		t.Skip("needs PostgreSQL")
+		t.Skip("needs PostgreSQL (skipped with -short)")
 	}
 	c := pgtest.Start(t, pgtest.Options{Conf: []string{"fsync = off"}})
 	c.CreateDB(t, "synapse")

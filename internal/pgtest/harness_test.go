@@ -334,7 +334,7 @@ func TestOrphanHelper(t *testing.T) {
 func TestOrphanedServerDies(t *testing.T) {
 	t.Parallel()
 	if _, err := BinDir(); err != nil && testing.Short() {
-		t.Skip(err)
+		t.Skipf("skipped with -short: %v", err)
 	}
 	cmd := exec.Command(os.Args[0], "-test.run=^TestOrphanHelper$", "-test.v")
 	cmd.Env = append(os.Environ(), helperEnv+"=1")
