@@ -8,6 +8,8 @@
 package main
 
 import (
+	"github.com/synbak/synbak/bench/internal/benchpg"
+
 	"context"
 	"flag"
 	"fmt"
@@ -89,12 +91,12 @@ func run() error {
 	if err := os.Mkdir(pgdir, 0o755); err != nil {
 		return err
 	}
-	c, err := startCluster(ctx, *pgBin, pgdir)
+	c, err := benchpg.Start(ctx, *pgBin, pgdir, clusterSettings)
 	if err != nil {
 		return err
 	}
-	defer c.stop()
-	conn, err := pgx.Connect(ctx, c.dsn())
+	defer c.Stop()
+	conn, err := pgx.Connect(ctx, c.DSN())
 	if err != nil {
 		return err
 	}
@@ -140,11 +142,11 @@ func run() error {
 
 // fill grows the database to about gb GiB: pgbench tables (about 2/3) and
 // Synapse-like event JSON (about 1/3; compresses ~3x, pgbench ~20x).
-func fill(ctx context.Context, c *cluster, conn *pgx.Conn, gb float64) (float64, error) {
+func fill(ctx context.Context, c *benchpg.Cluster, conn *pgx.Conn, gb float64) (float64, error) {
 	scale := int(gb * 2 / 3 * 1024 / 15) // ~15 MB per scale unit
-	cmd := exec.CommandContext(ctx, filepath.Join(c.bin, "pgbench"), "-i", "-q", "-s", strconv.Itoa(scale),
-		"-h", "127.0.0.1", "-p", strconv.Itoa(c.port), "-U", "postgres", "postgres")
-	cmd.Env = cleanEnv()
+	cmd := exec.CommandContext(ctx, filepath.Join(c.Bin, "pgbench"), "-i", "-q", "-s", strconv.Itoa(scale),
+		"-h", "127.0.0.1", "-p", strconv.Itoa(c.Port), "-U", "postgres", "postgres")
+	cmd.Env = benchpg.CleanEnv()
 	if out, err := cmd.CombinedOutput(); err != nil {
 		return 0, fmt.Errorf("pgbench -i: %v\n%s", err, out)
 	}
@@ -188,7 +190,7 @@ from generate_series(1, 30000) g`)
 	return float64(db) / 1e6, nil
 }
 
-func measure(ctx context.Context, c *cluster, cfg config, synbak, work string) (result, error) {
+func measure(ctx context.Context, c *benchpg.Cluster, cfg config, synbak, work string) (result, error) {
 	out := filepath.Join(work, "out")
 	_ = os.RemoveAll(out)
 	if err := os.Mkdir(out, 0o700); err != nil {
@@ -198,16 +200,16 @@ func measure(ctx context.Context, c *cluster, cfg config, synbak, work string) (
 	var cmd *exec.Cmd
 	if cfg.synbak {
 		cmd = exec.CommandContext(ctx, synbak, "-c", "/dev/null", "backup")
-		cmd.Env = cleanEnv(append([]string{
-			"SYNBAK_POSTGRES_DSN=" + c.dsn(),
+		cmd.Env = benchpg.CleanEnv(append([]string{
+			"SYNBAK_POSTGRES_DSN=" + c.DSN(),
 			"SYNBAK_REPOSITORY_PATH=" + filepath.Join(out, "repo"),
 			"SYNBAK_STATE_DIR=" + filepath.Join(out, "state"),
 			"SYNBAK_LOG_LEVEL=warn",
 		}, cfg.env...)...)
 	} else {
-		args := append([]string{"-h", "127.0.0.1", "-p", strconv.Itoa(c.port), "-U", "postgres", "-D", filepath.Join(out, "pgbb")}, cfg.args...)
-		cmd = exec.CommandContext(ctx, filepath.Join(c.bin, "pg_basebackup"), args...)
-		cmd.Env = cleanEnv()
+		args := append([]string{"-h", "127.0.0.1", "-p", strconv.Itoa(c.Port), "-U", "postgres", "-D", filepath.Join(out, "pgbb")}, cfg.args...)
+		cmd = exec.CommandContext(ctx, filepath.Join(c.Bin, "pg_basebackup"), args...)
+		cmd.Env = benchpg.CleanEnv()
 	}
 	var stderr strings.Builder
 	cmd.Stderr = &stderr

@@ -1,6 +1,8 @@
 package main
 
 import (
+	"github.com/synbak/synbak/bench/internal/benchpg"
+
 	"bytes"
 	"context"
 	"encoding/base64"
@@ -28,10 +30,10 @@ func walLSN(ctx context.Context, conn *pgx.Conn, expr string) (int64, error) {
 }
 
 // pgbench runs pgbench (as this user, over TCP) and returns its output.
-func pgbench(ctx context.Context, c *cluster, env []string, args ...string) (string, error) {
-	base := []string{"-h", "127.0.0.1", "-p", strconv.Itoa(c.port), "-U", "postgres"}
-	cmd := exec.CommandContext(ctx, filepath.Join(c.bin, "pgbench"), append(append(base, args...), "postgres")...)
-	cmd.Env = cleanEnv(env...)
+func pgbench(ctx context.Context, c *benchpg.Cluster, env []string, args ...string) (string, error) {
+	base := []string{"-h", "127.0.0.1", "-p", strconv.Itoa(c.Port), "-U", "postgres"}
+	cmd := exec.CommandContext(ctx, filepath.Join(c.Bin, "pgbench"), append(append(base, args...), "postgres")...)
+	cmd.Env = benchpg.CleanEnv(env...)
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	out, err := cmd.CombinedOutput()
 	if err != nil {
@@ -63,7 +65,7 @@ type genResult struct {
 // generate writes about total bytes of WAL: pgbench (init, then timed runs
 // after a checkpoint so that updates log full-page images as in production)
 // and/or Synapse-like event rows, by mode.
-func generate(ctx context.Context, c *cluster, conn *pgx.Conn, mode string, total int64, scale int) (genResult, error) {
+func generate(ctx context.Context, c *benchpg.Cluster, conn *pgx.Conn, mode string, total int64, scale int) (genResult, error) {
 	res := genResult{Mode: mode}
 	t0 := time.Now()
 	var pgShare float64

@@ -1,6 +1,8 @@
 package main
 
 import (
+	"github.com/synbak/synbak/bench/internal/benchpg"
+
 	"context"
 	"fmt"
 	"os"
@@ -150,7 +152,7 @@ func (e *env) lagPhase(ctx context.Context, conn *pgx.Conn, o options, synchrono
 		err error
 	}
 	for _, p := range procs {
-		cpuAtStart[p], _ = procCPU(p.cmd.Process.Pid)
+		cpuAtStart[p], _ = benchpg.ProcCPU(p.cmd.Process.Pid)
 	}
 	benchDone := make(chan benchOut, 1)
 	stopPerf := e.startPerf("lag-" + mode)

@@ -9,6 +9,8 @@
 package main
 
 import (
+	"github.com/synbak/synbak/bench/internal/benchpg"
+
 	"context"
 	"encoding/json"
 	"errors"
@@ -131,15 +133,15 @@ func run() (err error) {
 	if err := os.Mkdir(filepath.Join(work, "pg"), 0o755); err != nil {
 		return err
 	}
-	c, err := startCluster(ctx, o.pgBin, filepath.Join(work, "pg"))
+	c, err := benchpg.Start(ctx, o.pgBin, filepath.Join(work, "pg"), clusterSettings)
 	if err != nil {
 		return err
 	}
-	defer func() { logf("stopping PostgreSQL"); c.stop() }()
+	defer func() { logf("stopping PostgreSQL"); c.Stop() }()
 	e := &env{c: c, synbak: o.synbak, work: work, procs: map[*proc]struct{}{}, perf: o.perf}
 	defer e.stopAll()
 
-	conn, err := pgx.Connect(ctx, c.dsn())
+	conn, err := pgx.Connect(ctx, c.DSN())
 	if err != nil {
 		return err
 	}
@@ -216,7 +218,7 @@ func run() (err error) {
 			}
 			res.Round = round + 1
 			if cfg.Tool == "synbak" && o.verifyCount > 0 {
-				refs := []string{filepath.Join(c.data, "pg_wal")}
+				refs := []string{filepath.Join(c.Data, "pg_wal")}
 				if refDir != "" {
 					refs = append([]string{refDir}, refs...)
 				}

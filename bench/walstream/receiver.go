@@ -1,6 +1,8 @@
 package main
 
 import (
+	"github.com/synbak/synbak/bench/internal/benchpg"
+
 	"bytes"
 	"context"
 	"errors"
@@ -80,7 +82,7 @@ func (p *proc) peakRSSMB() float64 { return float64(p.hwmKB.Load()) / 1024 }
 
 // env carries what every receiver needs.
 type env struct {
-	c      *cluster
+	c      *benchpg.Cluster
 	synbak string
 	work   string // per-run directories go here
 	perf   string // when set, record system-wide perf profiles of synbak runs here
@@ -102,16 +104,16 @@ func (e *env) startReceiver(cfg receiverConfig, slot, dir string, synchronous bo
 		if err := os.Mkdir(p.out, 0o700); err != nil {
 			return nil, err
 		}
-		args := []string{"-d", e.c.dsn(), "-D", p.out, "-S", slot, "--no-loop", "--compress=" + cfg.Compress}
+		args := []string{"-d", e.c.DSN(), "-D", p.out, "-S", slot, "--no-loop", "--compress=" + cfg.Compress}
 		if synchronous {
 			args = append(args, "--synchronous")
 		}
-		cmd = exec.Command(filepath.Join(e.c.bin, "pg_receivewal"), args...)
-		cmd.Env = cleanEnv()
+		cmd = exec.Command(filepath.Join(e.c.Bin, "pg_receivewal"), args...)
+		cmd.Env = benchpg.CleanEnv()
 	case "synbak":
 		p.out = filepath.Join(dir, "repo", "wal", "00000001")
 		extra := []string{
-			"SYNBAK_POSTGRES_DSN=" + e.c.dsn(),
+			"SYNBAK_POSTGRES_DSN=" + e.c.DSN(),
 			"SYNBAK_STATE_DIR=" + filepath.Join(dir, "state"),
 			"SYNBAK_POSTGRES_SLOT=" + slot,
 			"SYNBAK_REPOSITORY_COMPRESSION=" + cfg.Compress,
@@ -121,7 +123,7 @@ func (e *env) startReceiver(cfg receiverConfig, slot, dir string, synchronous bo
 			extra = append(extra, fmt.Sprintf("SYNBAK_REPOSITORY_ZSTD_LEVEL=%d", cfg.Level))
 		}
 		cmd = exec.Command(e.synbak, "--repo", filepath.Join(dir, "repo"), "--log-level", "info", "wal", "stream")
-		cmd.Env = cleanEnv(extra...)
+		cmd.Env = benchpg.CleanEnv(extra...)
 	default:
 		return nil, fmt.Errorf("unknown tool %q", cfg.Tool)
 	}
@@ -274,7 +276,7 @@ type runResult struct {
 // the receiver and measures it.
 func (e *env) catchUp(ctx context.Context, conn *pgx.Conn, cfg receiverConfig, slot, dir string, w walInfo) (runResult, *proc, error) {
 	res := runResult{Config: cfg.Name}
-	busy0 := busyCPU()
+	busy0 := benchpg.BusyCPU()
 	t0 := time.Now()
 	p, err := e.startReceiver(cfg, slot, dir, false)
 	if err != nil {
@@ -306,14 +308,14 @@ func (e *env) catchUp(ctx context.Context, conn *pgx.Conn, cfg receiverConfig, s
 		}
 	}
 	res.WallS = time.Since(t0).Seconds()
-	busy1 := busyCPU()
-	recvCPU, _ := procCPU(p.cmd.Process.Pid)
+	busy1 := benchpg.BusyCPU()
+	recvCPU, _ := benchpg.ProcCPU(p.cmd.Process.Pid)
 	stopPerf()
 	if walsenderPID == 0 {
 		_ = conn.QueryRow(ctx, "SELECT coalesce(active_pid, 0) FROM pg_replication_slots WHERE slot_name = $1", slot).Scan(&walsenderPID)
 	}
 	if walsenderPID != 0 {
-		if cpu, err := procCPU(walsenderPID); err == nil {
+		if cpu, err := benchpg.ProcCPU(walsenderPID); err == nil {
 			res.WalsenderCPUS = cpu
 		}
 	}
@@ -350,7 +352,7 @@ func (e *env) verify(ctx context.Context, repoDir, stateDir string, names []stri
 	for _, name := range names {
 		dest := filepath.Join(stateDir, "fetched-"+name)
 		cmd := exec.CommandContext(ctx, e.synbak, "--repo", repoDir, "wal-fetch", name, dest)
-		cmd.Env = cleanEnv("SYNBAK_STATE_DIR=" + stateDir)
+		cmd.Env = benchpg.CleanEnv("SYNBAK_STATE_DIR=" + stateDir)
 		if out, err := cmd.CombinedOutput(); err != nil {
 			return ok, "", fmt.Errorf("synbak wal-fetch %s: %w\n%s", name, err, out)
 		}

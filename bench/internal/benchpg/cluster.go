@@ -1,7 +1,10 @@
-package main
+// Package benchpg starts the throwaway PostgreSQL clusters the benchmarks
+// run against, and reads CPU use from /proc.
+package benchpg
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net"
 	"os"
@@ -16,13 +19,13 @@ import (
 	"github.com/jackc/pgx/v5"
 )
 
-// cluster is a throwaway PostgreSQL cluster whose postmaster is a child of
+// Cluster is a throwaway PostgreSQL cluster whose postmaster is a child of
 // this process (not daemonized by pg_ctl: PID 1 here does not reap zombies).
-type cluster struct {
-	bin     string
+type Cluster struct {
+	Bin     string // server binaries
 	dir     string // base directory, owned by the server user
-	data    string
-	port    int
+	Data    string // data directory
+	Port    int
 	logPath string
 	cred    *syscall.Credential // set when we are root
 	home    string
@@ -55,9 +58,9 @@ func freePort() (int, error) {
 	return l.Addr().(*net.TCPAddr).Port, nil
 }
 
-// cleanEnv is our environment without libpq's PG* and synbak's SYNBAK_*
+// CleanEnv is our environment without libpq's PG* and synbak's SYNBAK_*
 // variables, so that nothing connects elsewhere or reads other settings.
-func cleanEnv(extra ...string) []string {
+func CleanEnv(extra ...string) []string {
 	var env []string
 	for _, kv := range os.Environ() {
 		if strings.HasPrefix(kv, "PG") || strings.HasPrefix(kv, "SYNBAK_") {
@@ -68,8 +71,9 @@ func cleanEnv(extra ...string) []string {
 	return append(env, extra...)
 }
 
-// startCluster runs initdb in dir/data and starts the postmaster.
-func startCluster(ctx context.Context, bin, dir string) (*cluster, error) {
+// Start runs initdb in dir/data and starts the postmaster; settings are
+// extra postgresql.conf lines (each benchmark's WAL sizing).
+func Start(ctx context.Context, bin, dir, settings string) (*Cluster, error) {
 	cred, home, err := serverCred()
 	if err != nil {
 		return nil, err
@@ -78,7 +82,7 @@ func startCluster(ctx context.Context, bin, dir string) (*cluster, error) {
 	if err != nil {
 		return nil, fmt.Errorf("find a free port: %w", err)
 	}
-	c := &cluster{bin: bin, dir: dir, data: filepath.Join(dir, "data"), port: port,
+	c := &Cluster{Bin: bin, dir: dir, Data: filepath.Join(dir, "data"), Port: port,
 		logPath: filepath.Join(dir, "postgres.log"), cred: cred, home: home}
 	sock := filepath.Join(dir, "s")
 	if err := os.Mkdir(sock, 0o755); err != nil {
@@ -91,7 +95,7 @@ func startCluster(ctx context.Context, bin, dir string) (*cluster, error) {
 			}
 		}
 	}
-	initdb := exec.CommandContext(ctx, filepath.Join(bin, "initdb"), "-D", c.data, "-U", "postgres",
+	initdb := exec.CommandContext(ctx, filepath.Join(bin, "initdb"), "-D", c.Data, "-U", "postgres",
 		"-A", "trust", "-E", "UTF8", "--locale=C", "--no-sync")
 	c.asServer(initdb)
 	if out, err := initdb.CombinedOutput(); err != nil {
@@ -104,24 +108,20 @@ unix_socket_directories = '%s'
 wal_level = replica
 max_wal_senders = 64
 max_replication_slots = 64
-wal_keep_size = 0
-max_wal_size = 4GB
-min_wal_size = 256MB
 checkpoint_timeout = 1h
 shared_buffers = 512MB
-synchronous_commit = off
 log_min_messages = warning
 log_checkpoints = off
-`, port, sock)
-	if err := appendFile(filepath.Join(c.data, "postgresql.conf"), conf); err != nil {
+`, port, sock) + settings
+	if err := appendFile(filepath.Join(c.Data, "postgresql.conf"), conf); err != nil {
 		return nil, err
 	}
 	hba := "local all all trust\nlocal replication all trust\nhost all all 127.0.0.1/32 trust\nhost replication all 127.0.0.1/32 trust\n"
-	if err := os.WriteFile(filepath.Join(c.data, "pg_hba.conf"), []byte(hba), 0o600); err != nil {
+	if err := os.WriteFile(filepath.Join(c.Data, "pg_hba.conf"), []byte(hba), 0o600); err != nil {
 		return nil, err
 	}
 	if cred != nil {
-		if err := os.Chown(filepath.Join(c.data, "pg_hba.conf"), int(cred.Uid), int(cred.Gid)); err != nil {
+		if err := os.Chown(filepath.Join(c.Data, "pg_hba.conf"), int(cred.Uid), int(cred.Gid)); err != nil {
 			return nil, err
 		}
 	}
@@ -130,7 +130,7 @@ log_checkpoints = off
 		return nil, err
 	}
 	defer logf.Close()
-	c.cmd = exec.Command(filepath.Join(bin, "postgres"), "-D", c.data)
+	c.cmd = exec.Command(filepath.Join(bin, "postgres"), "-D", c.Data)
 	c.asServer(c.cmd)
 	c.cmd.Stdout, c.cmd.Stderr = logf, logf
 	// SIGQUIT (immediate shutdown) if this process dies without cleaning up.
@@ -143,7 +143,7 @@ log_checkpoints = off
 
 	deadline := time.Now().Add(90 * time.Second)
 	for {
-		conn, err := pgx.Connect(ctx, c.dsn())
+		conn, err := pgx.Connect(ctx, c.DSN())
 		if err == nil {
 			conn.Close(ctx)
 			return c, nil
@@ -152,21 +152,21 @@ log_checkpoints = off
 		case <-c.done:
 			return nil, fmt.Errorf("postgres exited during start-up; see %s", c.logPath)
 		case <-ctx.Done():
-			c.stop()
+			c.Stop()
 			return nil, ctx.Err()
 		case <-time.After(200 * time.Millisecond):
 		}
 		if time.Now().After(deadline) {
-			c.stop()
+			c.Stop()
 			return nil, fmt.Errorf("postgres did not accept connections within 90s: %w (see %s)", err, c.logPath)
 		}
 	}
 }
 
 // asServer makes cmd run as the server user in its own process group.
-func (c *cluster) asServer(cmd *exec.Cmd) {
+func (c *Cluster) asServer(cmd *exec.Cmd) {
 	cmd.Dir = c.dir
-	env := cleanEnv()
+	env := CleanEnv()
 	if c.home != "" {
 		env = append(env, "HOME="+c.home)
 	}
@@ -174,13 +174,14 @@ func (c *cluster) asServer(cmd *exec.Cmd) {
 	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: c.cred, Setpgid: true}
 }
 
-func (c *cluster) dsn() string {
-	return fmt.Sprintf("host=127.0.0.1 port=%d user=postgres dbname=postgres sslmode=disable", c.port)
+// DSN is a libpq connection string for the superuser.
+func (c *Cluster) DSN() string {
+	return fmt.Sprintf("host=127.0.0.1 port=%d user=postgres dbname=postgres sslmode=disable", c.Port)
 }
 
-// stop shuts the postmaster down by PID: SIGINT (fast shutdown), then
+// Stop shuts the postmaster down by PID: SIGINT (fast shutdown), then
 // SIGKILL after 60 s.
-func (c *cluster) stop() {
+func (c *Cluster) Stop() {
 	if c == nil || c.cmd == nil || c.cmd.Process == nil {
 		return
 	}
@@ -208,4 +209,48 @@ func appendFile(p, s string) error {
 		return err
 	}
 	return f.Close()
+}
+
+// ProcCPU returns the user+system CPU seconds a live process has used
+// (from /proc/PID/stat; clock ticks of 1/100 s as on every Linux build).
+func ProcCPU(pid int) (float64, error) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0, err
+	}
+	s := string(b)
+	i := strings.LastIndexByte(s, ')')
+	if i < 0 {
+		return 0, errors.New("unexpected /proc stat format")
+	}
+	f := strings.Fields(s[i+1:])
+	if len(f) < 13 {
+		return 0, errors.New("unexpected /proc stat format")
+	}
+	ut, err1 := strconv.ParseFloat(f[11], 64)
+	st, err2 := strconv.ParseFloat(f[12], 64)
+	if err1 != nil || err2 != nil {
+		return 0, errors.New("unexpected /proc stat format")
+	}
+	return (ut + st) / 100, nil
+}
+
+// BusyCPU returns the CPU seconds all CPUs have spent busy since boot (from
+// /proc/stat: user, nice, system, irq, softirq, steal).
+func BusyCPU() float64 {
+	b, err := os.ReadFile("/proc/stat")
+	if err != nil {
+		return 0
+	}
+	line, _, _ := strings.Cut(string(b), "\n")
+	f := strings.Fields(line)
+	if len(f) < 9 || f[0] != "cpu" {
+		return 0
+	}
+	var sum float64
+	for _, i := range []int{1, 2, 3, 6, 7, 8} {
+		v, _ := strconv.ParseFloat(f[i], 64)
+		sum += v
+	}
+	return sum / 100
 }
