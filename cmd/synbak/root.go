@@ -71,6 +71,7 @@ restored as of any point in time.`,
 		newBackupCommand(st),
 		newListCommand(st),
 		newMediaCommand(st),
+		newRestoreCommand(st),
 	)
 	return cmd, st
 }

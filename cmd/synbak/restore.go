@@ -1,0 +1,180 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/jackc/pglogrepl"
+	"github.com/spf13/cobra"
+
+	"github.com/synbak/synbak/basebackup"
+	"github.com/synbak/synbak/internal/config"
+	"github.com/synbak/synbak/restore"
+)
+
+type restoreFlags struct {
+	pgdata       string
+	targetTime   string
+	targetLSN    string
+	latest       bool
+	mediaDir     string
+	port         int
+	pgBinDir     string
+	leaveRunning bool
+	dryRun       bool
+	asJSON       bool
+	keepFailed   bool
+}
+
+func newRestoreCommand(st *rootState) *cobra.Command {
+	var f restoreFlags
+	cmd := &cobra.Command{
+		Use:   "restore --pgdata DIR (--target-time T | --target-lsn LSN | --latest)",
+		Short: "Restore the homeserver's database (and media) as of a point in time",
+		Long: `restore picks the newest base backup that ended before the target, proves from
+the repository that the WAL from it to the target is complete, extracts it into
+--pgdata (missing or empty), recovers it with PostgreSQL to the target (a
+private server on 127.0.0.1 and its own socket; restore_command runs this
+binary's wal-fetch), waits until the server has promoted, empties
+e2e_one_time_keys_json in the Synapse database, restores the media store as of
+the target into --media-dir, and stops the server unless --leave-running.
+
+TIME is RFC 3339 (2026-11-24T10:15:00Z, 2026-11-24T10:15:00.123456+01:00) or
+PostgreSQL's form (2026-11-24 10:15:00+00, 2026-11-24 10:15:00 UTC); a time
+without a zone is refused. The target is inclusive. LSN is X/X (hex).
+
+It needs only the repository: no homeserver.yaml, no running PostgreSQL.
+--dry-run makes every check and prints the plan, writing nothing; it exits 0
+when a restore would proceed, 1 when not.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			target, err := f.target()
+			if err != nil {
+				return usageError{err}
+			}
+			cfg, err := st.load()
+			if err != nil {
+				return err
+			}
+			return runRestore(cmd.Context(), cfg, f, target, cmd.OutOrStdout())
+		},
+	}
+	fl := cmd.Flags()
+	fl.StringVar(&f.pgdata, "pgdata", "", "the new data directory (missing or empty)")
+	fl.StringVar(&f.targetTime, "target-time", "", "restore what committed at or before TIME (with a zone)")
+	fl.StringVar(&f.targetLSN, "target-lsn", "", "restore what committed at or before LSN (X/X)")
+	fl.BoolVar(&f.latest, "latest", false, "restore to the end of the archive")
+	fl.StringVar(&f.mediaDir, "media-dir", "", "restore the media store as of the target into DIR (missing or empty)")
+	fl.IntVar(&f.port, "port", 0, "TCP port of the restored server on 127.0.0.1 (default: a free port)")
+	fl.StringVar(&f.pgBinDir, "pg-bindir", "", "PostgreSQL server binaries (default /usr/lib/postgresql/<backup's major>/bin)")
+	fl.BoolVar(&f.leaveRunning, "leave-running", false, "leave the restored server running with its private settings")
+	fl.BoolVar(&f.keepFailed, "keep-failed", false, "keep what a failed restore wrote (data directory, server log) for inspection")
+	fl.BoolVar(&f.dryRun, "dry-run", false, "check and print the plan; write nothing")
+	fl.BoolVar(&f.asJSON, "json", false, "print the plan or report as JSON")
+	return cmd
+}
+
+// target checks the flags and returns the restore target.
+func (f restoreFlags) target() (restore.Point, error) {
+	if f.pgdata == "" {
+		return restore.Point{}, fmt.Errorf("--pgdata DIR is required: the new data directory (missing or empty)")
+	}
+	n := 0
+	for _, set := range []bool{f.targetTime != "", f.targetLSN != "", f.latest} {
+		if set {
+			n++
+		}
+	}
+	if n != 1 {
+		return restore.Point{}, fmt.Errorf("give exactly one of --target-time, --target-lsn and --latest")
+	}
+	switch {
+	case f.latest:
+		return restore.Point{Latest: true}, nil
+	case f.targetLSN != "":
+		l, err := pglogrepl.ParseLSN(f.targetLSN)
+		if err != nil || l == 0 {
+			return restore.Point{}, fmt.Errorf("--target-lsn %q: an LSN is written X/X in hex, like 0/3000060", f.targetLSN)
+		}
+		return restore.Point{LSN: basebackup.LSN(l)}, nil
+	default:
+		t, err := parseTargetTime(f.targetTime)
+		if err != nil {
+			return restore.Point{}, err
+		}
+		return restore.Point{Time: t}, nil
+	}
+}
+
+// parseTargetTime reads RFC 3339 (optional fraction) or PostgreSQL's
+// timestamptz output form; a zone is required.
+func parseTargetTime(s string) (time.Time, error) {
+	s = strings.TrimSpace(s)
+	layouts := []string{
+		time.RFC3339Nano,
+		"2006-01-02 15:04:05.999999999Z07:00",
+		"2006-01-02 15:04:05.999999999Z07",
+	}
+	if rest, ok := strings.CutSuffix(s, " UTC"); ok {
+		s = rest + "Z"
+		layouts = []string{"2006-01-02 15:04:05.999999999Z07:00"}
+	}
+	for _, l := range layouts {
+		if t, err := time.Parse(l, s); err == nil {
+			return t.UTC(), nil
+		}
+	}
+	for _, l := range []string{"2006-01-02T15:04:05.999999999", "2006-01-02 15:04:05.999999999"} {
+		if _, err := time.Parse(l, s); err == nil {
+			return time.Time{}, fmt.Errorf("--target-time %q has no time zone: add one, e.g. %sZ or %s+00 (UTC), so that the restore does not depend on this machine's zone", s, strings.Replace(s, " ", "T", 1), s)
+		}
+	}
+	return time.Time{}, fmt.Errorf("--target-time %q: write it as RFC 3339 (2026-11-24T10:15:00Z, 2026-11-24T10:15:00.123456+01:00) or as PostgreSQL does (2026-11-24 10:15:00+00, 2026-11-24 10:15:00 UTC)", s)
+}
+
+func runRestore(ctx context.Context, cfg *config.Config, f restoreFlags, target restore.Point, out io.Writer) error {
+	log := newLogger(cfg, os.Stderr)
+	ctx, stop := signal.NotifyContext(ctx, os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	r, err := openRepo(ctx, cfg, false)
+	if err != nil {
+		return err
+	}
+	opts := restore.Options{
+		Repo: r, RepoPath: cfg.Repository.Path, Target: target,
+		PGData: f.pgdata, MediaDir: f.mediaDir, Port: f.port, BinDir: f.pgBinDir,
+		LeaveRunning: f.leaveRunning, KeepFailed: f.keepFailed, Log: log,
+	}
+	if f.dryRun {
+		plan, err := restore.Prepare(ctx, opts)
+		if err != nil {
+			return err
+		}
+		if f.asJSON {
+			enc := json.NewEncoder(out)
+			enc.SetIndent("", "  ")
+			return enc.Encode(plan)
+		}
+		fmt.Fprint(out, plan.String())
+		fmt.Fprintln(out, "Dry run: nothing was written; a restore would proceed.")
+		return nil
+	}
+	rep, err := restore.Run(ctx, opts)
+	if err != nil {
+		return err
+	}
+	if f.asJSON {
+		enc := json.NewEncoder(out)
+		enc.SetIndent("", "  ")
+		return enc.Encode(rep)
+	}
+	fmt.Fprint(out, rep.String())
+	return nil
+}

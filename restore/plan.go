@@ -1,0 +1,436 @@
+package restore
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/jackc/pglogrepl"
+
+	"github.com/synbak/synbak/basebackup"
+	"github.com/synbak/synbak/internal/repo"
+	"github.com/synbak/synbak/internal/storage"
+	"github.com/synbak/synbak/wal"
+)
+
+// Point is the point in time a restore recovers to: exactly one of Time,
+// LSN and Latest.
+type Point struct {
+	// Time: every transaction committed at or before it (server clock).
+	Time time.Time `json:"time,omitzero"`
+	// LSN: every transaction committed at or before this WAL position.
+	LSN basebackup.LSN `json:"lsn,omitempty"`
+	// Latest: the end of the archive.
+	Latest bool `json:"latest,omitempty"`
+}
+
+func (p Point) validate() error {
+	n := 0
+	if !p.Time.IsZero() {
+		n++
+	}
+	if p.LSN != 0 {
+		n++
+	}
+	if p.Latest {
+		n++
+	}
+	if n != 1 {
+		return fmt.Errorf("restore target: give exactly one of a time, an LSN and latest")
+	}
+	return nil
+}
+
+// String describes the point for humans.
+func (p Point) String() string {
+	switch {
+	case p.Latest:
+		return "latest (the end of the archive)"
+	case p.LSN != 0:
+		return "LSN " + p.LSN.String()
+	default:
+		return p.Time.UTC().Format(time.RFC3339Nano)
+	}
+}
+
+// recoveryTarget renders the point as PostgreSQL's recovery target.
+func (p Point) recoveryTarget() Target {
+	switch {
+	case p.Latest:
+		return Target{}
+	case p.LSN != 0:
+		return Target{LSN: p.LSN.String()}
+	default:
+		// PostgreSQL keeps microseconds; truncating keeps "at or before".
+		return Target{Time: p.Time.UTC().Truncate(time.Microsecond).Format("2006-01-02 15:04:05.999999") + "+00"}
+	}
+}
+
+// Window is the span of times a restore can reach.
+type Window struct {
+	From time.Time `json:"from"`
+	To   time.Time `json:"to"`
+}
+
+func (w *Window) String() string {
+	if w == nil {
+		return "no restore is possible yet (the repository needs a complete base backup and the WAL after it)"
+	}
+	// Whole seconds, rounded inwards, so that every time named is possible.
+	from := w.From.UTC().Truncate(time.Second)
+	if from.Before(w.From) {
+		from = from.Add(time.Second)
+	}
+	to := w.To.UTC().Truncate(time.Second)
+	if to.Before(from) {
+		return fmt.Sprintf("restores are possible from %s to %s", w.From.UTC().Format(time.RFC3339Nano), w.To.UTC().Format(time.RFC3339Nano))
+	}
+	return fmt.Sprintf("restores are possible from %s to %s", from.Format(time.RFC3339), to.Format(time.RFC3339))
+}
+
+// ErrRefused marks a restore that the repository cannot serve (target
+// outside the recovery window, WAL missing, no backup).
+var ErrRefused = errors.New("restore refused")
+
+// IsRefused reports whether err says that the repository cannot serve the
+// requested restore.
+func IsRefused(err error) bool { return errors.Is(err, ErrRefused) }
+
+// Plan is what a restore will do: which backup, which WAL.
+type Plan struct {
+	Target Point `json:"target"`
+	// Backup is the base backup restored.
+	BackupID       string    `json:"backup_id"`
+	BackupStartLSN string    `json:"backup_start_lsn"`
+	BackupEndLSN   string    `json:"backup_end_lsn"`
+	BackupEndTime  time.Time `json:"backup_end_time"`
+	PGVersion      int       `json:"pg_version_num"`
+	// Timeline is the timeline recovery follows to the target.
+	Timeline uint32 `json:"timeline"`
+	// FirstSegment..LastSegment are the WAL objects replay needs (proved
+	// present); LastSegment may be a partial object.
+	FirstSegment string `json:"first_segment"`
+	LastSegment  string `json:"last_segment"`
+	Segments     int    `json:"segments"`
+	// ArchiveEndLSN is the end of the contiguous WAL in the repository and
+	// ArchiveCompleteTo the server time up to which it is known complete.
+	ArchiveEndLSN     string    `json:"archive_end_lsn"`
+	ArchiveCompleteTo time.Time `json:"archive_complete_to"`
+	Window            *Window   `json:"recovery_window"`
+
+	backup basebackup.Backup
+}
+
+// Backup returns the backup the plan restores.
+func (p Plan) Backup() basebackup.Backup { return p.backup }
+
+// String renders the plan for --dry-run.
+func (p Plan) String() string {
+	var sb strings.Builder
+	fmt.Fprintf(&sb, "Restore plan\n")
+	fmt.Fprintf(&sb, "  target:          %s\n", p.Target)
+	fmt.Fprintf(&sb, "  base backup:     %s (ended %s, WAL %s to %s, PostgreSQL %d)\n",
+		p.BackupID, p.BackupEndTime.UTC().Format(time.RFC3339), p.BackupStartLSN, p.BackupEndLSN, p.PGVersion)
+	fmt.Fprintf(&sb, "  WAL replayed:    %s .. %s (%d objects, timeline %d, all present)\n", p.FirstSegment, p.LastSegment, p.Segments, p.Timeline)
+	fmt.Fprintf(&sb, "  archive:         contiguous to %s, complete to %s\n", p.ArchiveEndLSN, p.ArchiveCompleteTo.UTC().Format(time.RFC3339Nano))
+	fmt.Fprintf(&sb, "  recovery window: %s\n", strings.TrimPrefix(p.Window.String(), "restores are possible "))
+	return sb.String()
+}
+
+// walObject is one WAL object found in the repository.
+type walObject struct {
+	name  string
+	end   pglogrepl.LSN // end of valid WAL in it
+	isPar bool
+}
+
+// archive is the WAL part of the repository as planning needs it.
+type archive struct {
+	segSize  uint64
+	complete map[uint32]map[uint64]bool
+	partials map[uint32]map[uint64]walObject // newest partial per segment
+	newest   uint32                          // the newest timeline seen
+}
+
+func loadArchive(ctx context.Context, r *repo.Repo) (*archive, error) {
+	s, err := wal.LoadSettings(ctx, r)
+	if err != nil {
+		if repo.IsNotExist(err) {
+			return nil, fmt.Errorf("%w: the repository holds no WAL archive (is the agent or `synbak wal stream` running?)", ErrRefused)
+		}
+		return nil, fmt.Errorf("read WAL settings: %w", err)
+	}
+	a := &archive{segSize: s.SegmentSize, complete: map[uint32]map[uint64]bool{}, partials: map[uint32]map[uint64]walObject{}}
+	err = r.List(ctx, "wal/", func(oi storage.ObjectInfo) error {
+		parts := strings.Split(oi.Name, "/")
+		if len(parts) != 3 {
+			return nil
+		}
+		if parts[1] == "history" {
+			if tli, ok := wal.ParseHistoryName(parts[2]); ok && tli > a.newest {
+				a.newest = tli
+			}
+			return nil
+		}
+		base, off, isPartial := strings.Cut(parts[2], ".partial.")
+		seg, err := wal.ParseSegmentName(base, s.SegmentSize)
+		if err != nil || fmt.Sprintf("%08X", seg.TLI) != parts[1] {
+			return nil
+		}
+		if seg.TLI > a.newest {
+			a.newest = seg.TLI
+		}
+		if !isPartial {
+			if a.complete[seg.TLI] == nil {
+				a.complete[seg.TLI] = map[uint64]bool{}
+			}
+			a.complete[seg.TLI][seg.No] = true
+			return nil
+		}
+		valid, err := strconv.ParseUint(off, 16, 64)
+		if err != nil || len(off) != 8 || valid > s.SegmentSize {
+			return nil
+		}
+		if a.partials[seg.TLI] == nil {
+			a.partials[seg.TLI] = map[uint64]walObject{}
+		}
+		if p, ok := a.partials[seg.TLI][seg.No]; !ok || seg.StartLSN()+pglogrepl.LSN(valid) > p.end {
+			a.partials[seg.TLI][seg.No] = walObject{name: oi.Name, end: seg.StartLSN() + pglogrepl.LSN(valid), isPar: true}
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("list WAL: %w", err)
+	}
+	return a, nil
+}
+
+// timelineSpan is one timeline of the history leading to the newest one:
+// it holds the WAL from begin (inclusive) to end (exclusive; 0 = open).
+type timelineSpan struct {
+	tli        uint32
+	begin, end pglogrepl.LSN
+}
+
+// readHistory returns the timelines leading to tli, oldest first, from its
+// history file (a single span for timeline 1 or without history).
+func readHistory(ctx context.Context, r *repo.Repo, tli uint32) ([]timelineSpan, error) {
+	if tli <= 1 {
+		return []timelineSpan{{tli: max(tli, 1)}}, nil
+	}
+	rd, err := r.Get(ctx, wal.HistoryObjectName(tli))
+	if err != nil {
+		return nil, fmt.Errorf("%w: timeline %d has no history file %s in the repository (%v)", ErrRefused, tli, wal.HistoryObjectName(tli), err)
+	}
+	defer rd.Close()
+	data, err := io.ReadAll(io.LimitReader(rd, 1<<20))
+	if err != nil {
+		return nil, fmt.Errorf("read %s: %w", wal.HistoryObjectName(tli), err)
+	}
+	var spans []timelineSpan
+	var begin pglogrepl.LSN
+	sc := bufio.NewScanner(strings.NewReader(string(data)))
+	for sc.Scan() {
+		f := strings.Fields(sc.Text())
+		if len(f) < 2 || strings.HasPrefix(f[0], "#") {
+			continue
+		}
+		parent, err1 := strconv.ParseUint(f[0], 10, 32)
+		sw, err2 := pglogrepl.ParseLSN(f[1])
+		if err1 != nil || err2 != nil {
+			return nil, fmt.Errorf("%s: bad line %q", wal.HistoryObjectName(tli), sc.Text())
+		}
+		spans = append(spans, timelineSpan{tli: uint32(parent), begin: begin, end: sw})
+		begin = sw
+	}
+	return append(spans, timelineSpan{tli: tli, begin: begin}), nil
+}
+
+// segmentTimeline returns the timeline whose copy of segment no recovery
+// reads: as PostgreSQL does, the newest timeline that began at or before
+// the segment.
+func segmentTimeline(spans []timelineSpan, no, segSize uint64) uint32 {
+	for i := len(spans) - 1; i >= 0; i-- {
+		if uint64(spans[i].begin)/segSize <= no {
+			return spans[i].tli
+		}
+	}
+	return spans[0].tli
+}
+
+// lastTime reads an object's last_time attribute.
+func lastTime(ctx context.Context, r *repo.Repo, name string) (time.Time, error) {
+	info, err := r.Stat(ctx, name)
+	if err != nil {
+		return time.Time{}, err
+	}
+	t, err := time.Parse(time.RFC3339Nano, info.Attrs[wal.AttrLastTime])
+	if err != nil {
+		return time.Time{}, fmt.Errorf("%s: no valid %s attribute (%q)", name, wal.AttrLastTime, info.Attrs[wal.AttrLastTime])
+	}
+	return t, nil
+}
+
+// NewPlan picks the base backup for target and proves from the repository
+// that the WAL from the backup's start to the target is present. It reads
+// only the repository. A target the repository cannot serve is an error
+// for which IsRefused is true, naming the recovery window that is
+// available.
+func NewPlan(ctx context.Context, r *repo.Repo, target Point) (Plan, error) {
+	if err := target.validate(); err != nil {
+		return Plan{}, err
+	}
+	backups, err := basebackup.List(ctx, r)
+	if err != nil {
+		return Plan{}, err
+	}
+	if len(backups) == 0 {
+		return Plan{}, fmt.Errorf("%w: the repository holds no complete base backup; take one with `synbak backup`", ErrRefused)
+	}
+	a, err := loadArchive(ctx, r)
+	if err != nil {
+		return Plan{}, err
+	}
+	spans, err := readHistory(ctx, r, a.newest)
+	if err != nil {
+		return Plan{}, err
+	}
+	// The window: from the end of the oldest backup to the time up to
+	// which the archive after the newest backup is known complete.
+	var window *Window
+	if end, err := a.walk(ctx, r, spans, backups[len(backups)-1]); err == nil {
+		window = &Window{From: backups[0].EndTime.UTC(), To: end.completeTo.UTC()}
+		if window.To.Before(window.From) {
+			window.To = window.From
+		}
+	}
+
+	var chosen *basebackup.Backup
+	for i := len(backups) - 1; i >= 0 && chosen == nil; i-- {
+		b := backups[i]
+		switch {
+		case target.Latest,
+			!target.Time.IsZero() && !b.EndTime.After(target.Time),
+			target.LSN != 0 && b.EndLSN <= target.LSN:
+			chosen = &backups[i]
+		}
+	}
+	if chosen == nil {
+		return Plan{}, fmt.Errorf("%w: target %s is before the end of the first base backup (%s, ended %s at %s): %s",
+			ErrRefused, target, backups[0].ID, backups[0].EndTime.UTC().Format(time.RFC3339), backups[0].EndLSN, window)
+	}
+	b := *chosen
+	if !onPath(spans, b.Timeline) {
+		return Plan{}, fmt.Errorf("%w: backup %s is on timeline %d, which is not an ancestor of the newest timeline %d; restoring to an abandoned timeline is not supported", ErrRefused, b.ID, b.Timeline, a.newest)
+	}
+	end, err := a.walk(ctx, r, spans, b)
+	if err != nil {
+		return Plan{}, fmt.Errorf("%w: %v: %s", ErrRefused, err, window)
+	}
+	if end.gap != "" && !target.Latest {
+		// WAL exists beyond a hole: a target past the hole cannot be
+		// reached; one before it is fine if the WAL before is complete.
+		if (!target.Time.IsZero() && target.Time.After(end.completeTo)) || (target.LSN != 0 && target.LSN > basebackup.LSN(end.endLSN)) {
+			return Plan{}, fmt.Errorf("%w: WAL segment %s is missing from the repository, so the archive after it cannot be replayed; %s", ErrRefused, end.gap, window)
+		}
+	}
+	if end.gap != "" && target.Latest {
+		return Plan{}, fmt.Errorf("%w: WAL segment %s is missing from the repository, but later WAL exists: the archive has a hole, so its end cannot be reached; restore to a time before it (%s)", ErrRefused, end.gap, window)
+	}
+	if !target.Time.IsZero() && target.Time.After(end.completeTo) {
+		return Plan{}, fmt.Errorf("%w: target %s is after %s, the time up to which the archived WAL is known complete: %s",
+			ErrRefused, target, end.completeTo.UTC().Format(time.RFC3339Nano), window)
+	}
+	if target.LSN != 0 && target.LSN > basebackup.LSN(end.endLSN) {
+		return Plan{}, fmt.Errorf("%w: target %s is after the end of the archived WAL (%s): %s", ErrRefused, target, end.endLSN, window)
+	}
+	return Plan{
+		Target:   target,
+		BackupID: b.ID, BackupStartLSN: b.StartLSN.String(), BackupEndLSN: b.EndLSN.String(),
+		BackupEndTime: b.EndTime.UTC(), PGVersion: b.PGVersion,
+		Timeline:     spans[len(spans)-1].tli,
+		FirstSegment: end.first, LastSegment: end.last, Segments: end.count,
+		ArchiveEndLSN: end.endLSN.String(), ArchiveCompleteTo: end.completeTo.UTC(),
+		Window: window,
+		backup: b,
+	}, nil
+}
+
+func onPath(spans []timelineSpan, tli uint32) bool {
+	for _, s := range spans {
+		if s.tli == tli {
+			return true
+		}
+	}
+	return false
+}
+
+// walkEnd is the result of following the archive from a backup's start.
+type walkEnd struct {
+	first, last string
+	count       int
+	endLSN      pglogrepl.LSN
+	completeTo  time.Time
+	// gap names the first missing segment when later WAL exists.
+	gap string
+}
+
+// walk follows the WAL from b's start segment along spans for as long as
+// objects are present, and returns where the contiguous archive ends. It
+// fails when the WAL that makes b consistent is incomplete.
+func (a *archive) walk(ctx context.Context, r *repo.Repo, spans []timelineSpan, b basebackup.Backup) (walkEnd, error) {
+	var e walkEnd
+	var lastObj string
+	no := uint64(b.StartLSN) / a.segSize
+	maxNo := uint64(0)
+	for _, s := range spans {
+		for n := range a.complete[s.tli] {
+			maxNo = max(maxNo, n)
+		}
+		for n := range a.partials[s.tli] {
+			maxNo = max(maxNo, n)
+		}
+	}
+	for ; ; no++ {
+		tli := segmentTimeline(spans, no, a.segSize)
+		seg := wal.SegmentAt(tli, pglogrepl.LSN(no*a.segSize), a.segSize)
+		if a.complete[tli][no] {
+			lastObj = seg.ObjectName()
+			e.endLSN = seg.EndLSN()
+		} else if p, ok := a.partials[tli][no]; ok {
+			lastObj = p.name
+			e.endLSN = p.end
+			e.count++
+			if e.first == "" {
+				e.first = seg.Name()
+			}
+			e.last = seg.Name() + " (partial)"
+			break
+		} else {
+			if no < maxNo {
+				e.gap = seg.ObjectName()
+			}
+			break
+		}
+		e.count++
+		if e.first == "" {
+			e.first = seg.Name()
+		}
+		e.last = seg.Name()
+	}
+	if lastObj == "" || e.endLSN < pglogrepl.LSN(b.EndLSN) {
+		missing := wal.SegmentAt(segmentTimeline(spans, no, a.segSize), pglogrepl.LSN(no*a.segSize), a.segSize)
+		return e, fmt.Errorf("backup %s needs the WAL from %s to %s, but %s is missing from the repository", b.ID, b.StartLSN, b.EndLSN, missing.ObjectName())
+	}
+	t, err := lastTime(ctx, r, lastObj)
+	if err != nil {
+		return e, err
+	}
+	e.completeTo = t
+	return e, nil
+}

@@ -1,0 +1,437 @@
+package restore_test
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/jackc/pglogrepl"
+
+	"github.com/synbak/synbak/basebackup"
+	"github.com/synbak/synbak/internal/pgsource"
+	"github.com/synbak/synbak/internal/pgtest"
+	"github.com/synbak/synbak/internal/repo"
+	"github.com/synbak/synbak/internal/storage/local"
+	"github.com/synbak/synbak/mediawatch"
+	"github.com/synbak/synbak/restore"
+	"github.com/synbak/synbak/wal"
+)
+
+var (
+	buildOnce sync.Once
+	binPath   string
+	buildErr  error
+	buildOut  []byte
+)
+
+// synbakBinary builds cmd/synbak once into a directory the postgres OS
+// user can traverse (restore_command runs it as postgres).
+func synbakBinary(t *testing.T) string {
+	t.Helper()
+	buildOnce.Do(func() {
+		dir, err := os.MkdirTemp("", "synbak-bin")
+		if err != nil {
+			buildErr = err
+			return
+		}
+		if err := os.Chmod(dir, 0o755); err != nil {
+			buildErr = err
+			return
+		}
+		binPath = filepath.Join(dir, "synbak")
+		buildOut, buildErr = exec.Command("go", "build", "-o", binPath, "github.com/synbak/synbak/cmd/synbak").CombinedOutput()
+	})
+	if buildErr != nil {
+		t.Fatalf("build synbak: %v\n%s", buildErr, buildOut)
+	}
+	return binPath
+}
+
+func testLogger(t *testing.T) *slog.Logger {
+	return slog.New(slog.NewTextHandler(tWriter{t}, &slog.HandlerOptions{Level: slog.LevelDebug}))
+}
+
+type tWriter struct{ t *testing.T }
+
+func (w tWriter) Write(p []byte) (int, error) {
+	w.t.Log(strings.TrimSuffix(string(p), "\n"))
+	return len(p), nil
+}
+
+func startReceiver(t *testing.T, c *pgtest.Cluster, r *repo.Repo) (stop func()) {
+	t.Helper()
+	src := pgsource.Source{ConnString: c.DSN("postgres"), Origin: "test"}
+	rcv := wal.NewReceiver(src, r, wal.Options{
+		Slot: "synbak", SpoolDir: t.TempDir(), StatusInterval: 200 * time.Millisecond, PartialInterval: 300 * time.Millisecond,
+	}, testLogger(t).With("component", "wal"))
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- rcv.Run(ctx) }()
+	waitFor(t, time.Minute, "receiver streaming", func() bool { return rcv.Status().Streaming })
+	var once sync.Once
+	stop = func() {
+		once.Do(func() {
+			cancel()
+			if err := <-done; err != nil {
+				t.Errorf("receiver: %v", err)
+			}
+		})
+	}
+	t.Cleanup(stop)
+	return stop
+}
+
+func waitFor(t *testing.T, timeout time.Duration, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out after %s waiting for %s", timeout, what)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// chownTree gives dir to the postgres user when we are root (wal-fetch
+// runs as postgres and must read the repository).
+func chownTree(t *testing.T, dir string) {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		return
+	}
+	uid, gid := postgresIDs(t)
+	err := filepath.Walk(dir, func(p string, _ os.FileInfo, err error) error {
+		if err != nil {
+			return err
+		}
+		return os.Lchown(p, uid, gid)
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
+func postgresIDs(t *testing.T) (int, int) {
+	t.Helper()
+	out, err := exec.Command("id", "-u", "postgres").Output()
+	if err != nil {
+		t.Fatal(err)
+	}
+	gout, err := exec.Command("id", "-g", "postgres").Output()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var uid, gid int
+	fmt.Sscan(string(out), &uid)
+	fmt.Sscan(string(gout), &gid)
+	return uid, gid
+}
+
+// timeAfter polls until the server's clock is past t, and returns it.
+func timeAfter(t *testing.T, c *pgtest.Cluster, after time.Time) time.Time {
+	t.Helper()
+	var now time.Time
+	waitFor(t, 10*time.Second, "server clock to advance", func() bool {
+		now = serverNow(t, c)
+		return now.After(after)
+	})
+	return now
+}
+
+func serverNow(t *testing.T, c *pgtest.Cluster) time.Time {
+	t.Helper()
+	s := c.Text(t, "postgres", "select to_char(clock_timestamp() at time zone 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')")
+	tm, err := time.Parse(time.RFC3339Nano, s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return tm
+}
+
+// TestRestore backs up a Synapse-shaped cluster, writes markers at known
+// times, and restores to a time between two of them with Run; the
+// refusals and the dry run are checked against the same repository.
+func TestRestore(t *testing.T) {
+	if testing.Short() {
+		t.Skip("needs PostgreSQL (skipped with -short)")
+	}
+	bin := synbakBinary(t)
+	c := pgtest.Start(t, pgtest.Options{InitdbArgs: []string{"--wal-segsize=1"}, Conf: []string{"max_wal_size = '1GB'", "checkpoint_timeout = '1h'"}})
+	c.CreateDB(t, "synapse")
+	c.CreateSynapseSchema(t, "synapse")
+	for i := range 3 {
+		c.Exec(t, "synapse", "INSERT INTO e2e_one_time_keys_json VALUES ('@u:example.org', 'DEV', 'signed_curve25519', $1, 1, '{}')", fmt.Sprintf("AAAA%d", i))
+	}
+	c.Exec(t, "synapse", "INSERT INTO e2e_fallback_keys_json VALUES ('@u:example.org', 'DEV', 'signed_curve25519', 'FB', '{}', false)")
+	c.Exec(t, "synapse", "CREATE TABLE markers (n int primary key)")
+
+	work := pgtest.ServerDir(t) // the repository, readable by postgres
+	repoDir := filepath.Join(work, "repo")
+	be, err := local.New(repoDir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r, _, err := repo.Init(context.Background(), be, repo.Options{Compression: "zstd", ZstdLevel: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	stopReceiver := startReceiver(t, c, r)
+	b, err := basebackup.Take(context.Background(), c.ReplicationConn(t), r, basebackup.Options{
+		Label: "test", PartSize: 1 << 20, WALTimeout: 2 * time.Minute,
+		Facts: map[string]string{"main_database": "synapse"},
+	}, testLogger(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Markers at distinct commit times: 1 and 2 before mid, 3 after.
+	t0 := timeAfter(t, c, b.EndTime)
+	c.Exec(t, "synapse", "INSERT INTO markers VALUES (1)")
+	c.Exec(t, "synapse", "INSERT INTO markers VALUES (2)")
+	mid := serverNow(t, c)
+	timeAfter(t, c, mid)
+	c.Exec(t, "synapse", "INSERT INTO markers VALUES (3)")
+	t.Logf("backup ended %s; markers 1, 2 after %s; target %s; marker 3 later", b.EndTime, t0, mid)
+	c.Exec(t, "postgres", "SELECT pg_switch_wal()")
+	endLSN, err := pglogrepl.ParseLSN(c.Text(t, "postgres", "select pg_current_wal_lsn()::text"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, time.Minute, "WAL archived", func() bool {
+		_, err := r.Stat(context.Background(), wal.SegmentAt(b.EndTimeline, endLSN-1, 1<<20).ObjectName())
+		return err == nil
+	})
+	stopReceiver()
+	// Media: one file dated before the target, one after.
+	store := t.TempDir()
+	for name, mtime := range map[string]time.Time{"before": mid.Add(-time.Second), "after": mid.Add(time.Millisecond)} {
+		p := filepath.Join(store, "local_content", "ab", "cd", "ef"+name)
+		if err := os.MkdirAll(filepath.Dir(p), 0o700); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(p, []byte(name), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Chtimes(p, mtime, mtime); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := mediawatch.Sync(context.Background(), r, store, mediawatch.Options{QuietPeriod: time.Millisecond}); err != nil {
+		t.Fatal(err)
+	}
+	chownTree(t, repoDir)
+
+	root := pgtest.ServerDir(t)
+	opts := func(pgdata string, target restore.Point) restore.Options {
+		return restore.Options{
+			Repo: r, RepoPath: repoDir, Target: target, PGData: pgdata,
+			Executable: bin, BinDir: c.BinDir, Log: testLogger(t),
+		}
+	}
+	ctx := context.Background()
+
+	t.Run("refusals", func(t *testing.T) {
+		// A non-empty data directory: nothing written.
+		full := filepath.Join(root, "full")
+		if err := os.MkdirAll(full, 0o700); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(full, "PG_VERSION"), []byte("15\n"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		_, err := restore.Run(ctx, opts(full, restore.Point{Time: mid}))
+		if !restore.IsNotEmpty(err) || !strings.Contains(err.Error(), full) {
+			t.Errorf("Run into a non-empty pgdata: %v, want IsNotEmpty naming it", err)
+		}
+		if ents, _ := os.ReadDir(full); len(ents) != 1 {
+			t.Errorf("refused restore changed %s: %d entries", full, len(ents))
+		}
+		if _, err := os.Stat(full + ".synbak-restore"); err == nil {
+			t.Error("refused restore created its work directory")
+		}
+		// A target before the first backup and one after the archive.
+		missing := filepath.Join(root, "never")
+		for name, target := range map[string]time.Time{
+			"before the first backup": b.StartTime.Add(-time.Hour),
+			"after the archive":       time.Now().Add(time.Hour),
+		} {
+			_, err := restore.Run(ctx, opts(missing, restore.Point{Time: target}))
+			if !restore.IsRefused(err) || !strings.Contains(err.Error(), "restores are possible from ") {
+				t.Errorf("target %s: %v, want a refusal naming the window", name, err)
+			}
+		}
+		if _, err := os.Stat(missing); err == nil {
+			t.Error("a refused restore created the data directory")
+		}
+		// The dry run plans and writes nothing.
+		p, err := restore.Prepare(ctx, opts(missing, restore.Point{Time: mid}))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if p.BackupID != b.ID || p.Segments < 2 || !strings.Contains(p.String(), b.ID) || p.Window == nil || p.Window.To.Before(mid) || !p.Window.From.Equal(b.EndTime) {
+			t.Errorf("plan %+v", p)
+		}
+		t.Log(p.String())
+		if _, err := os.Stat(missing); err == nil {
+			t.Error("Prepare created the data directory")
+		}
+	})
+
+	t.Run("to a time", func(t *testing.T) {
+		pgdata := filepath.Join(root, "data")
+		o := opts(pgdata, restore.Point{Time: mid})
+		o.MediaDir = filepath.Join(root, "media")
+		rep, err := restore.Run(ctx, o)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if rep.MediaSkipped || rep.MediaFiles != 1 {
+			t.Errorf("media: %d files restored, want 1", rep.MediaFiles)
+		}
+		if got, err := os.ReadFile(filepath.Join(o.MediaDir, "local_content", "ab", "cd", "efbefore")); err != nil || string(got) != "before" {
+			t.Errorf("media file dated before the target: %q, %v", got, err)
+		}
+		if _, err := os.Stat(filepath.Join(o.MediaDir, "local_content", "ab", "cd", "efafter")); err == nil {
+			t.Error("media file dated after the target was restored")
+		}
+		t.Log(rep.String())
+		if rep.Plan.BackupID != b.ID || rep.OneTimeKeysRemoved != 3 || rep.Database != "synapse" || rep.Running || rep.EndOfArchive {
+			t.Errorf("report %+v", rep)
+		}
+		if rep.RecoveryTime == nil || rep.RecoveryTime.After(mid) || rep.RecoveryTime.Before(t0) {
+			t.Errorf("recovery time %v, want between %s and %s", rep.RecoveryTime, t0, mid)
+		}
+		// Start the restored cluster again and look at it.
+		auto, err := os.ReadFile(filepath.Join(pgdata, "postgresql.auto.conf"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if strings.Contains(string(auto), "synbak") {
+			t.Errorf("postgresql.auto.conf keeps the restore's settings:\n%s", auto)
+		}
+		rc := pgtest.StartDataDir(t, pgdata, pgtest.Options{})
+		if got := rc.Text(t, "synapse", "select string_agg(n::text, ',' order by n) from markers"); got != "1,2" {
+			t.Errorf("markers %q, want 1,2", got)
+		}
+		if n := rc.Int64(t, "synapse", "select count(*) from e2e_one_time_keys_json"); n != 0 {
+			t.Errorf("e2e_one_time_keys_json has %d rows, want 0", n)
+		}
+		if n := rc.Int64(t, "synapse", "select count(*) from e2e_fallback_keys_json"); n != 1 {
+			t.Errorf("e2e_fallback_keys_json has %d rows, want 1 (untouched)", n)
+		}
+		if rc.Bool(t, "postgres", "select pg_is_in_recovery()") {
+			t.Error("restored server still in recovery")
+		}
+		if tli := rc.Int64(t, "postgres", "select timeline_id from pg_control_checkpoint()"); tli < 2 {
+			t.Errorf("timeline %d: the restored server was not promoted", tli)
+		}
+	})
+
+	// A target after the newest commit but inside the time the archive is
+	// known complete: PostgreSQL would stop with "recovery ended before
+	// configured recovery target was reached"; the restore recovers to the
+	// end of the archive and says so.
+	t.Run("after the newest commit", func(t *testing.T) {
+		latest, err := restore.NewPlan(ctx, r, restore.Point{Latest: true})
+		if err != nil {
+			t.Fatal(err)
+		}
+		pgdata := filepath.Join(root, "end")
+		rep, err := restore.Run(ctx, opts(pgdata, restore.Point{Time: latest.ArchiveCompleteTo}))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !rep.EndOfArchive || !strings.Contains(rep.String(), "end of the archive") {
+			t.Errorf("report %+v, want EndOfArchive", rep)
+		}
+		rc := pgtest.StartDataDir(t, pgdata, pgtest.Options{})
+		if got := rc.Text(t, "synapse", "select string_agg(n::text, ',' order by n) from markers"); got != "1,2,3" {
+			t.Errorf("markers %q, want 1,2,3", got)
+		}
+	})
+
+	t.Run("latest and LSN", func(t *testing.T) {
+		rep, err := restore.Run(ctx, opts(filepath.Join(root, "latest"), restore.Point{Latest: true}))
+		if err != nil {
+			t.Fatal(err)
+		}
+		lsn, err := pglogrepl.ParseLSN(rep.RecoveryLSN)
+		if err != nil || lsn < endLSN-1 {
+			t.Errorf("latest reached %s, want at least %s", rep.RecoveryLSN, endLSN)
+		}
+		// The backup's own end: markers none.
+		pgdata := filepath.Join(root, "lsn")
+		if _, err := restore.Run(ctx, opts(pgdata, restore.Point{LSN: b.EndLSN})); err != nil {
+			t.Fatal(err)
+		}
+		rc := pgtest.StartDataDir(t, pgdata, pgtest.Options{})
+		if n := rc.Int64(t, "synapse", "select count(*) from markers"); n != 0 {
+			t.Errorf("restored to the backup's end LSN: %d markers, want 0", n)
+		}
+		if _, err := restore.NewPlan(ctx, r, restore.Point{LSN: basebackup.LSN(endLSN) + 1<<24}); !restore.IsRefused(err) {
+			t.Errorf("LSN after the archive: %v, want refused", err)
+		}
+	})
+
+	t.Run("command line", func(t *testing.T) {
+		pgdata := filepath.Join(root, "cli")
+		target := mid.Format("2006-01-02 15:04:05.999999") + " UTC"
+		out, err := exec.Command(bin, "--repo", repoDir, "restore", "--pgdata", pgdata, "--target-time", target, "--pg-bindir", c.BinDir, "--dry-run").CombinedOutput()
+		if err != nil || !strings.Contains(string(out), b.ID) || !strings.Contains(string(out), "nothing was written") {
+			t.Errorf("dry run: %v\n%s", err, out)
+		}
+		if _, err := os.Stat(pgdata); err == nil {
+			t.Error("the dry run created --pgdata")
+		}
+		cmd := exec.Command(bin, "--repo", repoDir, "restore", "--pgdata", pgdata, "--target-time", target, "--pg-bindir", c.BinDir, "--json")
+		var stderr strings.Builder
+		cmd.Stderr = &stderr
+		out, err = cmd.Output()
+		if err != nil {
+			t.Fatalf("synbak restore: %v\n%s", err, stderr.String())
+		}
+		var rep restore.Report
+		if err := json.Unmarshal(out, &rep); err != nil {
+			t.Fatalf("report %s: %v", out, err)
+		}
+		if rep.OneTimeKeysRemoved != 3 || rep.Plan.BackupID != b.ID || rep.RecoveryTime == nil || rep.RecoveryTime.After(mid) {
+			t.Errorf("report %s", out)
+		}
+		rc := pgtest.StartDataDir(t, pgdata, pgtest.Options{})
+		if got := rc.Text(t, "synapse", "select string_agg(n::text, ',' order by n) from markers"); got != "1,2" {
+			t.Errorf("markers %q, want 1,2", got)
+		}
+	})
+
+	// Last, as it damages the repository: a corrupt WAL object stops the
+	// recovery (wal-fetch exits 255) and the error names the object.
+	t.Run("corrupt WAL", func(t *testing.T) {
+		seg := wal.SegmentAt(b.EndTimeline, endLSN-1, 1<<20)
+		path := filepath.Join(repoDir, filepath.FromSlash(seg.ObjectName()))
+		data, err := os.ReadFile(path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		data[len(data)/2] ^= 0xff
+		if err := os.WriteFile(path, data, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		_, err = restore.Run(ctx, opts(filepath.Join(root, "corrupt"), restore.Point{Latest: true}))
+		t.Logf("error: %v", err)
+		if err == nil || !strings.Contains(err.Error(), "restore_command failed: object "+seg.ObjectName()) || !strings.Contains(err.Error(), "exited during recovery") {
+			t.Errorf("restore over a corrupt segment: %v, want an error naming %s", err, seg.ObjectName())
+		}
+		for _, d := range []string{"corrupt", "corrupt.synbak-restore"} {
+			if _, err := os.Stat(filepath.Join(root, d)); err == nil {
+				t.Errorf("the failed restore left %s behind", d)
+			}
+		}
+	})
+}
