@@ -3,7 +3,8 @@
 # Synapse-style homeserver.yaml pointing at it, a local repository, WAL
 # streamed while pgbench writes, a base backup, then every archived segment fetched back
 # with `synbak wal-fetch` and checked against PostgreSQL's own pg_wal
-# (cmp, and pg_waldump over the whole range). Everything lives in one
+# (cmp, and pg_waldump over the whole range), and a point-in-time restore of
+# the latest state into a new data directory. Everything lives in one
 # temporary directory, removed at the end (KEEP=1 keeps it).
 #
 #   bash examples/demo.sh
@@ -93,6 +94,8 @@ step "a base backup while WAL streams, and the repository's contents"
 sb backup
 sb list
 
+psql -d synapse -c "CREATE TABLE e2e_one_time_keys_json(user_id text, device_id text, algorithm text, key_id text, ts_added_ms bigint, key_json text, UNIQUE (user_id, device_id, algorithm, key_id))"
+psql -d synapse -c "INSERT INTO e2e_one_time_keys_json VALUES ('@alice:demo.example', 'DEV', 'signed_curve25519', 'AAAAAQ', 0, '{}'), ('@alice:demo.example', 'DEV', 'signed_curve25519', 'AAAAAg', 0, '{}')"
 psql -d synapse -c "CREATE TABLE marker(note text); INSERT INTO marker VALUES ('committed at the end')"
 last=$(psql -d postgres -Atc "select pg_walfile_name(pg_current_wal_lsn())")
 psql -d postgres -Atc "select pg_switch_wal()" >/dev/null
@@ -124,6 +127,26 @@ first=$(ls "$work/fetched" | head -n 1)
 "$bindir/pg_waldump" --path "$work/fetched" --quiet "$first" "$last"
 set +e; sb wal-fetch 0000000100000000000000FF "$work/fetched/x"; code=$?; set -e
 [ "$code" = 1 ] || { echo "demo: wal-fetch of a missing segment exited $code, want 1" >&2; exit 1; }
+
+step "point-in-time restore (--latest) into a new data directory"
+# restore_command runs as the server's OS user: it must read the repository.
+[ "$(id -u)" = 0 ] && chown -R postgres: "$work/repo"
+rport=
+for _ in $(seq 1 50); do
+  p=$((20000 + RANDOM % 40000))
+  if ! (exec 3<>/dev/tcp/127.0.0.1/$p) 2>/dev/null; then rport=$p; break; fi
+done
+sb restore --pgdata "$work/pg/restored" --latest --port "$rport" --pg-bindir "$bindir" --leave-running | tee "$work/restore.out"
+restored_pg=$work/pg/restored
+# The restored server accepts only local connections through its private socket.
+rsock=$(grep -o '/tmp/synbak-restore-[0-9]*' "$work/restore.out" | head -n 1)
+got=$("$bindir/psql" -X -At -h "$rsock" -p "$rport" -U postgres -d synapse -c "select note from marker")
+keys=$("$bindir/psql" -X -At -h "$rsock" -p "$rport" -U postgres -d synapse -c "select count(*) from e2e_one_time_keys_json")
+"${as_pg[@]}" "$bindir/pg_ctl" -D "$restored_pg" -m fast -w stop >/dev/null
+rm -rf "$rsock"
+[ "$got" = "committed at the end" ] || { echo "demo: the restored database lacks the last commit (got '$got')" >&2; exit 1; }
+[ "$keys" = 0 ] || { echo "demo: e2e_one_time_keys_json has $keys rows after the restore, want 0" >&2; exit 1; }
+echo "the restored database has the last commit ('$got') and no one-time keys"
 
 raw=$(du -sb "$work/fetched" | cut -f1)
 stored=$(du -sb "$work/repo/wal" | cut -f1)
