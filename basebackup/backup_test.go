@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"io"
-	"log/slog"
 	"os"
 	"os/exec"
 	"os/user"
@@ -12,7 +11,6 @@ import (
 	"slices"
 	"strconv"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -33,36 +31,6 @@ var (
 	clusterConf = []string{"max_wal_size = '1GB'", "checkpoint_timeout = '1h'"}
 )
 
-var (
-	buildOnce sync.Once
-	binPath   string
-	buildErr  error
-	buildOut  []byte
-)
-
-// synbakBinary builds cmd/synbak once per test run into a directory the
-// postgres OS user can traverse (restore_command runs it as postgres).
-func synbakBinary(t *testing.T) string {
-	t.Helper()
-	buildOnce.Do(func() {
-		dir, err := os.MkdirTemp("", "synbak-bin")
-		if err != nil {
-			buildErr = err
-			return
-		}
-		if err := os.Chmod(dir, 0o755); err != nil {
-			buildErr = err
-			return
-		}
-		binPath = filepath.Join(dir, "synbak")
-		buildOut, buildErr = exec.Command("go", "build", "-o", binPath, "github.com/synbak/synbak/cmd/synbak").CombinedOutput()
-	})
-	if buildErr != nil {
-		t.Fatalf("build synbak: %v\n%s", buildErr, buildOut)
-	}
-	return binPath
-}
-
 func newRepo(t *testing.T, dir string) *repo.Repo {
 	t.Helper()
 	b, err := local.New(dir)
@@ -74,17 +42,6 @@ func newRepo(t *testing.T, dir string) *repo.Repo {
 		t.Fatal(err)
 	}
 	return r
-}
-
-func testLogger(t *testing.T) *slog.Logger {
-	return slog.New(slog.NewTextHandler(tWriter{t}, &slog.HandlerOptions{Level: slog.LevelDebug}))
-}
-
-type tWriter struct{ t *testing.T }
-
-func (w tWriter) Write(p []byte) (int, error) {
-	w.t.Log(strings.TrimSuffix(string(p), "\n"))
-	return len(p), nil
 }
 
 // serverOwner is the owner restored files need: postgres when we are root.
@@ -128,7 +85,7 @@ func startReceiver(t *testing.T, c *pgtest.Cluster, r *repo.Repo) *receiver {
 	src := pgsource.Source{ConnString: c.DSN("postgres"), Origin: "test"}
 	rcv := wal.NewReceiver(src, r, wal.Options{
 		Slot: "synbak", SpoolDir: t.TempDir(), StatusInterval: 200 * time.Millisecond, PartialInterval: 300 * time.Millisecond,
-	}, testLogger(t).With("component", "wal"))
+	}, pgtest.Logger(t).With("component", "wal"))
 	ctx, cancel := context.WithCancel(context.Background())
 	rc := &receiver{cancel: cancel, done: make(chan error, 1)}
 	go func() { rc.done <- rcv.Run(ctx) }()
@@ -162,7 +119,7 @@ func TestBackupRestore(t *testing.T) {
 	if testing.Short() {
 		t.Skip("needs PostgreSQL (skipped with -short)")
 	}
-	bin := synbakBinary(t)
+	bin := pgtest.SynbakBinary(t)
 	// Empty and owned by postgres, as CREATE TABLESPACE wants; created
 	// before the cluster so that it is removed after the cluster stops.
 	tsLoc := pgtest.ServerDir(t)
@@ -203,7 +160,7 @@ func TestBackupRestore(t *testing.T) {
 		Label: "test", PartSize: 1 << 20, WALTimeout: 2 * time.Minute,
 		Facts:    map[string]string{"server_name": "example.org"},
 		Progress: func(p basebackup.Progress) { progress = append(progress, p) },
-	}, testLogger(t))
+	}, pgtest.Logger(t))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -297,7 +254,7 @@ func TestBackupRestore(t *testing.T) {
 		t.Errorf("Extract with a wrong part checksum: %v, want IsCorrupt naming base.tar.0003", err)
 	}
 	pgdata := filepath.Join(restoreRoot, "data")
-	if err := restore.Extract(context.Background(), r, *b, pgdata, restore.ExtractOptions{Owner: owner}, testLogger(t)); err != nil {
+	if err := restore.Extract(context.Background(), r, *b, pgdata, restore.ExtractOptions{Owner: owner}, pgtest.Logger(t)); err != nil {
 		t.Fatal(err)
 	}
 	tsDir := restore.TablespaceDir(pgdata, tsOID)
@@ -407,7 +364,7 @@ func TestWALTimeout(t *testing.T) {
 	}
 	c := pgtest.Start(t, pgtest.Options{InitdbArgs: initdbArgs, Conf: clusterConf})
 	r := newRepo(t, t.TempDir())
-	_, err := basebackup.Take(context.Background(), c.ReplicationConn(t), r, basebackup.Options{WALTimeout: time.Second}, testLogger(t))
+	_, err := basebackup.Take(context.Background(), c.ReplicationConn(t), r, basebackup.Options{WALTimeout: time.Second}, pgtest.Logger(t))
 	if !basebackup.IsWALTimeout(err) || !strings.Contains(err.Error(), "is the agent or `synbak wal stream` running") {
 		t.Fatalf("Take without a receiver: %v, want a WAL timeout naming the fix", err)
 	}
@@ -440,7 +397,7 @@ func TestServerCompressedBackupsExtract(t *testing.T) {
 		t.Run(comp, func(t *testing.T) {
 			b, err := basebackup.Take(context.Background(), c.ReplicationConn(t), r, basebackup.Options{
 				Label: comp, ServerCompression: comp, PartSize: 1 << 20, WALTimeout: time.Minute,
-			}, testLogger(t))
+			}, pgtest.Logger(t))
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -448,7 +405,7 @@ func TestServerCompressedBackupsExtract(t *testing.T) {
 				t.Fatalf("archive %s, want %s", b.Archives[0].Name, want)
 			}
 			pgdata := filepath.Join(t.TempDir(), "data")
-			if err := restore.Extract(context.Background(), r, *b, pgdata, restore.ExtractOptions{}, testLogger(t)); err != nil {
+			if err := restore.Extract(context.Background(), r, *b, pgdata, restore.ExtractOptions{}, pgtest.Logger(t)); err != nil {
 				t.Fatal(err)
 			}
 			walDir := filepath.Join(t.TempDir(), "wal")

@@ -21,7 +21,7 @@ func TestKilledBackup(t *testing.T) {
 	if testing.Short() {
 		t.Skip("needs PostgreSQL (skipped with -short)")
 	}
-	bin := synbakBinary(t)
+	bin := pgtest.SynbakBinary(t)
 	c := pgtest.Start(t, pgtest.Options{InitdbArgs: initdbArgs, Conf: append([]string{"fsync = off"}, clusterConf...)})
 	c.Pgbench(t, "postgres", "-i", "-s", "15", "-q")
 	repoDir, stateDir := t.TempDir(), t.TempDir()

@@ -8,7 +8,6 @@ import (
 	"encoding/hex"
 	"fmt"
 	"io"
-	"log/slog"
 	"math/rand/v2"
 	"os"
 	"path/filepath"
@@ -20,6 +19,7 @@ import (
 
 	"github.com/fsnotify/fsnotify"
 
+	"github.com/synbak/synbak/internal/pgtest"
 	"github.com/synbak/synbak/internal/repo"
 	"github.com/synbak/synbak/internal/storage/local"
 )
@@ -39,19 +39,8 @@ func newTestRepo(t *testing.T) *repo.Repo {
 	return r
 }
 
-func testLogger(t *testing.T) *slog.Logger {
-	return slog.New(slog.NewTextHandler(tWriter{t}, &slog.HandlerOptions{Level: slog.LevelDebug}))
-}
-
-type tWriter struct{ t *testing.T }
-
-func (w tWriter) Write(p []byte) (int, error) {
-	w.t.Log(strings.TrimSpace(string(p)))
-	return len(p), nil
-}
-
 func testOptions(t *testing.T) Options {
-	return Options{QuietPeriod: testQuiet, BatchInterval: 100 * time.Millisecond, Workers: 16, Logger: testLogger(t)}
+	return Options{QuietPeriod: testQuiet, BatchInterval: 100 * time.Millisecond, Workers: 16, Logger: pgtest.Logger(t)}
 }
 
 const letters = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"

@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"log/slog"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -25,53 +24,12 @@ import (
 	"github.com/synbak/synbak/wal"
 )
 
-var (
-	buildOnce sync.Once
-	binPath   string
-	buildErr  error
-	buildOut  []byte
-)
-
-// synbakBinary builds cmd/synbak once into a directory the postgres OS
-// user can traverse (restore_command runs it as postgres).
-func synbakBinary(t *testing.T) string {
-	t.Helper()
-	buildOnce.Do(func() {
-		dir, err := os.MkdirTemp("", "synbak-bin")
-		if err != nil {
-			buildErr = err
-			return
-		}
-		if err := os.Chmod(dir, 0o755); err != nil {
-			buildErr = err
-			return
-		}
-		binPath = filepath.Join(dir, "synbak")
-		buildOut, buildErr = exec.Command("go", "build", "-o", binPath, "github.com/synbak/synbak/cmd/synbak").CombinedOutput()
-	})
-	if buildErr != nil {
-		t.Fatalf("build synbak: %v\n%s", buildErr, buildOut)
-	}
-	return binPath
-}
-
-func testLogger(t *testing.T) *slog.Logger {
-	return slog.New(slog.NewTextHandler(tWriter{t}, &slog.HandlerOptions{Level: slog.LevelDebug}))
-}
-
-type tWriter struct{ t *testing.T }
-
-func (w tWriter) Write(p []byte) (int, error) {
-	w.t.Log(strings.TrimSuffix(string(p), "\n"))
-	return len(p), nil
-}
-
 func startReceiver(t *testing.T, c *pgtest.Cluster, r *repo.Repo) (stop func()) {
 	t.Helper()
 	src := pgsource.Source{ConnString: c.DSN("postgres"), Origin: "test"}
 	rcv := wal.NewReceiver(src, r, wal.Options{
 		Slot: "synbak", SpoolDir: t.TempDir(), StatusInterval: 200 * time.Millisecond, PartialInterval: 300 * time.Millisecond,
-	}, testLogger(t).With("component", "wal"))
+	}, pgtest.Logger(t).With("component", "wal"))
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- rcv.Run(ctx) }()
@@ -163,7 +121,7 @@ func TestRestore(t *testing.T) {
 	if testing.Short() {
 		t.Skip("needs PostgreSQL (skipped with -short)")
 	}
-	bin := synbakBinary(t)
+	bin := pgtest.SynbakBinary(t)
 	c := pgtest.Start(t, pgtest.Options{InitdbArgs: []string{"--wal-segsize=1"}, Conf: []string{"max_wal_size = '1GB'", "checkpoint_timeout = '1h'"}})
 	c.CreateDB(t, "synapse")
 	c.CreateSynapseSchema(t, "synapse")
@@ -187,7 +145,7 @@ func TestRestore(t *testing.T) {
 	b, err := basebackup.Take(context.Background(), c.ReplicationConn(t), r, basebackup.Options{
 		Label: "test", PartSize: 1 << 20, WALTimeout: 2 * time.Minute,
 		Facts: map[string]string{"main_database": "synapse"},
-	}, testLogger(t))
+	}, pgtest.Logger(t))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -232,7 +190,7 @@ func TestRestore(t *testing.T) {
 	opts := func(pgdata string, target restore.Point) restore.Options {
 		return restore.Options{
 			Repo: r, RepoPath: repoDir, Target: target, PGData: pgdata,
-			Executable: bin, BinDir: c.BinDir, Log: testLogger(t),
+			Executable: bin, BinDir: c.BinDir, Log: pgtest.Logger(t),
 		}
 	}
 	ctx := context.Background()

@@ -7,7 +7,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strconv"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -20,32 +19,6 @@ import (
 	"github.com/synbak/synbak/wal"
 )
 
-var (
-	buildOnce sync.Once
-	binPath   string
-	buildErr  error
-	buildOut  []byte
-)
-
-// synbakBinary builds cmd/synbak once per test run (os.Executable is the
-// test binary here).
-func synbakBinary(t *testing.T) string {
-	t.Helper()
-	buildOnce.Do(func() {
-		dir, err := os.MkdirTemp("", "synbak-bin")
-		if err != nil {
-			buildErr = err
-			return
-		}
-		binPath = filepath.Join(dir, "synbak")
-		buildOut, buildErr = exec.Command("go", "build", "-o", binPath, "github.com/synbak/synbak/cmd/synbak").CombinedOutput()
-	})
-	if buildErr != nil {
-		t.Fatalf("build synbak: %v\n%s", buildErr, buildOut)
-	}
-	return binPath
-}
-
 // TestKill9UnderLoad kills the receiver 20 times at random moments while
 // pgbench writes, restarting it each time. The slot must never be ahead of
 // the WAL that is on disk (spool or repository), and in the end the archive
@@ -54,7 +27,7 @@ func TestKill9UnderLoad(t *testing.T) {
 	if testing.Short() {
 		t.Skip("needs PostgreSQL (skipped with -short)")
 	}
-	bin := synbakBinary(t)
+	bin := pgtest.SynbakBinary(t)
 	c := startCluster(t)
 	repoDir, stateDir := t.TempDir(), t.TempDir()
 	env := append(os.Environ(),

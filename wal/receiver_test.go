@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"fmt"
-	"log/slog"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -80,7 +79,7 @@ func startReceiver(t *testing.T, c *pgtest.Cluster, rp *repo.Repo, spool string,
 		opts.StatusInterval = 200 * time.Millisecond
 	}
 	src := pgsource.Source{ConnString: c.DSN("postgres"), Origin: "test"}
-	rcv := wal.NewReceiver(src, rp, opts, testLogger(t))
+	rcv := wal.NewReceiver(src, rp, opts, pgtest.Logger(t))
 	ctx, cancel := context.WithCancel(context.Background())
 	r := &running{rcv: rcv, cancel: cancel, done: make(chan struct{})}
 	go func() {
@@ -92,18 +91,6 @@ func startReceiver(t *testing.T, c *pgtest.Cluster, rp *repo.Repo, spool string,
 		<-r.done
 	})
 	return r
-}
-
-// testLogger sends the receiver's log to the test's log.
-func testLogger(t *testing.T) *slog.Logger {
-	return slog.New(slog.NewTextHandler(tWriter{t}, &slog.HandlerOptions{Level: slog.LevelDebug}))
-}
-
-type tWriter struct{ t *testing.T }
-
-func (w tWriter) Write(p []byte) (int, error) {
-	w.t.Log(strings.TrimSuffix(string(p), "\n"))
-	return len(p), nil
 }
 
 // waitFor polls cond until it holds or the timeout passes.
@@ -388,7 +375,7 @@ func TestFollowsPromotionToNewTimeline(t *testing.T) {
 func runUntilError(t *testing.T, c *pgtest.Cluster, rp *repo.Repo, spool string) error {
 	t.Helper()
 	src := pgsource.Source{ConnString: c.DSN("postgres"), Origin: "test"}
-	rcv := wal.NewReceiver(src, rp, wal.Options{Slot: "synbak", SpoolDir: spool, StatusInterval: 200 * time.Millisecond}, testLogger(t))
+	rcv := wal.NewReceiver(src, rp, wal.Options{Slot: "synbak", SpoolDir: spool, StatusInterval: 200 * time.Millisecond}, pgtest.Logger(t))
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	err := rcv.Run(ctx)
