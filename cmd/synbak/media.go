@@ -81,7 +81,7 @@ func runMediaSync(ctx context.Context, cfg *config.Config, stdout io.Writer) err
 		return fmt.Errorf("media sync of %s: %w", hs.MediaStorePath, err)
 	}
 	fmt.Fprintf(stdout, "media sync of %s: %d files scanned, %d added (%s, %d uploaded, %d already in the repository), %d deleted, in %s\n",
-		hs.MediaStorePath, st.Scanned, st.Added, mediaBytes(st.Bytes), st.Uploaded, st.Deduplicated, st.Deleted, time.Since(start).Round(time.Millisecond))
+		hs.MediaStorePath, st.Scanned, st.Added, humanBytes(st.Bytes), st.Uploaded, st.Deduplicated, st.Deleted, time.Since(start).Round(time.Millisecond))
 	return nil
 }
 
@@ -105,7 +105,7 @@ func (p *mediaProgress) update(st mediawatch.Stats) {
 	if p.tty {
 		rate := float64(st.Added) / max(now.Sub(p.started).Seconds(), 0.001)
 		fmt.Fprintf(p.w, "\r\x1b[Kmedia: %d scanned%s, %d added (%s, %.0f files/s), %d pending, %d deleted",
-			st.Scanned, map[bool]string{false: " (scanning)", true: ""}[st.ScanDone], st.Added, mediaBytes(st.Bytes), rate, st.Pending, st.Deleted)
+			st.Scanned, map[bool]string{false: " (scanning)", true: ""}[st.ScanDone], st.Added, humanBytes(st.Bytes), rate, st.Pending, st.Deleted)
 		p.drawn = true
 		return
 	}
@@ -119,17 +119,4 @@ func (p *mediaProgress) finish() {
 	if p.drawn {
 		fmt.Fprintln(p.w)
 	}
-}
-
-func mediaBytes(n int64) string {
-	const unit = 1024
-	if n < unit {
-		return fmt.Sprintf("%d B", n)
-	}
-	div, exp := int64(unit), 0
-	for m := n / unit; m >= unit; m /= unit {
-		div *= unit
-		exp++
-	}
-	return fmt.Sprintf("%.1f %ciB", float64(n)/float64(div), "KMGTPE"[exp])
 }
