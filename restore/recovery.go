@@ -1,6 +1,7 @@
 package restore
 
 import (
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -46,7 +47,9 @@ func (t Target) settings() ([][2]string, error) {
 // WriteRecoveryConfig prepares an extracted data directory for archive
 // recovery: it appends restore_command and the target's settings (with
 // recovery_target_action = 'promote') to postgresql.auto.conf and creates
-// an empty recovery.signal. owner, when not nil, is given both files.
+// an empty recovery.signal, and removes a standby.signal (a backup of a
+// standby) along with its primary_conninfo. owner, when not nil, is given
+// both files.
 func WriteRecoveryConfig(pgdata, restoreCommand string, target Target, owner *Owner) error {
 	if restoreCommand == "" {
 		return fmt.Errorf("restore_command is empty")
@@ -58,6 +61,11 @@ func WriteRecoveryConfig(pgdata, restoreCommand string, target Target, owner *Ow
 	var sb strings.Builder
 	sb.WriteString("\n# Added by synbak restore; remove after the restore.\n")
 	sb.WriteString(setting("restore_command", restoreCommand))
+	// A backup taken from a standby carries its primary_conninfo and a
+	// standby.signal: in standby mode recovery never ends at the end of the
+	// archive and the restored server would follow the old primary.
+	sb.WriteString(setting("primary_conninfo", ""))
+	sb.WriteString(setting("primary_slot_name", ""))
 	for _, s := range settings {
 		sb.WriteString(setting(s[0], s[1]))
 	}
@@ -80,6 +88,9 @@ func WriteRecoveryConfig(pgdata, restoreCommand string, target Target, owner *Ow
 	}
 	if err := x.chown(auto); err != nil {
 		return err
+	}
+	if err := os.Remove(filepath.Join(pgdata, "standby.signal")); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return fmt.Errorf("remove standby.signal: %w", err)
 	}
 	signal := filepath.Join(pgdata, "recovery.signal")
 	if err := x.writeFile(signal, nil, 0o600); err != nil {

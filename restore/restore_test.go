@@ -12,7 +12,11 @@ import (
 
 func TestWriteRecoveryConfig(t *testing.T) {
 	dir := t.TempDir()
-	if err := os.WriteFile(filepath.Join(dir, "postgresql.auto.conf"), []byte("work_mem = '8MB'\n"), 0o600); err != nil {
+	if err := os.WriteFile(filepath.Join(dir, "postgresql.auto.conf"), []byte("work_mem = '8MB'\nprimary_conninfo = 'host=old-primary'\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	// A backup of a standby carries standby.signal.
+	if err := os.WriteFile(filepath.Join(dir, "standby.signal"), nil, 0o600); err != nil {
 		t.Fatal(err)
 	}
 	err := WriteRecoveryConfig(dir, `/usr/bin/synbak -c '/etc/it's.yaml' wal-fetch %f %p`, Target{Time: "2026-11-24 10:15:00+00"}, nil)
@@ -29,6 +33,7 @@ func TestWriteRecoveryConfig(t *testing.T) {
 		"recovery_target_time = '2026-11-24 10:15:00+00'\n",
 		"recovery_target_action = 'promote'\n",
 		"recovery_target_timeline = 'latest'\n",
+		"primary_conninfo = ''\n",
 	} {
 		if !strings.Contains(string(got), want) {
 			t.Errorf("postgresql.auto.conf lacks %q:\n%s", want, got)
@@ -36,6 +41,12 @@ func TestWriteRecoveryConfig(t *testing.T) {
 	}
 	if fi, err := os.Stat(filepath.Join(dir, "recovery.signal")); err != nil || fi.Size() != 0 {
 		t.Errorf("recovery.signal: %v", err)
+	}
+	if _, err := os.Stat(filepath.Join(dir, "standby.signal")); !os.IsNotExist(err) {
+		t.Errorf("standby.signal left in place (%v): recovery would never end", err)
+	}
+	if strings.LastIndex(string(got), "primary_conninfo = ''") < strings.Index(string(got), "host=old-primary") {
+		t.Error("the standby's primary_conninfo is not overridden")
 	}
 	if err := WriteRecoveryConfig(dir, "x", Target{Time: "t", LSN: "0/1"}, nil); err == nil {
 		t.Error("two targets accepted")
