@@ -13,7 +13,6 @@ import (
 	"github.com/synbak/synbak/basebackup"
 	"github.com/synbak/synbak/internal/pgtest"
 	"github.com/synbak/synbak/internal/repo"
-	"github.com/synbak/synbak/internal/storage/local"
 	"github.com/synbak/synbak/restore"
 	"github.com/synbak/synbak/wal"
 )
@@ -35,23 +34,7 @@ func newPITRSite(t *testing.T, c *pgtest.Cluster) *pitrSite {
 	c.CreateDB(t, "synapse")
 	c.CreateSynapseSchema(t, "synapse")
 	c.Exec(t, "synapse", "CREATE TABLE markers (n int primary key)")
-	repoDir := filepath.Join(pgtest.ServerDir(t), "repo")
-	be, err := local.New(repoDir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	r, _, err := repo.Init(context.Background(), be, repo.Options{Compression: "zstd", ZstdLevel: 1})
-	if err != nil {
-		t.Fatal(err)
-	}
-	stop := startReceiver(t, c, r)
-	b, err := basebackup.Take(context.Background(), c.ReplicationConn(t), r, basebackup.Options{
-		Label: "test", PartSize: 1 << 20, WALTimeout: 2 * time.Minute,
-		Facts: map[string]string{"main_database": "synapse"},
-	}, pgtest.Logger(t))
-	if err != nil {
-		t.Fatal(err)
-	}
+	repoDir, r, b, stop := backedUp(t, c)
 	return &pitrSite{c: c, r: r, repoDir: repoDir, b: *b, stop: stop}
 }
 

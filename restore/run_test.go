@@ -131,24 +131,7 @@ func TestRestore(t *testing.T) {
 	c.Exec(t, "synapse", "INSERT INTO e2e_fallback_keys_json VALUES ('@u:example.org', 'DEV', 'signed_curve25519', 'FB', '{}', false)")
 	c.Exec(t, "synapse", "CREATE TABLE markers (n int primary key)")
 
-	work := pgtest.ServerDir(t) // the repository, readable by postgres
-	repoDir := filepath.Join(work, "repo")
-	be, err := local.New(repoDir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	r, _, err := repo.Init(context.Background(), be, repo.Options{Compression: "zstd", ZstdLevel: 1})
-	if err != nil {
-		t.Fatal(err)
-	}
-	stopReceiver := startReceiver(t, c, r)
-	b, err := basebackup.Take(context.Background(), c.ReplicationConn(t), r, basebackup.Options{
-		Label: "test", PartSize: 1 << 20, WALTimeout: 2 * time.Minute,
-		Facts: map[string]string{"main_database": "synapse"},
-	}, pgtest.Logger(t))
-	if err != nil {
-		t.Fatal(err)
-	}
+	repoDir, r, b, stopReceiver := backedUp(t, c)
 	// Markers at distinct commit times: 1 and 2 before mid, 3 after.
 	t0 := timeAfter(t, c, b.EndTime)
 	c.Exec(t, "synapse", "INSERT INTO markers VALUES (1)")
@@ -392,4 +375,28 @@ func TestRestore(t *testing.T) {
 			}
 		}
 	})
+}
+
+// backedUp creates a repository the postgres user can read (restore_command
+// runs as that user), starts a WAL receiver on c and takes a base backup.
+func backedUp(t *testing.T, c *pgtest.Cluster) (repoDir string, r *repo.Repo, b *basebackup.Backup, stop func()) {
+	t.Helper()
+	repoDir = filepath.Join(pgtest.ServerDir(t), "repo")
+	be, err := local.New(repoDir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r, _, err = repo.Init(context.Background(), be, repo.Options{Compression: "zstd", ZstdLevel: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	stop = startReceiver(t, c, r)
+	b, err = basebackup.Take(context.Background(), c.ReplicationConn(t), r, basebackup.Options{
+		Label: "test", PartSize: 1 << 20, WALTimeout: 2 * time.Minute,
+		Facts: map[string]string{"main_database": "synapse"},
+	}, pgtest.Logger(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return repoDir, r, b, stop
 }
