@@ -37,6 +37,7 @@ import (
 	"github.com/jackc/pgx/v5/pgproto3"
 
 	"github.com/synbak/synbak/internal/repo"
+	"github.com/synbak/synbak/internal/storage"
 	"github.com/synbak/synbak/wal"
 )
 
@@ -486,6 +487,12 @@ func (t *taker) waitWAL() error {
 	segs := t.b.Segments()
 	for i := 0; i < len(segs); {
 		ok, err := t.segmentStored(segs[i])
+		if err == nil && !ok && i == len(segs)-1 {
+			// The end segment may still be open (always so on a standby,
+			// which cannot switch WAL): a partial object holding the end
+			// LSN is enough, and the complete segment follows it.
+			ok, err = t.partialStored(segs[i])
+		}
 		if err != nil {
 			return err
 		}
@@ -518,6 +525,24 @@ func (t *taker) segmentStored(s wal.Segment) (bool, error) {
 		}
 	}
 	return false, nil
+}
+
+// partialStored reports whether a partial object of s holds every byte up
+// to the backup's end LSN.
+func (t *taker) partialStored(s wal.Segment) (bool, error) {
+	need := uint64(t.b.EndLSN) - uint64(s.StartLSN())
+	found := false
+	err := t.r.List(t.ctx, s.ObjectName()+".partial.", func(oi storage.ObjectInfo) error {
+		_, off, ok := strings.Cut(oi.Name, ".partial.")
+		if !ok {
+			return nil
+		}
+		if valid, err := strconv.ParseUint(off, 16, 64); err == nil && len(off) == 8 && valid >= need {
+			found = true
+		}
+		return nil
+	})
+	return found, err
 }
 
 // cleanup deletes what a failed backup stored (best effort; ctx may be

@@ -13,6 +13,7 @@ import (
 	"github.com/synbak/synbak/basebackup"
 	"github.com/synbak/synbak/internal/pgtest"
 	"github.com/synbak/synbak/internal/repo"
+	"github.com/synbak/synbak/internal/storage/local"
 	"github.com/synbak/synbak/restore"
 	"github.com/synbak/synbak/wal"
 )
@@ -175,5 +176,87 @@ func TestRestoreTargetInsideNewestPartial(t *testing.T) {
 	}
 	if rep.EndOfArchive || rep.RecoveryTime == nil || rep.RecoveryTime.After(target) || !rep.RecoveryTime.After(after[0]) {
 		t.Errorf("report %s", rep.String())
+	}
+}
+
+// TestRestoreAfterPromotion streams from a standby and backs it up while
+// the primary is quiet (a standby cannot switch WAL: the backup's end
+// segment is only in a partial object), promotes the standby (timeline 2)
+// and restores to a time on the new timeline: the plan follows the
+// timeline history from the backup's timeline 1 to the target's timeline 2.
+func TestRestoreAfterPromotion(t *testing.T) {
+	if testing.Short() {
+		t.Skip("needs PostgreSQL (skipped with -short)")
+	}
+	conf := pgtest.Options{InitdbArgs: []string{"--wal-segsize=1"}, Conf: []string{"max_wal_size = '1GB'", "checkpoint_timeout = '1h'"}}
+	primary := pgtest.Start(t, conf)
+	primary.CreateDB(t, "synapse")
+	primary.CreateSynapseSchema(t, "synapse")
+	primary.Exec(t, "synapse", "CREATE TABLE markers (n int primary key)")
+	standby := pgtest.StartStandby(t, primary, pgtest.Options{Conf: conf.Conf})
+
+	repoDir := filepath.Join(pgtest.ServerDir(t), "repo")
+	be, err := local.New(repoDir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r, _, err := repo.Init(context.Background(), be, repo.Options{Compression: "zstd", ZstdLevel: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	stop := startReceiver(t, standby, r) // the receiver follows the standby
+	b, err := basebackup.Take(context.Background(), standby.ReplicationConn(t), r, basebackup.Options{
+		Label: "standby, before promotion", PartSize: 1 << 20, WALTimeout: 2 * time.Minute,
+		Facts: map[string]string{"main_database": "synapse"},
+	}, pgtest.Logger(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if b.EndTimeline != 1 {
+		t.Fatalf("backup ended on timeline %d, want 1", b.EndTimeline)
+	}
+	s := &pitrSite{c: primary, r: r, repoDir: repoDir, b: *b, stop: stop}
+
+	timeAfter(t, primary, b.EndTime)
+	markers(t, primary, 1, 2)
+	lsn := primary.Text(t, "postgres", "select pg_current_wal_insert_lsn()::text")
+	waitFor(t, time.Minute, "standby replay of markers 1 and 2", func() bool {
+		return standby.Bool(t, "postgres", "select pg_last_wal_replay_lsn() >= $1::pg_lsn", lsn)
+	})
+	standby.Promote(t)
+	primary.Stop(t) // the old primary is gone, as in a real failover
+	after := markers(t, standby, 3, 4)
+	s.switchAndWait(t, standby, 2)
+	if _, err := r.Stat(context.Background(), wal.HistoryObjectName(2)); err != nil {
+		t.Fatalf("history of timeline 2: %v", err)
+	}
+	stop()
+	chownTree(t, repoDir)
+	s.c = standby
+
+	p, err := restore.NewPlan(context.Background(), r, restore.Point{Time: after[0]})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("plan: %+v", p)
+	got, rep, rc := s.restoreTo(t, restore.Point{Time: after[0]})
+	if got != "1,2,3" {
+		t.Errorf("restored to %s (after marker 3, on timeline 2): markers %q, want 1,2,3", after[0], got)
+	}
+	if rep.EndOfArchive || rep.RecoveryTime == nil || rep.RecoveryTime.After(after[0]) {
+		t.Errorf("report %s", rep.String())
+	}
+	// The restored server was promoted onto a timeline after 2.
+	if tli := rc.IdentifySystem(t).Timeline; tli <= 2 { // promoted: a new timeline
+		t.Errorf("restored server on timeline %d, want > 2", tli)
+	}
+	if rc.Bool(t, "postgres", "select pg_is_in_recovery()") {
+		t.Error("restored server still in recovery")
+	}
+	rc.Stop(t)
+
+	got, rep, _ = s.restoreTo(t, restore.Point{Latest: true})
+	if got != "1,2,3,4" {
+		t.Errorf("restored --latest after the promotion: markers %q, want 1,2,3,4 (report %s)", got, rep.String())
 	}
 }
