@@ -3,8 +3,9 @@
 # Synapse-style homeserver.yaml pointing at it, a local repository, WAL
 # streamed while pgbench writes, a base backup, then every archived segment fetched back
 # with `synbak wal-fetch` and checked against PostgreSQL's own pg_wal
-# (cmp, and pg_waldump over the whole range), and a point-in-time restore of
-# the latest state into a new data directory. Everything lives in one
+# (cmp, and pg_waldump over the whole range), and two restores into new data
+# directories: to a time between two commits, and of the latest state, each
+# printing the rows expected and the rows found. Everything lives in one
 # temporary directory, removed at the end (KEEP=1 keeps it).
 #
 #   bash examples/demo.sh
@@ -34,7 +35,9 @@ streamer=
 cleanup() {
   set +e
   [ -n "$streamer" ] && kill -TERM "$streamer" 2>/dev/null && wait "$streamer" 2>/dev/null
-  [ -f "$pgdata/postmaster.pid" ] && "${as_pg[@]}" "$bindir/pg_ctl" -D "$pgdata" -m fast -w stop >/dev/null 2>&1
+  for d in "$pgdata" "$work"/pg/at-target "$work"/pg/latest; do
+    [ -f "$d/postmaster.pid" ] && "${as_pg[@]}" "$bindir/pg_ctl" -D "$d" -m fast -w stop >/dev/null 2>&1
+  done
   if [ "${KEEP:-0}" = 1 ]; then echo "kept $work"; else rm -rf "$work"; fi
 }
 trap cleanup EXIT
@@ -96,7 +99,16 @@ sb list
 
 psql -d synapse -c "CREATE TABLE e2e_one_time_keys_json(user_id text, device_id text, algorithm text, key_id text, ts_added_ms bigint, key_json text, UNIQUE (user_id, device_id, algorithm, key_id))"
 psql -d synapse -c "INSERT INTO e2e_one_time_keys_json VALUES ('@alice:demo.example', 'DEV', 'signed_curve25519', 'AAAAAQ', 0, '{}'), ('@alice:demo.example', 'DEV', 'signed_curve25519', 'AAAAAg', 0, '{}')"
-psql -d synapse -c "CREATE TABLE marker(note text); INSERT INTO marker VALUES ('committed at the end')"
+# Three commits a moment apart; the restore below targets the time between
+# the second and the third.
+psql -d synapse -c "CREATE TABLE marker(n int, note text)"
+psql -d synapse -c "INSERT INTO marker VALUES (1, 'first')"
+psql -d synapse -c "INSERT INTO marker VALUES (2, 'second')"
+psql -d synapse -Atc "select pg_sleep(0.3)" >/dev/null
+target=$(psql -d synapse -Atc "select to_char(clock_timestamp() at time zone 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')")
+psql -d synapse -Atc "select pg_sleep(0.3)" >/dev/null
+psql -d synapse -c "INSERT INTO marker VALUES (3, 'committed at the end')"
+echo "target time for the point-in-time restore: $target (after commit 2, before commit 3)"
 last=$(psql -d postgres -Atc "select pg_walfile_name(pg_current_wal_lsn())")
 psql -d postgres -Atc "select pg_switch_wal()" >/dev/null
 sysid=$(psql -d postgres -Atc "select system_identifier from pg_control_system()")
@@ -128,28 +140,48 @@ first=$(ls "$work/fetched" | head -n 1)
 set +e; sb wal-fetch 0000000100000000000000FF "$work/fetched/x"; code=$?; set -e
 [ "$code" = 1 ] || { echo "demo: wal-fetch of a missing segment exited $code, want 1" >&2; exit 1; }
 
-step "point-in-time restore (--latest) into a new data directory"
 # restore_command runs as the server's OS user: it must read the repository.
 [ "$(id -u)" = 0 ] && chown -R postgres: "$work/repo"
-rport=
-for _ in $(seq 1 50); do
-  p=$((20000 + RANDOM % 40000))
-  if ! (exec 3<>/dev/tcp/127.0.0.1/$p) 2>/dev/null; then rport=$p; break; fi
-done
-sb restore --pgdata "$work/pg/restored" --latest --port "$rport" --pg-bindir "$bindir" --leave-running | tee "$work/restore.out"
-restored_pg=$work/pg/restored
-# The restored server accepts only local connections through its private socket.
-rsock=$(grep -o '/tmp/synbak-restore-[0-9]*' "$work/restore.out" | head -n 1)
-got=$("$bindir/psql" -X -At -h "$rsock" -p "$rport" -U postgres -d synapse -c "select note from marker")
-keys=$("$bindir/psql" -X -At -h "$rsock" -p "$rport" -U postgres -d synapse -c "select count(*) from e2e_one_time_keys_json")
-"${as_pg[@]}" "$bindir/pg_ctl" -D "$restored_pg" -m fast -w stop >/dev/null
-rm -rf "$rsock"
-[ "$got" = "committed at the end" ] || { echo "demo: the restored database lacks the last commit (got '$got')" >&2; exit 1; }
-[ "$keys" = 0 ] || { echo "demo: e2e_one_time_keys_json has $keys rows after the restore, want 0" >&2; exit 1; }
-echo "the restored database has the last commit ('$got') and no one-time keys"
+
+# restore_into NAME ARGS...: restores into $work/pg/NAME, starts it on a free
+# port, prints the markers and the one-time key count ("1,2 0"), stops it.
+restore_into() {
+  local name=$1; shift
+  local rport= p
+  for _ in $(seq 1 50); do
+    p=$((20000 + RANDOM % 40000))
+    if ! (exec 3<>/dev/tcp/127.0.0.1/$p) 2>/dev/null; then rport=$p; break; fi
+  done
+  sb restore --pgdata "$work/pg/$name" "$@" --port "$rport" --pg-bindir "$bindir" --leave-running >"$work/$name.out"
+  sed 's/^/    /' "$work/$name.out" >&2
+  # The restored server accepts only local connections through its private socket.
+  local rsock
+  rsock=$(grep -o '/tmp/synbak-restore-[0-9]*' "$work/$name.out" | head -n 1)
+  local rows keys
+  rows=$("$bindir/psql" -X -At -h "$rsock" -p "$rport" -U postgres -d synapse -c "select coalesce(string_agg(n::text, ',' order by n), '') from marker")
+  keys=$("$bindir/psql" -X -At -h "$rsock" -p "$rport" -U postgres -d synapse -c "select count(*) from e2e_one_time_keys_json")
+  "${as_pg[@]}" "$bindir/pg_ctl" -D "$work/pg/$name" -m fast -w stop >/dev/null
+  rm -rf "$rsock"
+  echo "$rows $keys"
+}
+check() { # check WHAT WANT GOT
+  printf '    %-34s expected %-8s got %s\n' "$1" "$2" "$3"
+  [ "$2" = "$3" ] || { echo "demo: $1: expected '$2', got '$3'" >&2; exit 1; }
+}
+
+step "point-in-time restore to $target (between commits 2 and 3)"
+read -r rows keys < <(restore_into at-target --target-time "$target")
+check "marker rows" "1,2" "$rows"
+check "one-time keys after the restore" "0" "$keys"
+
+step "point-in-time restore of the latest state (--latest)"
+read -r rows keys < <(restore_into latest --latest)
+check "marker rows" "1,2,3" "$rows"
+check "one-time keys after the restore" "0" "$keys"
 
 raw=$(du -sb "$work/fetched" | cut -f1)
 stored=$(du -sb "$work/repo/wal" | cut -f1)
 printf '\nOK: %d segments (%s .. %s) of system %s archived and fetched back;\n' "$n" "$first" "$last" "$sysid"
 printf '    the %d still in pg_wal are byte-identical to the server'"'"'s copies;\n' "$compared"
-printf '    pg_waldump read them all; %d MB of WAL stored in %d MB (zstd).\n' $((raw / 1048576)) $((stored / 1048576))
+printf '    pg_waldump read them all; %d MB of WAL stored in %d MB (zstd);\n' $((raw / 1048576)) $((stored / 1048576))
+printf '    restored to %s: rows 1,2 as expected; --latest: rows 1,2,3.\n' "$target"

@@ -36,6 +36,9 @@ type ExtractOptions struct {
 	// Owner, when not nil, is given every directory, file and symlink
 	// written (which needs root).
 	Owner *Owner
+	// Progress, when not nil, is called with the number of archive bytes
+	// read so far (of the backup's Size()) as extraction goes on.
+	Progress func(done int64)
 }
 
 // ErrNotEmpty marks a restore target that already has files in it.
@@ -64,7 +67,7 @@ func Extract(ctx context.Context, r *repo.Repo, b basebackup.Backup, pgdata stri
 	if err != nil {
 		return err
 	}
-	x := &extractor{owner: opts.Owner}
+	x := &extractor{owner: opts.Owner, progress: opts.Progress}
 	tsDirs := map[uint32]string{}
 	for _, a := range b.Archives {
 		if a.TablespaceOID == 0 {
@@ -162,7 +165,9 @@ func syncFS(dir string) error {
 }
 
 type extractor struct {
-	owner *Owner
+	owner    *Owner
+	progress func(int64)
+	done     int64 // archive bytes read, for progress
 }
 
 func (x *extractor) chown(path string) error {
@@ -213,7 +218,7 @@ func (x *extractor) mkdirAll(dir string) error {
 // archive extracts one archive into dir. tsDirs, for the data directory,
 // are the tablespaces' new locations for tablespace_map.
 func (x *extractor) archive(ctx context.Context, r *repo.Repo, b basebackup.Backup, a basebackup.Archive, dir string, tsDirs map[uint32]string) error {
-	pr := &partsReader{ctx: ctx, r: r, id: b.ID, a: a}
+	pr := &partsReader{ctx: ctx, r: r, id: b.ID, a: a, x: x}
 	defer pr.Close()
 	var src io.Reader = pr
 	switch {
@@ -364,6 +369,7 @@ type partsReader struct {
 	next int
 	cur  *repo.Reader
 	n    int64
+	x    *extractor
 }
 
 func (p *partsReader) Read(b []byte) (int, error) {
@@ -381,6 +387,10 @@ func (p *partsReader) Read(b []byte) (int, error) {
 		}
 		n, err := p.cur.Read(b)
 		p.n += int64(n)
+		if p.x != nil && p.x.progress != nil {
+			p.x.done += int64(n)
+			p.x.progress(p.x.done)
+		}
 		if err == io.EOF {
 			info, want := p.cur.Info(), p.a.Parts[p.next-1]
 			cerr := p.cur.Close()

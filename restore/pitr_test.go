@@ -76,12 +76,31 @@ func (s *pitrSite) switchAndWait(t *testing.T, c *pgtest.Cluster, tli uint32) pg
 func (s *pitrSite) restoreTo(t *testing.T, target restore.Point) (string, restore.Report, *pgtest.Cluster) {
 	t.Helper()
 	pgdata := filepath.Join(pgtest.ServerDir(t), "data")
+	var last restore.Progress
+	var replayed []pglogrepl.LSN
 	rep, err := restore.Run(context.Background(), restore.Options{
 		Repo: s.r, RepoPath: s.repoDir, Target: target, PGData: pgdata,
 		Executable: pgtest.SynbakBinary(t), BinDir: s.c.BinDir, Log: pgtest.Logger(t),
+		Progress: func(p restore.Progress) {
+			if p.Phase == "recovery" {
+				replayed = append(replayed, p.ReplayLSN)
+			}
+			last = p
+		},
 	})
 	if err != nil {
 		t.Fatalf("restore to %s: %v", target, err)
+	}
+	// Progress: extraction counted every byte of the backup, then replay
+	// positions (if recovery lasted long enough to be sampled) only grew.
+	archives := s.b.Size() - s.b.Manifest.Size
+	if len(replayed) == 0 && (last.Phase != "extract" || last.Done != archives || last.Total != archives) {
+		t.Errorf("last progress %+v, want extraction done at %d bytes", last, archives)
+	}
+	for i := 1; i < len(replayed); i++ {
+		if replayed[i] < replayed[i-1] {
+			t.Errorf("replay progress went back: %v", replayed)
+		}
 	}
 	rc := pgtest.StartDataDir(t, pgdata, pgtest.Options{})
 	got := rc.Text(t, "synapse", "select coalesce(string_agg(n::text, ',' order by n), '') from markers")

@@ -17,6 +17,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/jackc/pglogrepl"
 	"github.com/jackc/pgx/v5"
 
 	"github.com/synbak/synbak/internal/repo"
@@ -59,6 +60,23 @@ type Options struct {
 	// a failed restore removes it, leaving the directories as they were.
 	KeepFailed bool
 	Log        *slog.Logger
+	// Progress, when not nil, receives the restore's progress: often
+	// during extraction, about twice a second during recovery. The command
+	// line draws it on a terminal.
+	Progress func(Progress)
+}
+
+// Progress is a snapshot of a running restore.
+type Progress struct {
+	// Phase is "extract" or "recovery".
+	Phase string
+	// Done and Total are archive bytes extracted (phase extract).
+	Done, Total int64
+	// ReplayLSN is the last WAL position replayed and EndLSN the end of the
+	// WAL the plan may replay (phase recovery); LastCommit the newest
+	// replayed commit's time, when known.
+	ReplayLSN, EndLSN pglogrepl.LSN
+	LastCommit        *time.Time
 }
 
 // Phase is how long one step of the restore took.
@@ -370,7 +388,12 @@ func Run(ctx context.Context, opts Options) (rep Report, err error) {
 	_ = os.Remove(probe)
 
 	log.Info("extracting base backup", "backup", b.ID, "pgdata", opts.PGData)
-	if err := Extract(ctx, opts.Repo, b, opts.PGData, ExtractOptions{Owner: owner}, log); err != nil {
+	xopts := ExtractOptions{Owner: owner}
+	if opts.Progress != nil {
+		total := b.Size() - b.Manifest.Size // the manifest is not extracted
+		xopts.Progress = func(done int64) { opts.Progress(Progress{Phase: "extract", Done: done, Total: total}) }
+	}
+	if err := Extract(ctx, opts.Repo, b, opts.PGData, xopts, log); err != nil {
 		return rep, err
 	}
 	phase("extract", start)
@@ -406,6 +429,12 @@ func Run(ctx context.Context, opts Options) (rep Report, err error) {
 		}
 	}()
 	rep.Running = true
+	if opts.Progress != nil {
+		endLSN, _ := pglogrepl.ParseLSN(plan.ArchiveEndLSN)
+		srv.progress = func(replay pglogrepl.LSN, commit *time.Time) {
+			opts.Progress(Progress{Phase: "recovery", ReplayLSN: replay, EndLSN: endLSN, LastCommit: commit})
+		}
+	}
 	endOfArchive, err := srv.waitPromoted(ctx, log, !opts.Target.Latest)
 	if err != nil {
 		return rep, err
@@ -471,6 +500,9 @@ type server struct {
 	done           chan struct{}
 	user           string
 	dieWithUs      bool
+	// progress, when not nil, receives the replay position while
+	// recovery runs.
+	progress func(replay pglogrepl.LSN, lastCommit *time.Time)
 }
 
 const privateHBA = "# written by synbak restore: only the restore connects, over its private socket\nlocal all all trust\n"
@@ -651,7 +683,7 @@ const targetNotReached = "recovery ended before configured recovery target was r
 // target; it reports that with true.
 func (s *server) waitPromoted(ctx context.Context, log *slog.Logger, retryLatest bool) (bool, error) {
 	endOfArchive := false
-	lastProgress := time.Now()
+	lastProgress, lastReport := time.Now(), time.Time{}
 	for {
 		if s.exited() {
 			tail := s.logTail(30)
@@ -678,10 +710,17 @@ func (s *server) waitPromoted(ctx context.Context, log *slog.Logger, retryLatest
 		if err == nil {
 			var rec bool
 			var lsn *string
-			qerr := conn.QueryRow(ctx, "select pg_is_in_recovery(), pg_last_wal_replay_lsn()::text").Scan(&rec, &lsn)
+			var commit *time.Time
+			qerr := conn.QueryRow(ctx, "select pg_is_in_recovery(), pg_last_wal_replay_lsn()::text, pg_last_xact_replay_timestamp()").Scan(&rec, &lsn, &commit)
 			_ = conn.Close(context.Background())
 			if qerr == nil && !rec {
 				return endOfArchive, nil
+			}
+			if qerr == nil && lsn != nil && s.progress != nil && time.Since(lastReport) >= 500*time.Millisecond {
+				if l, perr := pglogrepl.ParseLSN(*lsn); perr == nil {
+					s.progress(l, commit)
+				}
+				lastReport = time.Now()
 			}
 			if qerr == nil && time.Since(lastProgress) > 5*time.Second && lsn != nil {
 				log.Info("replaying WAL", "lsn", *lsn)

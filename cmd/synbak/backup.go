@@ -199,8 +199,14 @@ type progressPrinter struct {
 }
 
 func newProgressPrinter(w *os.File, log *slog.Logger) *progressPrinter {
-	_, err := unix.IoctlGetTermios(int(w.Fd()), unix.TCGETS)
-	return &progressPrinter{w: w, log: log, tty: err == nil, start: time.Now()}
+	return &progressPrinter{w: w, log: log, tty: isTerminal(w), start: time.Now()}
+}
+
+// isTerminal reports whether f is a terminal (progress lines are drawn
+// only there).
+func isTerminal(f *os.File) bool {
+	_, err := unix.IoctlGetTermios(int(f.Fd()), unix.TCGETS)
+	return err == nil
 }
 
 func (p *progressPrinter) update(pr basebackup.Progress) {

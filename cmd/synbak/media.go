@@ -9,7 +9,6 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
-	"golang.org/x/sys/unix"
 
 	"github.com/synbak/synbak/internal/config"
 	"github.com/synbak/synbak/mediawatch"
@@ -96,8 +95,8 @@ type mediaProgress struct {
 }
 
 func newMediaProgress(w *os.File, log *slog.Logger) *mediaProgress {
-	_, err := unix.IoctlGetTermios(int(w.Fd()), unix.TCGETS)
-	return &mediaProgress{w: w, log: log, tty: err == nil, started: time.Now()}
+	tty := isTerminal(w)
+	return &mediaProgress{w: w, log: log, tty: tty, started: time.Now()}
 }
 
 func (p *mediaProgress) update(st mediawatch.Stats) {

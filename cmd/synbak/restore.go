@@ -152,6 +152,11 @@ func runRestore(ctx context.Context, cfg *config.Config, f restoreFlags, target 
 		PGData: f.pgdata, MediaDir: f.mediaDir, Port: f.port, BinDir: f.pgBinDir,
 		LeaveRunning: f.leaveRunning, KeepFailed: f.keepFailed, Log: log,
 	}
+	if !f.asJSON && isTerminal(os.Stderr) {
+		rp := &restoreProgress{w: os.Stderr, start: time.Now()}
+		defer rp.finish()
+		opts.Progress = rp.update
+	}
 	if f.dryRun {
 		plan, err := restore.Prepare(ctx, opts)
 		if err != nil {
@@ -177,4 +182,51 @@ func runRestore(ctx context.Context, cfg *config.Config, f restoreFlags, target 
 	}
 	fmt.Fprint(out, rep.String())
 	return nil
+}
+
+// restoreProgress draws the restore's progress on a terminal: the bytes
+// extracted, then the WAL replayed towards the end of the plan.
+type restoreProgress struct {
+	w        io.Writer
+	start    time.Time
+	last     time.Time
+	lastLine int
+}
+
+func (p *restoreProgress) update(pr restore.Progress) {
+	now := time.Now()
+	if now.Sub(p.last) < 200*time.Millisecond {
+		return
+	}
+	p.last = now
+	var line string
+	switch pr.Phase {
+	case "extract":
+		frac := 0.0
+		if pr.Total > 0 {
+			frac = min(float64(pr.Done)/float64(pr.Total), 1)
+		}
+		line = fmt.Sprintf("extracting: %s of %s (%3.0f%%)", humanBytes(pr.Done), humanBytes(pr.Total), 100*frac)
+	default:
+		line = fmt.Sprintf("replaying WAL: %s of %s", pr.ReplayLSN, pr.EndLSN)
+		if pr.EndLSN > 0 && pr.ReplayLSN <= pr.EndLSN {
+			line += fmt.Sprintf(" (%s to go)", humanBytes(int64(pr.EndLSN-pr.ReplayLSN)))
+		}
+		if pr.LastCommit != nil {
+			line += ", last commit " + pr.LastCommit.UTC().Format("2006-01-02 15:04:05Z")
+		}
+	}
+	line += fmt.Sprintf(" [%s]", now.Sub(p.start).Round(time.Second))
+	pad := ""
+	if n := p.lastLine - len(line); n > 0 {
+		pad = strings.Repeat(" ", n)
+	}
+	p.lastLine = len(line)
+	fmt.Fprintf(p.w, "\r%s%s", line, pad)
+}
+
+func (p *restoreProgress) finish() {
+	if p.lastLine > 0 {
+		fmt.Fprintln(p.w)
+	}
 }
