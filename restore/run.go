@@ -20,6 +20,7 @@ import (
 	"github.com/jackc/pglogrepl"
 	"github.com/jackc/pgx/v5"
 
+	"github.com/synbak/synbak/confsnap"
 	"github.com/synbak/synbak/internal/repo"
 	"github.com/synbak/synbak/mediawatch"
 	"github.com/synbak/synbak/wal"
@@ -40,6 +41,13 @@ type Options struct {
 	WorkDir string
 	// MediaDir, when set, receives the media store as of the target.
 	MediaDir string
+	// ConfigDir, when set, receives the config files and signing key as
+	// of the target (confsnap.Restore: DIR/<original absolute path> and
+	// DIR/synbak-manifest.json).
+	ConfigDir string
+	// NewSigningKey replaces the restored signing key by a new one and
+	// lists the old one in old_signing_keys (needs ConfigDir).
+	NewSigningKey bool
 	// Port is the restored server's TCP port on 127.0.0.1 (0: a free one).
 	Port int
 	// BinDir holds postgres; default /usr/lib/postgresql/<major>/bin.
@@ -104,6 +112,14 @@ type Report struct {
 	MediaSkipped bool  `json:"media_skipped"`
 	MediaFiles   int   `json:"media_files"`
 	MediaBytes   int64 `json:"media_bytes"`
+	// ConfigFiles were restored into ConfigDir from the snapshot of
+	// ConfigSnapshot (ConfigSkipped: no ConfigDir given); SigningKey says
+	// what NewSigningKey did.
+	ConfigSkipped  bool                `json:"config_skipped"`
+	ConfigFiles    int                 `json:"config_files"`
+	ConfigMissing  int                 `json:"config_missing"`
+	ConfigSnapshot *time.Time          `json:"config_snapshot,omitempty"`
+	SigningKey     *confsnap.KeyChange `json:"new_signing_key,omitempty"`
 	// Running says the server was left running on Port with its socket in
 	// SocketDir.
 	Running   bool     `json:"running"`
@@ -132,7 +148,15 @@ func (rp Report) String() string {
 	} else {
 		fmt.Fprintf(&sb, "  media:           %d files, %d bytes\n", rp.MediaFiles, rp.MediaBytes)
 	}
-	sb.WriteString("  config files:    not restored (not implemented yet)\n")
+	switch {
+	case rp.ConfigSkipped:
+		fmt.Fprintf(&sb, "  config files:    skipped (no --config-dir)\n")
+	default:
+		fmt.Fprintf(&sb, "  config files:    %d files (%d missing at the time) from the snapshot of %s\n", rp.ConfigFiles, rp.ConfigMissing, rp.ConfigSnapshot.UTC().Format(time.RFC3339))
+	}
+	if k := rp.SigningKey; k != nil {
+		fmt.Fprintf(&sb, "  signing key:     new key written to %s; the old one added to old_signing_keys in %s\n", k.KeyFile, k.ConfigFile)
+	}
 	for _, w := range rp.Warnings {
 		fmt.Fprintf(&sb, "  WARNING: %s\n", w)
 	}
@@ -167,6 +191,14 @@ func (o *Options) defaults() error {
 		if o.MediaDir, err = filepath.Abs(o.MediaDir); err != nil {
 			return err
 		}
+	}
+	if o.ConfigDir != "" {
+		if o.ConfigDir, err = filepath.Abs(o.ConfigDir); err != nil {
+			return err
+		}
+	}
+	if o.NewSigningKey && o.ConfigDir == "" {
+		return errors.New("restore: a new signing key needs the config files restored (--config-dir)")
 	}
 	if o.RepoPath != "" {
 		if o.RepoPath, err = filepath.Abs(o.RepoPath); err != nil {
@@ -235,6 +267,11 @@ func (o *Options) check() error {
 	}
 	if o.MediaDir != "" {
 		if err := checkEmpty("media directory", o.MediaDir); err != nil {
+			return err
+		}
+	}
+	if o.ConfigDir != "" {
+		if err := checkEmpty("config directory", o.ConfigDir); err != nil {
 			return err
 		}
 	}
@@ -332,6 +369,9 @@ func Run(ctx context.Context, opts Options) (rep Report, err error) {
 	}
 	if opts.MediaDir != "" {
 		dirs = append(dirs, opts.MediaDir)
+	}
+	if opts.ConfigDir != "" {
+		dirs = append(dirs, opts.ConfigDir)
 	}
 	existed := map[string]bool{}
 	for _, d := range dirs {
@@ -470,6 +510,30 @@ func Run(ctx context.Context, opts Options) (rep Report, err error) {
 		}
 		rep.MediaFiles, rep.MediaBytes = mr.Files, mr.Bytes
 		phase("media", start)
+	}
+	if opts.ConfigDir == "" {
+		rep.ConfigSkipped = true
+	} else {
+		start = time.Now()
+		at := opts.Target.Time
+		if opts.Target.LSN != 0 && rep.RecoveryTime != nil {
+			at = *rep.RecoveryTime
+		}
+		m, err := confsnap.Restore(ctx, opts.Repo, at, opts.ConfigDir)
+		if err != nil {
+			return rep, fmt.Errorf("restore config files into %s: %w", opts.ConfigDir, err)
+		}
+		rep.ConfigFiles, rep.ConfigMissing = len(m.Files), len(m.Missing)
+		snap := m.SnapshotTime
+		rep.ConfigSnapshot = &snap
+		if opts.NewSigningKey {
+			kc, err := confsnap.NewSigningKey(opts.ConfigDir, confsnap.KeyOptions{})
+			if err != nil {
+				return rep, fmt.Errorf("new signing key in %s: %w", opts.ConfigDir, err)
+			}
+			rep.SigningKey = &kc
+		}
+		phase("config", start)
 	}
 	return rep, nil
 }

@@ -58,40 +58,7 @@ func waitFor(t *testing.T, timeout time.Duration, what string, cond func() bool)
 	}
 }
 
-// chownTree gives dir to the postgres user when we are root (wal-fetch
-// runs as postgres and must read the repository).
-func chownTree(t *testing.T, dir string) {
-	t.Helper()
-	if os.Geteuid() != 0 {
-		return
-	}
-	uid, gid := postgresIDs(t)
-	err := filepath.Walk(dir, func(p string, _ os.FileInfo, err error) error {
-		if err != nil {
-			return err
-		}
-		return os.Lchown(p, uid, gid)
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-}
-
-func postgresIDs(t *testing.T) (int, int) {
-	t.Helper()
-	out, err := exec.Command("id", "-u", "postgres").Output()
-	if err != nil {
-		t.Fatal(err)
-	}
-	gout, err := exec.Command("id", "-g", "postgres").Output()
-	if err != nil {
-		t.Fatal(err)
-	}
-	var uid, gid int
-	fmt.Sscan(string(out), &uid)
-	fmt.Sscan(string(gout), &gid)
-	return uid, gid
-}
+func chownTree(t *testing.T, dir string) { t.Helper(); pgtest.GiveToServerUser(t, dir) }
 
 // timeAfter polls until the server's clock is past t, and returns it.
 func timeAfter(t *testing.T, c *pgtest.Cluster, after time.Time) time.Time {
@@ -104,15 +71,7 @@ func timeAfter(t *testing.T, c *pgtest.Cluster, after time.Time) time.Time {
 	return now
 }
 
-func serverNow(t *testing.T, c *pgtest.Cluster) time.Time {
-	t.Helper()
-	s := c.Text(t, "postgres", "select to_char(clock_timestamp() at time zone 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')")
-	tm, err := time.Parse(time.RFC3339Nano, s)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return tm
-}
+func serverNow(t *testing.T, c *pgtest.Cluster) time.Time { t.Helper(); return c.Now(t) }
 
 // TestRestore backs up a Synapse-shaped cluster, writes markers at known
 // times, and restores to a time between two of them with Run; the

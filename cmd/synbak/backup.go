@@ -104,19 +104,11 @@ func runBackup(ctx context.Context, cfg *config.Config, stdout io.Writer) error 
 // backupSource finds PostgreSQL and the Synapse facts recorded with the
 // backup (best effort: postgres.dsn works without homeserver.yaml).
 func backupSource(cfg *config.Config) (pgsource.Source, map[string]string, error) {
-	facts := map[string]string{}
 	hs, hsErr := loadHomeserver(cfg)
-	if hsErr == nil {
-		facts["server_name"] = hs.ServerName
-		var names []string
-		for _, d := range hs.Databases {
-			names = append(names, d.Params["dbname"])
-		}
-		facts["databases"] = strings.Join(names, ",")
-		facts["main_database"] = hs.MainDatabase().Params["dbname"]
-	} else {
+	if hsErr != nil {
 		hs = nil
 	}
+	facts := homeserverFacts(hs)
 	src, err := postgresSource(cfg, hs)
 	if err != nil {
 		if hsErr != nil {

@@ -11,6 +11,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/synbak/synbak/internal/config"
+	"github.com/synbak/synbak/internal/synapse"
 	"github.com/synbak/synbak/mediawatch"
 )
 
@@ -43,10 +44,20 @@ On a terminal it shows a progress line, otherwise a log line every 10 seconds.`,
 	return cmd
 }
 
-// mediaOptions are the media watcher's options. The defaults suit a
-// typical server; config keys for them do not exist yet.
-func mediaOptions(dynamicThumbnails bool, log *slog.Logger) mediawatch.Options {
-	return mediawatch.Options{DynamicThumbnails: dynamicThumbnails, Workers: 32, Logger: log}
+// mediaOptions are the media watcher's options from media.* and
+// homeserver.yaml.
+func mediaOptions(cfg *config.Config, hs *synapse.Homeserver, log *slog.Logger) mediawatch.Options {
+	opts := mediawatch.Options{
+		DynamicThumbnails: hs.DynamicThumbnails, Workers: 32, Logger: log,
+		ScanInterval: cfg.Media.ScanInterval.D(), QuietPeriod: cfg.Media.QuietPeriod.D(),
+	}
+	switch cfg.Media.Thumbnails {
+	case "always":
+		opts.Trees = []string{mediawatch.LocalContent, mediawatch.LocalThumbnails}
+	case "never":
+		opts.Trees = []string{mediawatch.LocalContent}
+	}
+	return opts
 }
 
 func runMediaSync(ctx context.Context, cfg *config.Config, stdout io.Writer) error {
@@ -59,7 +70,7 @@ func runMediaSync(ctx context.Context, cfg *config.Config, stdout io.Writer) err
 	if err != nil {
 		return err
 	}
-	opts := mediaOptions(hs.DynamicThumbnails, log)
+	opts := mediaOptions(cfg, hs, log)
 	if src, err := postgresSource(cfg, hs); err == nil {
 		cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 		db, err := mediawatch.OpenDBLengths(cctx, src.ConnString)

@@ -25,6 +25,8 @@ type restoreFlags struct {
 	targetLSN    string
 	latest       bool
 	mediaDir     string
+	configDir    string
+	newKey       bool
 	port         int
 	pgBinDir     string
 	leaveRunning bool
@@ -37,14 +39,20 @@ func newRestoreCommand(st *rootState) *cobra.Command {
 	var f restoreFlags
 	cmd := &cobra.Command{
 		Use:   "restore --pgdata DIR (--target-time T | --target-lsn LSN | --latest)",
-		Short: "Restore the homeserver's database (and media) as of a point in time",
+		Short: "Restore the homeserver's database, media and config as of a point in time",
 		Long: `restore picks the newest base backup that ended before the target, proves from
 the repository that the WAL from it to the target is complete, extracts it into
 --pgdata (missing or empty), recovers it with PostgreSQL to the target (a
 private server on 127.0.0.1 and its own socket; restore_command runs this
 binary's wal-fetch), waits until the server has promoted, empties
 e2e_one_time_keys_json in the Synapse database, restores the media store as of
-the target into --media-dir, and stops the server unless --leave-running.
+the target into --media-dir and the config files, signing key and secrets
+into --config-dir (each file as DIR/<its original absolute path>, with
+DIR/synbak-manifest.json), and stops the server unless --leave-running.
+
+--new-signing-key (with --config-dir) writes a new signing key instead of the
+restored one and adds the old public key to old_signing_keys in the restored
+homeserver config, for when the old key may have been compromised.
 
 TIME is RFC 3339 (2026-11-24T10:15:00Z, 2026-11-24T10:15:00.123456+01:00) or
 PostgreSQL's form (2026-11-24 10:15:00+00, 2026-11-24 10:15:00 UTC); a time
@@ -72,6 +80,8 @@ when a restore would proceed, 1 when not.`,
 	fl.StringVar(&f.targetLSN, "target-lsn", "", "restore what committed at or before LSN (X/X)")
 	fl.BoolVar(&f.latest, "latest", false, "restore to the end of the archive")
 	fl.StringVar(&f.mediaDir, "media-dir", "", "restore the media store as of the target into DIR (missing or empty)")
+	fl.StringVar(&f.configDir, "config-dir", "", "restore homeserver.yaml, its log config, appservice files, signing key and secrets as of the target into DIR (missing or empty)")
+	fl.BoolVar(&f.newKey, "new-signing-key", false, "with --config-dir: replace the signing key by a new one; the old one goes into old_signing_keys")
 	fl.IntVar(&f.port, "port", 0, "TCP port of the restored server on 127.0.0.1 (default: a free port)")
 	fl.StringVar(&f.pgBinDir, "pg-bindir", "", "PostgreSQL server binaries (default /usr/lib/postgresql/<backup's major>/bin)")
 	fl.BoolVar(&f.leaveRunning, "leave-running", false, "leave the restored server running with its private settings")
@@ -85,6 +95,9 @@ when a restore would proceed, 1 when not.`,
 func (f restoreFlags) target() (restore.Point, error) {
 	if f.pgdata == "" {
 		return restore.Point{}, fmt.Errorf("--pgdata DIR is required: the new data directory (missing or empty)")
+	}
+	if f.newKey && f.configDir == "" {
+		return restore.Point{}, fmt.Errorf("--new-signing-key needs --config-dir DIR: the key is written with the restored config files")
 	}
 	n := 0
 	for _, set := range []bool{f.targetTime != "", f.targetLSN != "", f.latest} {
@@ -149,7 +162,7 @@ func runRestore(ctx context.Context, cfg *config.Config, f restoreFlags, target 
 	}
 	opts := restore.Options{
 		Repo: r, RepoPath: cfg.Repository.Path, Target: target,
-		PGData: f.pgdata, MediaDir: f.mediaDir, Port: f.port, BinDir: f.pgBinDir,
+		PGData: f.pgdata, MediaDir: f.mediaDir, ConfigDir: f.configDir, NewSigningKey: f.newKey, Port: f.port, BinDir: f.pgBinDir,
 		LeaveRunning: f.leaveRunning, KeepFailed: f.keepFailed, Log: log,
 	}
 	if !f.asJSON && isTerminal(os.Stderr) {

@@ -72,6 +72,8 @@ restored as of any point in time.`,
 		newListCommand(st),
 		newMediaCommand(st),
 		newRestoreCommand(st),
+		newAgentCommand(st),
+		newStatusCommand(st),
 	)
 	return cmd, st
 }

@@ -7,6 +7,7 @@ package config
 import (
 	"errors"
 	"fmt"
+	"net/url"
 	"os"
 	"strconv"
 	"strings"
@@ -26,6 +27,8 @@ type Config struct {
 	Retention  Retention  `mapstructure:"retention"`
 	Dump       Dump       `mapstructure:"dump"`
 	Log        Log        `mapstructure:"log"`
+	Media      Media      `mapstructure:"media"`
+	Health     Health     `mapstructure:"health"`
 }
 
 // Synapse says where the homeserver's configuration is.
@@ -42,8 +45,11 @@ type Synapse struct {
 type Repository struct {
 	// Path is a local directory.
 	Path string `mapstructure:"path"`
-	// URL is a repository URL (s3://bucket/prefix); not supported yet.
+	// URL is a repository URL: s3://bucket[/prefix], with the server and
+	// credentials in S3.
 	URL string `mapstructure:"url"`
+	// S3 configures the S3-compatible server of an s3:// URL.
+	S3 S3 `mapstructure:"s3"`
 	// Compression is "zstd" (smallest), "s2" (fastest: for WAL-heavy
 	// servers on few cores) or "none".
 	Compression string `mapstructure:"compression"`
@@ -51,6 +57,41 @@ type Repository struct {
 	// the nearest klauspost/compress encoder level.
 	ZstdLevel int `mapstructure:"zstd_level"`
 }
+
+// S3 says how to reach the S3-compatible server of repository.url.
+type S3 struct {
+	// Endpoint is host[:port] or http(s)://host[:port] (s3.amazonaws.com,
+	// minio.example.org:9000); required.
+	Endpoint string `mapstructure:"endpoint"`
+	// Region is the bucket's region ("" means us-east-1).
+	Region string `mapstructure:"region"`
+	// AccessKeyID and SecretAccessKey are the credentials; each may
+	// instead be read from a file (*File), or from AWS_ACCESS_KEY_ID and
+	// AWS_SECRET_ACCESS_KEY when neither is set.
+	AccessKeyID         string `mapstructure:"access_key_id"`
+	AccessKeyIDFile     string `mapstructure:"access_key_id_file"`
+	SecretAccessKey     string `mapstructure:"secret_access_key"`
+	SecretAccessKeyFile string `mapstructure:"secret_access_key_file"`
+	// Insecure selects plain HTTP (test servers on loopback only).
+	Insecure bool `mapstructure:"insecure"`
+	// PathStyle addresses buckets as endpoint/bucket (self-hosted servers,
+	// IP endpoints); false selects virtual-hosted bucket.endpoint.
+	PathStyle bool `mapstructure:"path_style"`
+}
+
+// String describes the settings with the secret redacted, so that printing
+// a Config (%v, %+v) never shows it.
+func (s S3) String() string {
+	secret := ""
+	if s.SecretAccessKey != "" {
+		secret = "REDACTED"
+	}
+	return fmt.Sprintf("{Endpoint:%s Region:%s AccessKeyID:%s AccessKeyIDFile:%s SecretAccessKey:%s SecretAccessKeyFile:%s Insecure:%t PathStyle:%t}",
+		s.Endpoint, s.Region, s.AccessKeyID, s.AccessKeyIDFile, secret, s.SecretAccessKeyFile, s.Insecure, s.PathStyle)
+}
+
+// GoString is String, for %#v.
+func (s S3) GoString() string { return "config.S3" + s.String() }
 
 // Postgres overrides or complements the connection found in homeserver.yaml.
 type Postgres struct {
@@ -110,6 +151,36 @@ type Dump struct {
 	Interval Duration `mapstructure:"interval"`
 }
 
+// Media configures the agent's media watcher.
+type Media struct {
+	// Enabled turns the media watcher on (when homeserver.yaml is readable
+	// and enable_local_media_storage is on).
+	Enabled bool `mapstructure:"enabled"`
+	// Thumbnails is "auto" (back up local_thumbnails unless Synapse's
+	// dynamic_thumbnails is on), "always" or "never".
+	Thumbnails string `mapstructure:"thumbnails"`
+	// ScanInterval is the period of the reconciling full scan.
+	ScanInterval Duration `mapstructure:"scan_interval"`
+	// QuietPeriod is how long a file must be unmodified before it is copied
+	// (when the database cannot confirm it is complete).
+	QuietPeriod Duration `mapstructure:"quiet_period"`
+}
+
+// Health configures the agent's database probe and the thresholds of
+// /healthz.
+type Health struct {
+	// ProbeInterval is how often the agent asks PostgreSQL for its WAL
+	// position and the slot's lag.
+	ProbeInterval Duration `mapstructure:"probe_interval"`
+	// Disconnected: the WAL receiver not streaming for longer is unhealthy.
+	Disconnected Duration `mapstructure:"disconnected"`
+	// SlotLagMB: the slot further behind the server than this is unhealthy.
+	SlotLagMB int `mapstructure:"slot_lag_mb"`
+	// MediaBacklog: media pending for longer without the backlog shrinking
+	// is unhealthy.
+	MediaBacklog Duration `mapstructure:"media_backlog"`
+}
+
 // Log configures logging.
 type Log struct {
 	Level  string `mapstructure:"level"`
@@ -146,6 +217,26 @@ func Defaults() map[string]any {
 		"dump.interval":                 "0",
 		"log.level":                     "info",
 		"log.format":                    "text",
+
+		"media.enabled":         true,
+		"media.thumbnails":      "auto",
+		"media.scan_interval":   "1h",
+		"media.quiet_period":    "2s",
+		"health.probe_interval": "10s",
+		"health.disconnected":   "1m",
+		"health.slot_lag_mb":    1024,
+		"health.media_backlog":  "10m",
+
+		// S3 (repository.url s3://...); a block of its own, so that its
+		// longer keys do not realign the others.
+		"repository.s3.endpoint":               "",
+		"repository.s3.region":                 "",
+		"repository.s3.access_key_id":          "",
+		"repository.s3.access_key_id_file":     "",
+		"repository.s3.secret_access_key":      "",
+		"repository.s3.secret_access_key_file": "",
+		"repository.s3.insecure":               false,
+		"repository.s3.path_style":             true,
 	}
 }
 
@@ -168,7 +259,9 @@ func (c *Config) Validate() error {
 		add(invalid("repository.path and repository.url are both set: set one of them"))
 	}
 	if c.Repository.URL != "" {
-		add(invalid("repository.url %q: only local repositories (repository.path) are supported in this version", redactURL(c.Repository.URL)))
+		if err := c.Repository.validateS3(); err != nil {
+			add(err)
+		}
 	}
 	switch c.Repository.Compression {
 	case "zstd", "s2", "none":
@@ -192,6 +285,20 @@ func (c *Config) Validate() error {
 	}
 	if c.WAL.PrefetchSegments < 0 || c.WAL.PrefetchSegments > 64 {
 		add(invalid("wal.prefetch %d: must be between 0 and 64", c.WAL.PrefetchSegments))
+	}
+	switch c.Media.Thumbnails {
+	case "auto", "always", "never":
+	default:
+		add(invalid("media.thumbnails %q: must be auto (follow dynamic_thumbnails), always or never", c.Media.Thumbnails))
+	}
+	if c.Media.ScanInterval.D() < 0 || c.Media.QuietPeriod.D() < 0 {
+		add(invalid("media.scan_interval and media.quiet_period must not be negative"))
+	}
+	if c.Health.ProbeInterval.D() < 100*time.Millisecond {
+		add(invalid("health.probe_interval %s: must be at least 100ms", c.Health.ProbeInterval))
+	}
+	if c.Health.Disconnected.D() <= 0 || c.Health.MediaBacklog.D() <= 0 || c.Health.SlotLagMB <= 0 {
+		add(invalid("health.disconnected, health.media_backlog and health.slot_lag_mb must be positive"))
 	}
 	if c.Basebackup.Interval.D() < 0 {
 		add(invalid("basebackup.interval %s: must not be negative", c.Basebackup.Interval))
@@ -248,6 +355,104 @@ func (c *Config) ResolveDSN() (string, error) {
 		return "", fmt.Errorf("%w: postgres.dsn_file: %w", ErrInvalid, err)
 	}
 	return strings.TrimSpace(string(b)), nil
+}
+
+// S3Location returns the bucket and key prefix of an s3:// repository.url.
+func (r *Repository) S3Location() (bucket, prefix string, err error) {
+	u, err := url.Parse(r.URL)
+	if err != nil || u.Scheme != "s3" {
+		return "", "", invalid("repository.url %q: want s3://bucket[/prefix] (the only kind of URL supported; use repository.path for a directory)", redactURL(r.URL))
+	}
+	if u.User != nil {
+		return "", "", invalid("repository.url %q: credentials do not belong in the URL: set repository.s3.access_key_id and secret_access_key (or *_file)", redactURL(r.URL))
+	}
+	if u.RawQuery != "" || u.Fragment != "" || u.Opaque != "" {
+		return "", "", invalid("repository.url %q: want s3://bucket[/prefix], without ? or #", r.URL)
+	}
+	if !validBucketName(u.Host) {
+		return "", "", invalid("repository.url %q: bucket %q: a bucket name is 3 to 63 lower-case letters, digits, dots and hyphens, starting and ending with a letter or digit", r.URL, u.Host)
+	}
+	prefix = strings.Trim(u.Path, "/")
+	if prefix != "" {
+		for _, el := range strings.Split(prefix, "/") {
+			if el == "" || el == "." || el == ".." {
+				return "", "", invalid("repository.url %q: the prefix %q has an empty, . or .. element", r.URL, prefix)
+			}
+		}
+	}
+	return u.Host, prefix, nil
+}
+
+func validBucketName(s string) bool {
+	if len(s) < 3 || len(s) > 63 {
+		return false
+	}
+	for i, r := range s {
+		alnum := r >= 'a' && r <= 'z' || r >= '0' && r <= '9'
+		if !alnum && (r != '-' && r != '.' || i == 0 || i == len(s)-1) {
+			return false
+		}
+	}
+	return !strings.Contains(s, "..")
+}
+
+// validateS3 checks repository.url and repository.s3.
+func (r *Repository) validateS3() error {
+	var errs []error
+	if _, _, err := r.S3Location(); err != nil {
+		errs = append(errs, err)
+	}
+	s := r.S3
+	if s.Endpoint == "" {
+		errs = append(errs, invalid("repository.url %s: set repository.s3.endpoint to the S3 server (host[:port], e.g. s3.amazonaws.com or minio.example.org:9000)", redactURL(r.URL)))
+	} else if strings.HasPrefix(s.Endpoint, "https://") && s.Insecure {
+		errs = append(errs, invalid("repository.s3.endpoint is https:// but repository.s3.insecure (plain HTTP) is set: set one of them"))
+	} else if i := strings.Index(s.Endpoint, "://"); i >= 0 && s.Endpoint[:i] != "http" && s.Endpoint[:i] != "https" {
+		errs = append(errs, invalid("repository.s3.endpoint: want host[:port] or http(s)://host[:port]"))
+	} else if strings.Contains(s.Endpoint, "@") {
+		errs = append(errs, invalid("repository.s3.endpoint: credentials do not belong in the endpoint: set repository.s3.access_key_id and secret_access_key"))
+	}
+	if s.AccessKeyID != "" && s.AccessKeyIDFile != "" {
+		errs = append(errs, invalid("repository.s3.access_key_id and repository.s3.access_key_id_file are both set: set one of them"))
+	}
+	if s.SecretAccessKey != "" && s.SecretAccessKeyFile != "" {
+		errs = append(errs, invalid("repository.s3.secret_access_key and repository.s3.secret_access_key_file are both set: set one of them"))
+	}
+	return errors.Join(errs...)
+}
+
+// S3Credentials returns the access key id and secret of an s3:// repository:
+// repository.s3.access_key_id / secret_access_key, else the *_file ones,
+// else the AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY environment variables
+// (read with lookupEnv). Errors never contain a file's content.
+func (r *Repository) S3Credentials(lookupEnv func(string) (string, bool)) (id, secret string, err error) {
+	get := func(value, file, key, env string) (string, error) {
+		if value != "" {
+			return value, nil
+		}
+		if file != "" {
+			b, err := os.ReadFile(file)
+			if err != nil {
+				return "", fmt.Errorf("%w: %s_file: %w", ErrInvalid, key, err)
+			}
+			v := strings.TrimSpace(string(b))
+			if v == "" {
+				return "", invalid("%s_file %s is empty", key, file)
+			}
+			return v, nil
+		}
+		if v, ok := lookupEnv(env); ok && v != "" {
+			return v, nil
+		}
+		return "", invalid("repository.url %s: no S3 credentials: set %s (or %s_file, or the environment variable %s)", redactURL(r.URL), key, key, env)
+	}
+	if id, err = get(r.S3.AccessKeyID, r.S3.AccessKeyIDFile, "repository.s3.access_key_id", "AWS_ACCESS_KEY_ID"); err != nil {
+		return "", "", err
+	}
+	if secret, err = get(r.S3.SecretAccessKey, r.S3.SecretAccessKeyFile, "repository.s3.secret_access_key", "AWS_SECRET_ACCESS_KEY"); err != nil {
+		return "", "", err
+	}
+	return id, secret, nil
 }
 
 // RequireRepository checks that a repository is configured.

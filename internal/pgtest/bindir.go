@@ -22,6 +22,7 @@ import (
 	"strconv"
 	"strings"
 	"syscall"
+	"testing"
 )
 
 // BinDirEnv names the environment variable that overrides where the
@@ -162,4 +163,18 @@ func (u serverUser) chownTree(dir string) error {
 		}
 		return os.Lchown(p, u.uid, u.gid)
 	})
+}
+
+// GiveToServerUser gives dir and everything below it to the server's OS
+// user when the tests run as root (restore_command runs as that user and
+// must read a repository the test wrote); otherwise it does nothing.
+func GiveToServerUser(t testing.TB, dir string) {
+	t.Helper()
+	u, err := lookupServerUser()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := u.chownTree(dir); err != nil {
+		t.Fatal(err)
+	}
 }

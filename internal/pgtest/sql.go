@@ -179,3 +179,14 @@ func (c *Cluster) IdentifySystem(t testing.TB) SystemInfo {
 	}
 	return SystemInfo{SystemID: string(row[0]), Timeline: tli, XLogPos: string(row[2])}
 }
+
+// Now is the server's clock (clock_timestamp()), in UTC with microseconds.
+func (c *Cluster) Now(t testing.TB) time.Time {
+	t.Helper()
+	s := c.Text(t, "postgres", `select to_char(clock_timestamp() at time zone 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"')`)
+	tm, err := time.Parse(time.RFC3339Nano, s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return tm
+}

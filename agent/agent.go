@@ -1,0 +1,385 @@
+// Package agent joins synbak's parts into one long-running process: the WAL
+// receiver, the base-backup schedule, the media watcher, the config watcher
+// and a database probe run side by side under a supervisor that restarts a
+// failed part with backoff (a failing base backup never stops WAL
+// streaming), and an HTTP endpoint serves /metrics (Prometheus), /healthz
+// and /status.
+//
+// The package composes; it knows no configuration file. cmd/synbak builds
+// the parts from the configuration and hands them over in Options.
+package agent
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/synbak/synbak/mediawatch"
+	"github.com/synbak/synbak/wal"
+)
+
+// WALSource is the WAL receiver as the agent sees it.
+type WALSource interface {
+	Status() wal.Status
+}
+
+// MediaSource is the media watcher as the agent sees it.
+type MediaSource interface {
+	Stats() mediawatch.Stats
+}
+
+// ConfigStatus is what the config watcher reports.
+type ConfigStatus struct {
+	Files        int       `json:"files"`
+	LastSnapshot time.Time `json:"last_snapshot,omitzero"`
+	LastError    string    `json:"last_error,omitempty"`
+}
+
+// ConfigSource is the config watcher as the agent sees it.
+type ConfigSource interface {
+	ConfigStatus() ConfigStatus
+}
+
+// Health thresholds; zero values mean the defaults.
+type HealthOptions struct {
+	// Disconnected: the receiver not streaming for longer is unhealthy
+	// (default 1 min).
+	Disconnected time.Duration
+	// SlotLag: a slot further behind the server than this is unhealthy
+	// (default 1 GiB).
+	SlotLag int64
+	// BackupInterval is the schedule's interval: no complete backup newer
+	// than twice it is unhealthy (0: only "no backup at all" is).
+	BackupInterval time.Duration
+	// MediaBacklog: media pending continuously for longer, and not
+	// shrinking, is unhealthy (default 10 min).
+	MediaBacklog time.Duration
+}
+
+// Options are the agent's parts.
+type Options struct {
+	Log *slog.Logger
+	// Listen is the HTTP address (host:port; port 0 picks one, see Addr).
+	// Empty: no HTTP endpoint.
+	Listen string
+	// Components run under the supervisor. WAL, Backups, Media, Config
+	// and Probe are the same parts seen for status and metrics; any may
+	// be nil.
+	Components []Component
+	WAL        WALSource
+	Backups    *BackupSchedule
+	Media      MediaSource
+	Config     ConfigSource
+	Probe      *Probe
+	Health     HealthOptions
+	// ShutdownTimeout bounds the wait for the components after ctx is
+	// cancelled (default 8 s).
+	ShutdownTimeout time.Duration
+	// MinBackoff and MaxBackoff bound the restart delay of a failed
+	// component (defaults 1 s and 5 min).
+	MinBackoff, MaxBackoff time.Duration
+	// Registry receives the agent's metrics and serves /metrics; nil
+	// makes a new one.
+	Registry *prometheus.Registry
+}
+
+// Agent runs the parts.
+type Agent struct {
+	opts    Options
+	sup     *supervisor
+	errs    *prometheus.CounterVec
+	started time.Time
+
+	mu            sync.Mutex
+	addr          string
+	lastStreaming time.Time
+	lastArchived  uint64
+	archivedAt    time.Time
+	pendingSince  time.Time
+	pendingAtMark int64
+}
+
+// New returns an agent; Run starts it.
+func New(opts Options) *Agent {
+	if opts.Log == nil {
+		opts.Log = slog.New(slog.DiscardHandler)
+	}
+	if opts.ShutdownTimeout <= 0 {
+		opts.ShutdownTimeout = 8 * time.Second
+	}
+	if opts.MaxBackoff <= 0 {
+		opts.MaxBackoff = 5 * time.Minute
+	}
+	if opts.Registry == nil {
+		opts.Registry = prometheus.NewRegistry()
+	}
+	h := &opts.Health
+	if h.Disconnected <= 0 {
+		h.Disconnected = time.Minute
+	}
+	if h.SlotLag <= 0 {
+		h.SlotLag = 1 << 30
+	}
+	if h.MediaBacklog <= 0 {
+		h.MediaBacklog = 10 * time.Minute
+	}
+	a := &Agent{opts: opts, started: time.Now()}
+	a.errs = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "synbak_component_errors_total", Help: "Errors returned by each agent component (each is retried with backoff).",
+	}, []string{"component"})
+	for _, c := range opts.Components {
+		a.errs.WithLabelValues(c.Name) // export 0 from the start
+	}
+	a.sup = newSupervisor(opts.Log, opts.MinBackoff, opts.MaxBackoff, func(name string) { a.errs.WithLabelValues(name).Inc() })
+	a.registerMetrics()
+	return a
+}
+
+// Addr is the HTTP endpoint's address once Run has started listening.
+func (a *Agent) Addr() string {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.addr
+}
+
+// Run runs the components and the HTTP endpoint until ctx is cancelled,
+// then waits (at most ShutdownTimeout) for the components to finish: the
+// WAL receiver stores its open partial segment and sends a last status
+// update. It returns an error only when the endpoint cannot listen or the
+// components do not stop in time.
+func (a *Agent) Run(ctx context.Context) error {
+	var srv *http.Server
+	if a.opts.Listen != "" {
+		l, err := net.Listen("tcp", a.opts.Listen)
+		if err != nil {
+			return fmt.Errorf("http.listen %s: %w (set http.listen to a free address, or port 0 for any)", a.opts.Listen, err)
+		}
+		a.mu.Lock()
+		a.addr = l.Addr().String()
+		a.mu.Unlock()
+		srv = &http.Server{Handler: a.Handler(), ReadHeaderTimeout: 10 * time.Second}
+		go func() {
+			if err := srv.Serve(l); err != nil && !errors.Is(err, http.ErrServerClosed) {
+				a.opts.Log.Error("http endpoint", "err", err)
+			}
+		}()
+		a.opts.Log.Info("http endpoint", "addr", "http://"+a.Addr(), "paths", "/metrics /healthz /status")
+	}
+
+	sctx, stopSampler := context.WithCancel(context.Background())
+	go a.sample(sctx)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		a.sup.run(ctx, a.opts.Components)
+	}()
+
+	var err error
+	select {
+	case <-done:
+	case <-ctx.Done():
+		a.opts.Log.Info("stopping")
+		select {
+		case <-done:
+		case <-time.After(a.opts.ShutdownTimeout):
+			var running []string
+			for _, c := range a.sup.snapshot() {
+				if c.Running {
+					running = append(running, c.Name)
+				}
+			}
+			err = fmt.Errorf("components %v did not stop within %s", running, a.opts.ShutdownTimeout)
+		}
+	}
+	stopSampler()
+	if srv != nil {
+		sh, cancel := context.WithTimeout(context.Background(), time.Second)
+		_ = srv.Shutdown(sh)
+		cancel()
+	}
+	return err
+}
+
+// sample tracks what health needs over time: since when the receiver is
+// disconnected, when WAL was last archived, since when media are pending.
+func (a *Agent) sample(ctx context.Context) {
+	t := time.NewTicker(500 * time.Millisecond)
+	defer t.Stop()
+	for {
+		a.sampleOnce(time.Now())
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
+}
+
+func (a *Agent) sampleOnce(now time.Time) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.opts.WAL != nil {
+		st := a.opts.WAL.Status()
+		if st.Streaming {
+			a.lastStreaming = now
+		}
+		if uint64(st.Archived) != a.lastArchived {
+			a.lastArchived, a.archivedAt = uint64(st.Archived), now
+		}
+	}
+	if a.opts.Media != nil {
+		p := a.opts.Media.Stats().Pending
+		switch {
+		case p == 0:
+			a.pendingSince = time.Time{}
+		case a.pendingSince.IsZero() || p < a.pendingAtMark:
+			// Pending and newly so, or shrinking: start the clock again.
+			a.pendingSince, a.pendingAtMark = now, p
+		}
+	}
+}
+
+// Status is the agent's whole state, served as /status.
+type Status struct {
+	Healthy    bool              `json:"healthy"`
+	Problems   []string          `json:"problems,omitempty"`
+	Started    time.Time         `json:"started"`
+	Components []ComponentStatus `json:"components"`
+	WAL        *WALStatus        `json:"wal,omitempty"`
+	Postgres   *ProbeStatus      `json:"postgres,omitempty"`
+	Backups    *BackupStatus     `json:"base_backups,omitempty"`
+	Media      *mediawatch.Stats `json:"media,omitempty"`
+	Config     *ConfigStatus     `json:"config,omitempty"`
+}
+
+// WALStatus is the receiver's state with LSNs as text.
+type WALStatus struct {
+	Timeline  uint32    `json:"timeline"`
+	Streaming bool      `json:"streaming"`
+	Received  string    `json:"received_lsn"`
+	Flushed   string    `json:"flushed_lsn"`
+	Archived  string    `json:"archived_lsn"`
+	LagBytes  int64     `json:"lag_bytes"`
+	LastMsg   time.Time `json:"last_message_server_time,omitzero"`
+	LastError string    `json:"last_error,omitempty"`
+	// ArchivedAt is when the archived position last moved (this agent's
+	// clock).
+	ArchivedAt time.Time `json:"archived_at,omitzero"`
+}
+
+// Status returns the agent's state and health now.
+func (a *Agent) Status() Status {
+	now := time.Now()
+	st := Status{Started: a.started, Components: a.sup.snapshot()}
+	var probe *ProbeStatus
+	if a.opts.Probe != nil {
+		p := a.opts.Probe.Status()
+		probe = &p
+		st.Postgres = probe
+	}
+	a.mu.Lock()
+	lastStreaming, archivedAt, pendingSince := a.lastStreaming, a.archivedAt, a.pendingSince
+	a.mu.Unlock()
+	if a.opts.WAL != nil {
+		w := a.opts.WAL.Status()
+		ws := &WALStatus{Timeline: w.Timeline, Streaming: w.Streaming, Received: w.Received.String(), Flushed: w.Flushed.String(),
+			Archived: w.Archived.String(), LastMsg: w.ServerTime, LastError: w.LastError, ArchivedAt: archivedAt}
+		if probe != nil && probe.Up && probe.ServerLSN > uint64(w.Flushed) {
+			ws.LagBytes = int64(probe.ServerLSN - uint64(w.Flushed))
+		}
+		st.WAL = ws
+		if !w.Streaming {
+			since := lastStreaming
+			if since.IsZero() {
+				since = a.started
+			}
+			if now.Sub(since) > a.opts.Health.Disconnected {
+				msg := fmt.Sprintf("wal: the receiver has not been streaming for %s", now.Sub(since).Round(time.Second))
+				if w.LastError != "" {
+					msg += ": " + w.LastError
+				}
+				st.Problems = append(st.Problems, msg)
+			}
+		}
+	}
+	if probe != nil {
+		if !probe.Up && probe.LastError != "" {
+			st.Problems = append(st.Problems, "postgres: unreachable: "+probe.LastError)
+		}
+		if probe.Up && probe.SlotLag > a.opts.Health.SlotLag {
+			st.Problems = append(st.Problems, fmt.Sprintf("postgres: slot %s is %d MiB behind the server (more than %d MiB)", a.opts.Probe.Slot, probe.SlotLag>>20, a.opts.Health.SlotLag>>20))
+		}
+	}
+	if a.opts.Backups != nil {
+		b := a.opts.Backups.Status()
+		st.Backups = &b
+		switch {
+		case b.Count == 0:
+			msg := "base backups: none complete yet (no restore is possible)"
+			if b.Running {
+				msg += "; the first one is running"
+			}
+			if b.LastError != "" {
+				msg += "; last error: " + b.LastError
+			}
+			st.Problems = append(st.Problems, msg)
+		case a.opts.Health.BackupInterval > 0 && now.Sub(b.LastEnd) > 2*a.opts.Health.BackupInterval:
+			msg := fmt.Sprintf("base backups: the newest (%s) ended %s ago, more than twice basebackup.interval (%s)", b.LastID, now.Sub(b.LastEnd).Round(time.Second), a.opts.Health.BackupInterval)
+			if b.LastError != "" {
+				msg += "; last error: " + b.LastError
+			}
+			st.Problems = append(st.Problems, msg)
+		}
+	}
+	if a.opts.Media != nil {
+		m := a.opts.Media.Stats()
+		st.Media = &m
+		if !pendingSince.IsZero() && now.Sub(pendingSince) > a.opts.Health.MediaBacklog {
+			st.Problems = append(st.Problems, fmt.Sprintf("media: %d files pending and the backlog has not shrunk for %s", m.Pending, now.Sub(pendingSince).Round(time.Second)))
+		}
+	}
+	if a.opts.Config != nil {
+		c := a.opts.Config.ConfigStatus()
+		st.Config = &c
+	}
+	for _, c := range st.Components {
+		if !c.Running && !c.RetryAt.IsZero() {
+			st.Problems = append(st.Problems, fmt.Sprintf("%s: failed %d times, retrying at %s: %s", c.Name, c.Failures, c.RetryAt.UTC().Format(time.RFC3339), c.LastError))
+		}
+	}
+	st.Healthy = len(st.Problems) == 0
+	return st
+}
+
+// Handler serves /metrics, /healthz and /status.
+func (a *Agent) Handler() http.Handler {
+	mux := http.NewServeMux()
+	mux.Handle("/metrics", promhttpHandler(a.opts.Registry))
+	mux.HandleFunc("/healthz", func(w http.ResponseWriter, r *http.Request) {
+		st := a.Status()
+		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+		if !st.Healthy {
+			w.WriteHeader(http.StatusServiceUnavailable)
+			for _, p := range st.Problems {
+				fmt.Fprintln(w, p)
+			}
+			return
+		}
+		fmt.Fprintln(w, "ok")
+	})
+	mux.HandleFunc("/status", func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		enc := json.NewEncoder(w)
+		enc.SetIndent("", "  ")
+		_ = enc.Encode(a.Status())
+	})
+	return mux
+}

@@ -1,0 +1,275 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/spf13/cobra"
+
+	"github.com/synbak/synbak/agent"
+	"github.com/synbak/synbak/basebackup"
+	"github.com/synbak/synbak/confsnap"
+	"github.com/synbak/synbak/internal/config"
+	"github.com/synbak/synbak/internal/pgsource"
+	"github.com/synbak/synbak/internal/repo"
+	"github.com/synbak/synbak/internal/synapse"
+	"github.com/synbak/synbak/mediawatch"
+	"github.com/synbak/synbak/wal"
+)
+
+func newAgentCommand(st *rootState) *cobra.Command {
+	return &cobra.Command{
+		Use:   "agent",
+		Short: "Run continuously: WAL stream, scheduled base backups, media watcher, config snapshots, HTTP endpoint",
+		Long: `agent runs every part of synbak in one process until SIGTERM or SIGINT:
+
+  wal      the WAL receiver (as 'synbak wal stream')
+  backups  a base backup at start when the repository has none, then every
+           basebackup.interval after the newest one ended
+  media    the media watcher over local_content (and local_thumbnails unless
+           dynamic_thumbnails), when homeserver.yaml is readable
+  config   snapshots of homeserver.yaml, its log config, appservice files,
+           the signing key and secret files, whenever one changes
+  probe    asks PostgreSQL for its WAL position and the slot's lag
+
+A part that fails is logged, counted and run again with backoff; it never
+stops the others. On SIGTERM the agent stops taking new work, stores the open
+partial WAL segment, sends a last status update to PostgreSQL and exits 0.
+
+http.listen serves /metrics (Prometheus), /healthz (200, or 503 with the
+problems) and /status (JSON, which 'synbak status' reads). With port 0 a free
+port is picked and recorded in state_dir/agent.addr.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			cfg, err := st.load()
+			if err != nil {
+				return err
+			}
+			return runAgent(cmd.Context(), cfg)
+		},
+	}
+}
+
+// agentAddrFile records the agent's HTTP address for 'synbak status'.
+func agentAddrFile(cfg *config.Config) string { return filepath.Join(cfg.StateDir, "agent.addr") }
+
+func runAgent(ctx context.Context, cfg *config.Config) error {
+	log := newLogger(cfg, os.Stderr)
+	ctx, stop := signal.NotifyContext(ctx, os.Interrupt, syscall.SIGTERM)
+	defer stop()
+
+	hs, hsErr := loadHomeserver(cfg)
+	if hsErr != nil {
+		hs = nil
+	}
+	src, err := postgresSource(cfg, hs)
+	if err != nil {
+		if hsErr != nil {
+			return hsErr
+		}
+		return err
+	}
+	if hsErr != nil {
+		log.Warn("homeserver.yaml unreadable: streaming WAL and taking base backups from postgres.dsn, but no media or config snapshots", "err", hsErr)
+	}
+	if err := os.MkdirAll(cfg.StateDir, 0o700); err != nil {
+		return fmt.Errorf("state_dir %s: %w", cfg.StateDir, err)
+	}
+	r, err := openRepo(ctx, cfg, true)
+	if err != nil {
+		return err
+	}
+	facts := homeserverFacts(hs)
+
+	rcv := wal.NewReceiver(src, r, walOptions(cfg), log.With("component", "wal"))
+	sched := &agent.BackupSchedule{
+		Repo: r, Interval: cfg.Basebackup.Interval.D(), Log: log.With("component", "backups"),
+		Take: func(ctx context.Context) (*basebackup.Backup, error) {
+			return takeAgentBackup(ctx, cfg, src, r, facts, log.With("component", "backups"))
+		},
+	}
+	probe := &agent.Probe{
+		Slot: cfg.Postgres.Slot, Interval: cfg.Health.ProbeInterval.D(),
+		Connect: func(ctx context.Context) (*pgconn.PgConn, error) { return src.Connect(ctx, "") },
+	}
+	opts := agent.Options{
+		Log: log, Listen: cfg.HTTP.Listen, WAL: rcv, Backups: sched, Probe: probe,
+		Health: agent.HealthOptions{
+			BackupInterval: cfg.Basebackup.Interval.D(), Disconnected: cfg.Health.Disconnected.D(),
+			SlotLag: int64(cfg.Health.SlotLagMB) << 20, MediaBacklog: cfg.Health.MediaBacklog.D(),
+		},
+		Components: []agent.Component{
+			{Name: "wal", Run: rcv.Run},
+			{Name: "backups", Run: sched.Run},
+			{Name: "probe", Run: probe.Run},
+		},
+	}
+	if hs != nil && hs.EnableLocalMediaStorage && cfg.Media.Enabled {
+		mw := newAgentMedia(cfg, hs, src, r, log.With("component", "media"))
+		opts.Media = mw
+		opts.Components = append(opts.Components, agent.Component{Name: "media", Run: mw.Run})
+	}
+	if hs != nil {
+		cw := newAgentConfig(cfg, hs, r, log.With("component", "config"))
+		opts.Config = cw
+		opts.Components = append(opts.Components, agent.Component{Name: "config", Run: cw.Run})
+	}
+	a := agent.New(opts)
+
+	// Record the HTTP address once listening (port 0 picks one).
+	go func() {
+		for ctx.Err() == nil && a.Addr() == "" && cfg.HTTP.Listen != "" {
+			time.Sleep(20 * time.Millisecond)
+		}
+		if addr := a.Addr(); addr != "" {
+			if err := writeFileAtomic(agentAddrFile(cfg), []byte(addr+"\n")); err != nil {
+				log.Warn("cannot record the agent's address for 'synbak status'", "file", agentAddrFile(cfg), "err", err)
+			}
+		}
+	}()
+	log.Info("agent starting", "repository", r.String(), "postgres", src.Redacted(), "slot", cfg.Postgres.Slot)
+	err = a.Run(ctx)
+	if err == nil {
+		log.Info("agent stopped")
+	}
+	return err
+}
+
+// homeserverFacts are recorded with every base backup, for a restore on a
+// new machine.
+func homeserverFacts(hs *synapse.Homeserver) map[string]string {
+	facts := map[string]string{}
+	if hs == nil {
+		return facts
+	}
+	facts["server_name"] = hs.ServerName
+	var names []string
+	for _, d := range hs.Databases {
+		names = append(names, d.Params["dbname"])
+	}
+	facts["databases"] = strings.Join(names, ",")
+	facts["main_database"] = hs.MainDatabase().Params["dbname"]
+	return facts
+}
+
+// takeAgentBackup takes one base backup; the agent's own receiver archives
+// its WAL.
+func takeAgentBackup(ctx context.Context, cfg *config.Config, src pgsource.Source, r *repo.Repo, facts map[string]string, log *slog.Logger) (*basebackup.Backup, error) {
+	conn, err := src.ConnectReplication(ctx, cfg.Postgres.Slot+"_backup")
+	if err != nil {
+		return nil, err
+	}
+	defer conn.Close(context.Background())
+	return basebackup.Take(ctx, conn, r, basebackup.Options{
+		Checkpoint:        cfg.Basebackup.Checkpoint,
+		ServerCompression: cfg.Basebackup.ServerCompression,
+		PartSize:          int64(cfg.Basebackup.PartSizeMB) << 20,
+		WALTimeout:        cfg.Basebackup.WALTimeout.D(),
+		Facts:             facts,
+	}, log)
+}
+
+// agentMedia runs the media watcher, with the database's media lengths
+// when the database is reachable at start.
+type agentMedia struct {
+	r     *repo.Repo
+	store string
+	opts  mediawatch.Options
+	src   pgsource.Source
+	log   *slog.Logger
+
+	mu sync.Mutex
+	w  *mediawatch.Watcher // the running watcher, for Stats
+}
+
+func newAgentMedia(cfg *config.Config, hs *synapse.Homeserver, src pgsource.Source, r *repo.Repo, log *slog.Logger) *agentMedia {
+	opts := mediaOptions(cfg, hs, log)
+	m := &agentMedia{r: r, store: hs.MediaStorePath, opts: opts, src: src, log: log}
+	m.w = mediawatch.New(r, m.store, opts)
+	return m
+}
+
+func (m *agentMedia) Stats() mediawatch.Stats {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.w.Stats()
+}
+
+func (m *agentMedia) Run(ctx context.Context) error {
+	opts := m.opts
+	cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	db, err := mediawatch.OpenDBLengths(cctx, m.src.ConnString)
+	cancel()
+	if err != nil {
+		m.log.Warn("database unreachable: recently written media are copied after the quiet period alone", "err", err)
+	} else {
+		defer db.Close(context.WithoutCancel(ctx))
+		opts.Lengths = db
+	}
+	w := mediawatch.New(m.r, m.store, opts)
+	m.mu.Lock()
+	m.w = w
+	m.mu.Unlock()
+	return w.Run(ctx)
+}
+
+// writeFileAtomic writes a small state file: temp file, fsync, rename.
+func writeFileAtomic(path string, b []byte) error {
+	tmp := path + ".tmp"
+	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
+	if err != nil {
+		return err
+	}
+	if _, err := f.Write(b); err != nil {
+		f.Close()
+		return err
+	}
+	if err := f.Sync(); err != nil {
+		f.Close()
+		return err
+	}
+	if err := f.Close(); err != nil {
+		return err
+	}
+	return os.Rename(tmp, path)
+}
+
+// agentConfig is the config snapshot watcher as the agent sees it.
+type agentConfig struct{ w *confsnap.Watcher }
+
+func (c agentConfig) Run(ctx context.Context) error { return c.w.Run(ctx) }
+
+func (c agentConfig) ConfigStatus() agent.ConfigStatus {
+	st := c.w.Status()
+	cs := agent.ConfigStatus{Files: st.Files, LastSnapshot: st.LastCheck}
+	if st.LastError != nil {
+		cs.LastError = st.LastError.Error()
+	}
+	return cs
+}
+
+// newAgentConfig returns the config snapshot watcher: homeserver.yaml and
+// every file it depends on, re-read at each check so that files the
+// configuration starts naming are followed.
+func newAgentConfig(cfg *config.Config, hs *synapse.Homeserver, r *repo.Repo, log *slog.Logger) agentConfig {
+	return agentConfig{w: confsnap.NewWatcher(r, confsnap.Options{
+		Files: hs.BackupFiles(),
+		Refresh: func() ([]synapse.File, error) {
+			h, err := loadHomeserver(cfg)
+			if err != nil {
+				return nil, err
+			}
+			return h.BackupFiles(), nil
+		},
+		Logger: log,
+	})}
+}
