@@ -26,8 +26,8 @@ import (
 
 	"github.com/synbak/synbak/agent"
 	"github.com/synbak/synbak/confsnap"
-	"github.com/synbak/synbak/internal/synapse"
 	"github.com/synbak/synbak/internal/pgtest"
+	"github.com/synbak/synbak/internal/synapse"
 )
 
 // agentSite is a Synapse-shaped cluster with its homeserver.yaml, media
