@@ -251,3 +251,22 @@ func TestInitIsIdempotent(t *testing.T) {
 		t.Errorf("repository directory mode %o, want 700", st.Mode().Perm())
 	}
 }
+
+// TestExampleConfigsLoad keeps the shipped example configurations valid:
+// every key known, every value accepted.
+func TestExampleConfigsLoad(t *testing.T) {
+	for _, f := range []string{"../../examples/synbak.yaml", "../../examples/debian/synbak.yaml"} {
+		cfg, err := loadWith(t, nil, "-c", f)
+		if err != nil {
+			t.Errorf("%s: %v", f, err)
+			continue
+		}
+		if cfg.HTTP.Listen == "" || cfg.Basebackup.Interval.D() != 24*time.Hour || !cfg.Media.Enabled {
+			t.Errorf("%s: http.listen %q, basebackup.interval %s, media.enabled %v", f, cfg.HTTP.Listen, cfg.Basebackup.Interval, cfg.Media.Enabled)
+		}
+	}
+	cfg, err := loadWith(t, nil, "-c", "../../examples/debian/synbak.yaml")
+	if err == nil && (len(cfg.Synapse.Config) != 2 || cfg.Postgres.DSNFile != "/etc/synbak/dsn" || cfg.StateDir != "/var/lib/synbak") {
+		t.Errorf("debian example: %+v", cfg.Synapse)
+	}
+}

@@ -1,0 +1,165 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/synbak/synbak/wal"
+)
+
+type fakeWAL struct{ streaming atomic.Bool }
+
+func (f *fakeWAL) Status() wal.Status { return wal.Status{Streaming: f.streaming.Load(), Timeline: 1} }
+
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+func scrape(t *testing.T, h http.Handler, path string) (int, string) {
+	t.Helper()
+	rec := httptest.NewRecorder()
+	h.ServeHTTP(rec, httptest.NewRequest(http.MethodGet, path, nil))
+	b, _ := io.ReadAll(rec.Body)
+	return rec.Code, string(b)
+}
+
+// A failing component is retried with growing backoff, counted and
+// reported, while the others keep running; a component that recovers
+// clears the problem.
+func TestFailingComponentIsRetriedWithoutStoppingOthers(t *testing.T) {
+	var runs, walRuns atomic.Int32
+	var failing atomic.Bool
+	failing.Store(true)
+	w := &fakeWAL{}
+	a := New(Options{
+		MinBackoff: 20 * time.Millisecond, MaxBackoff: 80 * time.Millisecond, WAL: w,
+		Components: []Component{
+			{Name: "wal", Run: func(ctx context.Context) error {
+				walRuns.Add(1)
+				w.streaming.Store(true)
+				<-ctx.Done()
+				w.streaming.Store(false)
+				return nil
+			}},
+			{Name: "backups", Run: func(ctx context.Context) error {
+				runs.Add(1)
+				if failing.Load() {
+					return errors.New("base backup: disk full")
+				}
+				<-ctx.Done()
+				return nil
+			}},
+		},
+	})
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- a.Run(ctx) }()
+	h := a.Handler()
+
+	waitFor(t, "four failures", func() bool { return runs.Load() >= 4 })
+	if walRuns.Load() != 1 || !w.streaming.Load() {
+		t.Errorf("the WAL component ran %d times (streaming %v) while backups failed; want once, still running", walRuns.Load(), w.streaming.Load())
+	}
+	code, body := scrape(t, h, "/healthz")
+	if code != 503 || !strings.Contains(body, "backups: failed") || !strings.Contains(body, "disk full") {
+		t.Errorf("/healthz while failing: %d %q", code, body)
+	}
+	_, metrics := scrape(t, h, "/metrics")
+	if !strings.Contains(metrics, `synbak_component_errors_total{component="backups"} `) || strings.Contains(metrics, `synbak_component_errors_total{component="backups"} 0`) {
+		t.Errorf("errors not counted:\n%s", grep(metrics, "synbak_component_errors_total"))
+	}
+	if !strings.Contains(metrics, `synbak_component_errors_total{component="wal"} 0`) {
+		t.Errorf("wal errors:\n%s", grep(metrics, "synbak_component_errors_total"))
+	}
+	var st ComponentStatus
+	for _, c := range a.Status().Components {
+		if c.Name == "backups" {
+			st = c
+		}
+	}
+	if st.Failures < 4 || st.Restarts < 3 || st.LastError == "" {
+		t.Errorf("backups status %+v", st)
+	}
+
+	failing.Store(false)
+	waitFor(t, "healthy after the component recovered", func() bool { code, _ := scrape(t, h, "/healthz"); return code == 200 })
+
+	cancel()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Errorf("Run: %v", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("Run did not return after cancel")
+	}
+}
+
+// A component that ignores cancellation makes Run return an error after
+// ShutdownTimeout instead of hanging.
+func TestShutdownIsBounded(t *testing.T) {
+	block := make(chan struct{})
+	defer close(block)
+	a := New(Options{ShutdownTimeout: 100 * time.Millisecond, Components: []Component{
+		{Name: "stuck", Run: func(ctx context.Context) error { <-block; return nil }},
+	}})
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- a.Run(ctx) }()
+	waitFor(t, "running", func() bool { return a.Status().Components[0].Running })
+	cancel()
+	select {
+	case err := <-done:
+		if err == nil || !strings.Contains(err.Error(), "stuck") {
+			t.Errorf("Run: %v, want an error naming the stuck component", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("Run hung")
+	}
+}
+
+// The receiver not streaming for longer than Disconnected is a problem;
+// a shorter gap is not.
+func TestHealthDisconnected(t *testing.T) {
+	w := &fakeWAL{}
+	a := New(Options{WAL: w, Health: HealthOptions{Disconnected: time.Hour}})
+	now := time.Now()
+	a.sampleOnce(now)
+	if st := a.Status(); !st.Healthy {
+		t.Errorf("unhealthy right after start: %v", st.Problems)
+	}
+	a = New(Options{WAL: w, Health: HealthOptions{Disconnected: time.Nanosecond}})
+	time.Sleep(time.Millisecond)
+	if st := a.Status(); st.Healthy || !strings.Contains(strings.Join(st.Problems, "\n"), "not been streaming") {
+		t.Errorf("not streaming past the limit: %v", st.Problems)
+	}
+	w.streaming.Store(true)
+	a.sampleOnce(time.Now())
+	if st := a.Status(); !st.Healthy {
+		t.Errorf("streaming: %v", st.Problems)
+	}
+}
+
+func grep(s, sub string) string {
+	var out []string
+	for _, l := range strings.Split(s, "\n") {
+		if strings.Contains(l, sub) {
+			out = append(out, l)
+		}
+	}
+	return strings.Join(out, "\n")
+}
