@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -433,4 +434,68 @@ func (a *archive) walk(ctx context.Context, r *repo.Repo, spans []timelineSpan, 
 	}
 	e.completeTo = t
 	return e, nil
+}
+
+// ArchiveProblems checks the WAL archive the way restores use it and
+// returns one line per problem, each saying what it makes impossible: a
+// timeline without its history file, an unreadable history, a complete
+// backup whose own WAL is incomplete, a hole after a backup's start (later
+// WAL exists beyond a missing segment). An empty result means every
+// complete backup can be restored to the end of the archive.
+func ArchiveProblems(ctx context.Context, r *repo.Repo) ([]string, error) {
+	backups, err := basebackup.List(ctx, r)
+	if err != nil {
+		return nil, err
+	}
+	a, err := loadArchive(ctx, r)
+	if err != nil {
+		if IsRefused(err) && len(backups) == 0 {
+			return nil, nil // an empty repository
+		}
+		return nil, err
+	}
+	var problems []string
+	var tlis []uint32
+	for tli := range a.complete {
+		tlis = append(tlis, tli)
+	}
+	for tli := range a.partials {
+		if a.complete[tli] == nil {
+			tlis = append(tlis, tli)
+		}
+	}
+	slices.Sort(tlis)
+	for _, tli := range tlis {
+		if tli <= 1 {
+			continue
+		}
+		if _, err := r.Stat(ctx, wal.HistoryObjectName(tli)); err != nil {
+			problems = append(problems, fmt.Sprintf("restores onto timeline %d impossible: its history file %s is missing (%v)", tli, wal.HistoryObjectName(tli), err))
+		}
+	}
+	spans, err := readHistory(ctx, r, a.newest)
+	if err != nil {
+		if !slices.Contains(tlis, a.newest) || a.newest <= 1 {
+			problems = append(problems, err.Error())
+		}
+		return problems, nil
+	}
+	gaps := map[string]bool{}
+	for _, b := range backups {
+		if !onPath(spans, b.Timeline) {
+			problems = append(problems, fmt.Sprintf("backup %s is on timeline %d, which is not an ancestor of the newest timeline %d: it cannot be restored", b.ID, b.Timeline, a.newest))
+			continue
+		}
+		end, err := a.walk(ctx, r, spans, b)
+		if err != nil {
+			problems = append(problems, fmt.Sprintf("backup %s cannot be restored at all: %v", b.ID, err))
+			continue
+		}
+		if end.gap != "" && !gaps[end.gap] {
+			gaps[end.gap] = true // reported once, for the oldest backup before it
+			problems = append(problems, fmt.Sprintf("restores from backup %s to times after %s impossible: WAL segment %s is missing (later WAL exists)",
+				b.ID, end.completeTo.UTC().Format(time.RFC3339), end.gap))
+		}
+	}
+	return problems, nil
 }

@@ -74,6 +74,7 @@ restored as of any point in time.`,
 		newRestoreCommand(st),
 		newAgentCommand(st),
 		newStatusCommand(st),
+		newVerifyCommand(st),
 	)
 	return cmd, st
 }

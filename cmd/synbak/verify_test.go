@@ -1,0 +1,218 @@
+package main
+
+import (
+	"context"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/jackc/pglogrepl"
+
+	"github.com/synbak/synbak/basebackup"
+	"github.com/synbak/synbak/confsnap"
+	"github.com/synbak/synbak/internal/pgsource"
+	"github.com/synbak/synbak/internal/pgtest"
+	"github.com/synbak/synbak/internal/repo"
+	"github.com/synbak/synbak/internal/storage/local"
+	"github.com/synbak/synbak/internal/synapse"
+	"github.com/synbak/synbak/mediawatch"
+	"github.com/synbak/synbak/wal"
+)
+
+// verifyFixture is a real repository: WAL streamed from a standby that was
+// then promoted (timelines 1 and 2, a history file), a base backup, media
+// and a config snapshot.
+type verifyFixture struct {
+	repoDir  string
+	backup   *basebackup.Backup
+	midSeg   wal.Segment // a complete timeline-1 segment after the backup's end
+	walSeg   wal.Segment // another one, for the flipped byte
+	mediaSHA string
+	cfgSHA   string
+}
+
+func newVerifyFixture(t *testing.T) *verifyFixture {
+	t.Helper()
+	ctx := context.Background()
+	conf := pgtest.Options{InitdbArgs: []string{"--wal-segsize=1"}, Conf: []string{"max_wal_size = '1GB'", "checkpoint_timeout = '1h'"}}
+	primary := pgtest.Start(t, conf)
+	standby := pgtest.StartStandby(t, primary, pgtest.Options{Conf: conf.Conf})
+	f := &verifyFixture{repoDir: filepath.Join(t.TempDir(), "repo")}
+	be, err := local.New(f.repoDir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r, _, err := repo.Init(ctx, be, repo.Options{Compression: "zstd", ZstdLevel: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	rcv := wal.NewReceiver(pgsource.Source{ConnString: standby.DSN("postgres"), Origin: "test"}, r,
+		wal.Options{Slot: "synbak", SpoolDir: t.TempDir(), StatusInterval: 200 * time.Millisecond, PartialInterval: 300 * time.Millisecond}, pgtest.Logger(t))
+	rctx, cancel := context.WithCancel(ctx)
+	done := make(chan error, 1)
+	go func() { done <- rcv.Run(rctx) }()
+	defer func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("receiver: %v", err)
+		}
+	}()
+	waitFor(t, time.Minute, "streaming", func() bool { return rcv.Status().Streaming })
+	f.backup, err = basebackup.Take(ctx, primary.ReplicationConn(t), r, basebackup.Options{PartSize: 1 << 20, WALTimeout: 2 * time.Minute}, pgtest.Logger(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range 3 {
+		primary.Exec(t, "postgres", "create table t"+string(rune('a'+i))+" as select generate_series(1, 5000) as i")
+		primary.Exec(t, "postgres", "select pg_switch_wal()")
+	}
+	lsn := primary.Text(t, "postgres", "select pg_current_wal_insert_lsn()::text")
+	waitFor(t, time.Minute, "standby replay", func() bool {
+		return standby.Bool(t, "postgres", "select pg_last_wal_replay_lsn() >= $1::pg_lsn", lsn)
+	})
+	standby.Promote(t)
+	standby.Exec(t, "postgres", "create table after_promotion as select generate_series(1, 5000) as i")
+	standby.Exec(t, "postgres", "select pg_switch_wal()")
+	end, err := pglogrepl.ParseLSN(standby.Text(t, "postgres", "select pg_current_wal_lsn()::text"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	last := wal.SegmentAt(2, end-1, 1<<20)
+	waitFor(t, time.Minute, "timeline 2 archived", func() bool { _, err := r.Stat(ctx, last.ObjectName()); return err == nil })
+
+	endSeg := wal.SegmentAt(1, pglogrepl.LSN(f.backup.EndLSN), 1<<20)
+	f.midSeg, f.walSeg = endSeg.Next(), endSeg.Next().Next()
+	for _, s := range []wal.Segment{f.midSeg, f.walSeg} {
+		if _, err := r.Stat(ctx, s.ObjectName()); err != nil {
+			t.Fatalf("the fixture needs %s: %v", s.ObjectName(), err)
+		}
+	}
+
+	media := t.TempDir()
+	p := filepath.Join(media, "local_content", "ab", "cd", "efghijklmnopqrstuvwx")
+	if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(p, []byte(strings.Repeat("media bytes ", 1000)), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	old := time.Now().Add(-time.Minute)
+	os.Chtimes(p, old, old)
+	if _, err := mediawatch.Sync(ctx, r, media, mediawatch.Options{}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := mediawatch.ReadIndex(ctx, r, func(e mediawatch.Event) error { f.mediaSHA = e.SHA256; return nil }); err != nil || f.mediaSHA == "" {
+		t.Fatalf("media index: %v", err)
+	}
+	hs := filepath.Join(t.TempDir(), "homeserver.yaml")
+	if err := os.WriteFile(hs, []byte("server_name: test.example\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := confsnap.Snapshot(ctx, r, []synapse.File{{Path: hs, Role: "config", Secret: true}}, nil, nil); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := confsnap.ReadIndex(ctx, r, func(b confsnap.Batch) error { f.cfgSHA = b.Records[0].SHA256; return nil }); err != nil || f.cfgSHA == "" {
+		t.Fatalf("config index: %v", err)
+	}
+	return f
+}
+
+// copyRepo gives a case its own copy of the fixture's repository.
+func (f *verifyFixture) copyRepo(t *testing.T) string {
+	t.Helper()
+	dst := filepath.Join(t.TempDir(), "repo")
+	if out, err := exec.Command("cp", "-a", f.repoDir, dst).CombinedOutput(); err != nil {
+		t.Fatalf("cp: %v %s", err, out)
+	}
+	return dst
+}
+
+func flipByte(t *testing.T, path string) {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b[len(b)/2] ^= 0x5a
+	if err := os.WriteFile(path, b, 0o600); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestVerifyFindsEachProblem breaks a copy of a healthy repository in one
+// way per case; verify must name the damage and exit 1 (and 0 on the
+// healthy one).
+func TestVerifyFindsEachProblem(t *testing.T) {
+	if testing.Short() {
+		t.Skip("needs PostgreSQL (skipped with -short)")
+	}
+	f := newVerifyFixture(t)
+	part := basebackup.PartName(f.backup.ID, f.backup.Archives[0].Name, 0)
+	for _, tc := range []struct {
+		name  string
+		break_ func(t *testing.T, dir string)
+		want  []string // substrings of one problem line
+		quick bool     // also found by --quick
+	}{
+		{name: "healthy"},
+		{name: "flipped byte in a WAL object", break_: func(t *testing.T, dir string) {
+			flipByte(t, filepath.Join(dir, f.walSeg.ObjectName()))
+		}, want: []string{f.walSeg.ObjectName(), "corrupt", "restores that replay this WAL"}},
+		{name: "flipped byte in a base-backup part", break_: func(t *testing.T, dir string) {
+			flipByte(t, filepath.Join(dir, part))
+		}, want: []string{part, "corrupt", "backup " + f.backup.ID + " is unusable"}},
+		{name: "missing WAL segment in the middle", break_: func(t *testing.T, dir string) {
+			os.Remove(filepath.Join(dir, f.midSeg.ObjectName()))
+		}, want: []string{"impossible", f.midSeg.ObjectName(), "missing"}, quick: true},
+		{name: "missing history file", break_: func(t *testing.T, dir string) {
+			os.Remove(filepath.Join(dir, wal.HistoryObjectName(2)))
+		}, want: []string{"timeline 2", wal.HistoryObjectName(2)}, quick: true},
+		{name: "media object that does not match its index", break_: func(t *testing.T, dir string) {
+			// A valid object, but another one's content.
+			b, err := os.ReadFile(filepath.Join(dir, confsnap.ObjectName(f.cfgSHA)))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := os.WriteFile(filepath.Join(dir, mediawatch.ObjectName(f.mediaSHA)), b, 0o600); err != nil {
+				t.Fatal(err)
+			}
+		}, want: []string{"media file local_content/ab/cd/efghijklmnopqrstuvwx", mediawatch.ObjectName(f.mediaSHA), "does not match its index"}, quick: true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			dir := f.copyRepo(t)
+			if tc.break_ != nil {
+				tc.break_(t, dir)
+			}
+			modes := [][]string{{"verify"}}
+			if tc.quick || tc.break_ == nil {
+				modes = append(modes, []string{"verify", "--quick"})
+			}
+			for _, args := range modes {
+				code, stdout, stderr := runCLI(t, map[string]string{"SYNBAK_REPOSITORY_PATH": dir, "SYNBAK_STATE_DIR": t.TempDir()}, args...)
+				if tc.break_ == nil {
+					if code != 0 || !strings.Contains(stdout, "OK: no problem found") {
+						t.Errorf("%v on a healthy repository: exit %d\n%s%s", args, code, stdout, stderr)
+					}
+					continue
+				}
+				if code != 1 {
+					t.Errorf("%v: exit %d, want 1\n%s%s", args, code, stdout, stderr)
+				}
+				found := false
+				for _, l := range strings.Split(stdout, "\n") {
+					ok := strings.HasPrefix(l, "PROBLEM: ")
+					for _, w := range tc.want {
+						ok = ok && strings.Contains(l, w)
+					}
+					found = found || ok
+				}
+				if !found {
+					t.Errorf("%v: no problem line with %q in:\n%s%s", args, tc.want, stdout, stderr)
+				}
+			}
+		})
+	}
+}
