@@ -152,10 +152,10 @@ func TestVerifyFindsEachProblem(t *testing.T) {
 	f := newVerifyFixture(t)
 	part := basebackup.PartName(f.backup.ID, f.backup.Archives[0].Name, 0)
 	for _, tc := range []struct {
-		name  string
+		name   string
 		break_ func(t *testing.T, dir string)
-		want  []string // substrings of one problem line
-		quick bool     // also found by --quick
+		want   []string // substrings of one problem line
+		quick  bool     // also found by --quick
 	}{
 		{name: "healthy"},
 		{name: "flipped byte in a WAL object", break_: func(t *testing.T, dir string) {
