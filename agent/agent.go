@@ -17,6 +17,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"strings"
 	"sync"
 	"time"
 
@@ -79,6 +80,7 @@ type Options struct {
 	Media      MediaSource
 	Config     ConfigSource
 	Probe      *Probe
+	Drills     *DrillSchedule
 	Health     HealthOptions
 	// ShutdownTimeout bounds the wait for the components after ctx is
 	// cancelled (default 8 s).
@@ -139,6 +141,7 @@ func New(opts Options) *Agent {
 		a.errs.WithLabelValues(c.Name) // export 0 from the start
 	}
 	a.sup = newSupervisor(opts.Log, opts.MinBackoff, opts.MaxBackoff, func(name string) { a.errs.WithLabelValues(name).Inc() })
+	a.sup.register(opts.Components)
 	a.registerMetrics()
 	return a
 }
@@ -258,6 +261,7 @@ type Status struct {
 	Backups    *BackupStatus     `json:"base_backups,omitempty"`
 	Media      *mediawatch.Stats `json:"media,omitempty"`
 	Config     *ConfigStatus     `json:"config,omitempty"`
+	Drills     *DrillStatus      `json:"drills,omitempty"`
 }
 
 // WALStatus is the receiver's state with LSNs as text.
@@ -349,6 +353,13 @@ func (a *Agent) Status() Status {
 	if a.opts.Config != nil {
 		c := a.opts.Config.ConfigStatus()
 		st.Config = &c
+	}
+	if a.opts.Drills != nil {
+		d := a.opts.Drills.Status()
+		st.Drills = &d
+		if d.Runs > 0 && !d.LastOK {
+			st.Problems = append(st.Problems, "drill: the last restore drill ("+d.LastRun.UTC().Format(time.RFC3339)+") failed: "+strings.Join(d.LastProblems, "; "))
+		}
 	}
 	for _, c := range st.Components {
 		if !c.Running && !c.RetryAt.IsZero() {

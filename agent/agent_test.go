@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"io"
+	"log/slog"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -163,3 +164,34 @@ func grep(s, sub string) string {
 	}
 	return strings.Join(out, "\n")
 }
+
+// A failed drill turns health red and shows in the metrics; a passing one
+// clears it.
+func TestDrillScheduleHealthAndMetrics(t *testing.T) {
+	var pass atomic.Bool
+	d := &DrillSchedule{Interval: 10 * time.Millisecond, Log: slogDiscard(), Drill: func(ctx context.Context) (DrillResult, error) {
+		if pass.Load() {
+			return DrillResult{OK: true, Seconds: 12.5}, nil
+		}
+		return DrillResult{Problems: []string{"restore failed: WAL segment wal/00000001/000000010000000000000007 is missing"}, Seconds: 3}, nil
+	}}
+	a := New(Options{Drills: d, Components: []Component{{Name: "drill", Run: d.Run}}})
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go a.Run(ctx)
+	h := a.Handler()
+	waitFor(t, "a failed drill reported", func() bool {
+		code, body := scrape(t, h, "/healthz")
+		return code == 503 && strings.Contains(body, "drill: the last restore drill") && strings.Contains(body, "000000010000000000000007")
+	})
+	if _, m := scrape(t, h, "/metrics"); !strings.Contains(m, "synbak_drill_last_ok 0") || !strings.Contains(m, "synbak_drill_last_success_timestamp_seconds 0") {
+		t.Errorf("metrics after a failed drill:\n%s", grep(m, "synbak_drill"))
+	}
+	pass.Store(true)
+	waitFor(t, "a passing drill", func() bool { code, _ := scrape(t, h, "/healthz"); return code == 200 })
+	if _, m := scrape(t, h, "/metrics"); !strings.Contains(m, "synbak_drill_duration_seconds 12.5") || !strings.Contains(m, "synbak_drill_last_ok 1") {
+		t.Errorf("metrics after a passing drill:\n%s", grep(m, "synbak_drill"))
+	}
+}
+
+func slogDiscard() *slog.Logger { return slog.New(slog.DiscardHandler) }

@@ -103,6 +103,11 @@ func (a *Agent) registerMetrics() {
 			return time.Since(a.pendingSince).Seconds()
 		})
 	}
+	if d := a.opts.Drills; d != nil {
+		gauge("synbak_drill_last_success_timestamp_seconds", "When the last successful restore drill ended.", func() float64 { return unix(d.Status().LastSuccess) })
+		gauge("synbak_drill_duration_seconds", "The last restore drill's duration (the measured RTO).", func() float64 { return d.Status().LastDuration })
+		gauge("synbak_drill_last_ok", "1 when the last restore drill passed (0 also before the first).", func() float64 { return boolf(d.Status().LastOK) })
+	}
 	if c := a.opts.Config; c != nil {
 		gauge("synbak_config_last_snapshot_timestamp_seconds", "When the config files were last checked and stored.", func() float64 { return unix(c.ConfigStatus().LastSnapshot) })
 		gauge("synbak_config_files", "Config files, keys and secrets followed.", func() float64 { return float64(c.ConfigStatus().Files) })

@@ -59,14 +59,24 @@ func newSupervisor(log *slog.Logger, minBackoff, maxBackoff time.Duration, onFai
 	return &supervisor{log: log, minBackoff: minBackoff, maxBackoff: maxBackoff, onFailure: onFailure, status: map[string]*ComponentStatus{}}
 }
 
+// register makes the components known (and visible in snapshot) before
+// they run.
+func (s *supervisor) register(comps []Component) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, c := range comps {
+		if _, ok := s.status[c.Name]; !ok {
+			s.status[c.Name] = &ComponentStatus{Name: c.Name}
+			s.order = append(s.order, c.Name)
+		}
+	}
+}
+
 // run runs every component until ctx is cancelled and all have returned.
 func (s *supervisor) run(ctx context.Context, comps []Component) {
+	s.register(comps)
 	var wg sync.WaitGroup
 	for _, c := range comps {
-		s.mu.Lock()
-		s.status[c.Name] = &ComponentStatus{Name: c.Name}
-		s.order = append(s.order, c.Name)
-		s.mu.Unlock()
 		wg.Add(1)
 		go func() {
 			defer wg.Done()

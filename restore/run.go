@@ -68,10 +68,30 @@ type Options struct {
 	// a failed restore removes it, leaving the directories as they were.
 	KeepFailed bool
 	Log        *slog.Logger
+	// Check, when not nil, runs after the Synapse fix-ups while the
+	// restored server still runs (restore drills check it); an error
+	// fails the restore.
+	Check func(ctx context.Context, s Running) error
 	// Progress, when not nil, receives the restore's progress: often
 	// during extraction, about twice a second during recovery. The command
 	// line draws it on a terminal.
 	Progress func(Progress)
+}
+
+// Running is the restored server while Options.Check runs: reachable over
+// its private socket only.
+type Running struct {
+	Port      int
+	SocketDir string
+	User      string
+	BinDir    string
+	// Database is the Synapse database.
+	Database string
+}
+
+// ConnString is a libpq conninfo for dbname on the running server.
+func (r Running) ConnString(dbname string) string {
+	return fmt.Sprintf("host=%s port=%d user=%s dbname=%s sslmode=disable connect_timeout=5", r.SocketDir, r.Port, r.User, dbname)
 }
 
 // Progress is a snapshot of a running restore.
@@ -495,6 +515,13 @@ func Run(ctx context.Context, opts Options) (rep Report, err error) {
 		return rep, err
 	}
 	phase("synapse fix-ups", start)
+	if opts.Check != nil {
+		start = time.Now()
+		if err := opts.Check(ctx, Running{Port: srv.port, SocketDir: srv.sockDir, User: srv.user, BinDir: filepath.Dir(pgBin), Database: db}); err != nil {
+			return rep, err
+		}
+		phase("checks", start)
+	}
 
 	if opts.MediaDir == "" {
 		rep.MediaSkipped = true
@@ -735,7 +762,7 @@ func (s *server) logTail(n int) string {
 func (s *server) connect(ctx context.Context, db string) (*pgx.Conn, error) {
 	cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
-	return pgx.Connect(cctx, fmt.Sprintf("host=%s port=%d user=%s dbname=%s sslmode=disable connect_timeout=5", s.sockDir, s.port, s.user, db))
+	return pgx.Connect(cctx, Running{SocketDir: s.sockDir, Port: s.port, User: s.user}.ConnString(db))
 }
 
 const targetNotReached = "recovery ended before configured recovery target was reached"

@@ -18,6 +18,7 @@ import (
 	"github.com/synbak/synbak/agent"
 	"github.com/synbak/synbak/basebackup"
 	"github.com/synbak/synbak/confsnap"
+	"github.com/synbak/synbak/drill"
 	"github.com/synbak/synbak/internal/config"
 	"github.com/synbak/synbak/internal/pgsource"
 	"github.com/synbak/synbak/internal/repo"
@@ -122,6 +123,14 @@ func runAgent(ctx context.Context, cfg *config.Config) error {
 		cw := newAgentConfig(cfg, hs, r, log.With("component", "config"))
 		opts.Config = cw
 		opts.Components = append(opts.Components, agent.Component{Name: "config", Run: cw.Run})
+	}
+	if iv := cfg.Drill.Interval.D(); iv > 0 {
+		dlog := log.With("component", "drill")
+		opts.Drills = &agent.DrillSchedule{Interval: iv, Log: dlog, Drill: func(ctx context.Context) (agent.DrillResult, error) {
+			rep, err := drill.Run(ctx, drill.Options{Repo: r, RepoPath: cfg.Repository.Path, ScratchDir: cfg.Drill.ScratchDir, Log: dlog})
+			return agent.DrillResult{OK: rep.OK, Problems: rep.Problems, Seconds: rep.RTOSeconds}, err
+		}}
+		opts.Components = append(opts.Components, agent.Component{Name: "drill", Run: opts.Drills.Run})
 	}
 	a := agent.New(opts)
 

@@ -75,6 +75,7 @@ restored as of any point in time.`,
 		newAgentCommand(st),
 		newStatusCommand(st),
 		newVerifyCommand(st),
+		newDrillCommand(st),
 	)
 	return cmd, st
 }

@@ -29,6 +29,7 @@ type Config struct {
 	Log        Log        `mapstructure:"log"`
 	Media      Media      `mapstructure:"media"`
 	Health     Health     `mapstructure:"health"`
+	Drill      Drill      `mapstructure:"drill"`
 }
 
 // Synapse says where the homeserver's configuration is.
@@ -181,6 +182,15 @@ type Health struct {
 	MediaBacklog Duration `mapstructure:"media_backlog"`
 }
 
+// Drill configures the agent's restore drills.
+type Drill struct {
+	// Interval between drills; 0 turns them off.
+	Interval Duration `mapstructure:"interval"`
+	// ScratchDir is where a drill restores (default: the system's
+	// temporary directory); it needs room for the database.
+	ScratchDir string `mapstructure:"scratch_dir"`
+}
+
 // Log configures logging.
 type Log struct {
 	Level  string `mapstructure:"level"`
@@ -226,6 +236,8 @@ func Defaults() map[string]any {
 		"health.disconnected":   "1m",
 		"health.slot_lag_mb":    1024,
 		"health.media_backlog":  "10m",
+		"drill.interval":        "0",
+		"drill.scratch_dir":     "",
 
 		// S3 (repository.url s3://...); a block of its own, so that its
 		// longer keys do not realign the others.
@@ -299,6 +311,9 @@ func (c *Config) Validate() error {
 	}
 	if c.Health.Disconnected.D() <= 0 || c.Health.MediaBacklog.D() <= 0 || c.Health.SlotLagMB <= 0 {
 		add(invalid("health.disconnected, health.media_backlog and health.slot_lag_mb must be positive"))
+	}
+	if c.Drill.Interval.D() < 0 {
+		add(invalid("drill.interval %s: must not be negative (0 turns drills off)", c.Drill.Interval))
 	}
 	if c.Basebackup.Interval.D() < 0 {
 		add(invalid("basebackup.interval %s: must not be negative", c.Basebackup.Interval))

@@ -1,0 +1,115 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/jackc/pglogrepl"
+
+	"github.com/synbak/synbak/basebackup"
+	"github.com/synbak/synbak/internal/pgsource"
+	"github.com/synbak/synbak/internal/pgtest"
+	"github.com/synbak/synbak/internal/repo"
+	"github.com/synbak/synbak/internal/storage/local"
+	"github.com/synbak/synbak/wal"
+)
+
+// TestDrill runs `synbak drill` on a healthy repository of a Synapse-shaped
+// cluster (exit 0, checks and RTO printed, nothing left behind), then on
+// the same repository with a WAL segment missing in the middle (exit 1,
+// the segment named).
+func TestDrill(t *testing.T) {
+	if testing.Short() {
+		t.Skip("needs PostgreSQL (skipped with -short)")
+	}
+	ctx := context.Background()
+	c := pgtest.Start(t, pgtest.Options{InitdbArgs: []string{"--wal-segsize=1"}, Conf: []string{"max_wal_size = '1GB'", "checkpoint_timeout = '1h'"}})
+	c.CreateDB(t, "synapse")
+	c.CreateSynapseSchema(t, "synapse")
+	c.FillSynapse(t, "synapse", 30)
+	dir := pgtest.ServerDir(t)
+	repoDir := filepath.Join(dir, "repo")
+	be, err := local.New(repoDir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r, _, err := repo.Init(ctx, be, repo.Options{Compression: "zstd", ZstdLevel: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	rcv := wal.NewReceiver(pgsource.Source{ConnString: c.DSN("postgres"), Origin: "test"}, r,
+		wal.Options{Slot: "synbak", SpoolDir: t.TempDir(), StatusInterval: 200 * time.Millisecond, PartialInterval: 300 * time.Millisecond}, pgtest.Logger(t))
+	rctx, cancel := context.WithCancel(ctx)
+	done := make(chan error, 1)
+	go func() { done <- rcv.Run(rctx) }()
+	waitFor(t, time.Minute, "streaming", func() bool { return rcv.Status().Streaming })
+	b, err := basebackup.Take(ctx, c.ReplicationConn(t), r, basebackup.Options{PartSize: 1 << 20, WALTimeout: 2 * time.Minute,
+		Facts: map[string]string{"main_database": "synapse"}}, pgtest.Logger(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for range 3 {
+		c.FillSynapse(t, "synapse", 10)
+		c.Exec(t, "postgres", "select pg_switch_wal()")
+	}
+	end, err := pglogrepl.ParseLSN(c.Text(t, "postgres", "select pg_current_wal_lsn()::text"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	last := wal.SegmentAt(1, end-1, 1<<20)
+	waitFor(t, time.Minute, "WAL archived", func() bool { _, err := r.Stat(ctx, last.ObjectName()); return err == nil })
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	pgtest.GiveToServerUser(t, repoDir)
+
+	drillCLI := func(t *testing.T) (int, string) {
+		t.Helper()
+		scratch := filepath.Join(dir, "scratch")
+		if err := os.MkdirAll(scratch, 0o711); err != nil {
+			t.Fatal(err)
+		}
+		cmd := exec.Command(pgtest.SynbakBinary(t), "-c", "/dev/null", "drill", "--scratch-dir", scratch, "--pg-bindir", c.BinDir)
+		cmd.Env = append(os.Environ(), "SYNBAK_REPOSITORY_PATH="+repoDir, "SYNBAK_STATE_DIR="+t.TempDir())
+		var out bytes.Buffer
+		cmd.Stdout, cmd.Stderr = &out, &out
+		err := cmd.Run()
+		code := 0
+		if ee, ok := err.(*exec.ExitError); ok {
+			code = ee.ExitCode()
+		} else if err != nil {
+			t.Fatal(err)
+		}
+		if left, _ := os.ReadDir(scratch); len(left) != 0 {
+			t.Errorf("the drill left %v in its scratch directory", left)
+		}
+		return code, out.String()
+	}
+
+	code, out := drillCLI(t)
+	if code != 0 {
+		t.Fatalf("drill on a healthy repository: exit %d\n%s", code, out)
+	}
+	t.Logf("synbak drill:\n%s", out)
+	for _, want := range []string{"Drill: restored backup " + b.ID, "ok   database synapse opens", "ok   table events has rows", "ok   one-time keys emptied", "ok   pg_amcheck on synapse", "RTO (restore and checks): ", "OK: "} {
+		if !strings.Contains(out, want) {
+			t.Errorf("drill output lacks %q:\n%s", want, out)
+		}
+	}
+
+	missing := wal.SegmentAt(1, pglogrepl.LSN(b.EndLSN), 1<<20).Next()
+	if err := os.Remove(filepath.Join(repoDir, missing.ObjectName())); err != nil {
+		t.Fatal(err)
+	}
+	code, out = drillCLI(t)
+	if code != 1 || !strings.Contains(out, "PROBLEM: restore failed") || !strings.Contains(out, missing.ObjectName()) {
+		t.Errorf("drill with %s missing: exit %d, want 1 naming it:\n%s", missing.ObjectName(), code, out)
+	}
+}
