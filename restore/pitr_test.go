@@ -58,8 +58,9 @@ func markers(t *testing.T, c *pgtest.Cluster, from, to int) []time.Time {
 // repository.
 func (s *pitrSite) switchAndWait(t *testing.T, c *pgtest.Cluster, tli uint32) pglogrepl.LSN {
 	t.Helper()
-	c.Exec(t, "postgres", "SELECT pg_switch_wal()")
-	endLSN, err := pglogrepl.ParseLSN(c.Text(t, "postgres", "select pg_current_wal_lsn()::text"))
+	// pg_switch_wal returns the end of the segment it completed (WAL
+	// written after it, like a checkpoint's, goes to the next one).
+	endLSN, err := pglogrepl.ParseLSN(c.Text(t, "postgres", "select pg_switch_wal()::text"))
 	if err != nil {
 		t.Fatal(err)
 	}

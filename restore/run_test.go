@@ -99,8 +99,7 @@ func TestRestore(t *testing.T) {
 	timeAfter(t, c, mid)
 	c.Exec(t, "synapse", "INSERT INTO markers VALUES (3)")
 	t.Logf("backup ended %s; markers 1, 2 after %s; target %s; marker 3 later", b.EndTime, t0, mid)
-	c.Exec(t, "postgres", "SELECT pg_switch_wal()")
-	endLSN, err := pglogrepl.ParseLSN(c.Text(t, "postgres", "select pg_current_wal_lsn()::text"))
+	endLSN, err := pglogrepl.ParseLSN(c.Text(t, "postgres", "select pg_switch_wal()::text")) // the end of the completed segment
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -54,11 +54,12 @@ func TestDrill(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	var switched string
 	for range 3 {
 		c.FillSynapse(t, "synapse", 10)
-		c.Exec(t, "postgres", "select pg_switch_wal()")
+		switched = c.Text(t, "postgres", "select pg_switch_wal()::text") // the end of the completed segment
 	}
-	end, err := pglogrepl.ParseLSN(c.Text(t, "postgres", "select pg_current_wal_lsn()::text"))
+	end, err := pglogrepl.ParseLSN(switched)
 	if err != nil {
 		t.Fatal(err)
 	}

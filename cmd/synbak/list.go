@@ -50,6 +50,15 @@ type listing struct {
 	Incomplete     []listIncomplete `json:"incomplete_backups"`
 	WAL            []walTimeline    `json:"wal"`
 	RecoveryWindow *window          `json:"recovery_window"`
+	// Sizes are the stored bytes and object counts by kind (the first
+	// element of the object names: backups, wal, media, config, meta).
+	Sizes []kindSize `json:"sizes"`
+}
+
+type kindSize struct {
+	Kind    string `json:"kind"`
+	Objects int    `json:"objects"`
+	Bytes   int64  `json:"bytes"`
 }
 
 type listBackup struct {
@@ -117,7 +126,30 @@ func runList(ctx context.Context, cfg *config.Config, out io.Writer, asJSON bool
 }
 
 func buildListing(ctx context.Context, r *repo.Repo) (listing, error) {
-	l := listing{Backups: []listBackup{}, Incomplete: []listIncomplete{}, WAL: []walTimeline{}}
+	l := listing{Backups: []listBackup{}, Incomplete: []listIncomplete{}, WAL: []walTimeline{}, Sizes: []kindSize{}}
+	sizes := map[string]*kindSize{}
+	if err := r.List(ctx, "", func(oi storage.ObjectInfo) error {
+		kind, _, _ := strings.Cut(oi.Name, "/")
+		k := sizes[kind]
+		if k == nil {
+			k = &kindSize{Kind: kind}
+			sizes[kind] = k
+		}
+		k.Objects++
+		k.Bytes += oi.Size
+		return nil
+	}); err != nil {
+		return l, fmt.Errorf("list %s: %w", r, err)
+	}
+	for _, kind := range []string{"backups", "wal", "media", "config", "meta"} {
+		if k := sizes[kind]; k != nil {
+			l.Sizes = append(l.Sizes, *k)
+			delete(sizes, kind)
+		}
+	}
+	for _, k := range sizes {
+		l.Sizes = append(l.Sizes, *k)
+	}
 	bs, err := basebackup.List(ctx, r)
 	if err != nil {
 		return l, err
@@ -263,9 +295,24 @@ func printListing(out io.Writer, l listing) {
 	fmt.Fprintln(out)
 	if l.RecoveryWindow == nil {
 		fmt.Fprintln(out, "Recovery window: none (a complete base backup and archived WAL are needed)")
+		printSizes(out, l.Sizes)
 		return
 	}
 	fmt.Fprintf(out, "Recovery window: %s to %s\n", l.RecoveryWindow.From.Format(time.RFC3339), l.RecoveryWindow.To.Format(time.RFC3339))
+	printSizes(out, l.Sizes)
+}
+
+func printSizes(out io.Writer, sizes []kindSize) {
+	if len(sizes) == 0 {
+		return
+	}
+	var parts []string
+	var total int64
+	for _, k := range sizes {
+		parts = append(parts, fmt.Sprintf("%s %s (%d objects)", k.Kind, humanBytes(k.Bytes), k.Objects))
+		total += k.Bytes
+	}
+	fmt.Fprintf(out, "Repository size: %s: %s\n", humanBytes(total), strings.Join(parts, ", "))
 }
 
 func maxTime(a, b time.Time) time.Time {

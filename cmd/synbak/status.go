@@ -185,5 +185,6 @@ func printStatus(out io.Writer, rep statusReport) {
 		} else {
 			fmt.Fprintf(out, "Recovery window: %s to %s\n", l.RecoveryWindow.From.Format(time.RFC3339), l.RecoveryWindow.To.Format(time.RFC3339))
 		}
+		printSizes(out, l.Sizes)
 	}
 }

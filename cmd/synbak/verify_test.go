@@ -2,6 +2,8 @@ package main
 
 import (
 	"context"
+	"encoding/json"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -75,8 +77,9 @@ func newVerifyFixture(t *testing.T) *verifyFixture {
 	})
 	standby.Promote(t)
 	standby.Exec(t, "postgres", "create table after_promotion as select generate_series(1, 5000) as i")
-	standby.Exec(t, "postgres", "select pg_switch_wal()")
-	end, err := pglogrepl.ParseLSN(standby.Text(t, "postgres", "select pg_current_wal_lsn()::text"))
+	// The end of the segment the switch completed (the end-of-recovery
+	// checkpoint may write into the next one).
+	end, err := pglogrepl.ParseLSN(standby.Text(t, "postgres", "select pg_switch_wal()::text"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -151,6 +154,36 @@ func TestVerifyFindsEachProblem(t *testing.T) {
 	}
 	f := newVerifyFixture(t)
 	part := basebackup.PartName(f.backup.ID, f.backup.Archives[0].Name, 0)
+
+	t.Run("list and status show the window and the sizes by kind", func(t *testing.T) {
+		env := map[string]string{"SYNBAK_REPOSITORY_PATH": f.repoDir, "SYNBAK_STATE_DIR": t.TempDir(), "SYNBAK_HTTP_LISTEN": unusedAddr(t)}
+		code, stdout, stderr := runCLI(t, env, "list", "--json")
+		var l listing
+		if code != 0 || json.Unmarshal([]byte(stdout), &l) != nil {
+			t.Fatalf("list --json: exit %d\n%s%s", code, stdout, stderr)
+		}
+		kinds := map[string]kindSize{}
+		for _, k := range l.Sizes {
+			kinds[k.Kind] = k
+		}
+		for _, k := range []string{"backups", "wal", "media", "config"} {
+			if kinds[k].Objects == 0 || kinds[k].Bytes == 0 {
+				t.Errorf("list: size of %s: %+v", k, kinds[k])
+			}
+		}
+		if l.RecoveryWindow == nil || !l.RecoveryWindow.To.After(l.RecoveryWindow.From) {
+			t.Errorf("list: recovery window %+v", l.RecoveryWindow)
+		}
+		code, stdout, _ = runCLI(t, env, "status")
+		for _, want := range []string{"Agent: none answering", "Recovery window: ", "Repository size: ", "wal "} {
+			if !strings.Contains(stdout, want) {
+				t.Errorf("status lacks %q:\n%s", want, stdout)
+			}
+		}
+		if code != 1 {
+			t.Errorf("status without an agent: exit %d, want 1", code)
+		}
+	})
 	for _, tc := range []struct {
 		name   string
 		break_ func(t *testing.T, dir string)
@@ -215,4 +248,16 @@ func TestVerifyFindsEachProblem(t *testing.T) {
 			}
 		})
 	}
+}
+
+// unusedAddr is a loopback address nothing listens on.
+func unusedAddr(t *testing.T) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := l.Addr().String()
+	l.Close()
+	return addr
 }
