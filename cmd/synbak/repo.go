@@ -3,17 +3,34 @@ package main
 import (
 	"context"
 	"fmt"
+	"os"
+	"time"
 
 	"github.com/synbak/synbak/internal/config"
 	"github.com/synbak/synbak/internal/repo"
 	"github.com/synbak/synbak/internal/storage"
 	"github.com/synbak/synbak/internal/storage/local"
+	"github.com/synbak/synbak/internal/storage/s3"
 )
 
 // openBackend returns the storage backend the configuration names.
 func openBackend(cfg *config.Config) (storage.Backend, error) {
+	return openBackendCtx(context.Background(), cfg)
+}
+
+// s3CheckTimeout bounds the first contact with an S3 server.
+const s3CheckTimeout = time.Minute
+
+// openBackendCtx returns the storage backend the configuration names. An
+// S3 bucket is contacted once (without retries), so that a missing bucket,
+// refused credentials or an unreachable endpoint is a clear error at once;
+// then every operation is retried on transient errors (storage.WithRetry).
+func openBackendCtx(ctx context.Context, cfg *config.Config) (storage.Backend, error) {
 	if err := cfg.RequireRepository(); err != nil {
 		return nil, err
+	}
+	if cfg.Repository.URL != "" {
+		return openS3(ctx, cfg)
 	}
 	b, err := local.New(cfg.Repository.Path)
 	if err != nil {
@@ -22,13 +39,50 @@ func openBackend(cfg *config.Config) (storage.Backend, error) {
 	return b, nil
 }
 
+func openS3(ctx context.Context, cfg *config.Config) (storage.Backend, error) {
+	bucket, prefix, err := cfg.Repository.S3Location()
+	if err != nil {
+		return nil, err
+	}
+	id, secret, err := cfg.Repository.S3Credentials(os.LookupEnv)
+	if err != nil {
+		return nil, err
+	}
+	s := cfg.Repository.S3
+	log := newLogger(cfg, os.Stderr).With("component", "storage")
+	b, err := s3.New(s3.Options{
+		Endpoint:        s.Endpoint,
+		Region:          s.Region,
+		Bucket:          bucket,
+		Prefix:          prefix,
+		AccessKeyID:     id,
+		SecretAccessKey: secret,
+		Insecure:        s.Insecure,
+		PathStyle:       s.PathStyle,
+		Logger:          log,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("%w: %w", config.ErrInvalid, err)
+	}
+	cctx, cancel := context.WithTimeout(ctx, s3CheckTimeout)
+	defer cancel()
+	if err := b.Check(cctx); err != nil {
+		return nil, fmt.Errorf("open repository: %w", err)
+	}
+	return storage.WithRetry(b, storage.RetryOptions{
+		OnRetry: func(op, name string, attempt int, wait time.Duration, err error) {
+			log.Warn("storage operation failed; retrying", "op", op, "object", name, "attempt", attempt, "wait", wait, "err", err)
+		},
+	}), nil
+}
+
 func repoOptions(cfg *config.Config) repo.Options {
 	return repo.Options{Compression: cfg.Repository.Compression, ZstdLevel: cfg.Repository.ZstdLevel}
 }
 
 // openRepo opens an existing repository; create makes a missing one.
 func openRepo(ctx context.Context, cfg *config.Config, create bool) (*repo.Repo, error) {
-	b, err := openBackend(cfg)
+	b, err := openBackendCtx(ctx, cfg)
 	if err != nil {
 		return nil, err
 	}
