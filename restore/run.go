@@ -32,6 +32,11 @@ type Options struct {
 	// written into the restore-only configuration that wal-fetch reads.
 	Repo     *repo.Repo
 	RepoPath string
+	// RepoConfig, when set, is the repository section of the configuration
+	// restore_command's wal-fetch reads ("repository:\n  url: ...", YAML),
+	// for repositories that are not a local directory; it may hold
+	// credentials and is written 0600 for the server's OS user.
+	RepoConfig string
 	Target   Point
 	// PGData is the new data directory: missing or empty.
 	PGData string
@@ -295,8 +300,8 @@ func (o *Options) check() error {
 			return err
 		}
 	}
-	if o.RepoPath == "" {
-		return errors.New("restore: the repository's directory is needed for restore_command (repository.path)")
+	if o.RepoPath == "" && o.RepoConfig == "" {
+		return errors.New("restore: the repository's settings are needed for restore_command (repository.path or repository.url)")
 	}
 	return nil
 }
@@ -426,7 +431,11 @@ func Run(ctx context.Context, opts Options) (rep Report, err error) {
 		return rep, err
 	}
 	cfgFile := filepath.Join(opts.WorkDir, "restore.yaml")
-	cfg := fmt.Sprintf("# written by synbak restore: what restore_command (wal-fetch) reads\nrepository:\n  path: %s\nstate_dir: %s\n", yamlQuote(opts.RepoPath), yamlQuote(stateDir))
+	repoCfg := opts.RepoConfig
+	if repoCfg == "" {
+		repoCfg = fmt.Sprintf("repository:\n  path: %s\n", yamlQuote(opts.RepoPath))
+	}
+	cfg := fmt.Sprintf("# written by synbak restore: what restore_command (wal-fetch) reads\n%sstate_dir: %s\n", repoCfg, yamlQuote(stateDir))
 	if err := x.writeFile(cfgFile, []byte(cfg), 0o600); err != nil {
 		return rep, err
 	}
@@ -443,7 +452,7 @@ func Run(ctx context.Context, opts Options) (rep Report, err error) {
 			who = "the postgres OS user"
 		}
 		return rep, fmt.Errorf("restore_command would fail: `%s` run as %s: %v: %s (the binary, %s and the repository %s must be readable by %s)",
-			strings.ReplaceAll(restoreCommand, "%f %p", plan.FirstSegment+" "+probe), who, err, strings.TrimSpace(string(out)), cfgFile, opts.RepoPath, who)
+			strings.ReplaceAll(restoreCommand, "%f %p", plan.FirstSegment+" "+probe), who, err, strings.TrimSpace(string(out)), cfgFile, opts.Repo, who)
 	}
 	_ = os.Remove(probe)
 

@@ -27,6 +27,7 @@ import (
 	"github.com/synbak/synbak/agent"
 	"github.com/synbak/synbak/confsnap"
 	"github.com/synbak/synbak/internal/pgtest"
+	"github.com/synbak/synbak/internal/storage/s3/s3test"
 	"github.com/synbak/synbak/internal/synapse"
 )
 
@@ -41,7 +42,8 @@ type agentSite struct {
 	repoDir  string
 	stateDir string
 	env      []string
-	seed     []byte // the signing key's
+	seed     []byte   // the signing key's
+	repoEnv  []string // where the repository is, for the agent and restores
 }
 
 func newAgentSite(t *testing.T) *agentSite {
@@ -69,13 +71,27 @@ func newAgentSite(t *testing.T) *agentSite {
 	}
 	s.env = []string{
 		"SYNBAK_SYNAPSE_CONFIG=" + s.hsFile, "SYNBAK_SYNAPSE_WORKDIR=" + filepath.Dir(s.hsFile),
-		"SYNBAK_REPOSITORY_PATH=" + s.repoDir, "SYNBAK_STATE_DIR=" + s.stateDir,
+		"SYNBAK_STATE_DIR=" + s.stateDir,
 		"SYNBAK_HTTP_LISTEN=127.0.0.1:0", "SYNBAK_WAL_STATUS_INTERVAL=200ms", "SYNBAK_WAL_PARTIAL_INTERVAL=500ms",
 		"SYNBAK_BASEBACKUP_INTERVAL=0", "SYNBAK_BASEBACKUP_PART_SIZE_MB=4",
 		"SYNBAK_HEALTH_PROBE_INTERVAL=200ms", "SYNBAK_HEALTH_DISCONNECTED=1s", "SYNBAK_MEDIA_QUIET_PERIOD=200ms",
 		"SYNBAK_LOG_LEVEL=debug",
 	}
+	s.repoEnv = []string{"SYNBAK_REPOSITORY_PATH=" + s.repoDir}
 	return s
+}
+
+// useS3 puts the repository in a bucket of a versitygw started for the test.
+func (s *agentSite) useS3(t *testing.T) {
+	t.Helper()
+	srv := s3test.Start(t)
+	bucket := srv.NewBucket(t)
+	s.repoDir = ""
+	s.repoEnv = []string{
+		"SYNBAK_REPOSITORY_URL=s3://" + bucket + "/homeserver", "SYNBAK_REPOSITORY_S3_ENDPOINT=" + srv.Endpoint,
+		"SYNBAK_REPOSITORY_S3_INSECURE=true", "SYNBAK_REPOSITORY_S3_ACCESS_KEY_ID=" + s3test.AccessKey,
+		"SYNBAK_REPOSITORY_S3_SECRET_ACCESS_KEY=" + s3test.SecretKey,
+	}
 }
 
 // writeHomeserver replaces homeserver.yaml the way editors and config
@@ -140,7 +156,7 @@ func (s *agentSite) startAgent(t *testing.T) *agentProc {
 		t.Fatal(err)
 	}
 	cmd := exec.Command(s.bin, "-c", "/dev/null", "agent")
-	cmd.Env = append(os.Environ(), s.env...)
+	cmd.Env = append(append(os.Environ(), s.env...), s.repoEnv...)
 	cmd.Stdout, cmd.Stderr = logf, logf
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
@@ -319,10 +335,13 @@ func (l *ackLoad) count() int {
 // restoreCLI runs `synbak restore` as a user would and starts the result.
 func (s *agentSite) restoreCLI(t *testing.T, args ...string) (*pgtest.Cluster, string) {
 	t.Helper()
-	pgtest.GiveToServerUser(t, s.repoDir)
+	if s.repoDir != "" {
+		pgtest.GiveToServerUser(t, s.repoDir)
+	}
 	pgdata := filepath.Join(pgtest.ServerDir(t), "data")
 	cmd := exec.Command(s.bin, append([]string{"-c", "/dev/null", "restore", "--pgdata", pgdata}, args...)...)
-	cmd.Env = append(os.Environ(), "SYNBAK_REPOSITORY_PATH="+s.repoDir, "SYNBAK_STATE_DIR="+filepath.Join(t.TempDir(), "state"))
+	// A new machine: the repository settings and an empty state directory.
+	cmd.Env = append(append(os.Environ(), s.repoEnv...), "SYNBAK_STATE_DIR="+filepath.Join(t.TempDir(), "state"))
 	var out bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &out
 	if err := cmd.Run(); err != nil {
@@ -360,7 +379,21 @@ func TestAgentEndToEnd(t *testing.T) {
 	if testing.Short() {
 		t.Skip("needs PostgreSQL (skipped with -short)")
 	}
+	agentEndToEnd(t, newAgentSite(t))
+}
+
+// TestAgentEndToEndS3 is TestAgentEndToEnd with the repository in an
+// S3 bucket (versitygw on loopback), restored with only its settings.
+func TestAgentEndToEndS3(t *testing.T) {
+	if testing.Short() {
+		t.Skip("needs PostgreSQL (skipped with -short)")
+	}
 	s := newAgentSite(t)
+	s.useS3(t)
+	agentEndToEnd(t, s)
+}
+
+func agentEndToEnd(t *testing.T, s *agentSite) {
 	p := s.startAgent(t)
 	waitFor(t, 2*time.Minute, "a first base backup and WAL streaming, healthy", func() bool {
 		st := s.status(t)

@@ -6,6 +6,8 @@ import (
 	"os"
 	"time"
 
+	"go.yaml.in/yaml/v3"
+
 	"github.com/synbak/synbak/internal/config"
 	"github.com/synbak/synbak/internal/repo"
 	"github.com/synbak/synbak/internal/storage"
@@ -91,4 +93,39 @@ func openRepo(ctx context.Context, cfg *config.Config, create bool) (*repo.Repo,
 		return r, err
 	}
 	return repo.Open(ctx, b, repoOptions(cfg))
+}
+
+// walFetchRepoConfig is the repository section restore_command's wal-fetch
+// needs, for repositories other than a local directory (restore.Options
+// RepoConfig): the S3 location with the credentials resolved (wal-fetch runs
+// as the server's OS user, which may not read the files or environment they
+// came from). It holds the secret: the restore writes it 0600.
+func walFetchRepoConfig(cfg *config.Config) (string, error) {
+	if cfg.Repository.URL == "" {
+		return "", nil
+	}
+	id, secret, err := cfg.Repository.S3Credentials(os.LookupEnv)
+	if err != nil {
+		return "", err
+	}
+	s := cfg.Repository.S3
+	type s3Section struct {
+		Endpoint        string `yaml:"endpoint"`
+		Region          string `yaml:"region,omitempty"`
+		AccessKeyID     string `yaml:"access_key_id,omitempty"`
+		SecretAccessKey string `yaml:"secret_access_key,omitempty"`
+		Insecure        bool   `yaml:"insecure"`
+		PathStyle       bool   `yaml:"path_style"`
+	}
+	type repoSection struct {
+		URL string    `yaml:"url"`
+		S3  s3Section `yaml:"s3"`
+	}
+	b, err := yaml.Marshal(map[string]repoSection{"repository": {URL: cfg.Repository.URL, S3: s3Section{
+		Endpoint: s.Endpoint, Region: s.Region, AccessKeyID: id, SecretAccessKey: secret, Insecure: s.Insecure, PathStyle: s.PathStyle,
+	}}})
+	if err != nil {
+		return "", err
+	}
+	return string(b), nil
 }
