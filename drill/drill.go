@@ -32,6 +32,8 @@ type Options struct {
 	// RepoPath and RepoConfig say where restore_command finds the
 	// repository (see restore.Options).
 	RepoPath, RepoConfig string
+	// Identity is the age identity file's content (encrypted repositories).
+	Identity []byte
 	// ScratchDir is where the scratch directory is made (default the
 	// system's temporary directory); the server's OS user must be able to
 	// traverse it.
@@ -93,7 +95,7 @@ func Run(ctx context.Context, opts Options) (Report, error) {
 	}
 	start := time.Now()
 	rr, err := restore.Run(ctx, restore.Options{
-		Repo: opts.Repo, RepoPath: opts.RepoPath, RepoConfig: opts.RepoConfig, Target: restore.Point{Latest: true},
+		Repo: opts.Repo, RepoPath: opts.RepoPath, RepoConfig: opts.RepoConfig, Identity: opts.Identity, Target: restore.Point{Latest: true},
 		PGData: filepath.Join(dir, "data"), WorkDir: filepath.Join(dir, "work"),
 		Executable: opts.Executable, BinDir: opts.BinDir, Log: opts.Log, Progress: opts.Progress,
 		KeepFailed: opts.Keep,

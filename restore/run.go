@@ -37,6 +37,10 @@ type Options struct {
 	// for repositories that are not a local directory; it may hold
 	// credentials and is written 0600 for the server's OS user.
 	RepoConfig string
+	// Identity is the content of the age identity file of an encrypted
+	// repository: restore_command's wal-fetch gets a copy (0600, for the
+	// server's OS user) in the work directory.
+	Identity []byte
 	Target   Point
 	// PGData is the new data directory: missing or empty.
 	PGData string
@@ -440,12 +444,22 @@ func Run(ctx context.Context, opts Options) (rep Report, err error) {
 		return rep, err
 	}
 	restoreCommand := fmt.Sprintf("%s -c %s wal-fetch %%f %%p", shellQuote(exe), shellQuote(cfgFile))
+	var fetchEnv []string
+	if len(opts.Identity) > 0 {
+		idFile := filepath.Join(opts.WorkDir, "identity.txt")
+		if err := x.writeFile(idFile, opts.Identity, 0o600); err != nil {
+			return rep, err
+		}
+		fetchEnv = []string{identityEnv + "=" + idFile}
+		restoreCommand = identityEnv + "=" + shellQuote(idFile) + " " + restoreCommand
+	}
 	// Check, as the server's user, that restore_command works: fetch the
 	// first segment the recovery needs.
 	b := plan.Backup()
 	probe := filepath.Join(stateDir, "probe")
 	cmd := exec.CommandContext(ctx, exe, "-c", cfgFile, "wal-fetch", plan.FirstSegment, probe)
 	asOwner(cmd, owner)
+	cmd.Env = append(cmd.Env, fetchEnv...)
 	if out, err := cmd.CombinedOutput(); err != nil {
 		who := "this user"
 		if owner != nil {
@@ -573,6 +587,10 @@ func Run(ctx context.Context, opts Options) (rep Report, err error) {
 	}
 	return rep, nil
 }
+
+// identityEnv gives wal-fetch the identity file of an encrypted repository
+// (repository.encryption.identity_file).
+const identityEnv = "SYNBAK_REPOSITORY_ENCRYPTION_IDENTITY_FILE"
 
 func yamlQuote(s string) string {
 	return `"` + strings.NewReplacer(`\`, `\\`, `"`, `\"`).Replace(s) + `"`

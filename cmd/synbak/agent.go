@@ -131,7 +131,11 @@ func runAgent(ctx context.Context, cfg *config.Config) error {
 			if err != nil {
 				return agent.DrillResult{}, err
 			}
-			rep, err := drill.Run(ctx, drill.Options{Repo: r, RepoPath: cfg.Repository.Path, RepoConfig: repoCfg, ScratchDir: cfg.Drill.ScratchDir, Log: dlog})
+			identity, err := identityBytes(cfg)
+			if err != nil {
+				return agent.DrillResult{}, err
+			}
+			rep, err := drill.Run(ctx, drill.Options{Repo: r, RepoPath: cfg.Repository.Path, RepoConfig: repoCfg, Identity: identity, ScratchDir: cfg.Drill.ScratchDir, Log: dlog})
 			return agent.DrillResult{OK: rep.OK, Problems: rep.Problems, Seconds: rep.RTOSeconds}, err
 		}}
 		opts.Components = append(opts.Components, agent.Component{Name: "drill", Run: opts.Drills.Run})

@@ -22,6 +22,7 @@ import (
 	"testing"
 	"time"
 
+	"filippo.io/age"
 	"github.com/jackc/pglogrepl"
 
 	"github.com/synbak/synbak/agent"
@@ -81,17 +82,30 @@ func newAgentSite(t *testing.T) *agentSite {
 	return s
 }
 
-// useS3 puts the repository in a bucket of a versitygw started for the test.
-func (s *agentSite) useS3(t *testing.T) {
+// useS3 puts the repository in a bucket of a versitygw started for the
+// test, encrypted with a new age key; it returns the directory versitygw
+// stores the bucket in.
+func (s *agentSite) useS3(t *testing.T) string {
 	t.Helper()
 	srv := s3test.Start(t)
 	bucket := srv.NewBucket(t)
+	id, err := age.GenerateX25519Identity()
+	if err != nil {
+		t.Fatal(err)
+	}
+	idFile := filepath.Join(t.TempDir(), "synbak.age")
+	if err := os.WriteFile(idFile, []byte(id.String()+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
 	s.repoDir = ""
 	s.repoEnv = []string{
 		"SYNBAK_REPOSITORY_URL=s3://" + bucket + "/homeserver", "SYNBAK_REPOSITORY_S3_ENDPOINT=" + srv.Endpoint,
 		"SYNBAK_REPOSITORY_S3_INSECURE=true", "SYNBAK_REPOSITORY_S3_ACCESS_KEY_ID=" + s3test.AccessKey,
 		"SYNBAK_REPOSITORY_S3_SECRET_ACCESS_KEY=" + s3test.SecretKey,
+		"SYNBAK_REPOSITORY_ENCRYPTION_RECIPIENTS=" + id.Recipient().String(),
+		"SYNBAK_REPOSITORY_ENCRYPTION_IDENTITY_FILE=" + idFile,
 	}
+	return filepath.Join(srv.Dir, bucket)
 }
 
 // writeHomeserver replaces homeserver.yaml the way editors and config
@@ -383,14 +397,36 @@ func TestAgentEndToEnd(t *testing.T) {
 }
 
 // TestAgentEndToEndS3 is TestAgentEndToEnd with the repository in an
-// S3 bucket (versitygw on loopback), restored with only its settings.
+// S3 bucket (versitygw on loopback), encrypted, restored on a "new machine"
+// with only the repository settings and the identity file.
 func TestAgentEndToEndS3(t *testing.T) {
 	if testing.Short() {
 		t.Skip("needs PostgreSQL (skipped with -short)")
 	}
 	s := newAgentSite(t)
-	s.useS3(t)
+	bucketDir := s.useS3(t)
 	agentEndToEnd(t, s)
+	// Nothing in the bucket is readable without the key: not the
+	// database password of homeserver.yaml, not the signing key.
+	seed := base64.RawStdEncoding.EncodeToString(s.seed)
+	n := 0
+	err := filepath.Walk(bucketDir, func(p string, fi os.FileInfo, err error) error {
+		if err != nil || !fi.Mode().IsRegular() {
+			return err
+		}
+		n++
+		b, err := os.ReadFile(p)
+		if err != nil {
+			return err
+		}
+		if bytes.Contains(b, []byte("secret-password")) || bytes.Contains(b, []byte(seed)) {
+			t.Errorf("%s holds a secret in clear", p)
+		}
+		return nil
+	})
+	if err != nil || n < 10 {
+		t.Fatalf("walked %d objects in %s: %v", n, bucketDir, err)
+	}
 }
 
 func agentEndToEnd(t *testing.T, s *agentSite) {

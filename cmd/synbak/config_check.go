@@ -48,6 +48,14 @@ func runConfigCheck(w io.Writer, cfg *config.Config) error {
 	}
 	p("  repository:            %s\n", repoDesc)
 	p("  compression:           %s (zstd level %d)\n", cfg.Repository.Compression, cfg.Repository.ZstdLevel)
+	if enc := cfg.Repository.Encryption; len(enc.Recipients) > 0 {
+		p("  encryption:            age, %d recipient(s); identity_file %s\n", len(enc.Recipients), identityOrNone(enc.IdentityFile))
+	} else {
+		p("  encryption:            none\n")
+		p("  WARNING: the repository is not encrypted: config snapshots, the signing key and homeserver.yaml's\n" +
+			"           database password are stored in clear. Set repository.encryption.recipients (age public keys)\n" +
+			"           when creating a repository on storage others can read.\n")
+	}
 	p("  state_dir:             %s\n", cfg.StateDir)
 	p("  postgres.slot:         %s\n", cfg.Postgres.Slot)
 	if cfg.Postgres.DSN != "" {
@@ -113,3 +121,10 @@ func runConfigCheck(w io.Writer, cfg *config.Config) error {
 }
 
 var _ = synapse.Load
+
+func identityOrNone(s string) string {
+	if s == "" {
+		return "(none: restores and wal-fetch need one)"
+	}
+	return s
+}

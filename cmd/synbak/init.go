@@ -38,14 +38,22 @@ func runInit(ctx context.Context, w io.Writer, cfg *config.Config) error {
 	if err != nil {
 		return err
 	}
-	r, created, err := repo.Init(ctx, b, repoOptions(cfg))
+	opts, err := repoOptions(cfg)
 	if err != nil {
 		return err
 	}
+	r, created, err := repo.Init(ctx, b, opts)
+	if err != nil {
+		return err
+	}
+	how := "not encrypted"
+	if r.Meta().Encrypted {
+		how = "encrypted with age"
+	}
 	if created {
-		fmt.Fprintf(w, "created repository %s\n", b)
+		fmt.Fprintf(w, "created repository %s (%s)\n", b, how)
 	} else {
-		fmt.Fprintf(w, "repository %s already exists\n", b)
+		fmt.Fprintf(w, "repository %s already exists (%s)\n", b, how)
 	}
 	src, err := postgresSource(cfg, nil)
 	if err != nil {

@@ -4,8 +4,10 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"strings"
 	"time"
 
+	"filippo.io/age"
 	"go.yaml.in/yaml/v3"
 
 	"github.com/synbak/synbak/internal/config"
@@ -78,8 +80,39 @@ func openS3(ctx context.Context, cfg *config.Config) (storage.Backend, error) {
 	}), nil
 }
 
-func repoOptions(cfg *config.Config) repo.Options {
-	return repo.Options{Compression: cfg.Repository.Compression, ZstdLevel: cfg.Repository.ZstdLevel}
+func repoOptions(cfg *config.Config) (repo.Options, error) {
+	opts := repo.Options{Compression: cfg.Repository.Compression, ZstdLevel: cfg.Repository.ZstdLevel}
+	enc := cfg.Repository.Encryption
+	if len(enc.Recipients) > 0 {
+		rs, err := age.ParseRecipients(strings.NewReader(strings.Join(enc.Recipients, "\n")))
+		if err != nil {
+			return opts, fmt.Errorf("%w: repository.encryption.recipients: %v (an age public key looks like age1...; make one with age-keygen)", config.ErrInvalid, err)
+		}
+		opts.Recipients = rs
+	}
+	if enc.IdentityFile != "" {
+		ids, err := readIdentityFile(enc.IdentityFile)
+		if err != nil {
+			return opts, err
+		}
+		opts.Identities = ids
+	}
+	return opts, nil
+}
+
+// readIdentityFile parses an age identity file (age-keygen's output). Its
+// content never appears in errors.
+func readIdentityFile(path string) ([]age.Identity, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, fmt.Errorf("repository.encryption.identity_file: %w", err)
+	}
+	defer f.Close()
+	ids, err := age.ParseIdentities(f)
+	if err != nil {
+		return nil, fmt.Errorf("%w: repository.encryption.identity_file %s holds no valid age identity (a line AGE-SECRET-KEY-1..., as age-keygen writes)", config.ErrInvalid, path)
+	}
+	return ids, nil
 }
 
 // openRepo opens an existing repository; create makes a missing one.
@@ -88,11 +121,15 @@ func openRepo(ctx context.Context, cfg *config.Config, create bool) (*repo.Repo,
 	if err != nil {
 		return nil, err
 	}
+	opts, err := repoOptions(cfg)
+	if err != nil {
+		return nil, err
+	}
 	if create {
-		r, _, err := repo.Init(ctx, b, repoOptions(cfg))
+		r, _, err := repo.Init(ctx, b, opts)
 		return r, err
 	}
-	return repo.Open(ctx, b, repoOptions(cfg))
+	return repo.Open(ctx, b, opts)
 }
 
 // walFetchRepoConfig is the repository section restore_command's wal-fetch
@@ -128,4 +165,17 @@ func walFetchRepoConfig(cfg *config.Config) (string, error) {
 		return "", err
 	}
 	return string(b), nil
+}
+
+// identityBytes is the identity file's content for restore_command (nil
+// when none is configured).
+func identityBytes(cfg *config.Config) ([]byte, error) {
+	if cfg.Repository.Encryption.IdentityFile == "" {
+		return nil, nil
+	}
+	b, err := os.ReadFile(cfg.Repository.Encryption.IdentityFile)
+	if err != nil {
+		return nil, fmt.Errorf("repository.encryption.identity_file: %w", err)
+	}
+	return b, nil
 }

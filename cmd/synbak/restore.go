@@ -164,9 +164,13 @@ func runRestore(ctx context.Context, cfg *config.Config, f restoreFlags, target 
 	if err != nil {
 		return err
 	}
+	identity, err := identityBytes(cfg)
+	if err != nil {
+		return err
+	}
 	opts := restore.Options{
-		RepoConfig: repoCfg,
-		Repo:       r, RepoPath: cfg.Repository.Path, Target: target,
+		RepoConfig: repoCfg, Identity: identity,
+		Repo: r, RepoPath: cfg.Repository.Path, Target: target,
 		PGData: f.pgdata, MediaDir: f.mediaDir, ConfigDir: f.configDir, NewSigningKey: f.newKey, Port: f.port, BinDir: f.pgBinDir,
 		LeaveRunning: f.leaveRunning, KeepFailed: f.keepFailed, Log: log,
 	}

@@ -51,6 +51,8 @@ type Repository struct {
 	URL string `mapstructure:"url"`
 	// S3 configures the S3-compatible server of an s3:// URL.
 	S3 S3 `mapstructure:"s3"`
+	// Encryption encrypts the repository at rest (age).
+	Encryption Encryption `mapstructure:"encryption"`
 	// Compression is "zstd" (smallest), "s2" (fastest: for WAL-heavy
 	// servers on few cores) or "none".
 	Compression string `mapstructure:"compression"`
@@ -93,6 +95,17 @@ func (s S3) String() string {
 
 // GoString is String, for %#v.
 func (s S3) GoString() string { return "config.S3" + s.String() }
+
+// Encryption configures age encryption of the repository.
+type Encryption struct {
+	// Recipients are age public keys ("age1..."); what is written is
+	// encrypted to all of them (an offline key can be one). Set when the
+	// repository is created, it makes the repository encrypted for good.
+	Recipients []string `mapstructure:"recipients"`
+	// IdentityFile holds the age identity (secret key) that reads the
+	// repository (restore, wal-fetch, verify, drill).
+	IdentityFile string `mapstructure:"identity_file"`
+}
 
 // Postgres overrides or complements the connection found in homeserver.yaml.
 type Postgres struct {
@@ -249,6 +262,8 @@ func Defaults() map[string]any {
 		"repository.s3.secret_access_key_file": "",
 		"repository.s3.insecure":               false,
 		"repository.s3.path_style":             true,
+		"repository.encryption.recipients":     []string{},
+		"repository.encryption.identity_file":  "",
 	}
 }
 

@@ -16,10 +16,12 @@ import (
 //
 //	offset  size  field
 //	0       8     magic "SYNBAK\x00\x01" (the last byte is the format version)
-//	8       1     codec: 0 = none, 1 = zstd, 2 = s2; 3 and up are reserved (e.g. encryption)
+//	8       1     codec: 0 = none, 1 = zstd, 2 = s2; | 0x80 when the payload is
+//	              age-encrypted (after compression; see crypt.go)
 //	9       4     A = length of the attributes block, big-endian uint32 (at most 1 MiB)
 //	13      A     attributes: a JSON object of string to string ("{}" when empty)
-//	13+A    P     payload: codec(plaintext); with codec none, the plaintext itself
+//	13+A    P     payload: codec(plaintext), or age(codec(plaintext)); with codec
+//	              none and no encryption, the plaintext itself
 //	13+A+P  32    sha256 of the plaintext
 //	45+A+P  8     plaintext length, big-endian uint64
 //	53+A+P  8     magic "SYNBKEND"
@@ -90,33 +92,34 @@ func encodeHeader(c Codec, attrs map[string]string) ([]byte, error) {
 
 // header is a parsed object header.
 type header struct {
-	codec Codec
-	attrs map[string]string
-	size  int64 // bytes the header occupies
+	codec     Codec
+	encrypted bool
+	attrs     map[string]string
+	size      int64 // bytes the header occupies
 }
 
 // parseFixedHeader checks the first fixedHeaderSize bytes and returns the
 // codec and the length of the attributes block. The returned error is a
 // reason for a corruption error.
-func parseFixedHeader(b []byte) (Codec, int, error) {
+func parseFixedHeader(b []byte) (Codec, bool, int, error) {
 	if len(b) < fixedHeaderSize {
-		return 0, 0, fmt.Errorf("header truncated (%d bytes)", len(b))
+		return 0, false, 0, fmt.Errorf("header truncated (%d bytes)", len(b))
 	}
 	if string(b[:8]) != headerMagic {
 		if string(b[:6]) == headerMagic[:6] {
-			return 0, 0, fmt.Errorf("unsupported object format version %d (this synbak reads version %d; upgrade synbak)", b[7], headerMagic[7])
+			return 0, false, 0, fmt.Errorf("unsupported object format version %d (this synbak reads version %d; upgrade synbak)", b[7], headerMagic[7])
 		}
-		return 0, 0, fmt.Errorf("bad header magic %q", b[:8])
+		return 0, false, 0, fmt.Errorf("bad header magic %q", b[:8])
 	}
-	c := Codec(b[8])
+	c, encrypted := Codec(b[8]&^flagEncrypted), b[8]&flagEncrypted != 0
 	if c != CodecNone && c != CodecZstd && c != CodecS2 {
-		return 0, 0, fmt.Errorf("unknown codec %d", b[8])
+		return 0, false, 0, fmt.Errorf("unknown codec %d", b[8])
 	}
 	n := binary.BigEndian.Uint32(b[9:13])
 	if n > maxAttrsSize {
-		return 0, 0, fmt.Errorf("attributes block of %d bytes exceeds the limit of %d", n, maxAttrsSize)
+		return 0, false, 0, fmt.Errorf("attributes block of %d bytes exceeds the limit of %d", n, maxAttrsSize)
 	}
-	return c, int(n), nil
+	return c, encrypted, int(n), nil
 }
 
 func parseAttrs(b []byte) (map[string]string, error) {
@@ -133,7 +136,7 @@ func readHeader(r io.Reader) (header, error) {
 	if _, err := io.ReadFull(r, fixed[:]); err != nil {
 		return header{}, noEOF(err)
 	}
-	c, n, err := parseFixedHeader(fixed[:])
+	c, encrypted, n, err := parseFixedHeader(fixed[:])
 	if err != nil {
 		return header{}, err
 	}
@@ -145,7 +148,7 @@ func readHeader(r io.Reader) (header, error) {
 	if err != nil {
 		return header{}, err
 	}
-	return header{codec: c, attrs: attrs, size: int64(fixedHeaderSize + n)}, nil
+	return header{codec: c, encrypted: encrypted, attrs: attrs, size: int64(fixedHeaderSize + n)}, nil
 }
 
 // noEOF turns an end of stream into io.ErrUnexpectedEOF.

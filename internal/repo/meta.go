@@ -44,6 +44,9 @@ type Meta struct {
 	SystemID string `json:"system_id"`
 	// Seq is the version number of this metadata.
 	Seq int `json:"seq"`
+	// Encrypted says that every object but the metadata is encrypted
+	// (crypt.go); fixed when the repository is created.
+	Encrypted bool `json:"encrypted,omitempty"`
 }
 
 func metaName(seq int) string { return fmt.Sprintf("%s%010d%s", metaPrefix, seq, metaSuffix) }
@@ -58,13 +61,16 @@ func Init(ctx context.Context, b storage.Backend, opts Options) (r *Repo, create
 	for range maxRetries {
 		m, err := r.loadMeta(ctx)
 		if err == nil {
+			if err := r.checkEncryption(m); err != nil {
+				return nil, false, err
+			}
 			r.setMeta(m)
 			return r, false, nil
 		}
 		if !IsNotInitialized(err) {
 			return nil, false, err
 		}
-		m = Meta{FormatVersion: FormatVersion, Created: time.Now().UTC(), Seq: 1}
+		m = Meta{FormatVersion: FormatVersion, Created: time.Now().UTC(), Seq: 1, Encrypted: len(r.recipients) > 0}
 		err = r.putMeta(ctx, m)
 		if err == nil {
 			r.setMeta(m)
@@ -88,6 +94,9 @@ func Open(ctx context.Context, b storage.Backend, opts Options) (*Repo, error) {
 	}
 	m, err := r.loadMeta(ctx)
 	if err != nil {
+		return nil, err
+	}
+	if err := r.checkEncryption(m); err != nil {
 		return nil, err
 	}
 	r.setMeta(m)
@@ -166,8 +175,14 @@ var errMetaVanished = errors.New("repository metadata changed while reading")
 
 // loadMeta returns the newest valid metadata version.
 func (r *Repo) loadMeta(ctx context.Context) (Meta, error) {
-	for range maxRetries {
+	for i := range maxRetries {
 		m, err := r.loadMetaOnce(ctx)
+		// A directory listing is not atomic: one that runs while a new
+		// version is linked and the old one deleted can see neither. An
+		// empty listing is believed only when it repeats.
+		if IsNotInitialized(err) && i < 2 {
+			continue
+		}
 		if !errors.Is(err, errMetaVanished) {
 			return m, err
 		}

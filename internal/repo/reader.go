@@ -50,9 +50,21 @@ func (r *Repo) Get(ctx context.Context, name string) (*Reader, error) {
 		return nil, r.corrupt(name, err)
 	}
 	rd := &Reader{r: r, name: name, body: body, hdr: hdr, hold: hold, src: hold, h: sha256.New()}
+	var payload io.Reader = hold
+	if hdr.encrypted {
+		dr, err := r.decryptFrom(name, hold)
+		if err != nil {
+			body.Close()
+			if IsEncryption(err) || (track.err != nil && track.is(err)) {
+				return nil, fmt.Errorf("get %s: %w", name, err)
+			}
+			return nil, r.corrupt(name, err)
+		}
+		payload, rd.src = dr, dr
+	}
 	if hdr.codec == CodecZstd {
 		// Concurrency 1 decodes synchronously: no goroutines to leak.
-		dec, err := zstd.NewReader(hold, zstd.WithDecoderConcurrency(1), zstd.WithDecoderMaxWindow(128<<20))
+		dec, err := zstd.NewReader(payload, zstd.WithDecoderConcurrency(1), zstd.WithDecoderMaxWindow(128<<20))
 		if err != nil {
 			body.Close()
 			return nil, fmt.Errorf("get %s: zstd: %w", name, err)
@@ -60,7 +72,7 @@ func (r *Repo) Get(ctx context.Context, name string) (*Reader, error) {
 		rd.dec, rd.src = dec, dec
 	}
 	if hdr.codec == CodecS2 {
-		rd.src = s2.NewReader(hold)
+		rd.src = s2.NewReader(payload)
 	}
 	return rd, nil
 }
