@@ -15,8 +15,10 @@ import (
 	"hash"
 	"io"
 	"log/slog"
+	"strings"
 	"sync"
 
+	"filippo.io/age"
 	"github.com/klauspost/compress/s2"
 	"github.com/klauspost/compress/zstd"
 
@@ -34,6 +36,13 @@ type Options struct {
 	// Logger receives warnings (e.g. a skipped damaged metadata version).
 	// nil discards them.
 	Logger *slog.Logger
+	// Recipients encrypt what is written (crypt.go). Init records that a
+	// new repository is encrypted when they are set; an encrypted
+	// repository refuses writes without them, an unencrypted one refuses
+	// them.
+	Recipients []age.Recipient
+	// Identities decrypt what is read from an encrypted repository.
+	Identities []age.Identity
 }
 
 func (o Options) codec() (Codec, zstd.EncoderLevel, error) {
@@ -65,6 +74,9 @@ type Repo struct {
 	level zstd.EncoderLevel
 	log   *slog.Logger
 
+	recipients []age.Recipient
+	identities []age.Identity
+
 	mu   sync.Mutex
 	meta Meta
 
@@ -86,7 +98,7 @@ func newRepo(b storage.Backend, opts Options) (*Repo, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	return &Repo{b: b, codec: c, level: level, log: log.With("component", "repo")}, nil
+	return &Repo{b: b, codec: c, level: level, log: log.With("component", "repo"), recipients: opts.Recipients, identities: opts.Identities}, nil
 }
 
 // Backend returns the storage backend.
@@ -112,6 +124,9 @@ type putConfig struct {
 	codec    Codec
 	level    zstd.EncoderLevel
 	encoders *sync.Map
+	cache    *EncoderCache // WithEncoderCache; nil: the pool in encoders
+	// recipients, when set, encrypt the payload (an encrypted repository).
+	recipients []age.Recipient
 }
 
 // Uncompressed stores the payload as is, for data that is already
@@ -144,7 +159,15 @@ func (r *Repo) Put(ctx context.Context, name string, rd io.Reader, attrs map[str
 	if err := storage.ValidName(name); err != nil {
 		return PutResult{}, err
 	}
-	hdr, err := encodeHeader(cfg.codec, attrs)
+	flags := byte(0)
+	if r.Meta().Encrypted && !strings.HasPrefix(name, metaPrefix) {
+		if len(r.recipients) == 0 {
+			return PutResult{}, fmt.Errorf("put %s: %w: repository %s is encrypted, and writing needs its recipients: set repository.encryption.recipients", name, ErrEncryption, r.b)
+		}
+		cfg.recipients = r.recipients
+		flags = flagEncrypted
+	}
+	hdr, err := encodeHeader(Codec(byte(cfg.codec)|flags), attrs)
 	if err != nil {
 		return PutResult{}, fmt.Errorf("put %s: %w", name, err)
 	}
@@ -206,11 +229,25 @@ func frame(ctx context.Context, w io.Writer, rd io.Reader, hdr []byte, cfg putCo
 		return 0, sum, err
 	}
 	h := sha256.New()
-	var payload io.Writer = w
+	// sink receives the payload: w itself, or an age stream into w.
+	var sink io.Writer = w
+	var ew io.WriteCloser
+	if len(cfg.recipients) > 0 {
+		var err error
+		if ew, err = encryptTo(w, cfg.recipients); err != nil {
+			return 0, sum, err
+		}
+		sink = ew
+	}
+	var payload io.Writer = sink
 	var enc *zstd.Encoder
 	if cfg.codec == CodecZstd {
 		var err error
-		enc, err = getEncoder(cfg.encoders, w, cfg.level)
+		if cfg.cache != nil {
+			enc, err = cfg.cache.getZstd(sink, cfg.level)
+		} else {
+			enc, err = getEncoder(cfg.encoders, sink, cfg.level)
+		}
 		if err != nil {
 			return 0, sum, fmt.Errorf("zstd: %w", err)
 		}
@@ -218,16 +255,29 @@ func frame(ctx context.Context, w io.Writer, rd io.Reader, hdr []byte, cfg putCo
 	}
 	var s2w *s2.Writer
 	if cfg.codec == CodecS2 {
-		s2w = getS2Writer(cfg.encoders, w)
+		if cfg.cache != nil {
+			s2w = cfg.cache.getS2(sink)
+		} else {
+			s2w = getS2Writer(cfg.encoders, sink)
+		}
 		payload = s2w
 	}
-	n, err := copyHashed(ctx, payload, h, rd)
+	var buf []byte
+	if cfg.cache != nil {
+		buf = cfg.cache.getBuf()
+		defer cfg.cache.putBuf(buf)
+	} else {
+		buf = make([]byte, copyBufSize)
+	}
+	n, err := copyHashed(ctx, payload, h, rd, buf)
 	if s2w != nil {
 		cerr := s2w.Close()
 		if err == nil && cerr != nil {
 			err = cerr
 		}
-		if cerr == nil {
+		if cerr == nil && cfg.cache != nil {
+			cfg.cache.putS2(s2w)
+		} else if cerr == nil {
 			putS2Writer(cfg.encoders, s2w)
 		}
 	}
@@ -236,9 +286,14 @@ func frame(ctx context.Context, w io.Writer, rd io.Reader, hdr []byte, cfg putCo
 		if err == nil && cerr != nil {
 			err = cerr
 		}
-		if cerr == nil {
+		if cerr == nil && cfg.cache != nil {
+			cfg.cache.putZstd(enc, cfg.level)
+		} else if cerr == nil {
 			putEncoder(cfg.encoders, enc, cfg.level)
 		}
+	}
+	if ew != nil && err == nil {
+		err = ew.Close()
 	}
 	if err != nil {
 		return n, sum, err
@@ -250,9 +305,11 @@ func frame(ctx context.Context, w io.Writer, rd io.Reader, hdr []byte, cfg putCo
 	return n, sum, nil
 }
 
-// copyHashed copies rd to w and h, checking ctx between chunks.
-func copyHashed(ctx context.Context, w io.Writer, h hash.Hash, rd io.Reader) (int64, error) {
-	buf := make([]byte, 256<<10)
+// copyBufSize is the chunk size in which Put reads the plaintext.
+const copyBufSize = 256 << 10
+
+// copyHashed copies rd to w and h through buf, checking ctx between chunks.
+func copyHashed(ctx context.Context, w io.Writer, h hash.Hash, rd io.Reader, buf []byte) (int64, error) {
 	var n int64
 	for {
 		if err := ctx.Err(); err != nil {
@@ -297,6 +354,8 @@ type Info struct {
 	SHA256 string
 	// Codec is how the payload is stored.
 	Codec Codec
+	// Encrypted is true when the payload is age-encrypted.
+	Encrypted bool
 	// Attrs are the attributes given to Put (never nil).
 	Attrs map[string]string
 }
@@ -324,7 +383,7 @@ func (r *Repo) Stat(ctx context.Context, name string) (Info, error) {
 	if err != nil {
 		return Info{}, err
 	}
-	c, alen, err := parseFixedHeader(hb)
+	c, encrypted, alen, err := parseFixedHeader(hb)
 	if err != nil {
 		return Info{}, r.corrupt(name, err)
 	}
@@ -344,10 +403,10 @@ func (r *Repo) Stat(ctx context.Context, name string) (Info, error) {
 		return Info{}, r.corrupt(name, err)
 	}
 	payload := oi.Size - hsize - trailerSize
-	if c == CodecNone && payload != tr.size {
+	if c == CodecNone && !encrypted && payload != tr.size {
 		return Info{}, r.corrupt(name, fmt.Errorf("payload is %d bytes, trailer says %d", payload, tr.size))
 	}
-	return Info{Name: name, StoredSize: oi.Size, Size: tr.size, SHA256: hexSum(tr.sum), Codec: c, Attrs: attrs}, nil
+	return Info{Name: name, StoredSize: oi.Size, Size: tr.size, SHA256: hexSum(tr.sum), Codec: c, Encrypted: encrypted, Attrs: attrs}, nil
 }
 
 // readRange reads exactly length bytes at offset; a short object is corrupt.
@@ -397,6 +456,10 @@ func getEncoder(pools *sync.Map, w io.Writer, level zstd.EncoderLevel) (*zstd.En
 		e.Reset(w)
 		return e, nil
 	}
+	return newZstdEncoder(w, level)
+}
+
+func newZstdEncoder(w io.Writer, level zstd.EncoderLevel) (*zstd.Encoder, error) {
 	return zstd.NewWriter(w, zstd.WithEncoderLevel(level), zstd.WithEncoderConcurrency(1), zstd.WithWindowSize(1<<20))
 }
 
@@ -416,8 +479,10 @@ func getS2Writer(pools *sync.Map, w io.Writer) *s2.Writer {
 		e.Reset(w)
 		return e
 	}
-	return s2.NewWriter(w, s2.WriterConcurrency(1))
+	return newS2Writer(w)
 }
+
+func newS2Writer(w io.Writer) *s2.Writer { return s2.NewWriter(w, s2.WriterConcurrency(1)) }
 
 func putS2Writer(pools *sync.Map, e *s2.Writer) {
 	e.Reset(nil)

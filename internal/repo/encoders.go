@@ -1,0 +1,114 @@
+package repo
+
+import (
+	"io"
+	"sync"
+
+	"github.com/klauspost/compress/s2"
+	"github.com/klauspost/compress/zstd"
+)
+
+// The cache's compressors are sized for a caller that runs several Puts at
+// once within a memory budget (the WAL receiver: 32 MB peak RSS during
+// catch-up): half the zstd window and s2 block size of the repository's
+// default ones. On WAL (bench/walstream's mixed pgbench and Synapse-like
+// data) that costs almost nothing in ratio; the output is the same format,
+// decoded like any other.
+const (
+	cacheZstdWindow = 512 << 10
+	cacheS2Block    = 512 << 10
+)
+
+// EncoderCache keeps compressors and copy buffers for Put between calls,
+// at most max of each kind, for a caller that stores many objects in a row
+// with a bounded number of concurrent Puts (the WAL uploader).
+//
+// The repository's own pool is a sync.Pool: every garbage collection
+// empties it, and a compressor put back on one P is not found by a Put
+// running on another, so a steady stream of Puts keeps allocating new
+// encoders (each several MB with zstd) and the heap grows well past what is
+// in use. A cache holds exactly what its owner uses.
+type EncoderCache struct {
+	max int
+
+	mu   sync.Mutex
+	zstd map[zstd.EncoderLevel][]*zstd.Encoder
+	s2   []*s2.Writer
+	bufs [][]byte
+}
+
+// NewEncoderCache returns a cache keeping at most max compressors of each
+// codec and level (use the caller's number of concurrent Puts).
+func NewEncoderCache(max int) *EncoderCache {
+	return &EncoderCache{max: max, zstd: map[zstd.EncoderLevel][]*zstd.Encoder{}}
+}
+
+// WithEncoderCache makes Put take its compressor and copy buffer from c and
+// give them back there.
+func WithEncoderCache(c *EncoderCache) PutOption {
+	return func(cfg *putConfig) { cfg.cache = c }
+}
+
+func (c *EncoderCache) getZstd(w io.Writer, level zstd.EncoderLevel) (*zstd.Encoder, error) {
+	c.mu.Lock()
+	free := c.zstd[level]
+	if n := len(free); n > 0 {
+		e := free[n-1]
+		c.zstd[level] = free[:n-1]
+		c.mu.Unlock()
+		e.Reset(w)
+		return e, nil
+	}
+	c.mu.Unlock()
+	return zstd.NewWriter(w, zstd.WithEncoderLevel(level), zstd.WithEncoderConcurrency(1), zstd.WithWindowSize(cacheZstdWindow))
+}
+
+func (c *EncoderCache) putZstd(e *zstd.Encoder, level zstd.EncoderLevel) {
+	e.Reset(nil)
+	c.mu.Lock()
+	if len(c.zstd[level]) < c.max {
+		c.zstd[level] = append(c.zstd[level], e)
+	}
+	c.mu.Unlock()
+}
+
+func (c *EncoderCache) getS2(w io.Writer) *s2.Writer {
+	c.mu.Lock()
+	if n := len(c.s2); n > 0 {
+		e := c.s2[n-1]
+		c.s2 = c.s2[:n-1]
+		c.mu.Unlock()
+		e.Reset(w)
+		return e
+	}
+	c.mu.Unlock()
+	return s2.NewWriter(w, s2.WriterConcurrency(1), s2.WriterBlockSize(cacheS2Block))
+}
+
+func (c *EncoderCache) putS2(e *s2.Writer) {
+	e.Reset(nil)
+	c.mu.Lock()
+	if len(c.s2) < c.max {
+		c.s2 = append(c.s2, e)
+	}
+	c.mu.Unlock()
+}
+
+func (c *EncoderCache) getBuf() []byte {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if n := len(c.bufs); n > 0 {
+		b := c.bufs[n-1]
+		c.bufs = c.bufs[:n-1]
+		return b
+	}
+	return make([]byte, copyBufSize)
+}
+
+func (c *EncoderCache) putBuf(b []byte) {
+	c.mu.Lock()
+	if len(c.bufs) < c.max {
+		c.bufs = append(c.bufs, b)
+	}
+	c.mu.Unlock()
+}
