@@ -12,6 +12,10 @@
 //	                                        audio and archives, zstd otherwise
 //	media/index/<seq 12 digits>.jsonl       a batch of index events, one JSON object a line:
 //	                                        {path, sha256, size, mtime, first_seen, event, at}
+//	media/index/snapshot-<gen 8>-<last 12>.jsonl
+//	                                        a compacted index: every event of the batches it
+//	                                        holds, each batch behind a header line
+//	                                        {"batch":seq,"batch_sha256":…,"events":n}
 //
 // path is relative to the media store ("local_content/ab/cd/efgh...");
 // event is "added" (the object named by sha256 is durable) or "deleted" (the
@@ -32,13 +36,38 @@
 // # State and restarts
 //
 // The in-memory state (path → sha256, size, mtime, deleted) is rebuilt on
-// start by reading every index batch. A file whose size and mtime match the
+// start by reading the index (its newest snapshot and the batches it does
+// not hold; see Index compaction). A file whose size and mtime match the
 // state is not copied again; a full scan at start finds whatever changed
 // while synbak was not running. A crash between a copy and its index batch
 // costs at most a re-read of those files (the object exists already: Stat
-// by checksum, no second upload). Compaction of the index into snapshot
-// objects is not done yet: loading costs one object per batch (at most one
-// a second while media arrives).
+// by checksum, no second upload).
+//
+// # Index compaction
+//
+// Batches are small and many (up to one a second while media arrives), so
+// Compact (run by Sync and after the Watcher's full scans once
+// Options.CompactAfter batches, default 1000, are outside the newest
+// snapshot) writes a snapshot holding the newest snapshot's batches and
+// every later batch, verbatim and in sequence order, and then removes what
+// it holds. A snapshot keeps the whole history, not only the current state
+// — files are never rewritten, so the history is hardly larger than the
+// state — and Set/Restore as of any time read exactly the events they read
+// before. Loading reads the snapshot with the highest generation, then the
+// batches it does not hold (merged by sequence number).
+//
+// Crash safety: a snapshot is published atomically under a new name (the
+// generation grows by one; an existing name is never overwritten: a
+// different content there is a conflict and the compaction gives up), and
+// objects are removed only after the snapshot holding them is durable,
+// batches first. A loader skips a batch object the snapshot holds (same
+// sequence number and same sha256: a removal interrupted by a crash) and
+// snapshots the newest one subsumes (listed with their sha256 in its
+// "subsumes" attribute); the next compaction removes them. A batch stored
+// by a writer that loaded the index before a compaction, under a sequence
+// number the compaction had removed, has another sha256 and is read; the
+// snapshot of a concurrent compaction that the newest does not subsume is
+// read too (its batches the newest does not hold).
 //
 // # Watching within inotify's limits
 //
@@ -74,7 +103,26 @@
 // when its size equals local_media_repository.media_length (the row is
 // inserted after the file is complete). A matching row makes a
 // local_content file complete at once, without the quiet period; a file
-// whose row never comes is copied after DBGrace. A file that changes while it is
+// whose row never comes is copied after DBGrace. When the row has a
+// sha256 (the column exists since Synapse 1.128 and is NULL for older
+// media), the file's content must have it too; otherwise it waits like a
+// file whose size does not match, until DBGrace. Thumbnails are checked
+// the same way against local_media_repository_thumbnails.thumbnail_length
+// (Synapse inserts that row after writing the thumbnail) when the checker
+// is a ThumbnailChecker (*DBLengths is). A file that changes while it is
 // copied is not stored under a wrong name: the copy fails its checksum and
 // is retried.
+//
+// # Verification against the database
+//
+// VerifyDatabase compares local_media_repository (media_length, and
+// sha256 when present) and local_media_repository_thumbnails
+// (thumbnail_length; not with dynamic_thumbnails) with the newest state of
+// the index, and lists the media and thumbnails the backup lacks (never
+// copied, or recorded as deleted from the store while the row stays) and
+// those whose backed-up size or sha256 differs. URL-preview rows (url_cache
+// set: their files are under url_cache/, which is not backed up) and
+// unfinished uploads (media_length NULL) are skipped; rows created within
+// VerifyOptions.Grace (2 min) that are not backed up yet are counted, not
+// reported. It reads the index, not the objects (repo.Verify checks those).
 package mediawatch

@@ -57,11 +57,20 @@ type Options struct {
 	MaxLeafWatches int
 	// Lengths, when set, is asked for local_media_repository.media_length
 	// before a recently modified local_content file is copied; a matching
-	// row makes the file complete without waiting for QuietPeriod.
+	// row makes the file complete without waiting for QuietPeriod. If it
+	// is also a DigestChecker, a row's sha256 (when not NULL) must match
+	// the file's too; if it is a ThumbnailChecker, local_thumbnails files
+	// are checked against local_media_repository_thumbnails.thumbnail_length
+	// the same way. *DBLengths is all three.
 	Lengths LengthChecker
 	// DBGrace is how long after its last modification a file waits for a
 	// matching database row before it is copied anyway (default 1 min).
 	DBGrace time.Duration
+	// CompactAfter is the number of index batches outside the newest
+	// snapshot from which the index is compacted (see Compact): after
+	// Sync, and after the Watcher's full scans (default 1000; negative
+	// disables).
+	CompactAfter int
 	// Logger receives progress and warnings; nil discards them.
 	Logger *slog.Logger
 	// Progress, when set, is called about twice a second during Sync.
@@ -95,6 +104,9 @@ func (o Options) withDefaults() Options {
 	}
 	if o.DBGrace <= 0 {
 		o.DBGrace = time.Minute
+	}
+	if o.CompactAfter == 0 {
+		o.CompactAfter = 1000
 	}
 	if o.Logger == nil {
 		o.Logger = slog.New(slog.DiscardHandler)
@@ -139,6 +151,9 @@ type job struct {
 	mtime     time.Time
 	firstSeen time.Time
 	deleted   bool
+	// wantSHA, when set, is the sha256 the database recorded: content
+	// that differs is not complete (yet).
+	wantSHA string
 }
 
 // engine owns the state, the pending set and the copy pipeline; Watcher
@@ -155,6 +170,7 @@ type engine struct {
 	inflight map[string]bool
 	gen      uint32
 	seq      uint64 // next index batch
+	loose    int    // index batches not in a snapshot (see Compact)
 	stats    Stats
 
 	// failFast (Sync) makes the first copy error end the pass.
@@ -178,25 +194,31 @@ func newEngine(r *repo.Repo, store string, opts Options) *engine {
 // load rebuilds the state from the index.
 func (e *engine) load(ctx context.Context) error {
 	n := 0
-	last, err := ReadIndex(ctx, e.r, func(ev Event) error {
-		n++
-		e.apply(ev)
+	err := loadIndex(ctx, e.r, func() error {
+		n = 0
+		clear(e.state)
 		return nil
+	}, func(ev Event) error {
+		n++
+		applyEvent(e.state, ev)
+		return nil
+	}, func(info indexInfo) {
+		e.seq = info.last + 1
+		e.loose = len(info.loose) + len(info.foreign)
 	})
 	if err != nil {
 		return err
 	}
-	e.seq = last + 1
-	e.log.Debug("media index loaded", "events", n, "paths", len(e.state))
+	e.log.Debug("media index loaded", "events", n, "paths", len(e.state), "batches_outside_snapshot", e.loose)
 	return nil
 }
 
-// apply records ev in the state; the caller holds mu or owns e.
-func (e *engine) apply(ev Event) {
-	st := e.state[ev.Path]
+// applyEvent records ev in state.
+func applyEvent(state map[string]*entry, ev Event) {
+	st := state[ev.Path]
 	if st == nil {
 		st = &entry{}
-		e.state[ev.Path] = st
+		state[ev.Path] = st
 	}
 	if ev.Event == Deleted {
 		st.deleted = true
@@ -447,13 +469,31 @@ func (e *engine) checkPending(ctx context.Context) (more bool) {
 		e.mu.Unlock()
 	}
 	for _, j := range dbCheck {
-		if e.lengthMatches(ctx, j) {
+		quiet := now.Sub(j.mtime) >= e.opts.QuietPeriod
+		ok, sha, err := e.dbComplete(ctx, j)
+		if err != nil {
+			// Database errors do not hold copies back beyond the quiet
+			// period, nor make a file complete before it.
+			e.log.Debug("media length query failed; copying on the quiet period alone", "file", j.path, "err", err)
+			ok, sha = quiet, ""
+		}
+		if ok {
+			j.wantSHA = sha
 			ready = append(ready, j)
 			continue
 		}
+		// In the quiet period, ask again soon (or, after an error, when it
+		// ends); after it (waiting for a row until DBGrace), every second.
+		notBefore := now.Add(e.tick())
+		switch {
+		case err != nil:
+			notBefore = j.mtime.Add(e.opts.QuietPeriod)
+		case quiet:
+			notBefore = now.Add(max(e.tick(), time.Second))
+		}
 		e.mu.Lock()
 		delete(e.inflight, j.path)
-		e.pending[j.path] = pend{firstSeen: j.firstSeen, notBefore: now.Add(e.tick())}
+		e.pending[j.path] = pend{firstSeen: j.firstSeen, notBefore: notBefore}
 		e.mu.Unlock()
 	}
 	for _, j := range ready {
@@ -468,24 +508,50 @@ func (e *engine) checkPending(ctx context.Context) (more bool) {
 
 // dbEligible says whether the database can tell whether p is complete.
 func (e *engine) dbEligible(p string) bool {
-	return e.opts.Lengths != nil && strings.HasPrefix(p, LocalContent+"/") && strings.Count(p, "/") == 3
+	if e.opts.Lengths == nil {
+		return false
+	}
+	if _, ok := contentMediaID(p); ok {
+		return true
+	}
+	if _, ok := e.opts.Lengths.(ThumbnailChecker); ok {
+		_, _, ok := thumbnailOf(p)
+		return ok
+	}
+	return false
 }
 
-// lengthMatches asks the database whether j's size is the media's length.
-// Database errors do not hold copies back.
-func (e *engine) lengthMatches(ctx context.Context, j job) bool {
-	parts := strings.Split(j.path, "/")
-	if len(parts) != 4 {
-		return true
-	}
+// dbComplete asks the database whether j is complete: its size is the
+// recorded media_length (or thumbnail_length). For content, it also
+// returns the recorded sha256 when there is one, which the copy then
+// checks.
+func (e *engine) dbComplete(ctx context.Context, j job) (complete bool, sha256hex string, err error) {
 	qctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
-	n, found, err := e.opts.Lengths.MediaLength(qctx, parts[1]+parts[2]+parts[3])
-	if err != nil {
-		e.log.Debug("media length query failed; copying on the quiet period alone", "file", j.path, "err", err)
-		return true
+	var n int64
+	var found bool
+	if id, ok := contentMediaID(j.path); ok {
+		if dc, ok := e.opts.Lengths.(DigestChecker); ok {
+			n, sha256hex, found, err = dc.MediaDigest(qctx, id)
+		} else {
+			n, found, err = e.opts.Lengths.MediaLength(qctx, id)
+		}
+	} else if id, th, ok := thumbnailOf(j.path); ok {
+		tc, ok := e.opts.Lengths.(ThumbnailChecker)
+		if !ok {
+			return true, "", nil
+		}
+		n, found, err = tc.ThumbnailLength(qctx, id, th)
+	} else {
+		return true, "", nil
 	}
-	return found && n == j.size
+	if err != nil {
+		return false, "", err
+	}
+	if len(sha256hex) != 64 {
+		sha256hex = "" // not a sha256 hex digest: not comparable
+	}
+	return found && n == j.size, sha256hex, nil
 }
 
 // runWorker copies files until jobs is closed or ctx ends.
@@ -498,6 +564,16 @@ func (e *engine) runWorker(ctx context.Context) {
 		case j = <-e.jobs:
 		}
 		ev, ok, err := e.copyFile(ctx, j)
+		if errors.Is(err, errDigestMismatch) {
+			// Not the content the database describes (yet): like a
+			// length mismatch, wait; after DBGrace it is copied as is.
+			e.log.Debug("media file differs from local_media_repository.sha256; waiting", "file", j.path, "err", err)
+			e.mu.Lock()
+			delete(e.inflight, j.path)
+			e.pending[j.path] = pend{firstSeen: j.firstSeen, notBefore: time.Now().Add(time.Second)}
+			e.mu.Unlock()
+			continue
+		}
 		if err != nil || !ok {
 			e.mu.Lock()
 			delete(e.inflight, j.path)
@@ -525,6 +601,9 @@ func (e *engine) runWorker(ctx context.Context) {
 }
 
 var errChanged = errors.New("file changed while it was copied")
+
+// errDigestMismatch: the file's sha256 is not the one the database recorded.
+var errDigestMismatch = errors.New("sha256 differs from the database's")
 
 // smallFile is the size up to which a file is copied from memory.
 const smallFile = 1 << 20
@@ -594,6 +673,9 @@ func (e *engine) copyFile(ctx context.Context, j job) (Event, bool, error) {
 		h.Sum(sum[:0])
 	}
 	shaHex := hex.EncodeToString(sum[:])
+	if j.wantSHA != "" && j.wantSHA != shaHex {
+		return Event{}, false, fmt.Errorf("%s: file %s, database %s: %w", j.path, shaHex, j.wantSHA, errDigestMismatch)
+	}
 	name := ObjectName(shaHex)
 	info, err := e.r.Stat(ctx, name)
 	switch {
@@ -730,8 +812,9 @@ func (e *engine) commit(seq uint64, batch []Event) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	e.seq = seq + 1
+	e.loose++
 	for _, ev := range batch {
-		e.apply(ev)
+		applyEvent(e.state, ev)
 		if st := e.state[ev.Path]; st != nil {
 			st.gen = e.gen
 		}
@@ -743,6 +826,30 @@ func (e *engine) commit(seq uint64, batch []Event) {
 			e.stats.Deleted++
 		}
 	}
+}
+
+// maybeCompact compacts the index when CompactAfter batches are outside
+// the newest snapshot. Failures are logged: the index stays loadable.
+func (e *engine) maybeCompact(ctx context.Context) {
+	e.mu.Lock()
+	n := e.loose
+	e.mu.Unlock()
+	if e.opts.CompactAfter < 0 || n < e.opts.CompactAfter {
+		return
+	}
+	start := time.Now()
+	rep, err := Compact(ctx, e.r)
+	if err != nil {
+		if ctx.Err() == nil {
+			e.log.Warn("media index compaction failed; the index is unchanged and still complete", "err", err)
+		}
+		return
+	}
+	e.mu.Lock()
+	e.loose = max(e.loose-n, 0)
+	e.mu.Unlock()
+	e.log.Info("media index compacted", "snapshot", rep.Snapshot, "batches", rep.Batches, "events", rep.Events,
+		"removed", rep.Removed, "duration", time.Since(start).Round(time.Millisecond))
 }
 
 // Stats returns the counters so far.

@@ -1,18 +1,18 @@
 package mediawatch
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
+	"math"
 	"path"
 	"strconv"
 	"strings"
 	"time"
 
 	"github.com/synbak/synbak/internal/repo"
-	"github.com/synbak/synbak/internal/storage"
 )
 
 const (
@@ -71,61 +71,62 @@ func parseIndexName(name string) (uint64, bool) {
 	return n, err == nil
 }
 
-// ReadIndex calls fn for every event of the media index in order, and
-// returns the sequence number of the last batch (0 when there is none).
-// A damaged batch is an error (repo.IsCorrupt), not skipped: it may hold
-// the only record of a file.
+// ReadIndex calls fn for every event of the media index in index order
+// (by batch sequence number: the newest snapshot merged with the batches
+// it does not hold; see readIndex and Compact), and returns the highest batch sequence number (0 when
+// there is none). A damaged batch or snapshot is an error (repo.IsCorrupt),
+// not skipped: it may hold the only record of a file. If a concurrent
+// compaction removes an object before any event was delivered, ReadIndex
+// starts again; later, it returns the error.
 func ReadIndex(ctx context.Context, r *repo.Repo, fn func(Event) error) (uint64, error) {
-	var names []string
+	delivered := false
 	var last uint64
-	err := r.List(ctx, indexPrefix, func(oi storage.ObjectInfo) error {
-		if seq, ok := parseIndexName(oi.Name); ok {
-			names = append(names, oi.Name)
-			last = max(last, seq)
+	err := loadIndex(ctx, r, func() error {
+		if delivered {
+			return errors.New("media index changed while it was read (a concurrent compaction); read it again")
 		}
 		return nil
-	})
-	if err != nil {
-		return 0, fmt.Errorf("list media index in %s: %w", r, err)
-	}
-	for _, name := range names {
-		if err := readBatch(ctx, r, name, fn); err != nil {
-			return 0, err
-		}
-	}
-	return last, nil
+	}, func(ev Event) error {
+		delivered = true
+		return fn(ev)
+	}, func(info indexInfo) { last = info.last })
+	return last, err
 }
 
-func readBatch(ctx context.Context, r *repo.Repo, name string, fn func(Event) error) error {
-	rd, err := r.Get(ctx, name)
-	if err != nil {
-		return fmt.Errorf("read media index: %w", err)
-	}
-	defer rd.Close()
-	sc := bufio.NewScanner(rd)
-	sc.Buffer(make([]byte, 64<<10), 1<<20)
-	line := 0
-	for sc.Scan() {
-		line++
-		b := bytes.TrimSpace(sc.Bytes())
-		if len(b) == 0 {
-			continue
+// loadIndex reads the index with readIndex, starting again (after calling
+// reset) when a concurrent compaction removed an object it was about to
+// read (the objects it removes are in its snapshot, which the next listing
+// finds), and calls done with what it found.
+func loadIndex(ctx context.Context, r *repo.Repo, reset func() error, fn func(Event) error, done func(indexInfo)) error {
+	for attempt := 0; ; attempt++ {
+		info, err := readIndex(ctx, r, math.MaxUint64, func(u unit) error {
+			for _, ev := range u.events {
+				if err := fn(ev); err != nil {
+					return err
+				}
+			}
+			return nil
+		})
+		if err == nil {
+			if done != nil {
+				done(info)
+			}
+			return nil
 		}
-		var ev Event
-		if err := json.Unmarshal(b, &ev); err != nil {
-			return fmt.Errorf("media index %s line %d: %w", name, line, err)
-		}
-		if err := validEvent(ev); err != nil {
-			return fmt.Errorf("media index %s line %d: %w", name, line, err)
-		}
-		if err := fn(ev); err != nil {
+		// A compaction removing objects makes progress: try again, a
+		// little later each time (about 20 s in all).
+		if !errors.Is(err, errVanished) || attempt == 100 {
 			return err
 		}
+		if err := reset(); err != nil {
+			return err
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(min(time.Duration(attempt+1)*10*time.Millisecond, 200*time.Millisecond)):
+		}
 	}
-	if err := sc.Err(); err != nil {
-		return fmt.Errorf("read media index %s: %w", name, err)
-	}
-	return nil
 }
 
 func validEvent(ev Event) error {

@@ -30,12 +30,15 @@ type RestoreReport struct {
 // the newest state.
 func Set(ctx context.Context, r *repo.Repo, at time.Time) (present map[string]Event, deleted int, err error) {
 	last := map[string]Event{}
-	_, err = ReadIndex(ctx, r, func(ev Event) error {
+	err = loadIndex(ctx, r, func() error {
+		clear(last)
+		return nil
+	}, func(ev Event) error {
 		if at.IsZero() || !ev.Date().After(at) {
 			last[ev.Path] = ev
 		}
 		return nil
-	})
+	}, nil)
 	if err != nil {
 		return nil, 0, err
 	}

@@ -154,6 +154,7 @@ func (w *Watcher) scanLoop(ctx context.Context) {
 		}
 		st := w.e.Stats()
 		w.e.log.Info("media scan done", "duration", time.Since(start).Round(time.Millisecond), "pending", st.Pending, "watches", w.watchCount())
+		w.e.maybeCompact(ctx)
 	}
 }
 
@@ -420,6 +421,7 @@ func Sync(ctx context.Context, r *repo.Repo, mediaStore string, opts Options) (S
 		}
 	}
 	st := stop()
+	e.maybeCompact(ctx)
 	if e.opts.Progress != nil {
 		e.opts.Progress(st)
 	}

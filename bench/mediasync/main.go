@@ -2,8 +2,12 @@
 //
 //  1. the initial sync of a synthetic media store (files of realistic sizes
 //     in Synapse's two-level directories) by `synbak media sync`, against
-//     `rsync -a` of the same trees, in the same run: files/s and peak RSS
-//     (VmHWM of the process tree, polled);
+//     `rsync -a` of the same trees, in the same run: files/s, CPU and peak
+//     RSS (VmHWM of the process tree, polled). Each of -runs rounds runs
+//     every configuration into a fresh destination, in alternating order
+//     (forward, reverse, ...), after `sync` and dropping the page cache
+//     (root); medians are reported, with the CPU time of everything else
+//     on the machine during each run as a noise indicator;
 //  2. the latency from a file's completion (close) to its durable copy
 //     (the index batch naming it stored), at about -rate new files/s, with
 //     the watcher running in this process: on the quiet period alone, and
@@ -44,8 +48,10 @@ func main() {
 	seconds := flag.Int("seconds", 10, "duration of each latency test")
 	base := flag.String("dir", "", "work directory (default: a new one in $TMPDIR)")
 	dropCaches := flag.Bool("drop-caches", true, "drop the page cache before each sync (root)")
+	runs := flag.Int("runs", 3, "rounds of initial syncs (configurations in alternating order); medians are reported")
+	synbak := flag.String("synbak", "", "the synbak binary to measure (default: build ./cmd/synbak)")
 	flag.Parse()
-	if err := run(*files, *rate, *seconds, *base, *dropCaches); err != nil {
+	if err := run(*files, *rate, *seconds, *runs, *base, *synbak, *dropCaches); err != nil {
 		fmt.Fprintln(os.Stderr, "mediasync:", err)
 		os.Exit(1)
 	}
@@ -100,7 +106,7 @@ func writeFile(p string, b []byte) error {
 	return f.Close()
 }
 
-func run(files, rate, seconds int, base string, drop bool) error {
+func run(files, rate, seconds, runs int, base, exe string, drop bool) error {
 	if base == "" {
 		var err error
 		if base, err = os.MkdirTemp("", "mediasync-"); err != nil {
@@ -133,11 +139,13 @@ func run(files, rate, seconds int, base string, drop bool) error {
 	})
 	fmt.Printf("store: %d files, %.1f MiB in local_content/ab/cd (generated in %s)\n\n", files, float64(total)/(1<<20), time.Since(start).Round(time.Second))
 
-	exe := filepath.Join(base, "synbak")
-	build := exec.Command("go", "build", "-o", exe, "./cmd/synbak")
-	build.Stdout, build.Stderr = os.Stderr, os.Stderr
-	if err := build.Run(); err != nil {
-		return fmt.Errorf("build synbak (run from the module root): %w", err)
+	if exe == "" {
+		exe = filepath.Join(base, "synbak")
+		build := exec.Command("go", "build", "-o", exe, "./cmd/synbak")
+		build.Stdout, build.Stderr = os.Stderr, os.Stderr
+		if err := build.Run(); err != nil {
+			return fmt.Errorf("build synbak (run from the module root): %w", err)
+		}
 	}
 	hs := filepath.Join(base, "homeserver.yaml")
 	if err := os.WriteFile(hs, []byte("server_name: example.org\nmedia_store_path: "+store+
@@ -145,39 +153,71 @@ func run(files, rate, seconds int, base string, drop bool) error {
 		return err
 	}
 
-	type result struct {
+	configs := []struct {
 		name string
-		d    time.Duration
-		rss  int64
-	}
-	var results []result
-	for _, c := range []struct {
-		name string
-		cmd  *exec.Cmd
+		cmd  func(dest string) *exec.Cmd
 	}{
-		{"rsync -a", exec.Command("rsync", "-a", filepath.Join(store, "local_content"), filepath.Join(base, "rsync-dest"))},
+		{"rsync -a", func(dest string) *exec.Cmd {
+			return exec.Command("rsync", "-a", filepath.Join(store, "local_content"), dest)
+		}},
 		// rsync does not fsync; synbak's copies are durable when it ends.
-		{"rsync -a, then sync (durable)", exec.Command("sh", "-c", `rsync -a "$0" "$1" && sync`, filepath.Join(store, "local_content"), filepath.Join(base, "rsync-dest2"))},
-		{"synbak media sync", exec.Command(exe, "--homeserver", hs, "--repo", filepath.Join(base, "repo"), "--log-level", "error", "media", "sync")},
-	} {
-		if drop {
+		{"rsync -a, then sync (durable)", func(dest string) *exec.Cmd {
+			return exec.Command("sh", "-c", `rsync -a "$0" "$1" && sync`, filepath.Join(store, "local_content"), dest)
+		}},
+		{"synbak media sync", func(dest string) *exec.Cmd {
+			return exec.Command(exe, "--homeserver", hs, "--repo", dest, "--log-level", "error", "media", "sync")
+		}},
+	}
+	results := make([][]result, len(configs))
+	for round := range runs {
+		order := make([]int, len(configs))
+		for i := range order {
+			order[i] = i
+			if round%2 == 1 {
+				order[i] = len(configs) - 1 - i
+			}
+		}
+		for _, ci := range order {
+			c := configs[ci]
+			dest := filepath.Join(base, fmt.Sprintf("dest-%d-%d", round, ci))
 			_ = exec.Command("sync").Run()
-			_ = os.WriteFile("/proc/sys/vm/drop_caches", []byte("3\n"), 0o200)
+			if drop {
+				if err := os.WriteFile("/proc/sys/vm/drop_caches", []byte("3\n"), 0o200); err != nil {
+					return fmt.Errorf("drop the page cache (run as root or pass -drop-caches=false): %w", err)
+				}
+			}
+			res, err := measure(c.cmd(dest))
+			if err != nil {
+				return fmt.Errorf("%s: %w", c.name, err)
+			}
+			results[ci] = append(results[ci], res)
+			fmt.Fprintf(os.Stderr, "round %d %-30s %6.1f s  %5.0f files/s  cpu %5.1f s  other cpu %5.1f s  peak RSS %4.0f MiB\n",
+				round+1, c.name, res.wall.Seconds(), float64(files)/res.wall.Seconds(), res.cpu.Seconds(), res.other.Seconds(), float64(res.rss)/(1<<10))
+			// Not timed: the next run starts from the same disk state.
+			if err := os.RemoveAll(dest); err != nil {
+				return err
+			}
 		}
-		d, rss, err := measure(c.cmd)
-		if err != nil {
-			return fmt.Errorf("%s: %w", c.name, err)
+	}
+	fmt.Printf("| initial sync (medians of %d) | wall s (min–max) | files/s | MiB/s | CPU s | other CPU s | peak RSS |\n", runs)
+	fmt.Println("|---|---:|---:|---:|---:|---:|---:|")
+	med := make([]result, len(configs))
+	for ci, c := range configs {
+		med[ci] = median(results[ci])
+		lo, hi := results[ci][0].wall, results[ci][0].wall
+		for _, r := range results[ci] {
+			lo, hi = min(lo, r.wall), max(hi, r.wall)
 		}
-		results = append(results, result{c.name, d, rss})
+		fmt.Printf("| %s | %.1f (%.1f–%.1f) | %.0f | %.1f | %.1f | %.1f | %.0f MiB |\n", c.name, med[ci].wall.Seconds(), lo.Seconds(), hi.Seconds(),
+			float64(files)/med[ci].wall.Seconds(), float64(total)/(1<<20)/med[ci].wall.Seconds(), med[ci].cpu.Seconds(), med[ci].other.Seconds(),
+			float64(med[ci].rss)/(1<<10))
 	}
-	fmt.Println("| initial sync | time | files/s | MiB/s | peak RSS |")
-	fmt.Println("|---|---:|---:|---:|---:|")
-	for _, r := range results {
-		fmt.Printf("| %s | %.1f s | %.0f | %.1f | %.0f MiB |\n", r.name, r.d.Seconds(), float64(files)/r.d.Seconds(),
-			float64(total)/(1<<20)/r.d.Seconds(), float64(r.rss)/(1<<10))
+	fmt.Printf("\nfiles/s ratio synbak/rsync (medians): %.2f× (against rsync + sync: %.2f×); per round:",
+		med[0].wall.Seconds()/med[2].wall.Seconds(), med[1].wall.Seconds()/med[2].wall.Seconds())
+	for i := range runs {
+		fmt.Printf(" %.2f×", results[0][i].wall.Seconds()/results[2][i].wall.Seconds())
 	}
-	fmt.Printf("\nfiles/s ratio synbak/rsync: %.2f× (against rsync + sync: %.2f×)\n\n",
-		results[0].d.Seconds()/results[2].d.Seconds(), results[1].d.Seconds()/results[2].d.Seconds())
+	fmt.Print("\n\n")
 
 	fmt.Printf("| completion → durable copy at %d files/s | files | p50 | p99 | max |\n|---|---:|---:|---:|---:|\n", rate)
 	for _, withDB := range []bool{false, true} {
@@ -201,12 +241,60 @@ func pct(d []time.Duration, p float64) string {
 	return d[min(int(p*float64(len(d))), len(d)-1)].Round(time.Millisecond).String()
 }
 
+type result struct {
+	wall, cpu time.Duration
+	// other is the busy CPU time of the machine during the run minus cpu:
+	// whatever else ran (noise).
+	other time.Duration
+	rss   int64 // KiB
+}
+
+func median(rs []result) result {
+	pick := func(get func(result) int64) int64 {
+		v := make([]int64, len(rs))
+		for i, r := range rs {
+			v[i] = get(r)
+		}
+		sort.Slice(v, func(i, j int) bool { return v[i] < v[j] })
+		if len(v)%2 == 1 {
+			return v[len(v)/2]
+		}
+		return (v[len(v)/2-1] + v[len(v)/2]) / 2
+	}
+	return result{
+		wall:  time.Duration(pick(func(r result) int64 { return int64(r.wall) })),
+		cpu:   time.Duration(pick(func(r result) int64 { return int64(r.cpu) })),
+		other: time.Duration(pick(func(r result) int64 { return int64(r.other) })),
+		rss:   pick(func(r result) int64 { return r.rss }),
+	}
+}
+
+// busyCPU is the machine's busy CPU time so far (/proc/stat: all but idle
+// and iowait), in clock ticks of 10 ms.
+func busyCPU() time.Duration {
+	b, err := os.ReadFile("/proc/stat")
+	if err != nil {
+		return 0
+	}
+	line, _, _ := strings.Cut(string(b), "\n")
+	f := strings.Fields(line)
+	var busy int64
+	for i, v := range f[1:] {
+		n, _ := strconv.ParseInt(v, 10, 64)
+		if i != 3 && i != 4 && i < 8 { // idle, iowait; guest time is in user already
+			busy += n
+		}
+	}
+	return time.Duration(busy) * 10 * time.Millisecond
+}
+
 // measure runs cmd and polls the VmHWM of it and its children.
-func measure(cmd *exec.Cmd) (time.Duration, int64, error) {
+func measure(cmd *exec.Cmd) (result, error) {
 	cmd.Stderr = os.Stderr
+	busy0 := busyCPU()
 	start := time.Now()
 	if err := cmd.Start(); err != nil {
-		return 0, 0, err
+		return result{}, err
 	}
 	done := make(chan error, 1)
 	go func() { done <- cmd.Wait() }()
@@ -216,7 +304,13 @@ func measure(cmd *exec.Cmd) (time.Duration, int64, error) {
 	for {
 		select {
 		case err := <-done:
-			return time.Since(start), peak, err
+			res := result{wall: time.Since(start), rss: peak}
+			if ps := cmd.ProcessState; ps != nil {
+				// wait4's rusage: the process and the descendants it waited for.
+				res.cpu = ps.UserTime() + ps.SystemTime()
+			}
+			res.other = max(busyCPU()-busy0-res.cpu, 0)
+			return res, err
 		case <-t.C:
 			peak = max(peak, treeHWM(cmd.Process.Pid))
 		}

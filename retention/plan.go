@@ -1,0 +1,607 @@
+package retention
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sort"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/synbak/synbak/basebackup"
+	"github.com/synbak/synbak/confsnap"
+	"github.com/synbak/synbak/internal/repo"
+	"github.com/synbak/synbak/internal/storage"
+	"github.com/synbak/synbak/mediawatch"
+	"github.com/synbak/synbak/wal"
+)
+
+// AbandonedAfter is how long an incomplete backup (and a media or config
+// object no index entry names) must have been left unchanged before prune
+// deletes it: a backup still running or an upload whose index entry is not
+// written yet is never older.
+const AbandonedAfter = 24 * time.Hour
+
+// markerFile is the object prune writes into a backup's prefix before it
+// deletes its backup.json: a backup without metadata but with this marker
+// is the leftover of an interrupted prune, deleted by the next one whatever
+// its age.
+const markerFile = "pruning"
+
+// MarkerName is the object name of the marker prune writes before it
+// deletes backup id.
+func MarkerName(id string) string { return basebackup.ObjectPrefix(id) + markerFile }
+
+const (
+	backupsPrefix = "backups/"
+	walPrefix     = "wal/"
+	mediaPrefix   = "media/objects/"
+	configPrefix  = "config/objects/"
+)
+
+// Options are the retention policy.
+type Options struct {
+	// Backups is the number of newest complete base backups always kept
+	// (at least 1).
+	Backups int
+	// Window: everything needed to restore to any moment of the last
+	// Window is kept (0: only the newest Backups backups and what they
+	// need).
+	Window time.Duration
+	// Now is the time the window is measured from; zero means time.Now().
+	Now time.Time
+}
+
+// Window is a span of restorable times.
+type Window struct {
+	From time.Time `json:"from"`
+	To   time.Time `json:"to"`
+}
+
+// Backup is a base backup the plan deletes.
+type Backup struct {
+	ID string `json:"id"`
+	// Complete is true for a backup with metadata (backup.json).
+	Complete bool `json:"complete"`
+	// StartTime and EndTime are from the metadata (complete backups only).
+	StartTime time.Time `json:"start_time,omitzero"`
+	EndTime   time.Time `json:"end_time,omitzero"`
+	// LastModified is the newest object's modification time.
+	LastModified time.Time `json:"last_modified"`
+	// Objects and Bytes count its stored objects.
+	Objects int   `json:"objects"`
+	Bytes   int64 `json:"bytes"`
+	// Reason says why it may go.
+	Reason string `json:"reason"`
+
+	objs []storage.ObjectInfo // in name order
+}
+
+// WALRange is the WAL of one timeline the plan deletes.
+type WALRange struct {
+	Timeline uint32 `json:"timeline"`
+	// First and Last are the lowest and highest segment deleted (complete
+	// or partial objects).
+	First   string `json:"first_segment"`
+	Last    string `json:"last_segment"`
+	Objects int    `json:"objects"`
+	Bytes   int64  `json:"bytes"`
+}
+
+// Objects counts content-addressed objects the plan deletes.
+type Objects struct {
+	Objects int   `json:"objects"`
+	Bytes   int64 `json:"bytes"`
+
+	objs []storage.ObjectInfo
+}
+
+// Plan is what a prune deletes and what it keeps.
+type Plan struct {
+	// Backups and Window are the policy (Options); WindowSeconds is
+	// Window for JSON.
+	Backups       int           `json:"keep_backups"`
+	Window        time.Duration `json:"-"`
+	WindowSeconds float64       `json:"window_seconds"`
+	Now           time.Time     `json:"now"`
+	// WindowStart is Now-Window.
+	WindowStart time.Time `json:"window_start"`
+	// Anchor is the newest complete backup that ended at or before
+	// WindowStart (or the oldest complete backup when none did).
+	Anchor string `json:"anchor,omitempty"`
+	// Kept are the complete backups kept, oldest first.
+	Kept []string `json:"kept_backups"`
+	// Horizon is the oldest kept backup's start: media and config as of
+	// any time from it on stay restorable.
+	Horizon time.Time `json:"horizon,omitzero"`
+	// Delete are the backups deleted, oldest first.
+	Delete []Backup `json:"delete_backups"`
+	// Untouched are incomplete backups left alone (running, or not yet
+	// abandoned long enough).
+	Untouched []string `json:"untouched_incomplete_backups"`
+	// WAL is deleted per timeline.
+	WAL []WALRange `json:"wal"`
+	// Media and Config are the unreferenced objects deleted.
+	Media  Objects `json:"media"`
+	Config Objects `json:"config"`
+	// Before and After are the recovery windows before and after the
+	// prune (nil when no restore is possible).
+	Before *Window `json:"recovery_window_before"`
+	After  *Window `json:"recovery_window_after"`
+
+	walObjs []storage.ObjectInfo // ascending names
+}
+
+// Objects returns the number of objects the plan deletes (markers not
+// counted).
+func (p Plan) Objects() int {
+	n := len(p.walObjs) + p.Media.Objects + p.Config.Objects
+	for _, b := range p.Delete {
+		n += b.Objects
+	}
+	return n
+}
+
+// Bytes returns the stored bytes the plan frees.
+func (p Plan) Bytes() int64 {
+	n := p.Media.Bytes + p.Config.Bytes
+	for _, b := range p.Delete {
+		n += b.Bytes
+	}
+	for _, w := range p.WAL {
+		n += w.Bytes
+	}
+	return n
+}
+
+// Empty reports whether the plan deletes nothing.
+func (p Plan) Empty() bool { return p.Objects() == 0 }
+
+// backupObjects lists every object under backups/, by backup id.
+func backupObjects(ctx context.Context, r *repo.Repo) (map[string][]storage.ObjectInfo, error) {
+	out := map[string][]storage.ObjectInfo{}
+	err := r.List(ctx, backupsPrefix, func(oi storage.ObjectInfo) error {
+		id, _, ok := strings.Cut(strings.TrimPrefix(oi.Name, backupsPrefix), "/")
+		if ok {
+			out[id] = append(out[id], oi)
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("list backups: %w", err)
+	}
+	return out, nil
+}
+
+// idTime parses the start time a backup id begins with.
+func idTime(id string) (time.Time, bool) {
+	const layout = "20060102T150405Z"
+	if len(id) < len(layout) {
+		return time.Time{}, false
+	}
+	t, err := time.Parse(layout, id[:len(layout)])
+	return t, err == nil
+}
+
+// NewPlan reads the repository and computes what the policy (see the
+// package doc) lets go, and the recovery window before and after. It
+// deletes nothing.
+func NewPlan(ctx context.Context, r *repo.Repo, opts Options) (Plan, error) {
+	if opts.Backups < 1 {
+		return Plan{}, fmt.Errorf("retention: keep at least 1 backup (retention.backups is %d)", opts.Backups)
+	}
+	if opts.Window < 0 {
+		return Plan{}, fmt.Errorf("retention: negative window %s", opts.Window)
+	}
+	now := opts.Now
+	if now.IsZero() {
+		now = time.Now()
+	}
+	p := Plan{
+		Backups: opts.Backups, Window: opts.Window, WindowSeconds: opts.Window.Seconds(), Now: now.UTC(), WindowStart: now.Add(-opts.Window).UTC(),
+		Kept: []string{}, Delete: []Backup{}, Untouched: []string{}, WAL: []WALRange{},
+	}
+	complete, err := basebackup.List(ctx, r)
+	if err != nil {
+		return Plan{}, err
+	}
+	incomplete, err := basebackup.ListIncomplete(ctx, r)
+	if err != nil {
+		return Plan{}, err
+	}
+	objs, err := backupObjects(ctx, r)
+	if err != nil {
+		return Plan{}, err
+	}
+
+	// Which complete backups stay.
+	var kept []basebackup.Backup
+	if len(complete) > 0 {
+		anchor := 0
+		found := false
+		for i, b := range complete {
+			if b.EndTime.After(p.WindowStart) {
+				continue
+			}
+			if !found || !b.EndTime.Before(complete[anchor].EndTime) {
+				anchor, found = i, true
+			}
+		}
+		a := complete[anchor]
+		p.Anchor = a.ID
+		for i, b := range complete {
+			keep := i >= anchor || b.EndTime.After(a.EndTime) || i >= len(complete)-opts.Backups
+			if keep {
+				kept = append(kept, b)
+				p.Kept = append(p.Kept, b.ID)
+				if p.Horizon.IsZero() || b.StartTime.Before(p.Horizon) {
+					p.Horizon = b.StartTime.UTC()
+				}
+				continue
+			}
+			p.Delete = append(p.Delete, deletion(b.ID, true, objs[b.ID], fmt.Sprintf("complete, ended %s, before the anchor %s", b.EndTime.UTC().Format(time.RFC3339), a.ID)))
+			p.Delete[len(p.Delete)-1].StartTime = b.StartTime.UTC()
+			p.Delete[len(p.Delete)-1].EndTime = b.EndTime.UTC()
+		}
+		if kept[len(kept)-1].ID != complete[len(complete)-1].ID {
+			return Plan{}, errors.New("retention: internal error: the newest backup is not kept")
+		}
+	}
+
+	// Incomplete backups: leftovers of an interrupted prune, and abandoned
+	// ones older than every kept backup.
+	for _, inc := range incomplete {
+		marked := false
+		for _, oi := range objs[inc.ID] {
+			marked = marked || oi.Name == MarkerName(inc.ID)
+		}
+		started, ok := idTime(inc.ID)
+		if !ok {
+			started = inc.LastModified
+		}
+		switch {
+		case marked:
+			p.Delete = append(p.Delete, deletion(inc.ID, false, objs[inc.ID], "left by an interrupted prune"))
+		case len(kept) > 0 && started.Before(p.Horizon) && inc.LastModified.Before(now.Add(-AbandonedAfter)):
+			p.Delete = append(p.Delete, deletion(inc.ID, false, objs[inc.ID],
+				fmt.Sprintf("incomplete, abandoned: started before the oldest kept backup, last written %s", inc.LastModified.UTC().Format(time.RFC3339))))
+		default:
+			p.Untouched = append(p.Untouched, inc.ID)
+		}
+	}
+	sort.SliceStable(p.Delete, func(i, j int) bool { return p.Delete[i].ID < p.Delete[j].ID })
+
+	if err := p.planWAL(ctx, r, kept, complete); err != nil {
+		return Plan{}, err
+	}
+	if len(kept) == 0 {
+		return p, nil
+	}
+	if p.Media, err = planObjects(ctx, r, mediaPrefix, mediaName, func(ctx context.Context) (map[string]bool, map[string]bool, error) {
+		return mediaNeeded(ctx, r, p.Horizon)
+	}, now); err != nil {
+		return Plan{}, err
+	}
+	if p.Config, err = planObjects(ctx, r, configPrefix, configName, func(ctx context.Context) (map[string]bool, map[string]bool, error) {
+		return configNeeded(ctx, r, p.Horizon)
+	}, now); err != nil {
+		return Plan{}, err
+	}
+	return p, nil
+}
+
+func deletion(id string, complete bool, objs []storage.ObjectInfo, reason string) Backup {
+	b := Backup{ID: id, Complete: complete, Reason: reason}
+	for _, oi := range objs {
+		if oi.Name == MarkerName(id) {
+			continue // deleted last, not counted
+		}
+		b.Objects++
+		b.Bytes += oi.Size
+		b.objs = append(b.objs, oi)
+		if oi.ModTime.After(b.LastModified) {
+			b.LastModified = oi.ModTime.UTC()
+		}
+	}
+	sort.Slice(b.objs, func(i, j int) bool { return b.objs[i].Name < b.objs[j].Name })
+	return b
+}
+
+// keepWAL says whether a restore from one of the kept backups may read
+// segment no of timeline tli: from a backup's start segment on its
+// timeline, and anything on a later timeline.
+func keepWAL(kept []basebackup.Backup, tli uint32, no, segSize uint64) bool {
+	for _, b := range kept {
+		if tli > b.Timeline || (tli == b.Timeline && no >= uint64(b.StartLSN)/segSize) {
+			return true
+		}
+	}
+	return false
+}
+
+// planWAL lists the WAL archive, picks the objects no kept backup needs
+// and computes the recovery windows.
+func (p *Plan) planWAL(ctx context.Context, r *repo.Repo, kept, complete []basebackup.Backup) error {
+	settings, err := wal.LoadSettings(ctx, r)
+	if err != nil {
+		if repo.IsNotExist(err) {
+			return nil // no WAL archived yet
+		}
+		return fmt.Errorf("read WAL settings: %w", err)
+	}
+	segSize := settings.SegmentSize
+	newest := map[uint32]walObj{}
+	ranges := map[uint32]*WALRange{}
+	var tlis []uint32
+	err = r.List(ctx, walPrefix, func(oi storage.ObjectInfo) error {
+		parts := strings.Split(oi.Name, "/")
+		if len(parts) != 3 || len(parts[1]) != 8 || parts[1] == "history" {
+			return nil // settings, history files, anything else: kept
+		}
+		seg, valid, isPartial, ok := parseWALName(parts, segSize)
+		if !ok {
+			return nil
+		}
+		if n, ok := newest[seg.TLI]; !ok || n.olderThan(seg.No, valid, isPartial) {
+			newest[seg.TLI] = walObj{no: seg.No, valid: valid, name: oi.Name, partial: isPartial}
+		}
+		if keepWAL(kept, seg.TLI, seg.No, segSize) || len(kept) == 0 {
+			return nil
+		}
+		p.walObjs = append(p.walObjs, oi)
+		rg := ranges[seg.TLI]
+		if rg == nil {
+			rg = &WALRange{Timeline: seg.TLI, First: seg.Name(), Last: seg.Name()}
+			ranges[seg.TLI] = rg
+			tlis = append(tlis, seg.TLI)
+		}
+		rg.Last = seg.Name()
+		rg.Objects++
+		rg.Bytes += oi.Size
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("list WAL: %w", err)
+	}
+	sort.Slice(p.walObjs, func(i, j int) bool { return p.walObjs[i].Name < p.walObjs[j].Name })
+	sort.Slice(tlis, func(i, j int) bool { return tlis[i] < tlis[j] })
+	for _, tli := range tlis {
+		p.WAL = append(p.WAL, *ranges[tli])
+	}
+
+	// The recovery window: from the end of the oldest complete backup to
+	// the server time of the newest WAL object (on the newest timeline).
+	if len(complete) == 0 || len(newest) == 0 {
+		return nil
+	}
+	var top uint32
+	for tli := range newest {
+		top = max(top, tli)
+	}
+	name := newest[top].name
+	var info repo.Info
+	for attempt := 0; ; attempt++ {
+		info, err = r.Stat(ctx, name)
+		if err == nil {
+			break
+		}
+		if !repo.IsNotExist(err) || attempt == 4 {
+			return fmt.Errorf("read the newest WAL object: %w", err)
+		}
+		// The WAL uploader replaced the open segment's partial object
+		// since the listing: look again.
+		if name, err = newestWAL(ctx, r, top, segSize); err != nil {
+			return err
+		}
+	}
+	to, err := time.Parse(time.RFC3339Nano, info.Attrs[wal.AttrLastTime])
+	if err != nil {
+		return nil // no time recorded: no window (as synbak list)
+	}
+	mk := func(from time.Time) *Window {
+		from = from.UTC()
+		t := to.UTC()
+		if t.Before(from) {
+			t = from
+		}
+		return &Window{From: from, To: t}
+	}
+	p.Before = mk(complete[0].EndTime)
+	p.After = mk(kept[0].EndTime)
+	return nil
+}
+
+// walObj is a WAL object: segment number, valid bytes, name.
+type walObj struct {
+	no, valid uint64
+	name      string
+	partial   bool
+}
+
+// olderThan says whether o holds less WAL than the object of segment no
+// with valid bytes: a complete segment beats a partial one of the same
+// segment, a longer partial a shorter one.
+func (o walObj) olderThan(no, valid uint64, partial bool) bool {
+	return no > o.no || (no == o.no && o.partial && (!partial || valid > o.valid))
+}
+
+// parseWALName parses the parts of wal/<TLI>/<SEG>[.partial.<VALID>].
+func parseWALName(parts []string, segSize uint64) (seg wal.Segment, valid uint64, partial, ok bool) {
+	base, off, partial := strings.Cut(parts[2], ".partial.")
+	seg, err := wal.ParseSegmentName(base, segSize)
+	if err != nil || fmt.Sprintf("%08X", seg.TLI) != parts[1] {
+		return seg, 0, false, false
+	}
+	if !partial {
+		return seg, segSize, false, true
+	}
+	v, err := strconv.ParseUint(off, 16, 64)
+	if err != nil || len(off) != 8 || v > segSize {
+		return seg, 0, false, false
+	}
+	return seg, v, true, true
+}
+
+// newestWAL returns the name of the object holding the newest WAL of
+// timeline tli.
+func newestWAL(ctx context.Context, r *repo.Repo, tli uint32, segSize uint64) (string, error) {
+	var n walObj
+	err := r.List(ctx, fmt.Sprintf("%s%08X/", walPrefix, tli), func(oi storage.ObjectInfo) error {
+		parts := strings.Split(oi.Name, "/")
+		if len(parts) != 3 {
+			return nil
+		}
+		if seg, valid, partial, ok := parseWALName(parts, segSize); ok && (n.name == "" || n.olderThan(seg.No, valid, partial)) {
+			n = walObj{no: seg.No, valid: valid, name: oi.Name, partial: partial}
+		}
+		return nil
+	})
+	if err != nil {
+		return "", fmt.Errorf("list WAL: %w", err)
+	}
+	if n.name == "" {
+		return "", fmt.Errorf("timeline %d has no WAL any more", tli)
+	}
+	return n.name, nil
+}
+
+// mediaName maps a media object's sha256 to its name.
+func mediaName(sha string) string {
+	if len(sha) < 2 {
+		return ""
+	}
+	return mediawatch.ObjectName(sha)
+}
+
+// shaOf returns the sha256 an object name under prefix stands for, or ""
+// when the name is not one that nameOf produces.
+func shaOf(name, prefix string, nameOf func(string) string) string {
+	sha := name[strings.LastIndexByte(name, '/')+1:]
+	if len(sha) != 64 || strings.ToLower(sha) != sha || !strings.HasPrefix(name, prefix) || nameOf(sha) != name {
+		return ""
+	}
+	for _, c := range sha {
+		if (c < '0' || c > '9') && (c < 'a' || c > 'f') {
+			return ""
+		}
+	}
+	return sha
+}
+
+// planObjects lists the content-addressed objects under prefix and picks
+// those that needed does not name: objects some index entry refers to, and
+// objects no index entry refers to that are older than AbandonedAfter (an
+// upload whose index entry is not written yet is never that old).
+func planObjects(ctx context.Context, r *repo.Repo, prefix string, nameOf func(string) string,
+	needed func(context.Context) (need, referenced map[string]bool, err error), now time.Time) (Objects, error) {
+	var all []storage.ObjectInfo
+	err := r.List(ctx, prefix, func(oi storage.ObjectInfo) error {
+		if shaOf(oi.Name, prefix, nameOf) != "" {
+			all = append(all, oi)
+		}
+		return nil
+	})
+	if err != nil {
+		return Objects{}, fmt.Errorf("list %s: %w", prefix, err)
+	}
+	o := Objects{}
+	if len(all) == 0 {
+		return o, nil
+	}
+	need, referenced, err := needed(ctx)
+	if err != nil {
+		return Objects{}, err
+	}
+	for _, oi := range all {
+		sha := shaOf(oi.Name, prefix, nameOf)
+		if need[sha] || (!referenced[sha] && !oi.ModTime.Before(now.Add(-AbandonedAfter))) {
+			continue
+		}
+		o.Objects++
+		o.Bytes += oi.Size
+		o.objs = append(o.objs, oi)
+	}
+	return o, nil
+}
+
+// mediaNeeded returns the media objects a restore to any time at or after
+// horizon reads (the set present at horizon, and every file added after
+// it), and every object the index refers to at all. The set at horizon is
+// computed from the same read of the index as the rest (by Set's rule: per
+// path, the last event in index order dated at or before horizon), and
+// Set's own answer is added, so that a batch a concurrent writer stores
+// between two reads cannot fall between them.
+func mediaNeeded(ctx context.Context, r *repo.Repo, horizon time.Time) (need, referenced map[string]bool, err error) {
+	need, referenced = map[string]bool{}, map[string]bool{}
+	atHorizon := map[string]mediawatch.Event{}
+	_, err = mediawatch.ReadIndex(ctx, r, func(ev mediawatch.Event) error {
+		referenced[ev.SHA256] = true
+		if ev.Date().After(horizon) {
+			if ev.Event == mediawatch.Added {
+				need[ev.SHA256] = true
+			}
+		} else {
+			atHorizon[ev.Path] = ev
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, nil, fmt.Errorf("read the media index: %w", err)
+	}
+	for _, ev := range atHorizon {
+		if ev.Event == mediawatch.Added {
+			need[ev.SHA256] = true
+		}
+	}
+	present, _, err := mediawatch.Set(ctx, r, horizon)
+	if err != nil {
+		return nil, nil, fmt.Errorf("read the media index: %w", err)
+	}
+	for _, ev := range present {
+		need[ev.SHA256] = true
+		referenced[ev.SHA256] = true
+	}
+	return need, referenced, nil
+}
+
+// configNeeded returns the config objects a restore to any time at or
+// after horizon reads (each file's last record at horizon, every record
+// after it) plus the newest content of every file, and every object the
+// index refers to at all.
+func configNeeded(ctx context.Context, r *repo.Repo, horizon time.Time) (need, referenced map[string]bool, err error) {
+	need, referenced = map[string]bool{}, map[string]bool{}
+	atHorizon := map[string]confsnap.Record{}
+	newest := map[string]string{}
+	_, err = confsnap.ReadIndex(ctx, r, func(b confsnap.Batch) error {
+		for _, rec := range b.Records {
+			if rec.SHA256 != "" {
+				referenced[rec.SHA256] = true
+				newest[rec.Path] = rec.SHA256
+			}
+			if b.Time.After(horizon) {
+				if !rec.Deleted && rec.SHA256 != "" {
+					need[rec.SHA256] = true
+				}
+			} else {
+				atHorizon[rec.Path] = rec
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, nil, fmt.Errorf("read the config index: %w", err)
+	}
+	for _, rec := range atHorizon {
+		if !rec.Deleted && rec.SHA256 != "" {
+			need[rec.SHA256] = true
+		}
+	}
+	for _, sha := range newest {
+		need[sha] = true
+	}
+	return need, referenced, nil
+}
+
+// configName maps a config object's sha256 to its name.
+func configName(sha string) string { return confsnap.ObjectName(sha) }
