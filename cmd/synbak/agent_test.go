@@ -487,6 +487,29 @@ func agentEndToEnd(t *testing.T, s *agentSite) {
 		t.Fatalf("only %d of %d rows were acknowledged as flushed (%s); the test needs more", len(mustHave), len(acked), flushed)
 	}
 
+	// verify --media: the database's media are all in the backup; a row
+	// whose file never reached it is named.
+	verifyMedia := func() (int, string) {
+		cmd := exec.Command(s.bin, "-c", "/dev/null", "verify", "--quick", "--media")
+		cmd.Env = append(append(append(os.Environ(), s.env...), s.repoEnv...), "SYNBAK_STATE_DIR="+t.TempDir())
+		out, err := cmd.CombinedOutput()
+		code := 0
+		if ee, ok := err.(*exec.ExitError); ok {
+			code = ee.ExitCode()
+		} else if err != nil {
+			t.Fatal(err)
+		}
+		return code, string(out)
+	}
+	if code, out := verifyMedia(); code != 0 || !strings.Contains(out, "OK: no problem found") {
+		t.Errorf("verify --media after the uploads: exit %d\n%s", code, out)
+	}
+	s.c.Exec(t, "synapse", "INSERT INTO local_media_repository (media_id, media_type, media_length, created_ts, user_id) VALUES ('zzyyxxwwvvuuttss', 'image/png', 1234, $1, '@bob:test.example')",
+		time.Now().Add(-time.Hour).UnixMilli())
+	if code, out := verifyMedia(); code != 1 || !strings.Contains(out, "local_content/zz/yy/xxwwvvuuttss") {
+		t.Errorf("verify --media with a row the backup lacks: exit %d, want 1 naming local_content/zz/yy/xxwwvvuuttss\n%s", code, out)
+	}
+
 	// Restore to the target: marker 1 and file A only.
 	cfgAtTarget := filepath.Join(s.dir, "config-at-target")
 	rc, out := s.restoreCLI(t, "--target-time", target.Format(time.RFC3339Nano), "--media-dir", filepath.Join(s.dir, "media-at-target"), "--config-dir", cfgAtTarget)

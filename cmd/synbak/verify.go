@@ -3,16 +3,16 @@ package main
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
 	"os"
-	"strings"
 	"time"
 
 	"github.com/spf13/cobra"
 
 	"github.com/synbak/synbak/internal/config"
+	"github.com/synbak/synbak/internal/repo"
+	"github.com/synbak/synbak/mediawatch"
 	"github.com/synbak/synbak/verify"
 )
 
@@ -79,7 +79,7 @@ func runVerify(ctx context.Context, cfg *config.Config, f verifyFlags, out io.Wr
 	}
 	vr := verifyReport{Report: rep}
 	if f.media {
-		m, err := verifyMediaDB(ctx, cfg, r, log)
+		m, err := verifyMediaDB(ctx, cfg, r)
 		if err != nil {
 			return err
 		}
@@ -144,15 +144,47 @@ func (p *verifyProgress) finish() {
 	}
 }
 
-var errNoMediaDB = errors.New("verify --media needs the database")
-
 // mediaDBReport is the live-database media comparison.
 type mediaDBReport struct {
 	Summary  string   `json:"summary"`
 	Problems []string `json:"problems"`
 }
 
-func verifyMediaDB(ctx context.Context, cfg *config.Config, r interface{}, log interface{}) (*mediaDBReport, error) {
-	_ = strings.TrimSpace
-	return nil, fmt.Errorf("%w: not wired yet", errNoMediaDB)
+// verifyMediaDB compares local_media_repository (and its thumbnails) in the
+// live database with the backed-up media.
+func verifyMediaDB(ctx context.Context, cfg *config.Config, r *repo.Repo) (*mediaDBReport, error) {
+	hs, hsErr := loadHomeserver(cfg)
+	if hsErr != nil {
+		hs = nil
+	}
+	src, err := postgresSource(cfg, hs)
+	if err != nil {
+		if hsErr != nil {
+			return nil, fmt.Errorf("verify --media needs the Synapse database: %w", hsErr)
+		}
+		return nil, err
+	}
+	cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	db, err := mediawatch.OpenDBLengths(cctx, src.ConnString)
+	cancel()
+	if err != nil {
+		return nil, fmt.Errorf("verify --media: connect to the Synapse database (%s): %w", src.Redacted(), err)
+	}
+	defer db.Close(context.WithoutCancel(ctx))
+	opts := mediawatch.VerifyOptions{}
+	switch {
+	case cfg.Media.Thumbnails == "never":
+		opts.DynamicThumbnails = true
+	case cfg.Media.Thumbnails == "auto" && hs != nil:
+		opts.DynamicThumbnails = hs.DynamicThumbnails
+	}
+	rep, err := db.Verify(ctx, r, opts)
+	if err != nil {
+		return nil, fmt.Errorf("verify --media: %w", err)
+	}
+	out := &mediaDBReport{Summary: rep.Summary(), Problems: []string{}}
+	for _, p := range rep.Problems() {
+		out.Problems = append(out.Problems, "media in the database but not in the backup as it is: "+p.String())
+	}
+	return out, nil
 }
