@@ -26,6 +26,10 @@ type BackupStatus struct {
 	Running bool      `json:"running"`
 	// LastError is the newest failure's message, cleared by a success.
 	LastError string `json:"last_error,omitempty"`
+	// Taken counts the backups this agent took.
+	Taken int `json:"taken"`
+	// LastPrune says what the retention policy did after the newest one.
+	LastPrune string `json:"last_prune,omitempty"`
 }
 
 // BackupSchedule takes a base backup when none exists and then every
@@ -40,8 +44,9 @@ type BackupSchedule struct {
 	Log  *slog.Logger
 	// Now is the clock (tests); nil means time.Now.
 	Now func() time.Time
-	// AfterBackup, when set, runs after each successful backup (retention).
-	AfterBackup func(ctx context.Context, b *basebackup.Backup)
+	// AfterBackup, when set, runs after each successful backup (retention);
+	// what it returns is reported as LastPrune.
+	AfterBackup func(ctx context.Context, b *basebackup.Backup) string
 
 	mu     sync.Mutex
 	status BackupStatus
@@ -131,8 +136,14 @@ func (s *BackupSchedule) Run(ctx context.Context) error {
 			return fmt.Errorf("base backup: %w", err)
 		}
 		s.Log.Info("base backup done", "id", b.ID, "size", b.Size(), "seconds", b.EndTime.Sub(b.StartTime).Seconds())
+		s.mu.Lock()
+		s.status.Taken++
+		s.mu.Unlock()
 		if s.AfterBackup != nil {
-			s.AfterBackup(ctx, b)
+			msg := s.AfterBackup(ctx, b)
+			s.mu.Lock()
+			s.status.LastPrune = msg
+			s.mu.Unlock()
 		}
 	}
 }

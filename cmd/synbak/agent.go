@@ -24,6 +24,7 @@ import (
 	"github.com/synbak/synbak/internal/repo"
 	"github.com/synbak/synbak/internal/synapse"
 	"github.com/synbak/synbak/mediawatch"
+	"github.com/synbak/synbak/retention"
 	"github.com/synbak/synbak/wal"
 )
 
@@ -96,6 +97,9 @@ func runAgent(ctx context.Context, cfg *config.Config) error {
 		Repo: r, Interval: cfg.Basebackup.Interval.D(), Log: log.With("component", "backups"),
 		Take: func(ctx context.Context) (*basebackup.Backup, error) {
 			return takeAgentBackup(ctx, cfg, src, r, facts, log.With("component", "backups"))
+		},
+		AfterBackup: func(ctx context.Context, _ *basebackup.Backup) string {
+			return agentPrune(ctx, cfg, r, log.With("component", "retention"))
 		},
 	}
 	probe := &agent.Probe{
@@ -176,6 +180,27 @@ func homeserverFacts(hs *synapse.Homeserver) map[string]string {
 	facts["databases"] = strings.Join(names, ",")
 	facts["main_database"] = hs.MainDatabase().Params["dbname"]
 	return facts
+}
+
+// agentPrune applies the retention policy after a base backup. A failure
+// is logged and reported, never fatal: the next backup tries again.
+func agentPrune(ctx context.Context, cfg *config.Config, r *repo.Repo, log *slog.Logger) string {
+	plan, err := retention.NewPlan(ctx, r, retention.Options{Backups: cfg.Retention.Backups, Window: cfg.Retention.Window.D()})
+	if err != nil {
+		log.Error("retention: planning the prune failed", "err", err)
+		return "failed: " + err.Error()
+	}
+	if plan.Empty() {
+		return "nothing to delete"
+	}
+	res, err := retention.Apply(ctx, r, plan, log)
+	if err != nil {
+		log.Error("retention: the prune failed (the next one completes it)", "err", err)
+		return "failed: " + err.Error()
+	}
+	msg := fmt.Sprintf("deleted %d backups, %d WAL, %d media and %d config objects (%s)", res.Backups, res.WAL, res.Media, res.Config, humanBytes(res.Bytes))
+	log.Info("retention: pruned", "backups", res.Backups, "wal", res.WAL, "media", res.Media, "config", res.Config, "bytes", res.Bytes)
+	return msg
 }
 
 // takeAgentBackup takes one base backup; the agent's own receiver archives

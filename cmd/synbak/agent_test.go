@@ -26,10 +26,15 @@ import (
 	"github.com/jackc/pglogrepl"
 
 	"github.com/synbak/synbak/agent"
+	"github.com/synbak/synbak/basebackup"
 	"github.com/synbak/synbak/confsnap"
 	"github.com/synbak/synbak/internal/pgtest"
+	"github.com/synbak/synbak/internal/repo"
+	"github.com/synbak/synbak/internal/storage"
+	"github.com/synbak/synbak/internal/storage/local"
 	"github.com/synbak/synbak/internal/storage/s3/s3test"
 	"github.com/synbak/synbak/internal/synapse"
+	"github.com/synbak/synbak/wal"
 )
 
 // agentSite is a Synapse-shaped cluster with its homeserver.yaml, media
@@ -635,5 +640,73 @@ func TestAgentHealthFollowsTheDatabase(t *testing.T) {
 	}
 	if _, err := p.stop(t, syscall.SIGTERM, 10*time.Second); err != nil {
 		t.Errorf("exit after SIGTERM: %v", err)
+	}
+}
+
+// TestAgentRetention runs the agent with a short basebackup.interval and
+// retention.backups 2: after several backups only the newest ones are
+// left with the WAL from the oldest kept one's start, a restore inside the
+// window works and one before it is refused naming the window.
+func TestAgentRetention(t *testing.T) {
+	if testing.Short() {
+		t.Skip("needs PostgreSQL (skipped with -short)")
+	}
+	ctx := context.Background()
+	s := newAgentSite(t)
+	s.env = append(s.env, "SYNBAK_BASEBACKUP_INTERVAL=1s", "SYNBAK_RETENTION_BACKUPS=2", "SYNBAK_RETENTION_WINDOW=1s")
+	p := s.startAgent(t)
+	waitFor(t, 2*time.Minute, "the first base backup", func() bool { st := s.status(t); return st.Backups != nil && st.Backups.Taken >= 1 })
+	s.c.Exec(t, "synapse", "INSERT INTO markers VALUES (1)")
+	early := s.c.Now(t)
+	waitFor(t, 3*time.Minute, "five base backups", func() bool { return s.status(t).Backups.Taken >= 5 })
+	st := s.status(t)
+	if !strings.HasPrefix(st.Backups.LastPrune, "deleted ") && st.Backups.LastPrune != "nothing to delete" {
+		t.Errorf("last prune: %q", st.Backups.LastPrune)
+	}
+	s.c.Exec(t, "synapse", "INSERT INTO markers VALUES (2)")
+	if _, err := p.stop(t, syscall.SIGTERM, 10*time.Second); err != nil {
+		t.Fatalf("SIGTERM: %v", err)
+	}
+
+	be, err := local.New(s.repoDir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r, err := repo.Open(ctx, be, repo.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	backups, err := basebackup.List(ctx, r)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(backups) < 2 || len(backups) > 3 {
+		t.Fatalf("%d complete backups after five with retention.backups 2 and a 1s window, want the anchor and the two newest (2 or 3)", len(backups))
+	}
+	first := wal.SegmentAt(backups[0].Timeline, pglogrepl.LSN(backups[0].StartLSN), 1<<20)
+	var older []string
+	if err := r.List(ctx, "wal/00000001/", func(oi storage.ObjectInfo) error {
+		if strings.TrimPrefix(oi.Name, "wal/00000001/")[:24] < first.Name() {
+			older = append(older, oi.Name)
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if len(older) > 0 {
+		t.Errorf("WAL before the oldest kept backup's start (%s) is still there: %v", first.Name(), older)
+	}
+
+	// Before the window: refused, naming the window; inside it: restored.
+	pgtest.GiveToServerUser(t, s.repoDir)
+	cmd := exec.Command(s.bin, "-c", "/dev/null", "restore", "--pgdata", filepath.Join(pgtest.ServerDir(t), "data"), "--target-time", early.Format(time.RFC3339Nano))
+	cmd.Env = append(append(os.Environ(), s.repoEnv...), "SYNBAK_STATE_DIR="+t.TempDir())
+	out, err := cmd.CombinedOutput()
+	if ee, ok := err.(*exec.ExitError); !ok || ee.ExitCode() != 1 || !strings.Contains(string(out), "restores are possible") {
+		t.Errorf("restore to %s, before the window: %v\n%s", early, err, out)
+	}
+	rc, _ := s.restoreCLI(t, "--latest")
+	if got := rc.Text(t, "synapse", "select string_agg(n::text, ',' order by n) from markers"); got != "1,2" {
+		t.Errorf("restore --latest after the prunes: markers %q, want 1,2", got)
 	}
 }
