@@ -98,6 +98,7 @@ type Agent struct {
 	opts    Options
 	sup     *supervisor
 	errs    *prometheus.CounterVec
+	latency prometheus.Histogram
 	started time.Time
 
 	mu            sync.Mutex
@@ -140,11 +141,20 @@ func New(opts Options) *Agent {
 	for _, c := range opts.Components {
 		a.errs.WithLabelValues(c.Name) // export 0 from the start
 	}
+	a.latency = prometheus.NewHistogram(prometheus.HistogramOpts{
+		Name:    "synbak_media_copy_latency_seconds",
+		Help:    "From a new media file's completion (its mtime) to its durable copy in the repository.",
+		Buckets: []float64{0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 300},
+	})
 	a.sup = newSupervisor(opts.Log, opts.MinBackoff, opts.MaxBackoff, func(name string) { a.errs.WithLabelValues(name).Inc() })
 	a.sup.register(opts.Components)
 	a.registerMetrics()
 	return a
 }
+
+// ObserveMediaLatency records how long a new media file took from its
+// completion to its durable copy.
+func (a *Agent) ObserveMediaLatency(d time.Duration) { a.latency.Observe(d.Seconds()) }
 
 // Addr is the HTTP endpoint's address once Run has started listening.
 func (a *Agent) Addr() string {

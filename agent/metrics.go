@@ -90,6 +90,7 @@ func (a *Agent) registerMetrics() {
 		gauge("synbak_basebackup_running", "1 while a base backup runs.", func() float64 { return boolf(b.Status().Running) })
 	}
 	if m := a.opts.Media; m != nil {
+		reg.MustRegister(a.latency)
 		gauge("synbak_media_pending_files", "Media files seen but not yet stored.", func() float64 { return float64(m.Stats().Pending) })
 		gauge("synbak_media_added_files", "Media files recorded as added since the agent started.", func() float64 { return float64(m.Stats().Added) })
 		gauge("synbak_media_deleted_files", "Media files recorded as deleted since the agent started.", func() float64 { return float64(m.Stats().Deleted) })

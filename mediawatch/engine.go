@@ -75,6 +75,10 @@ type Options struct {
 	Logger *slog.Logger
 	// Progress, when set, is called about twice a second during Sync.
 	Progress func(Stats)
+	// OnStored, when set, is called for every index event once it is
+	// durable in the repository (the agent measures the latency from a
+	// file's completion, Event.MTime, to its durable copy).
+	OnStored func(Event)
 }
 
 func (o Options) withDefaults() Options {
@@ -809,6 +813,15 @@ func (e *engine) nothingElseInFlight(n int) bool {
 }
 
 func (e *engine) commit(seq uint64, batch []Event) {
+	e.commitLocked(seq, batch)
+	if e.opts.OnStored != nil {
+		for _, ev := range batch {
+			e.opts.OnStored(ev)
+		}
+	}
+}
+
+func (e *engine) commitLocked(seq uint64, batch []Event) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	e.seq = seq + 1

@@ -118,8 +118,17 @@ func runAgent(ctx context.Context, cfg *config.Config) error {
 			{Name: "probe", Run: probe.Run},
 		},
 	}
+	var ag *agent.Agent // set before Run starts the components
 	if hs != nil && hs.EnableLocalMediaStorage && cfg.Media.Enabled {
 		mw := newAgentMedia(cfg, hs, src, r, log.With("component", "media"))
+		started := time.Now()
+		mw.opts.OnStored = func(ev mediawatch.Event) {
+			// Files written since the agent started: their mtime is
+			// when they were complete.
+			if ev.Event == mediawatch.Added && ev.MTime.After(started) {
+				ag.ObserveMediaLatency(time.Since(ev.MTime))
+			}
+		}
 		opts.Media = mw
 		opts.Components = append(opts.Components, agent.Component{Name: "media", Run: mw.Run})
 	}
@@ -145,6 +154,7 @@ func runAgent(ctx context.Context, cfg *config.Config) error {
 		opts.Components = append(opts.Components, agent.Component{Name: "drill", Run: opts.Drills.Run})
 	}
 	a := agent.New(opts)
+	ag = a
 
 	// Record the HTTP address once listening (port 0 picks one).
 	go func() {

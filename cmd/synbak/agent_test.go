@@ -16,6 +16,7 @@ import (
 	"path/filepath"
 	"slices"
 	"sort"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -455,6 +456,9 @@ func agentEndToEnd(t *testing.T, s *agentSite) {
 	replaced := time.Now()
 	s.writeHomeserver(t, "# version 2\n")
 	waitFor(t, time.Minute, "media file B stored", func() bool { st := s.status(t); return st.Media.Added >= 2 && st.Media.Pending == 0 })
+	if n, _ := strconv.Atoi(s.metric(t, "synbak_media_copy_latency_seconds_count")); n < 2 {
+		t.Errorf("synbak_media_copy_latency_seconds_count = %d after two uploads", n)
+	}
 	waitFor(t, time.Minute, "the replaced homeserver.yaml snapshotted", func() bool {
 		st := s.status(t)
 		return st.Config != nil && st.Config.LastSnapshot.After(replaced.Add(time.Second)) && st.Config.Files >= 2
