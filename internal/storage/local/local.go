@@ -416,8 +416,20 @@ func (b *Backend) Delete(ctx context.Context, name string) error {
 
 // mkdirAll creates dir and its missing parents with mode 0700 (chmod'ed
 // explicitly, so the umask does not matter), fsyncing the parent of each
-// directory it creates. A regular file in the way is reported by name.
+// directory it creates. A regular file in the way is reported by name. A
+// concurrent Delete may remove a parent it has just created (Delete removes
+// directories it empties): then it starts again.
 func mkdirAll(dir string) error {
+	var err error
+	for range 100 {
+		if err = mkdirAllOnce(dir); err == nil || !errors.Is(err, fs.ErrNotExist) {
+			return err
+		}
+	}
+	return err
+}
+
+func mkdirAllOnce(dir string) error {
 	fi, err := os.Stat(dir)
 	if err == nil {
 		if fi.IsDir() {
@@ -430,7 +442,7 @@ func mkdirAll(dir string) error {
 	}
 	parent := filepath.Dir(dir)
 	if parent != dir {
-		if err := mkdirAll(parent); err != nil {
+		if err := mkdirAllOnce(parent); err != nil {
 			return err
 		}
 	}
