@@ -9,6 +9,7 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -159,16 +160,34 @@ func (s *spool) setAside(name, suffix string) (string, error) {
 
 // segmentFile is the open segment being written.
 type segmentFile struct {
-	seg     Segment
-	f       *os.File
-	written uint64 // contiguous bytes written from the segment start
-	synced  uint64 // bytes known durable
-	first   string // server time of the first write
-	last    string // server time of the last write
+	seg       Segment
+	f         *os.File
+	dir       string    // the spool directory
+	dirSynced bool      // the file's directory entry is durable
+	written   uint64    // contiguous bytes written from the segment start
+	synced    uint64    // bytes known durable
+	first     time.Time // server time of the first write
+	last      time.Time // server time of the last write (or keepalive finding it complete)
+}
+
+// times formats the segment's server times for its object's attributes
+// (only when needed: not for every message).
+func (sf *segmentFile) times() segTimes {
+	var t segTimes
+	if !sf.first.IsZero() {
+		t.First = sf.first.UTC().Format(time.RFC3339Nano)
+	}
+	if !sf.last.IsZero() {
+		t.Last = sf.last.UTC().Format(time.RFC3339Nano)
+	}
+	return t
 }
 
 // create makes a fresh, pre-sized <SEGMENT>.partial (replacing any left by
 // an earlier run: streaming restarts at the segment start and rewrites it).
+// It does not fsync: nothing in the file is reported as flushed before sync
+// (which also makes the directory entry durable) or finish, and a file lost
+// in a crash is rewritten from the segment start.
 func (s *spool) create(seg Segment) (*segmentFile, error) {
 	p := s.path(seg.Name() + ".partial")
 	f, err := os.OpenFile(p, os.O_CREATE|os.O_RDWR|os.O_TRUNC, 0o600)
@@ -183,15 +202,7 @@ func (s *spool) create(seg Segment) (*segmentFile, error) {
 			return nil, fmt.Errorf("pre-size %s: %w", p, diskErr(err))
 		}
 	}
-	if err := f.Sync(); err != nil {
-		f.Close()
-		return nil, fmt.Errorf("fsync %s: %w", p, diskErr(err))
-	}
-	if err := syncDir(s.dir); err != nil {
-		f.Close()
-		return nil, err
-	}
-	return &segmentFile{seg: seg, f: f}, nil
+	return &segmentFile{seg: seg, f: f, dir: s.dir}, nil
 }
 
 func zeroFill(f *os.File, size uint64) error {
@@ -205,28 +216,38 @@ func zeroFill(f *os.File, size uint64) error {
 	return nil
 }
 
-// sync makes everything written durable.
+// sync makes everything written durable, the directory entry included.
 func (sf *segmentFile) sync() error {
-	if sf.synced == sf.written {
+	if sf.synced == sf.written && sf.dirSynced {
 		return nil
 	}
 	if err := sf.f.Sync(); err != nil {
 		return fmt.Errorf("fsync %s: %w", sf.f.Name(), diskErr(err))
+	}
+	if !sf.dirSynced {
+		if err := syncDir(sf.dir); err != nil {
+			return err
+		}
+		sf.dirSynced = true
 	}
 	sf.synced = sf.written
 	return nil
 }
 
 // finish syncs the file, records its times and renames it to final
-// (a segment name, or a .partial.<OFFSET> name for a timeline's end).
+// (a segment name, or a .partial.<OFFSET> name for a timeline's end), then
+// syncs the directory. The receiver runs it in its finisher goroutine for
+// complete segments.
 func (s *spool) finish(sf *segmentFile, final string) error {
-	if err := sf.sync(); err != nil {
-		return err
+	if err := sf.f.Sync(); err != nil {
+		sf.f.Close()
+		return fmt.Errorf("fsync %s: %w", sf.f.Name(), diskErr(err))
 	}
+	sf.synced = sf.written
 	if err := sf.f.Close(); err != nil {
 		return err
 	}
-	if err := s.writeTimes(final, segTimes{First: sf.first, Last: sf.last}); err != nil {
+	if err := s.writeTimes(final, sf.times()); err != nil {
 		return err
 	}
 	if err := os.Rename(sf.f.Name(), s.path(final)); err != nil {

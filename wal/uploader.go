@@ -76,8 +76,16 @@ func lastArchivedSegment(ctx context.Context, rp *repo.Repo, segSize uint64) (*S
 	return best, err
 }
 
-// uploadParallelism is how many finished segments are stored at once.
-const uploadParallelism = 2
+// uploadParallelism is how many finished segments are stored at once, and
+// compressParallelism how many of them compress at once (one per core: the
+// rest wait in repo.Put for their turn). The others' backend writes and
+// fsyncs (tens of ms per segment) overlap with compression; with two
+// workers that each waited for their own fsyncs, zstd catch-up kept about
+// 1.5 of 2 cores busy (bench/walstream).
+const (
+	uploadParallelism   = 4
+	compressParallelism = 2
+)
 
 // uploader moves finished spool files (and snapshots of the open segment)
 // into the repository.
@@ -91,6 +99,10 @@ type uploader struct {
 	kickCh  chan struct{}
 	drainCh chan struct{}
 	once    sync.Once
+	// encoders keeps the workers' compressors: with the repository's
+	// sync.Pool, catch-up allocated new multi-MB encoders all the time and
+	// peak RSS went past 32 MB.
+	encoders *repo.EncoderCache
 
 	mu      sync.Mutex
 	partial *partialReq
@@ -104,7 +116,8 @@ type partialReq struct {
 
 func newUploader(rp *repo.Repo, sp *spool, sysid string, log *slog.Logger, onArchived func(pglogrepl.LSN)) *uploader {
 	return &uploader{repo: rp, sp: sp, sysid: sysid, log: log, onArchived: onArchived,
-		kickCh: make(chan struct{}, 1), drainCh: make(chan struct{})}
+		kickCh: make(chan struct{}, 1), drainCh: make(chan struct{}),
+		encoders: repo.NewEncoderCache(compressParallelism)}
 }
 
 func (u *uploader) kick() {
@@ -125,84 +138,124 @@ func (u *uploader) storePartial(seg Segment, valid uint64, t segTimes) {
 	u.kick()
 }
 
+// run stores finished spool files as they appear, uploadParallelism at a
+// time, oldest first, then the latest snapshot of the open segment. A
+// worker starts as soon as another ends, not when a whole batch is done. It
+// returns after drain once everything is stored, or with the first error
+// while draining.
 func (u *uploader) run(ctx context.Context) error {
+	type result struct {
+		e       spoolEntry
+		partial *partialReq
+		err     error
+	}
+	results := make(chan result, uploadParallelism)
+	inflight := map[string]bool{} // spool file names being stored
+	busy := 0
+	partialBusy := false
+	drainCh := u.drainCh
+	draining := false
+	var drainErr error
 	retry := time.Second
+	var retryTimer <-chan time.Time // set while waiting to retry after a failure
 	for {
-		draining := false
-		select {
-		case <-ctx.Done():
-			return nil
-		case <-u.kickCh:
-		case <-u.drainCh:
-			draining = true
-		}
-		err := u.pass(ctx)
-		if err != nil {
-			if draining || ctx.Err() != nil {
-				return err
+		idle := true
+		if retryTimer == nil && drainErr == nil && ctx.Err() == nil {
+			entries, err := u.sp.pending()
+			if err != nil {
+				if draining {
+					drainErr = err
+				} else {
+					u.log.Error("listing the WAL spool failed; retrying", "err", err, "retry_in", retry)
+					retryTimer = time.After(retry)
+				}
 			}
-			u.log.Error("storing WAL in the repository failed; retrying (the spool keeps it)", "err", err, "retry_in", retry)
-			select {
-			case <-ctx.Done():
+			for _, e := range entries {
+				if inflight[e.file] {
+					continue
+				}
+				idle = false
+				if busy == uploadParallelism {
+					break
+				}
+				inflight[e.file] = true
+				busy++
+				go func() { results <- result{e: e, err: u.storeFinished(ctx, e)} }()
+			}
+			if idle && busy < uploadParallelism && !partialBusy {
+				u.mu.Lock()
+				req := u.partial
+				u.partial = nil
+				u.mu.Unlock()
+				if req != nil {
+					partialBusy = true
+					busy++
+					go func() { results <- result{partial: req, err: u.storeOpen(ctx, *req)} }()
+				}
+			}
+		}
+		if busy == 0 {
+			if ctx.Err() != nil {
 				return nil
-			case <-time.After(retry):
 			}
-			retry = min(retry*2, 30*time.Second)
-			u.kick()
-			continue
-		}
-		retry = time.Second
-		if draining {
-			return nil
-		}
-	}
-}
-
-// pass stores every finished spool file, oldest first, then the latest
-// partial snapshot.
-func (u *uploader) pass(ctx context.Context) error {
-	entries, err := u.sp.pending()
-	if err != nil {
-		return err
-	}
-	// Two at a time: during catch-up this uses both cores (compression is
-	// single-threaded per object). Progress is reported in order.
-	for i := 0; i < len(entries); i += uploadParallelism {
-		batch := entries[i:min(i+uploadParallelism, len(entries))]
-		errs := make([]error, len(batch))
-		var wg sync.WaitGroup
-		for j, e := range batch {
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				errs[j] = u.storeFinished(ctx, e)
-			}()
-		}
-		wg.Wait()
-		for j, e := range batch {
-			if errs[j] != nil {
-				return errs[j]
-			}
-			if e.valid == u.sp.segSize {
-				u.onArchived(e.seg.EndLSN())
+			if draining && (idle || drainErr != nil) {
+				u.mu.Lock()
+				more := u.partial != nil
+				u.mu.Unlock()
+				if !more || drainErr != nil {
+					return drainErr
+				}
 			}
 		}
-	}
-	u.mu.Lock()
-	req := u.partial
-	u.partial = nil
-	u.mu.Unlock()
-	if req != nil {
-		if err := u.storeOpen(ctx, *req); err != nil {
-			u.mu.Lock()
-			if u.partial == nil {
-				u.partial = req
+		done := ctx.Done()
+		if ctx.Err() != nil {
+			done = nil // only the workers' results are awaited now
+		}
+		select {
+		case <-done:
+		case <-u.kickCh:
+		case <-drainCh:
+			draining = true
+			drainCh = nil
+			retryTimer = nil // one more attempt at once
+		case <-retryTimer:
+			retryTimer = nil
+		case r := <-results:
+			busy--
+			if r.partial != nil {
+				partialBusy = false
+			} else {
+				delete(inflight, r.e.file)
 			}
-			u.mu.Unlock()
-			return err
+			if r.err != nil {
+				if r.partial != nil {
+					u.mu.Lock()
+					if u.partial == nil {
+						u.partial = r.partial
+					}
+					u.mu.Unlock()
+				}
+				if draining || ctx.Err() != nil {
+					if drainErr == nil && ctx.Err() == nil {
+						drainErr = r.err
+					}
+					continue
+				}
+				u.log.Error("storing WAL in the repository failed; retrying (the spool keeps it)", "err", r.err, "retry_in", retry)
+				if retryTimer == nil {
+					retryTimer = time.After(retry)
+					retry = min(retry*2, 30*time.Second)
+				}
+				continue
+			}
+			if r.partial == nil {
+				retry = time.Second
+				if r.e.valid == u.sp.segSize {
+					u.onArchived(r.e.seg.EndLSN())
+				}
+			}
 		}
 	}
-	return nil
 }
 
 func (u *uploader) attrs(seg Segment, valid uint64, t segTimes) map[string]string {
@@ -233,7 +286,7 @@ func (u *uploader) storeFinished(ctx context.Context, e spoolEntry) error {
 	if !complete {
 		name = e.seg.PartialObjectName(e.valid)
 	}
-	_, err = u.repo.Put(ctx, name, io.NewSectionReader(f, 0, int64(e.valid)), u.attrs(e.seg, e.valid, u.sp.readTimes(e.file)))
+	_, err = u.repo.Put(ctx, name, io.NewSectionReader(f, 0, int64(e.valid)), u.attrs(e.seg, e.valid, u.sp.readTimes(e.file)), repo.WithEncoderCache(u.encoders))
 	if repo.IsConflict(err) {
 		f.Close()
 		aside, aerr := u.sp.setAside(e.file, time.Now().UTC().Format("20060102T150405Z"))
@@ -275,7 +328,7 @@ func (u *uploader) storeOpen(ctx context.Context, req partialReq) error {
 		return nil
 	}
 	name := req.seg.PartialObjectName(req.valid)
-	if _, err := u.repo.Put(ctx, name, io.NewSectionReader(f, 0, int64(req.valid)), u.attrs(req.seg, req.valid, req.times)); err != nil {
+	if _, err := u.repo.Put(ctx, name, io.NewSectionReader(f, 0, int64(req.valid)), u.attrs(req.seg, req.valid, req.times), repo.WithEncoderCache(u.encoders)); err != nil {
 		if repo.IsConflict(err) {
 			u.log.Error("partial segment differs from the repository's copy; kept the repository's", "object", name, "err", err)
 			return nil

@@ -42,6 +42,8 @@ type options struct {
 	data        string
 	jsonPath    string
 	synbak      string
+	synbakBase  string
+	synbakEnv   string
 	pgBin       string
 	configs     []string
 	lagSeconds  int
@@ -67,6 +69,8 @@ func run() (err error) {
 	flag.StringVar(&o.data, "data", "mixed", "WAL content: pgbench, synapse or mixed")
 	flag.StringVar(&o.jsonPath, "json", "", "also write the results as JSON to this file")
 	flag.StringVar(&o.synbak, "synbak", "", "synbak binary (default: build ./cmd/synbak of this module)")
+	flag.StringVar(&o.synbakBase, "synbak-base", "", "a second synbak binary, run by the base-zstd, base-s2 and base-none configurations (to compare two builds in one run)")
+	flag.StringVar(&o.synbakEnv, "synbak-env", "", "diagnostics: extra environment for the synbak runs, comma-separated KEY=VALUE (e.g. GODEBUG=gctrace=1; with -keep the logs are kept)")
 	flag.StringVar(&o.pgBin, "pg-bin", "/usr/lib/postgresql/15/bin", "PostgreSQL server binaries")
 	flag.StringVar(&configs, "configs", defaultConfigs,
 		"catch-up configurations: "+strings.Join(slices.Sorted(mapKeys(knownConfigs)), ","))
@@ -90,6 +94,9 @@ func run() (err error) {
 		c, ok := knownConfigs[strings.TrimSpace(n)]
 		if !ok {
 			return fmt.Errorf("-configs: unknown configuration %q", n)
+		}
+		if c.Base && o.synbakBase == "" {
+			return fmt.Errorf("-configs %s needs -synbak-base", c.Name)
 		}
 		cfgs = append(cfgs, c)
 	}
@@ -138,7 +145,11 @@ func run() (err error) {
 		return err
 	}
 	defer func() { logf("stopping PostgreSQL"); c.Stop() }()
-	e := &env{c: c, synbak: o.synbak, work: work, procs: map[*proc]struct{}{}, perf: o.perf}
+	var synbakEnv []string
+	if o.synbakEnv != "" {
+		synbakEnv = strings.Split(o.synbakEnv, ",")
+	}
+	e := &env{c: c, synbak: o.synbak, base: o.synbakBase, extra: synbakEnv, work: work, procs: map[*proc]struct{}{}, perf: o.perf}
 	defer e.stopAll()
 
 	conn, err := pgx.Connect(ctx, c.DSN())
@@ -234,6 +245,12 @@ func run() (err error) {
 			rep.Runs = append(rep.Runs, res)
 			if _, err := conn.Exec(ctx, "SELECT pg_drop_replication_slot($1)", slotOf(cfg, round)); err != nil {
 				return err
+			}
+			if o.keep {
+				// Keep the receiver's log beside the work directory's runs.
+				if b, err := os.ReadFile(p.stderr); err == nil {
+					_ = os.WriteFile(dir+".stderr.log", b, 0o644)
+				}
 			}
 			if cfg.Name == "pgrw-none" && refDir == "" {
 				refDir = p.out

@@ -28,6 +28,9 @@ type receiverConfig struct {
 	Tool     string `json:"tool"`     // "pg_receivewal" or "synbak"
 	Compress string `json:"compress"` // none, lz4, gzip, zstd, s2
 	Level    int    `json:"zstd_level,omitempty"`
+	// Base runs the -synbak-base binary instead of -synbak (to compare two
+	// builds side by side in one run).
+	Base bool `json:"base,omitempty"`
 }
 
 // knownConfigs lists the catch-up configurations (-configs).
@@ -44,6 +47,10 @@ var knownConfigs = map[string]receiverConfig{
 	// s2 (klauspost/compress), synbak's codec for WAL-heavy servers on few
 	// cores: less CPU than zstd, larger objects.
 	"synbak-s2": {Name: "synbak-s2", Tool: "synbak", Compress: "s2"},
+	// The same with the -synbak-base binary.
+	"base-zstd": {Name: "base-zstd", Tool: "synbak", Compress: "zstd", Base: true},
+	"base-s2":   {Name: "base-s2", Tool: "synbak", Compress: "s2", Base: true},
+	"base-none": {Name: "base-none", Tool: "synbak", Compress: "none", Base: true},
 }
 
 // proc is a running receiver.
@@ -84,8 +91,10 @@ func (p *proc) peakRSSMB() float64 { return float64(p.hwmKB.Load()) / 1024 }
 type env struct {
 	c      *benchpg.Cluster
 	synbak string
-	work   string // per-run directories go here
-	perf   string // when set, record system-wide perf profiles of synbak runs here
+	base   string   // the -synbak-base binary, for the base-* configurations
+	extra  []string // -synbak-env: more environment for synbak
+	work   string   // per-run directories go here
+	perf   string   // when set, record system-wide perf profiles of synbak runs here
 
 	mu    sync.Mutex
 	procs map[*proc]struct{}
@@ -122,7 +131,12 @@ func (e *env) startReceiver(cfg receiverConfig, slot, dir string, synchronous bo
 		if cfg.Level > 0 {
 			extra = append(extra, fmt.Sprintf("SYNBAK_REPOSITORY_ZSTD_LEVEL=%d", cfg.Level))
 		}
-		cmd = exec.Command(e.synbak, "--repo", filepath.Join(dir, "repo"), "--log-level", "info", "wal", "stream")
+		extra = append(extra, e.extra...)
+		bin := e.synbak
+		if cfg.Base {
+			bin = e.base
+		}
+		cmd = exec.Command(bin, "--repo", filepath.Join(dir, "repo"), "--log-level", "info", "wal", "stream")
 		cmd.Env = benchpg.CleanEnv(extra...)
 	default:
 		return nil, fmt.Errorf("unknown tool %q", cfg.Tool)

@@ -89,6 +89,8 @@ func (r *report) summarize(cfgs []receiverConfig) {
 		{"synbak-zstd", "pgrw-lz4"}, {"synbak-s2", "pgrw-lz4"}, {"synbak-zstd4", "pgrw-lz4"},
 		{"synbak-zstd", "pgrw-gzip"}, {"synbak-s2", "pgrw-gzip"},
 		{"synbak-zstd", "pgrw-none"}, {"synbak-s2", "pgrw-none"}, {"synbak-none", "pgrw-none"},
+		{"base-zstd", "pgrw-lz4"}, {"base-s2", "pgrw-lz4"}, {"base-none", "pgrw-none"},
+		{"synbak-zstd", "base-zstd"}, {"synbak-s2", "base-s2"}, {"synbak-none", "base-none"},
 	}
 	for _, p := range pairs {
 		a, okA := byName[p[0]]

@@ -1,6 +1,7 @@
 package repo
 
 import (
+	"context"
 	"io"
 	"sync"
 
@@ -20,8 +21,13 @@ const (
 )
 
 // EncoderCache keeps compressors and copy buffers for Put between calls,
-// at most max of each kind, for a caller that stores many objects in a row
-// with a bounded number of concurrent Puts (the WAL uploader).
+// for a caller that stores many objects in a row, several at a time (the
+// WAL uploader). At most max Puts using the cache read, hash and compress
+// at once; others wait for their turn (in Put, before reading), so the
+// cache never holds more than max compressors of a kind, while the waiting
+// Puts' backend work (writes, fsyncs) still overlaps with the compression.
+// Compression is CPU-bound: more of it in parallel than there are cores
+// only costs memory.
 //
 // The repository's own pool is a sync.Pool: every garbage collection
 // empties it, and a compressor put back on one P is not found by a Put
@@ -29,7 +35,8 @@ const (
 // encoders (each several MB with zstd) and the heap grows well past what is
 // in use. A cache holds exactly what its owner uses.
 type EncoderCache struct {
-	max int
+	max   int
+	slots chan struct{} // one per Put compressing
 
 	mu   sync.Mutex
 	zstd map[zstd.EncoderLevel][]*zstd.Encoder
@@ -37,11 +44,24 @@ type EncoderCache struct {
 	bufs [][]byte
 }
 
-// NewEncoderCache returns a cache keeping at most max compressors of each
-// codec and level (use the caller's number of concurrent Puts).
-func NewEncoderCache(max int) *EncoderCache {
-	return &EncoderCache{max: max, zstd: map[zstd.EncoderLevel][]*zstd.Encoder{}}
+// NewEncoderCache returns a cache for at most n Puts compressing at once
+// (at least 1).
+func NewEncoderCache(n int) *EncoderCache {
+	n = max(1, n)
+	return &EncoderCache{max: n, slots: make(chan struct{}, n), zstd: map[zstd.EncoderLevel][]*zstd.Encoder{}}
 }
+
+// acquire waits for one of the max compression slots.
+func (c *EncoderCache) acquire(ctx context.Context) error {
+	select {
+	case c.slots <- struct{}{}:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+func (c *EncoderCache) release() { <-c.slots }
 
 // WithEncoderCache makes Put take its compressor and copy buffer from c and
 // give them back there.

@@ -225,6 +225,14 @@ func (r *Repo) Put(ctx context.Context, name string, rd io.Reader, attrs map[str
 // rd, and returns the plaintext length and checksum.
 func frame(ctx context.Context, w io.Writer, rd io.Reader, hdr []byte, cfg putConfig) (int64, [32]byte, error) {
 	var sum [32]byte
+	if cfg.cache != nil {
+		// At most the cache's bound of Puts read, hash and compress at
+		// once; their backend writes and fsyncs overlap with the next ones.
+		if err := cfg.cache.acquire(ctx); err != nil {
+			return 0, sum, err
+		}
+		defer cfg.cache.release()
+	}
 	if _, err := w.Write(hdr); err != nil {
 		return 0, sum, err
 	}
