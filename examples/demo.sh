@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # synbak end to end on throwaway data: a scratch PostgreSQL cluster with a
-# Synapse-style homeserver.yaml pointing at it, a local repository, WAL
-# streamed while pgbench writes, a base backup, then every archived segment fetched back
-# with `synbak wal-fetch` and checked against PostgreSQL's own pg_wal
-# (cmp, and pg_waldump over the whole range), and two restores into new data
-# directories: to a time between two commits, and of the latest state, each
-# printing the rows expected and the rows found. Everything lives in one
+# Synapse-style homeserver.yaml, signing key and media store, a local
+# repository, and `synbak agent` running (WAL streamed while pgbench writes, a
+# first base backup, media and config snapshots) until SIGTERM; then every
+# archived segment fetched back with `synbak wal-fetch` and checked against
+# PostgreSQL's own pg_wal (cmp, and pg_waldump over the whole range), and two
+# restores into new data directories: to a time between two commits, and of
+# the latest state with the media and config files, each printing what was
+# expected and what was found. Everything lives in one
 # temporary directory, removed at the end (KEEP=1 keeps it).
 #
 #   bash examples/demo.sh
@@ -78,23 +80,31 @@ database:
 media_store_path: $work/synapse/media_store
 signing_key_path: $work/synapse/demo.example.signing.key
 EOF
-export SYNBAK_STATE_DIR=$work/state SYNBAK_WAL_PARTIAL_INTERVAL=2s SYNBAK_WAL_STATUS_INTERVAL=1s
+# A signing key and an uploaded file, as Synapse would have them.
+printf 'ed25519 a_demo %s\n' "$(head -c 32 /dev/urandom | base64 | tr -d '=\n')" >"$work/synapse/demo.example.signing.key"
+chmod 600 "$work/synapse/demo.example.signing.key"
+mkdir -p "$work/synapse/media_store/local_content/ab/cd"
+head -c 200000 /dev/urandom >"$work/synapse/media_store/local_content/ab/cd/efghijklmnopqrstuvwx"
+export SYNBAK_STATE_DIR=$work/state SYNBAK_WAL_PARTIAL_INTERVAL=2s SYNBAK_WAL_STATUS_INTERVAL=1s \
+  SYNBAK_HTTP_LISTEN=127.0.0.1:0 SYNBAK_MEDIA_QUIET_PERIOD=500ms SYNBAK_HEALTH_PROBE_INTERVAL=500ms
 sb() { "$synbak" -c /dev/null --homeserver "$work/synapse/homeserver.yaml" --repo "$work/repo" "$@"; }
 sb config check
 sb init
 
-step "streaming WAL while pgbench writes"
-"$synbak" -c /dev/null --homeserver "$work/synapse/homeserver.yaml" --repo "$work/repo" wal stream 2>"$work/stream.log" &
-streamer=$!
-for _ in $(seq 1 100); do
-  [ "$(psql -d postgres -Atc "select count(*) from pg_stat_replication where application_name = 'synbak'")" = 1 ] && break
-  sleep 0.1
-done
+step "the agent: WAL streaming, a first base backup, media and config snapshots"
 "$bindir/pgbench" -h 127.0.0.1 -p "$port" -U postgres -i -s 5 -q synapse 2>&1 | tail -n 1
+"$synbak" -c /dev/null --homeserver "$work/synapse/homeserver.yaml" --repo "$work/repo" agent 2>"$work/agent.log" &
+streamer=$!
+healthy=
+for _ in $(seq 1 600); do
+  if sb status >/dev/null 2>&1; then healthy=1; break; fi
+  kill -0 "$streamer" 2>/dev/null || break
+  sleep 0.2
+done
+[ -n "$healthy" ] || { echo "demo: the agent did not become healthy; its log:" >&2; tail -n 30 "$work/agent.log" >&2; exit 1; }
+echo "pgbench writes while the agent runs:"
 "$bindir/pgbench" -h 127.0.0.1 -p "$port" -U postgres -c 2 -T 5 synapse 2>&1 | grep -E '^(tps|number of transactions actually)'
-
-step "a base backup while WAL streams, and the repository's contents"
-sb backup
+sb status
 sb list
 
 psql -d synapse -c "CREATE TABLE e2e_one_time_keys_json(user_id text, device_id text, algorithm text, key_id text, ts_added_ms bigint, key_json text, UNIQUE (user_id, device_id, algorithm, key_id))"
@@ -117,7 +127,8 @@ for _ in $(seq 1 600); do
   [ -f "$work/repo/wal/00000001/$last" ] && break
   sleep 0.1
 done
-[ -f "$work/repo/wal/00000001/$last" ] || { echo "demo: $last was not archived; log:" >&2; cat "$work/stream.log" >&2; exit 1; }
+[ -f "$work/repo/wal/00000001/$last" ] || { echo "demo: $last was not archived; log:" >&2; tail -n 30 "$work/agent.log" >&2; exit 1; }
+echo "stopping the agent (SIGTERM: it stores the open segment and exits 0)"
 kill -TERM "$streamer"; wait "$streamer"; streamer=
 
 step "fetching every archived segment back and comparing it with pg_wal"
@@ -174,10 +185,14 @@ read -r rows keys < <(restore_into at-target --target-time "$target")
 check "marker rows" "1,2" "$rows"
 check "one-time keys after the restore" "0" "$keys"
 
-step "point-in-time restore of the latest state (--latest)"
-read -r rows keys < <(restore_into latest --latest)
+step "point-in-time restore of the latest state (--latest), with media and config"
+read -r rows keys < <(restore_into latest --latest --media-dir "$work/restored-media" --config-dir "$work/restored-config")
 check "marker rows" "1,2,3" "$rows"
 check "one-time keys after the restore" "0" "$keys"
+media_ok=no; cmp -s "$work/synapse/media_store/local_content/ab/cd/efghijklmnopqrstuvwx" "$work/restored-media/local_content/ab/cd/efghijklmnopqrstuvwx" && media_ok=yes
+check "uploaded file restored" "yes" "$media_ok"
+key_ok=no; cmp -s "$work/synapse/demo.example.signing.key" "$work/restored-config/$work/synapse/demo.example.signing.key" && key_ok=yes
+check "signing key restored" "yes" "$key_ok"
 
 raw=$(du -sb "$work/fetched" | cut -f1)
 stored=$(du -sb "$work/repo/wal" | cut -f1)
