@@ -1,6 +1,8 @@
 // Command basebackup benchmarks `synbak backup` against pg_basebackup
 // (-Ft -Z zstd, and -Ft -Z server-lz4) on the same throwaway cluster at two
-// database sizes: wall time, client CPU, client peak RSS, stored size.
+// database sizes: wall time, client CPU, client peak RSS, stored size. One
+// synbak configuration stores into S3: a versitygw on loopback, started by
+// the benchmark for each run.
 //
 //	go run ./bench/basebackup -sizes 1,2 -runs 1
 //
@@ -9,6 +11,7 @@ package main
 
 import (
 	"github.com/synbak/synbak/bench/internal/benchpg"
+	"github.com/synbak/synbak/bench/internal/benchs3"
 
 	"context"
 	"flag"
@@ -32,6 +35,7 @@ type config struct {
 	name string
 	// synbak is true for `synbak backup`; env adds settings.
 	synbak bool
+	s3     bool // into s3://bench/repo on a versitygw of its own
 	env    []string
 	args   []string // pg_basebackup arguments after -D DIR
 }
@@ -40,6 +44,7 @@ var configs = []config{
 	{name: "pg_basebackup -Z zstd", args: []string{"-Ft", "-Z", "zstd", "-c", "fast"}},
 	{name: "pg_basebackup -Z server-lz4", args: []string{"-Ft", "-Z", "server-lz4", "-c", "fast"}},
 	{name: "synbak (zstd)", synbak: true},
+	{name: "synbak (zstd) to S3", synbak: true, s3: true},
 	{name: "synbak (s2)", synbak: true, env: []string{"SYNBAK_REPOSITORY_COMPRESSION=s2"}},
 	{name: "synbak (server lz4)", synbak: true, env: []string{"SYNBAK_BASEBACKUP_SERVER_COMPRESSION=lz4"}},
 }
@@ -52,6 +57,8 @@ type result struct {
 	cpu    float64
 	rssMB  float64
 	stored int64
+	// S3 only: versitygw's CPU seconds and peak RSS during the run.
+	gwCPU, gwRSSMB float64
 }
 
 func main() {
@@ -67,7 +74,20 @@ func run() error {
 	synbak := flag.String("synbak", "", "synbak binary (default: build ./cmd/synbak)")
 	pgBin := flag.String("pg-bin", "/usr/lib/postgresql/15/bin", "PostgreSQL binaries")
 	keep := flag.Bool("keep", false, "keep the work directory")
+	withS3 := flag.Bool("s3", true, "also run synbak backup into S3 (versitygw on loopback; without the versitygw binary it is left out unless -s3 is given)")
 	flag.Parse()
+	if *withS3 {
+		if _, err := benchs3.Binary(); err != nil {
+			explicit := false
+			flag.Visit(func(f *flag.Flag) { explicit = explicit || f.Name == "s3" })
+			if explicit {
+				return err
+			}
+			fmt.Fprintf(os.Stderr, "leaving out the S3 configuration: %v\n", err)
+			*withS3 = false
+		}
+	}
+	cfgs := slices.DeleteFunc(slices.Clone(configs), func(c config) bool { return c.s3 && !*withS3 })
 
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
@@ -114,7 +134,7 @@ func run() error {
 		}
 		fmt.Fprintf(os.Stderr, "database: %.0f MB\n", dbMB)
 		for i := 0; i < *runs; i++ {
-			order := slices.Clone(configs)
+			order := slices.Clone(cfgs)
 			if i%2 == 1 {
 				slices.Reverse(order)
 			}
@@ -131,7 +151,11 @@ func run() error {
 					return fmt.Errorf("%s: %w", cfg.name, err)
 				}
 				r.size, r.dbMB = s+" GiB", dbMB
-				fmt.Fprintf(os.Stderr, "%s: wall %.2f s, cpu %.2f s, rss %.1f MB, stored %d MiB\n", r.config, r.wall, r.cpu, r.rssMB, r.stored>>20)
+				fmt.Fprintf(os.Stderr, "%s: wall %.2f s, cpu %.2f s, rss %.1f MB, stored %d MiB", r.config, r.wall, r.cpu, r.rssMB, r.stored>>20)
+				if cfg.s3 {
+					fmt.Fprintf(os.Stderr, ", versitygw cpu %.2f s, rss %.1f MB", r.gwCPU, r.gwRSSMB)
+				}
+				fmt.Fprintln(os.Stderr)
 				results = append(results, r)
 			}
 		}
@@ -197,15 +221,29 @@ func measure(ctx context.Context, c *benchpg.Cluster, cfg config, synbak, work s
 		return result{}, err
 	}
 	defer os.RemoveAll(out)
+	var gw *benchs3.Server
+	if cfg.s3 {
+		var err error
+		if gw, err = benchs3.Start(ctx, filepath.Join(out, "s3")); err != nil {
+			return result{}, err
+		}
+		defer gw.Stop()
+		if err := gw.MakeBucket(ctx, "bench"); err != nil {
+			return result{}, fmt.Errorf("create bucket: %w", err)
+		}
+	}
 	var cmd *exec.Cmd
 	if cfg.synbak {
 		cmd = exec.CommandContext(ctx, synbak, "-c", "/dev/null", "backup")
-		cmd.Env = benchpg.CleanEnv(append([]string{
+		repoEnv := []string{"SYNBAK_REPOSITORY_PATH=" + filepath.Join(out, "repo")}
+		if gw != nil {
+			repoEnv = gw.SynbakEnv("bench", "repo")
+		}
+		cmd.Env = benchpg.CleanEnv(append(append([]string{
 			"SYNBAK_POSTGRES_DSN=" + c.DSN(),
-			"SYNBAK_REPOSITORY_PATH=" + filepath.Join(out, "repo"),
 			"SYNBAK_STATE_DIR=" + filepath.Join(out, "state"),
 			"SYNBAK_LOG_LEVEL=warn",
-		}, cfg.env...)...)
+		}, repoEnv...), cfg.env...)...)
 	} else {
 		args := append([]string{"-h", "127.0.0.1", "-p", strconv.Itoa(c.Port), "-U", "postgres", "-D", filepath.Join(out, "pgbb")}, cfg.args...)
 		cmd = exec.CommandContext(ctx, filepath.Join(c.Bin, "pg_basebackup"), args...)
@@ -213,6 +251,10 @@ func measure(ctx context.Context, c *benchpg.Cluster, cfg config, synbak, work s
 	}
 	var stderr strings.Builder
 	cmd.Stderr = &stderr
+	var gwCPU0 float64
+	if gw != nil {
+		gwCPU0, _ = benchpg.ProcCPU(gw.PID())
+	}
 	start := time.Now()
 	if err := cmd.Start(); err != nil {
 		return result{}, err
@@ -223,7 +265,7 @@ func measure(ctx context.Context, c *benchpg.Cluster, cfg config, synbak, work s
 		t := time.NewTicker(20 * time.Millisecond)
 		defer t.Stop()
 		for {
-			if kb := vmHWM(cmd.Process.Pid); kb > hwm.Load() {
+			if kb := benchpg.VmHWM(cmd.Process.Pid); kb > hwm.Load() {
 				hwm.Store(kb)
 			}
 			select {
@@ -241,31 +283,18 @@ func measure(ctx context.Context, c *benchpg.Cluster, cfg config, synbak, work s
 	}
 	ru := cmd.ProcessState.SysUsage().(*syscall.Rusage)
 	cpu := tv(ru.Utime) + tv(ru.Stime)
-	stored, err := dirSize(out, cfg.synbak)
-	if err != nil {
-		return result{}, err
+	r := result{config: cfg.name, wall: wall, cpu: cpu, rssMB: float64(hwm.Load()) / 1024}
+	if gw != nil {
+		gwCPU1, _ := benchpg.ProcCPU(gw.PID())
+		r.gwCPU, r.gwRSSMB = gwCPU1-gwCPU0, float64(benchpg.VmHWM(gw.PID()))/1024
+		r.stored, err = gw.Size(ctx, "bench", "repo/backups/")
+	} else {
+		r.stored, err = dirSize(out, cfg.synbak)
 	}
-	return result{config: cfg.name, wall: wall, cpu: cpu, rssMB: float64(hwm.Load()) / 1024, stored: stored}, nil
+	return r, err
 }
 
 func tv(t syscall.Timeval) float64 { return float64(t.Sec) + float64(t.Usec)/1e6 }
-
-// vmHWM reads a live process's peak resident set (kB) from /proc. (wait4's
-// ru_maxrss is useless: exec keeps the high-water mark of the address
-// space it replaces, here the benchmark's own.)
-func vmHWM(pid int) int64 {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
-	if err != nil {
-		return 0
-	}
-	for _, l := range strings.Split(string(b), "\n") {
-		if v, ok := strings.CutPrefix(l, "VmHWM:"); ok {
-			n, _ := strconv.ParseInt(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(v), "kB")), 10, 64)
-			return n
-		}
-	}
-	return 0
-}
 
 // dirSize is the apparent size of the backup's files: for synbak the
 // backups/ objects (not the WAL), for pg_basebackup base and tablespace
@@ -328,5 +357,49 @@ func report(rs []result) {
 			ratio = fmt.Sprintf("%.2f", w/ref[k.size])
 		}
 		fmt.Printf("| %s (%.0f MB) | %s | %.2f | %.2f | %.1f | %d | %s |\n", k.size, g[0].dbMB, k.config, w, median(cpu), median(rss), g[0].stored>>20, ratio)
+	}
+
+	// synbak into S3 against the same synbak into a local directory.
+	med := func(g []result, f func(result) float64) float64 {
+		var v []float64
+		for _, r := range g {
+			v = append(v, f(r))
+		}
+		return median(v)
+	}
+	header := false
+	for _, k := range keys {
+		var local, remote config
+		for _, c := range configs {
+			if c.s3 && c.name == k.config {
+				remote = c
+			}
+		}
+		if !remote.s3 {
+			continue
+		}
+		for _, c := range configs {
+			if c.synbak && !c.s3 && slices.Equal(c.env, remote.env) {
+				local = c
+			}
+		}
+		l, s := groups[key{k.size, local.name}], groups[k]
+		if len(l) == 0 {
+			continue
+		}
+		if !header {
+			fmt.Println()
+			fmt.Println("| DB size | S3 / local | wall | CPU | peak RSS | versitygw CPU s | versitygw peak RSS MB | (synbak + versitygw CPU) / local CPU |")
+			fmt.Println("|---|---|---|---|---|---|---|---|")
+			header = true
+		}
+		wall := func(r result) float64 { return r.wall }
+		cpu := func(r result) float64 { return r.cpu }
+		rss := func(r result) float64 { return r.rssMB }
+		gwCPU := func(r result) float64 { return r.gwCPU }
+		fmt.Printf("| %s | %s / %s | %.2f | %.2f | %.2f | %.2f | %.1f | %.2f |\n", k.size, remote.name, local.name,
+			med(s, wall)/med(l, wall), med(s, cpu)/med(l, cpu), med(s, rss)/med(l, rss),
+			med(s, gwCPU), med(s, func(r result) float64 { return r.gwRSSMB }),
+			(med(s, cpu)+med(s, gwCPU))/med(l, cpu))
 	}
 }

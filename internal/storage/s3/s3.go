@@ -29,6 +29,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/minio/minio-go/v7"
@@ -332,6 +333,15 @@ func isConditionalConflict(err error) bool {
 	return isStatus(err, http.StatusConflict, "ConditionalRequestConflict")
 }
 
+// isConnReset reports a connection the server closed while the request body
+// was still being sent: servers (versitygw) answer a conditional PUT that
+// fails with 412 before reading the body, and close. Repeating the
+// conditional PUT is safe: it gets its 412 and the content is compared.
+func isConnReset(err error) bool {
+	return errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.EPIPE) ||
+		strings.Contains(err.Error(), "connection reset by peer") || strings.Contains(err.Error(), "broken pipe")
+}
+
 // Put implements storage.Backend.
 func (b *Backend) Put(ctx context.Context, name string, r io.Reader) error {
 	if err := storage.ValidName(name); err != nil {
@@ -357,16 +367,24 @@ func (b *Backend) Put(ctx context.Context, name string, r io.Reader) error {
 		data := (*small)[:n]
 		return b.putSingle(ctx, name, data, sha256.Sum256(data), cond)
 	}
-	first := b.getBuf()
-	copy(*first, (*small)[:n])
-	m, eof, err := fill(ctx, r, (*first)[n:])
-	if err != nil {
-		b.putBuf(first)
+	// Up to a part's size, grow a buffer as the data comes (a WAL segment
+	// compresses to about 1–2 MiB: a whole part's buffer for each of the
+	// uploader's concurrent Puts cost 4× synbak's memory).
+	var mid bytes.Buffer
+	mid.Write((*small)[:n])
+	if _, err := io.CopyN(&mid, r, int64(b.partSize-n)); err == io.EOF && ctx.Err() == nil {
+		data := mid.Bytes()
+		return b.putSingle(ctx, name, data, sha256.Sum256(data), cond)
+	} else if err != nil {
+		return fmt.Errorf("put %s: read: %w", name, err)
+	} else if err := ctx.Err(); err != nil {
 		return fmt.Errorf("put %s: %w", name, err)
 	}
-	n += m
+	first := b.getBuf()
+	n = copy(*first, mid.Bytes())
+	mid = bytes.Buffer{}
 	hash.Write((*first)[:n])
-	if !eof {
+	{
 		// Exactly one full part and then the end is still a single PUT.
 		second := b.getBuf()
 		m, eof2, err := fill(ctx, r, *second)
@@ -440,7 +458,7 @@ func (b *Backend) putSingle(ctx context.Context, name string, data []byte, sum [
 			return nil
 		case isPreconditionFailed(err):
 			return b.compareExisting(ctx, name, int64(len(data)), sum)
-		case isConditionalConflict(err) && attempt < conflictRetries:
+		case (isConditionalConflict(err) || isConnReset(err)) && attempt < conflictRetries:
 			sleepCtx(ctx, time.Duration(attempt+1)*50*time.Millisecond)
 			continue
 		}
