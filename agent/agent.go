@@ -71,6 +71,9 @@ type Options struct {
 	// Listen is the HTTP address (host:port; port 0 picks one, see Addr).
 	// Empty: no HTTP endpoint.
 	Listen string
+	// OnListen, when set, is called with the address once the endpoint
+	// listens (cmd records it for `synbak status`).
+	OnListen func(addr string)
 	// Components run under the supervisor. WAL, Backups, Media, Config
 	// and Probe are the same parts seen for status and metrics; any may
 	// be nil.
@@ -185,6 +188,9 @@ func (a *Agent) Run(ctx context.Context) error {
 			}
 		}()
 		a.opts.Log.Info("http endpoint", "addr", "http://"+a.Addr(), "paths", "/metrics /healthz /status")
+		if a.opts.OnListen != nil {
+			a.opts.OnListen(a.Addr())
+		}
 	}
 
 	sctx, stopSampler := context.WithCancel(context.Background())

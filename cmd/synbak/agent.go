@@ -107,7 +107,13 @@ func runAgent(ctx context.Context, cfg *config.Config) error {
 		Connect: func(ctx context.Context) (*pgconn.PgConn, error) { return src.Connect(ctx, "") },
 	}
 	opts := agent.Options{
-		Log: log, Listen: cfg.HTTP.Listen, WAL: rcv, Backups: sched, Probe: probe,
+		Log: log, Listen: cfg.HTTP.Listen,
+		// Record the address (port 0 picks one) for `synbak status`.
+		OnListen: func(addr string) {
+			if err := writeFileAtomic(agentAddrFile(cfg), []byte(addr+"\n")); err != nil {
+				log.Warn("cannot record the agent's address for 'synbak status'", "file", agentAddrFile(cfg), "err", err)
+			}
+		}, WAL: rcv, Backups: sched, Probe: probe,
 		Health: agent.HealthOptions{
 			BackupInterval: cfg.Basebackup.Interval.D(), Disconnected: cfg.Health.Disconnected.D(),
 			SlotLag: int64(cfg.Health.SlotLagMB) << 20, MediaBacklog: cfg.Health.MediaBacklog.D(),
@@ -156,17 +162,6 @@ func runAgent(ctx context.Context, cfg *config.Config) error {
 	a := agent.New(opts)
 	ag = a
 
-	// Record the HTTP address once listening (port 0 picks one).
-	go func() {
-		for ctx.Err() == nil && a.Addr() == "" && cfg.HTTP.Listen != "" {
-			time.Sleep(20 * time.Millisecond)
-		}
-		if addr := a.Addr(); addr != "" {
-			if err := writeFileAtomic(agentAddrFile(cfg), []byte(addr+"\n")); err != nil {
-				log.Warn("cannot record the agent's address for 'synbak status'", "file", agentAddrFile(cfg), "err", err)
-			}
-		}
-	}()
 	log.Info("agent starting", "repository", r.String(), "postgres", src.Redacted(), "slot", cfg.Postgres.Slot)
 	err = a.Run(ctx)
 	if err == nil {
