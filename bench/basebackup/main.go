@@ -16,7 +16,6 @@ import (
 	"context"
 	"flag"
 	"fmt"
-	"io/fs"
 	"os"
 	"os/exec"
 	"os/signal"
@@ -91,36 +90,12 @@ func run() error {
 
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	work, err := os.MkdirTemp("/tmp", "bbbench-")
+	b, err := benchpg.Setup(ctx, "bbbench-", *synbak, *pgBin, clusterSettings, *keep)
 	if err != nil {
 		return err
 	}
-	if !*keep {
-		defer os.RemoveAll(work)
-	}
-	if err := os.Chmod(work, 0o755); err != nil { // the server user must reach pg/
-		return err
-	}
-	if *synbak == "" {
-		*synbak = filepath.Join(work, "synbak")
-		if out, err := exec.Command("go", "build", "-o", *synbak, "./cmd/synbak").CombinedOutput(); err != nil {
-			return fmt.Errorf("build synbak: %v\n%s", err, out)
-		}
-	}
-	pgdir := filepath.Join(work, "pg")
-	if err := os.Mkdir(pgdir, 0o755); err != nil {
-		return err
-	}
-	c, err := benchpg.Start(ctx, *pgBin, pgdir, clusterSettings)
-	if err != nil {
-		return err
-	}
-	defer c.Stop()
-	conn, err := pgx.Connect(ctx, c.DSN())
-	if err != nil {
-		return err
-	}
-	defer conn.Close(context.Background())
+	defer b.Close(*keep)
+	c, conn := b.Cluster, b.Conn
 
 	var results []result
 	for _, s := range strings.Split(*sizes, ",") {
@@ -146,7 +121,7 @@ func run() error {
 					return err
 				}
 				_ = exec.Command("sync").Run()
-				r, err := measure(ctx, c, cfg, *synbak, work)
+				r, err := measure(ctx, c, cfg, b.Synbak, b.Work)
 				if err != nil {
 					return fmt.Errorf("%s: %w", cfg.name, err)
 				}
@@ -300,32 +275,12 @@ func tv(t syscall.Timeval) float64 { return float64(t.Sec) + float64(t.Usec)/1e6
 // backups/ objects (not the WAL), for pg_basebackup base and tablespace
 // tars (not pg_wal.tar, as synbak's WAL is not counted either).
 func dirSize(dir string, synbak bool) (int64, error) {
-	var n int64
-	err := filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
-		if err != nil || d.IsDir() {
-			return err
+	return benchpg.DirSize(dir, func(rel string) bool {
+		if synbak {
+			return strings.HasPrefix(rel, "repo/backups/")
 		}
-		rel, _ := filepath.Rel(dir, p)
-		if synbak && !strings.HasPrefix(rel, "repo/backups/") {
-			return nil
-		}
-		if !synbak && strings.HasPrefix(filepath.Base(p), "pg_wal") {
-			return nil
-		}
-		fi, err := d.Info()
-		if err != nil {
-			return err
-		}
-		n += fi.Size()
-		return nil
+		return !strings.HasPrefix(filepath.Base(rel), "pg_wal")
 	})
-	return n, err
-}
-
-func median(v []float64) float64 {
-	s := slices.Clone(v)
-	slices.Sort(s)
-	return s[len(s)/2]
 }
 
 func report(rs []result) {
@@ -348,7 +303,7 @@ func report(rs []result) {
 		for _, r := range g {
 			wall, cpu, rss = append(wall, r.wall), append(cpu, r.cpu), append(rss, r.rssMB)
 		}
-		w := median(wall)
+		w := benchpg.Median(wall)
 		if k.config == configs[0].name {
 			ref[k.size] = w
 		}
@@ -356,7 +311,7 @@ func report(rs []result) {
 		if ref[k.size] > 0 {
 			ratio = fmt.Sprintf("%.2f", w/ref[k.size])
 		}
-		fmt.Printf("| %s (%.0f MB) | %s | %.2f | %.2f | %.1f | %d | %s |\n", k.size, g[0].dbMB, k.config, w, median(cpu), median(rss), g[0].stored>>20, ratio)
+		fmt.Printf("| %s (%.0f MB) | %s | %.2f | %.2f | %.1f | %d | %s |\n", k.size, g[0].dbMB, k.config, w, benchpg.Median(cpu), benchpg.Median(rss), g[0].stored>>20, ratio)
 	}
 
 	// synbak into S3 against the same synbak into a local directory.
@@ -365,7 +320,7 @@ func report(rs []result) {
 		for _, r := range g {
 			v = append(v, f(r))
 		}
-		return median(v)
+		return benchpg.Median(v)
 	}
 	header := false
 	for _, k := range keys {

@@ -85,38 +85,18 @@ func run() error {
 
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	work, err := os.MkdirTemp("/tmp", "s3walbench-")
+	b, err := benchpg.Setup(ctx, "s3walbench-", *synbak, *pgBin, clusterSettings, *keep)
 	if err != nil {
 		return err
 	}
-	if *keep {
-		defer logf("kept %s", work)
-	} else {
-		defer os.RemoveAll(work)
-	}
-	if err := os.Chmod(work, 0o755); err != nil { // the server user must reach pg/
-		return err
-	}
-	if *synbak == "" {
-		*synbak = filepath.Join(work, "synbak")
-		if out, err := exec.CommandContext(ctx, "go", "build", "-o", *synbak, "./cmd/synbak").CombinedOutput(); err != nil {
-			return fmt.Errorf("build synbak: %v\n%s", err, out)
+	defer func() {
+		b.Close(*keep)
+		if *keep {
+			logf("kept %s", b.Work)
 		}
-	}
-	pgdir := filepath.Join(work, "pg")
-	if err := os.Mkdir(pgdir, 0o755); err != nil {
-		return err
-	}
-	c, err := benchpg.Start(ctx, *pgBin, pgdir, clusterSettings)
-	if err != nil {
-		return err
-	}
-	defer c.Stop()
-	conn, err := pgx.Connect(ctx, c.DSN())
-	if err != nil {
-		return err
-	}
-	defer conn.Close(context.Background())
+	}()
+	work, c, conn := b.Work, b.Cluster, b.Conn
+	*synbak = b.Synbak
 
 	// Slots first: every run catches up exactly the same WAL.
 	var extraEnv []string
@@ -145,12 +125,8 @@ func run() error {
 	if err != nil {
 		return fmt.Errorf("generate WAL: %w", err)
 	}
-	var switched int64
-	if err := conn.QueryRow(ctx, "select pg_wal_lsn_diff(pg_switch_wal(), '0/0')::bigint").Scan(&switched); err != nil {
-		return err
-	}
-	var target string
-	if err := conn.QueryRow(ctx, "select pg_walfile_name(pg_lsn '0/0' + $1::numeric)", switched-1).Scan(&target); err != nil {
+	switched, target, err := benchpg.SwitchWAL(ctx, conn)
+	if err != nil {
 		return err
 	}
 	segs := (switched-1)/segSize - startLSN/segSize + 1
@@ -373,7 +349,7 @@ func catchUp(ctx context.Context, conn *pgx.Conn, dsn, synbak string, extraEnv [
 	if gw != nil {
 		r.stored, err = gw.Size(ctx, bucket, prefix+"/wal/")
 	} else {
-		r.stored, err = dirSize(filepath.Join(dir, "repo", "wal"))
+		r.stored, err = benchpg.DirSize(filepath.Join(dir, "repo", "wal"), nil)
 	}
 	if err != nil {
 		return r, err
@@ -405,28 +381,6 @@ func tail(b []byte) string {
 
 func tv(t syscall.Timeval) float64 { return float64(t.Sec) + float64(t.Usec)/1e6 }
 
-func dirSize(dir string) (int64, error) {
-	var n int64
-	err := filepath.WalkDir(dir, func(_ string, d fs.DirEntry, err error) error {
-		if err != nil || d.IsDir() {
-			return err
-		}
-		fi, err := d.Info()
-		if err != nil {
-			return err
-		}
-		n += fi.Size()
-		return nil
-	})
-	return n, err
-}
-
-func median(v []float64) float64 {
-	s := slices.Clone(v)
-	slices.Sort(s)
-	return s[len(s)/2]
-}
-
 func report(rs []result, walBytes int64) {
 	med := map[string]map[string]float64{}
 	fmt.Printf("Catch-up (medians of %d runs; wall = start until the last segment is stored)\n", len(rs)/len(configs))
@@ -444,7 +398,7 @@ func report(rs []result, walBytes int64) {
 			for _, r := range g {
 				v = append(v, f(r))
 			}
-			return median(v)
+			return benchpg.Median(v)
 		}
 		walls := make([]float64, len(g))
 		for i, r := range g {

@@ -27,8 +27,6 @@ import (
 	"strings"
 	"syscall"
 	"time"
-
-	"github.com/jackc/pgx/v5"
 )
 
 // defaultConfigs are the catch-up configurations run without -configs.
@@ -137,10 +135,7 @@ func run() (err error) {
 			return err
 		}
 	}
-	if err := os.Mkdir(filepath.Join(work, "pg"), 0o755); err != nil {
-		return err
-	}
-	c, err := benchpg.Start(ctx, o.pgBin, filepath.Join(work, "pg"), clusterSettings)
+	c, conn, err := benchpg.StartConnected(ctx, o.pgBin, filepath.Join(work, "pg"), clusterSettings)
 	if err != nil {
 		return err
 	}
@@ -151,12 +146,8 @@ func run() (err error) {
 	}
 	e := &env{c: c, synbak: o.synbak, base: o.synbakBase, extra: synbakEnv, work: work, procs: map[*proc]struct{}{}, perf: o.perf}
 	defer e.stopAll()
-
-	conn, err := pgx.Connect(ctx, c.DSN())
-	if err != nil {
-		return err
-	}
 	defer conn.Close(context.Background())
+
 	var version string
 	if err := conn.QueryRow(ctx, "SHOW server_version").Scan(&version); err != nil {
 		return err
@@ -189,8 +180,8 @@ func run() (err error) {
 	if err != nil {
 		return fmt.Errorf("generate WAL: %w", err)
 	}
-	var switched int64
-	if err := conn.QueryRow(ctx, "SELECT pg_wal_lsn_diff(pg_switch_wal(), '0/0')::bigint").Scan(&switched); err != nil {
+	switched, target, err := benchpg.SwitchWAL(ctx, conn)
+	if err != nil {
 		return err
 	}
 	var tli uint32
@@ -198,7 +189,7 @@ func run() (err error) {
 		return err
 	}
 	w := walInfo{SegSize: segSize, StartLSN: startLSN, TargetLSN: switched, Timeline: tli,
-		StartSegment: segName(tli, startLSN/segSize, segSize), TargetSegment: segName(tli, (switched-1)/segSize, segSize)}
+		StartSegment: segName(tli, startLSN/segSize, segSize), TargetSegment: target}
 	w.Segments = int((switched-1)/segSize - startLSN/segSize + 1)
 	w.Bytes = int64(w.Segments) * segSize
 	logf("WAL to catch up: %d segments %s..%s (%d MB) in %.0fs", w.Segments, w.StartSegment, w.TargetSegment, w.Bytes>>20, gen.Seconds)

@@ -254,3 +254,109 @@ func BusyCPU() float64 {
 	}
 	return sum / 100
 }
+
+// BuildSynbak builds ./cmd/synbak (relative to the current directory, the
+// module root) into workDir/synbak and returns the binary's path.
+func BuildSynbak(ctx context.Context, workDir string) (string, error) {
+	exe := filepath.Join(workDir, "synbak")
+	if out, err := exec.CommandContext(ctx, "go", "build", "-o", exe, "./cmd/synbak").CombinedOutput(); err != nil {
+		return "", fmt.Errorf("build synbak: %v\n%s", err, out)
+	}
+	return exe, nil
+}
+
+// Bench is what a benchmark runs against: a temporary work directory, a
+// synbak binary and a throwaway cluster in work/pg with a superuser
+// connection.
+type Bench struct {
+	Work    string // the work directory
+	Synbak  string // the synbak binary
+	Cluster *Cluster
+	Conn    *pgx.Conn
+}
+
+// Setup creates a work directory /tmp/pattern* (os.MkdirTemp) with mode 0755
+// (the server user must reach pg/ in it), builds synbak into it unless
+// synbak names a binary (BuildSynbak), and starts a cluster in work/pg with
+// settings and connects to it (StartConnected). On an error it undoes what
+// it did, but keeps the work directory when keep is set.
+func Setup(ctx context.Context, pattern, synbak, pgBin, settings string, keep bool) (*Bench, error) {
+	work, err := os.MkdirTemp("/tmp", pattern)
+	if err != nil {
+		return nil, err
+	}
+	b := &Bench{Work: work, Synbak: synbak}
+	if err := b.setup(ctx, pgBin, settings); err != nil {
+		b.Close(keep)
+		if keep {
+			err = fmt.Errorf("%w (work directory %s kept)", err, work)
+		}
+		return nil, err
+	}
+	return b, nil
+}
+
+func (b *Bench) setup(ctx context.Context, pgBin, settings string) error {
+	if err := os.Chmod(b.Work, 0o755); err != nil {
+		return err
+	}
+	if b.Synbak == "" {
+		exe, err := BuildSynbak(ctx, b.Work)
+		if err != nil {
+			return err
+		}
+		b.Synbak = exe
+	}
+	c, conn, err := StartConnected(ctx, pgBin, filepath.Join(b.Work, "pg"), settings)
+	if err != nil {
+		return err
+	}
+	b.Cluster, b.Conn = c, conn
+	return nil
+}
+
+// Close closes the connection, stops the cluster and removes the work
+// directory unless keep is set.
+func (b *Bench) Close(keep bool) {
+	if b.Conn != nil {
+		b.Conn.Close(context.Background())
+	}
+	b.Cluster.Stop()
+	if !keep {
+		os.RemoveAll(b.Work)
+	}
+}
+
+// StartConnected creates dir (mode 0755: the server user must reach it),
+// starts a cluster in it as Start does and connects to it as the
+// superuser. The caller stops the cluster and closes the connection; on an
+// error nothing is left running.
+func StartConnected(ctx context.Context, bin, dir, settings string) (*Cluster, *pgx.Conn, error) {
+	if err := os.Mkdir(dir, 0o755); err != nil {
+		return nil, nil, err
+	}
+	c, err := Start(ctx, bin, dir, settings)
+	if err != nil {
+		return nil, nil, err
+	}
+	conn, err := pgx.Connect(ctx, c.DSN())
+	if err != nil {
+		c.Stop()
+		return nil, nil, err
+	}
+	return c, conn, nil
+}
+
+// SwitchWAL ends the current WAL segment (pg_switch_wal) and returns the
+// position pg_switch_wal reports, in bytes from 0/0 (the end of the WAL in
+// the completed segment, plus one), and the name of that segment: the last
+// one a WAL receiver must store to have everything written so far.
+func SwitchWAL(ctx context.Context, conn *pgx.Conn) (endLSN int64, segment string, err error) {
+	if err := conn.QueryRow(ctx, "select pg_wal_lsn_diff(pg_switch_wal(), '0/0')::bigint").Scan(&endLSN); err != nil {
+		return 0, "", err
+	}
+	if err := conn.QueryRow(ctx, "select pg_walfile_name(pg_lsn '0/0' + $1::numeric)", endLSN-1).Scan(&segment); err != nil {
+		return 0, "", err
+	}
+	return endLSN, segment, nil
+}
