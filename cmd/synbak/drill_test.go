@@ -13,10 +13,7 @@ import (
 	"github.com/jackc/pglogrepl"
 
 	"github.com/synbak/synbak/basebackup"
-	"github.com/synbak/synbak/internal/pgsource"
 	"github.com/synbak/synbak/internal/pgtest"
-	"github.com/synbak/synbak/internal/repo"
-	"github.com/synbak/synbak/internal/storage/local"
 	"github.com/synbak/synbak/wal"
 )
 
@@ -35,20 +32,8 @@ func TestDrill(t *testing.T) {
 	c.FillSynapse(t, "synapse", 30)
 	dir := pgtest.ServerDir(t)
 	repoDir := filepath.Join(dir, "repo")
-	be, err := local.New(repoDir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	r, _, err := repo.Init(ctx, be, repo.Options{Compression: "zstd", ZstdLevel: 1})
-	if err != nil {
-		t.Fatal(err)
-	}
-	rcv := wal.NewReceiver(pgsource.Source{ConnString: c.DSN("postgres"), Origin: "test"}, r,
-		wal.Options{Slot: "synbak", SpoolDir: t.TempDir(), StatusInterval: 200 * time.Millisecond, PartialInterval: 300 * time.Millisecond}, pgtest.Logger(t))
-	rctx, cancel := context.WithCancel(ctx)
-	done := make(chan error, 1)
-	go func() { done <- rcv.Run(rctx) }()
-	waitFor(t, time.Minute, "streaming", func() bool { return rcv.Status().Streaming })
+	r := newLocalRepo(t, repoDir)
+	stop := streamInto(t, c, r)
 	b, err := basebackup.Take(ctx, c.ReplicationConn(t), r, basebackup.Options{PartSize: 1 << 20, WALTimeout: 2 * time.Minute,
 		Facts: map[string]string{"main_database": "synapse"}}, pgtest.Logger(t))
 	if err != nil {
@@ -65,8 +50,7 @@ func TestDrill(t *testing.T) {
 	}
 	last := wal.SegmentAt(1, end-1, 1<<20)
 	waitFor(t, time.Minute, "WAL archived", func() bool { _, err := r.Stat(ctx, last.ObjectName()); return err == nil })
-	cancel()
-	if err := <-done; err != nil {
+	if err := stop(); err != nil {
 		t.Fatal(err)
 	}
 	pgtest.GiveToServerUser(t, repoDir)

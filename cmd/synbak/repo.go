@@ -179,3 +179,23 @@ func identityBytes(cfg *config.Config) ([]byte, error) {
 	}
 	return b, nil
 }
+
+// fetchSettings is what restore_command's wal-fetch needs besides the
+// repository itself (restore.Options / drill.Options RepoPath, RepoConfig,
+// Identity).
+type fetchSettings struct {
+	path, config string
+	identity     []byte
+}
+
+func walFetchSettings(cfg *config.Config) (fetchSettings, error) {
+	repoCfg, err := walFetchRepoConfig(cfg)
+	if err != nil {
+		return fetchSettings{}, err
+	}
+	identity, err := identityBytes(cfg)
+	if err != nil {
+		return fetchSettings{}, err
+	}
+	return fetchSettings{path: cfg.Repository.Path, config: repoCfg, identity: identity}, nil
+}

@@ -160,17 +160,12 @@ func runRestore(ctx context.Context, cfg *config.Config, f restoreFlags, target 
 	if err != nil {
 		return err
 	}
-	repoCfg, err := walFetchRepoConfig(cfg)
-	if err != nil {
-		return err
-	}
-	identity, err := identityBytes(cfg)
+	fs, err := walFetchSettings(cfg)
 	if err != nil {
 		return err
 	}
 	opts := restore.Options{
-		RepoConfig: repoCfg, Identity: identity,
-		Repo: r, RepoPath: cfg.Repository.Path, Target: target,
+		Repo: r, RepoPath: fs.path, RepoConfig: fs.config, Identity: fs.identity, Target: target,
 		PGData: f.pgdata, MediaDir: f.mediaDir, ConfigDir: f.configDir, NewSigningKey: f.newKey, Port: f.port, BinDir: f.pgBinDir,
 		LeaveRunning: f.leaveRunning, KeepFailed: f.keepFailed, Log: log,
 	}

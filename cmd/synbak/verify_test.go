@@ -15,10 +15,7 @@ import (
 
 	"github.com/synbak/synbak/basebackup"
 	"github.com/synbak/synbak/confsnap"
-	"github.com/synbak/synbak/internal/pgsource"
 	"github.com/synbak/synbak/internal/pgtest"
-	"github.com/synbak/synbak/internal/repo"
-	"github.com/synbak/synbak/internal/storage/local"
 	"github.com/synbak/synbak/internal/synapse"
 	"github.com/synbak/synbak/mediawatch"
 	"github.com/synbak/synbak/wal"
@@ -43,26 +40,14 @@ func newVerifyFixture(t *testing.T) *verifyFixture {
 	primary := pgtest.Start(t, conf)
 	standby := pgtest.StartStandby(t, primary, pgtest.Options{Conf: conf.Conf})
 	f := &verifyFixture{repoDir: filepath.Join(t.TempDir(), "repo")}
-	be, err := local.New(f.repoDir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	r, _, err := repo.Init(ctx, be, repo.Options{Compression: "zstd", ZstdLevel: 1})
-	if err != nil {
-		t.Fatal(err)
-	}
-	rcv := wal.NewReceiver(pgsource.Source{ConnString: standby.DSN("postgres"), Origin: "test"}, r,
-		wal.Options{Slot: "synbak", SpoolDir: t.TempDir(), StatusInterval: 200 * time.Millisecond, PartialInterval: 300 * time.Millisecond}, pgtest.Logger(t))
-	rctx, cancel := context.WithCancel(ctx)
-	done := make(chan error, 1)
-	go func() { done <- rcv.Run(rctx) }()
+	r := newLocalRepo(t, f.repoDir)
+	stop := streamInto(t, standby, r)
 	defer func() {
-		cancel()
-		if err := <-done; err != nil {
+		if err := stop(); err != nil {
 			t.Errorf("receiver: %v", err)
 		}
 	}()
-	waitFor(t, time.Minute, "streaming", func() bool { return rcv.Status().Streaming })
+	var err error
 	f.backup, err = basebackup.Take(ctx, primary.ReplicationConn(t), r, basebackup.Options{PartSize: 1 << 20, WALTimeout: 2 * time.Minute}, pgtest.Logger(t))
 	if err != nil {
 		t.Fatal(err)
