@@ -69,15 +69,8 @@ func runAgent(ctx context.Context, cfg *config.Config) error {
 	ctx, stop := signal.NotifyContext(ctx, os.Interrupt, syscall.SIGTERM)
 	defer stop()
 
-	hs, hsErr := loadHomeserver(cfg)
-	if hsErr != nil {
-		hs = nil
-	}
-	src, err := postgresSource(cfg, hs)
+	hs, hsErr, src, err := homeserverSource(cfg)
 	if err != nil {
-		if hsErr != nil {
-			return hsErr
-		}
 		return err
 	}
 	if hsErr != nil {

@@ -104,19 +104,11 @@ func runBackup(ctx context.Context, cfg *config.Config, stdout io.Writer) error 
 // backupSource finds PostgreSQL and the Synapse facts recorded with the
 // backup (best effort: postgres.dsn works without homeserver.yaml).
 func backupSource(cfg *config.Config) (pgsource.Source, map[string]string, error) {
-	hs, hsErr := loadHomeserver(cfg)
-	if hsErr != nil {
-		hs = nil
-	}
-	facts := homeserverFacts(hs)
-	src, err := postgresSource(cfg, hs)
+	hs, _, src, err := homeserverSource(cfg)
 	if err != nil {
-		if hsErr != nil {
-			return src, nil, hsErr
-		}
 		return src, nil, err
 	}
-	return src, facts, nil
+	return src, homeserverFacts(hs), nil
 }
 
 // backupReceiver is the WAL receiver a backup runs for its duration.

@@ -35,3 +35,19 @@ func postgresSource(cfg *config.Config, hs *synapse.Homeserver) (pgsource.Source
 	db := hs.MainDatabase()
 	return pgsource.Source{ConnString: db.ConnString(), Origin: "homeserver.yaml database " + db.Name}, nil
 }
+
+// homeserverSource reads homeserver.yaml when it can and finds the
+// database: hs is nil (and hsErr says why) when homeserver.yaml is
+// unreadable but postgres.dsn makes it unnecessary for the database; the
+// error is the reason no database can be found.
+func homeserverSource(cfg *config.Config) (hs *synapse.Homeserver, hsErr error, src pgsource.Source, err error) {
+	hs, hsErr = loadHomeserver(cfg)
+	if hsErr != nil {
+		hs = nil
+	}
+	src, err = postgresSource(cfg, hs)
+	if err != nil && hsErr != nil {
+		err = hsErr
+	}
+	return hs, hsErr, src, err
+}

@@ -153,16 +153,9 @@ type mediaDBReport struct {
 // verifyMediaDB compares local_media_repository (and its thumbnails) in the
 // live database with the backed-up media.
 func verifyMediaDB(ctx context.Context, cfg *config.Config, r *repo.Repo) (*mediaDBReport, error) {
-	hs, hsErr := loadHomeserver(cfg)
-	if hsErr != nil {
-		hs = nil
-	}
-	src, err := postgresSource(cfg, hs)
+	hs, _, src, err := homeserverSource(cfg)
 	if err != nil {
-		if hsErr != nil {
-			return nil, fmt.Errorf("verify --media needs the Synapse database: %w", hsErr)
-		}
-		return nil, err
+		return nil, fmt.Errorf("verify --media needs the Synapse database: %w", err)
 	}
 	cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	db, err := mediawatch.OpenDBLengths(cctx, src.ConnString)
