@@ -11,7 +11,6 @@ import (
 	"os/exec"
 	"os/user"
 	"path/filepath"
-	"runtime"
 	"strconv"
 	"strings"
 	"syscall"
@@ -21,6 +20,7 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/synbak/synbak/confsnap"
+	"github.com/synbak/synbak/internal/proc"
 	"github.com/synbak/synbak/internal/repo"
 	"github.com/synbak/synbak/mediawatch"
 	"github.com/synbak/synbak/wal"
@@ -615,7 +615,7 @@ type server struct {
 	restoreCommand string
 	private        string
 	cmd            *exec.Cmd
-	done           chan struct{}
+	done           <-chan struct{}
 	user           string
 	dieWithUs      bool
 	// progress, when not nil, receives the replay position while
@@ -732,23 +732,11 @@ func (s *server) start() error {
 	if s.dieWithUs {
 		cmd.SysProcAttr.Pdeathsig = syscall.SIGQUIT
 	}
-	s.cmd, s.done = cmd, make(chan struct{})
-	started := make(chan error)
-	go func() {
-		defer close(s.done)
-		// Pdeathsig fires when the forking thread dies: keep it alive as
-		// long as the server (go.dev/issue/27505).
-		runtime.LockOSThread()
-		if err := cmd.Start(); err != nil {
-			started <- err
-			return
-		}
-		started <- nil
-		_ = cmd.Wait()
-	}()
-	if err := <-started; err != nil {
+	done, err := proc.Start(cmd) // Pdeathsig needs the forking thread alive
+	if err != nil {
 		return fmt.Errorf("start %s: %w", s.bin, err)
 	}
+	s.cmd, s.done = cmd, done
 	return nil
 }
 

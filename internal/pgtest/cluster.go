@@ -10,7 +10,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
 	"strconv"
 	"strings"
 	"syscall"
@@ -18,6 +17,8 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+
+	"github.com/synbak/synbak/internal/proc"
 )
 
 // Timeouts for cluster operations. Generous: the machine has 2 cores shared
@@ -331,7 +332,7 @@ func freePort() (int, error) {
 // and a zombie postmaster's PID keeps postmaster.pid "in use".
 type postmaster struct {
 	cmd  *exec.Cmd
-	done chan struct{} // closed once the process has exited and been reaped
+	done <-chan struct{} // closed once the process has exited and been reaped
 }
 
 // start starts the postmaster and waits until it accepts connections. With
@@ -377,25 +378,13 @@ func (c *Cluster) spawn() error {
 	cmd.SysProcAttr.Setpgid = true
 	// If the test process dies without cleanup (a timeout panic, a
 	// SIGKILL), the postmaster gets SIGQUIT (immediate shutdown) instead of
-	// living on. The kernel sends it when the thread that forked dies, so
-	// fork from a locked thread that lives exactly as long as the
-	// postmaster (go.dev/issue/27505).
+	// living on (proc.Start keeps the forking thread alive, which it needs).
 	cmd.SysProcAttr.Pdeathsig = syscall.SIGQUIT
-	pm := &postmaster{cmd: cmd, done: make(chan struct{})}
-	started := make(chan error)
-	go func() {
-		defer close(pm.done)
-		runtime.LockOSThread() // never unlocked: the thread ends with this goroutine
-		if err := cmd.Start(); err != nil {
-			started <- err
-			return
-		}
-		started <- nil
-		_ = cmd.Wait()
-	}()
-	if err := <-started; err != nil {
+	done, err := proc.Start(cmd)
+	if err != nil {
 		return fmt.Errorf("start postgres: %w", err)
 	}
+	pm := &postmaster{cmd: cmd, done: done}
 	c.pm = pm
 	return nil
 }

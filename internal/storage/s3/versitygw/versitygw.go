@@ -13,10 +13,11 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/synbak/synbak/internal/proc"
 )
 
 // InstallCommand installs the server.
@@ -77,7 +78,7 @@ type Process struct {
 	log      string
 
 	cmd  *exec.Cmd
-	done chan struct{}
+	done <-chan struct{}
 }
 
 // Start runs bin serving dir/data (created if missing) with the root
@@ -114,7 +115,6 @@ func start(ctx context.Context, bin, dir string) (*Process, error) {
 		endpoint: endpoint,
 		dir:      data,
 		log:      filepath.Join(dir, "versitygw.log"),
-		done:     make(chan struct{}),
 	}
 	logf, err := os.Create(p.log)
 	if err != nil {
@@ -124,25 +124,14 @@ func start(ctx context.Context, bin, dir string) (*Process, error) {
 	cmd := exec.Command(bin, "--port", p.endpoint, "posix", data)
 	cmd.Env = append(os.Environ(), "ROOT_ACCESS_KEY="+AccessKey, "ROOT_SECRET_KEY="+SecretKey)
 	cmd.Stdout, cmd.Stderr = logf, logf
-	// Pdeathsig kills the server if we die without stopping it. The kernel
-	// sends it when the *thread* that forked exits, and Go may end idle
-	// threads: fork from a locked thread that lives exactly as long as the
-	// server (go.dev/issue/27505), as pgtest does for PostgreSQL.
+	// Pdeathsig kills the server if we die without stopping it (proc.Start
+	// keeps the forking thread alive, which it needs).
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
-	started := make(chan error)
-	go func() {
-		defer close(p.done)
-		runtime.LockOSThread() // never unlocked: the thread ends with this goroutine
-		if err := cmd.Start(); err != nil {
-			started <- err
-			return
-		}
-		started <- nil
-		_ = cmd.Wait()
-	}()
-	if err := <-started; err != nil {
+	done, err := proc.Start(cmd)
+	if err != nil {
 		return nil, fmt.Errorf("start %s: %w", bin, err)
 	}
+	p.done = done
 	p.cmd = cmd
 	if err := p.waitReady(ctx, 10*time.Second); err != nil {
 		p.Stop()
