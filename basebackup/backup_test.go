@@ -20,7 +20,7 @@ import (
 	"github.com/synbak/synbak/internal/pgsource"
 	"github.com/synbak/synbak/internal/pgtest"
 	"github.com/synbak/synbak/internal/repo"
-	"github.com/synbak/synbak/internal/storage/local"
+	"github.com/synbak/synbak/internal/repo/repotest"
 	"github.com/synbak/synbak/restore"
 	"github.com/synbak/synbak/wal"
 )
@@ -33,15 +33,7 @@ var (
 
 func newRepo(t *testing.T, dir string) *repo.Repo {
 	t.Helper()
-	b, err := local.New(dir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	r, _, err := repo.Init(context.Background(), b, repo.Options{Compression: "zstd", ZstdLevel: 1})
-	if err != nil {
-		t.Fatal(err)
-	}
-	return r
+	return repotest.New(t, dir, repotest.Zstd)
 }
 
 // serverOwner is the owner restored files need: postgres when we are root.

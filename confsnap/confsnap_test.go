@@ -18,8 +18,8 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/synbak/synbak/internal/repo"
+	"github.com/synbak/synbak/internal/repo/repotest"
 	"github.com/synbak/synbak/internal/storage"
-	"github.com/synbak/synbak/internal/storage/local"
 	"github.com/synbak/synbak/internal/synapse"
 )
 
@@ -27,15 +27,7 @@ func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 
 func newTestRepo(t *testing.T) *repo.Repo {
 	t.Helper()
-	b, err := local.New(t.TempDir())
-	if err != nil {
-		t.Fatal(err)
-	}
-	r, _, err := repo.Init(context.Background(), b, repo.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	return r
+	return repotest.New(t, t.TempDir(), repo.Options{})
 }
 
 // waitFor polls cond until it is true or the timeout ends.

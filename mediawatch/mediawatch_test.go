@@ -21,6 +21,7 @@ import (
 
 	"github.com/synbak/synbak/internal/pgtest"
 	"github.com/synbak/synbak/internal/repo"
+	"github.com/synbak/synbak/internal/repo/repotest"
 	"github.com/synbak/synbak/internal/storage/local"
 )
 
@@ -28,15 +29,7 @@ const testQuiet = 200 * time.Millisecond
 
 func newTestRepo(t *testing.T) *repo.Repo {
 	t.Helper()
-	b, err := local.New(t.TempDir())
-	if err != nil {
-		t.Fatal(err)
-	}
-	r, _, err := repo.Init(context.Background(), b, repo.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	return r
+	return repotest.New(t, t.TempDir(), repo.Options{})
 }
 
 func testOptions(t *testing.T) Options {

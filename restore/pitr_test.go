@@ -13,7 +13,7 @@ import (
 	"github.com/synbak/synbak/basebackup"
 	"github.com/synbak/synbak/internal/pgtest"
 	"github.com/synbak/synbak/internal/repo"
-	"github.com/synbak/synbak/internal/storage/local"
+	"github.com/synbak/synbak/internal/repo/repotest"
 	"github.com/synbak/synbak/restore"
 	"github.com/synbak/synbak/wal"
 )
@@ -216,14 +216,7 @@ func TestRestoreAfterPromotion(t *testing.T) {
 	standby := pgtest.StartStandby(t, primary, pgtest.Options{Conf: conf.Conf})
 
 	repoDir := filepath.Join(pgtest.ServerDir(t), "repo")
-	be, err := local.New(repoDir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	r, _, err := repo.Init(context.Background(), be, repo.Options{Compression: "zstd", ZstdLevel: 1})
-	if err != nil {
-		t.Fatal(err)
-	}
+	r := repotest.New(t, repoDir, repotest.Zstd)
 	stop := startReceiver(t, standby, r) // the receiver follows the standby
 	b, err := basebackup.Take(context.Background(), standby.ReplicationConn(t), r, basebackup.Options{
 		Label: "standby, before promotion", PartSize: 1 << 20, WALTimeout: 2 * time.Minute,

@@ -18,7 +18,7 @@ import (
 	"github.com/synbak/synbak/internal/pgsource"
 	"github.com/synbak/synbak/internal/pgtest"
 	"github.com/synbak/synbak/internal/repo"
-	"github.com/synbak/synbak/internal/storage/local"
+	"github.com/synbak/synbak/internal/repo/repotest"
 	"github.com/synbak/synbak/mediawatch"
 	"github.com/synbak/synbak/restore"
 	"github.com/synbak/synbak/wal"
@@ -340,15 +340,9 @@ func TestRestore(t *testing.T) {
 func backedUp(t *testing.T, c *pgtest.Cluster) (repoDir string, r *repo.Repo, b *basebackup.Backup, stop func()) {
 	t.Helper()
 	repoDir = filepath.Join(pgtest.ServerDir(t), "repo")
-	be, err := local.New(repoDir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	r, _, err = repo.Init(context.Background(), be, repo.Options{Compression: "zstd", ZstdLevel: 1})
-	if err != nil {
-		t.Fatal(err)
-	}
+	r = repotest.New(t, repoDir, repotest.Zstd)
 	stop = startReceiver(t, c, r)
+	var err error
 	b, err = basebackup.Take(context.Background(), c.ReplicationConn(t), r, basebackup.Options{
 		Label: "test", PartSize: 1 << 20, WALTimeout: 2 * time.Minute,
 		Facts: map[string]string{"main_database": "synapse"},

@@ -8,22 +8,14 @@ import (
 	"github.com/synbak/synbak/internal/pgsource"
 	"github.com/synbak/synbak/internal/pgtest"
 	"github.com/synbak/synbak/internal/repo"
-	"github.com/synbak/synbak/internal/storage/local"
+	"github.com/synbak/synbak/internal/repo/repotest"
 	"github.com/synbak/synbak/wal"
 )
 
 // newLocalRepo creates a zstd repository in dir.
 func newLocalRepo(t *testing.T, dir string) *repo.Repo {
 	t.Helper()
-	be, err := local.New(dir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	r, _, err := repo.Init(context.Background(), be, repo.Options{Compression: "zstd", ZstdLevel: 1})
-	if err != nil {
-		t.Fatal(err)
-	}
-	return r
+	return repotest.New(t, dir, repotest.Zstd)
 }
 
 // streamInto runs a WAL receiver from c into r until the returned stop
