@@ -1,6 +1,6 @@
 // Package agent joins synbak's parts into one long-running process: the WAL
-// receiver, the base-backup schedule, the media watcher, the config watcher
-// and a database probe run side by side under a supervisor that restarts a
+// receiver, the base-backup schedule, the media watcher, the config watcher,
+// a database probe and, when configured, the dump and drill schedules run side by side under a supervisor that restarts a
 // failed part with backoff (a failing base backup never stops WAL
 // streaming), and an HTTP endpoint serves /metrics (Prometheus), /healthz
 // and /status.
@@ -84,7 +84,10 @@ type Options struct {
 	Config     ConfigSource
 	Probe      *Probe
 	Drills     *DrillSchedule
-	Health     HealthOptions
+	// Dumps is the logical-dump schedule (nil: dump.interval is 0); its
+	// health rule uses its Interval.
+	Dumps  *DumpSchedule
+	Health HealthOptions
 	// ShutdownTimeout bounds the wait for the components after ctx is
 	// cancelled (default 8 s).
 	ShutdownTimeout time.Duration
@@ -278,6 +281,7 @@ type Status struct {
 	Media      *mediawatch.Stats `json:"media,omitempty"`
 	Config     *ConfigStatus     `json:"config,omitempty"`
 	Drills     *DrillStatus      `json:"drills,omitempty"`
+	Dumps      *DumpStatus       `json:"dumps,omitempty"`
 }
 
 // WALStatus is the receiver's state with LSNs as text.
@@ -376,6 +380,11 @@ func (a *Agent) Status() Status {
 		if d.Runs > 0 && !d.LastOK {
 			st.Problems = append(st.Problems, "drill: the last restore drill ("+d.LastRun.UTC().Format(time.RFC3339)+") failed: "+strings.Join(d.LastProblems, "; "))
 		}
+	}
+	if a.opts.Dumps != nil {
+		d := a.opts.Dumps.Status()
+		st.Dumps = &d
+		st.Problems = append(st.Problems, dumpProblems(d, a.opts.Dumps.Interval, a.started, now)...)
 	}
 	for _, c := range st.Components {
 		if !c.Running && !c.RetryAt.IsZero() {

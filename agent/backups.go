@@ -87,63 +87,39 @@ func (s *BackupSchedule) refresh(ctx context.Context) (*basebackup.Backup, error
 
 // Run is the schedule's loop.
 func (s *BackupSchedule) Run(ctx context.Context) error {
-	for {
-		last, err := s.refresh(ctx)
-		if err != nil {
-			return err
-		}
-		next := s.now()
-		if last != nil {
-			if s.Interval <= 0 {
-				s.mu.Lock()
-				s.status.Next = time.Time{}
-				s.mu.Unlock()
-				<-ctx.Done()
-				return nil
+	var last *basebackup.Backup // the one just taken, for AfterBackup
+	return periodic{
+		what: "base backup", interval: s.Interval, log: s.Log, now: s.now,
+		newest: func(ctx context.Context) (time.Time, bool, error) {
+			b, err := s.refresh(ctx)
+			if err != nil || b == nil {
+				return time.Time{}, false, err
 			}
-			next = last.EndTime.Add(s.Interval)
-		}
-		s.mu.Lock()
-		s.status.Next = next
-		s.mu.Unlock()
-		if wait := next.Sub(s.now()); wait > 0 {
-			s.Log.Info("next base backup", "at", next.UTC().Format(time.RFC3339))
-			t := time.NewTimer(wait)
-			select {
-			case <-ctx.Done():
-				t.Stop()
-				return nil
-			case <-t.C:
+			return b.EndTime, true, nil
+		},
+		take: func(ctx context.Context) ([]any, error) {
+			b, err := s.Take(ctx)
+			if err != nil {
+				return nil, err
 			}
-		}
-		s.mu.Lock()
-		s.status.Running = true
-		s.mu.Unlock()
-		s.Log.Info("taking a base backup")
-		b, err := s.Take(ctx)
-		s.mu.Lock()
-		s.status.Running = false
-		if err != nil && ctx.Err() == nil {
-			s.status.LastError = err.Error()
-		} else if err == nil {
-			s.status.LastError = ""
-		}
-		s.mu.Unlock()
-		if err != nil {
-			if ctx.Err() != nil {
-				return nil
+			last = b
+			return []any{"id", b.ID, "size", b.Size(), "seconds", b.EndTime.Sub(b.StartTime).Seconds()}, nil
+		},
+		afterTake: func(ctx context.Context) {
+			if s.AfterBackup == nil {
+				return
 			}
-			return fmt.Errorf("base backup: %w", err)
-		}
-		s.Log.Info("base backup done", "id", b.ID, "size", b.Size(), "seconds", b.EndTime.Sub(b.StartTime).Seconds())
-		s.mu.Lock()
-		s.status.Taken++
-		s.mu.Unlock()
-		if s.AfterBackup != nil {
-			msg := s.AfterBackup(ctx, b)
+			msg := s.AfterBackup(ctx, last)
 			s.mu.Lock()
 			s.status.LastPrune = msg
 			s.mu.Unlock()
-		}
-	}
+		},
+		update: func(f func(*scheduleState)) {
+			s.mu.Lock()
+			defer s.mu.Unlock()
+			st := scheduleState{Next: s.status.Next, Running: s.status.Running, LastError: s.status.LastError, Taken: s.status.Taken}
+			f(&st)
+			s.status.Next, s.status.Running, s.status.LastError, s.status.Taken = st.Next, st.Running, st.LastError, st.Taken
+		},
+	}.run(ctx)
 }

@@ -109,6 +109,14 @@ func (a *Agent) registerMetrics() {
 		gauge("synbak_drill_duration_seconds", "The last restore drill's duration (the measured RTO).", func() float64 { return d.Status().LastDuration })
 		gauge("synbak_drill_last_ok", "1 when the last restore drill passed (0 also before the first).", func() float64 { return boolf(d.Status().LastOK) })
 	}
+	if d := a.opts.Dumps; d != nil {
+		gauge("synbak_dumps", "Complete logical dumps in the repository.", func() float64 { return float64(d.Status().Count) })
+		gauge("synbak_dump_last_end_timestamp_seconds", "When the newest complete logical dump ended.", func() float64 { return unix(d.Status().LastEnd) })
+		gauge("synbak_dump_last_duration_seconds", "How long the newest complete logical dump took.", func() float64 { return d.Status().LastDuration })
+		gauge("synbak_dump_last_size_bytes", "Size of the newest complete logical dump (pg_dump's output).", func() float64 { return float64(d.Status().LastSize) })
+		gauge("synbak_dump_running", "1 while a logical dump runs.", func() float64 { return boolf(d.Status().Running) })
+		gauge("synbak_dump_last_failed", "1 when the last dump attempt failed (cleared by a success).", func() float64 { return boolf(d.Status().LastError != "") })
+	}
 	if c := a.opts.Config; c != nil {
 		gauge("synbak_config_last_snapshot_timestamp_seconds", "When the config files were last checked and stored.", func() float64 { return unix(c.ConfigStatus().LastSnapshot) })
 		gauge("synbak_config_files", "Config files, keys and secrets followed.", func() float64 { return float64(c.ConfigStatus().Files) })

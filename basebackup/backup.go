@@ -234,7 +234,7 @@ func (t *taker) stream() (err error) {
 		sets    [][][]*string // result sets before and after the copy
 		inCopy  bool
 		copied  bool
-		cur     *partWriter // current archive or manifest
+		cur     *repo.PartWriter // current archive or manifest
 		curArc  *Archive
 		inManif bool
 	)
@@ -329,8 +329,8 @@ func (t *taker) stream() (err error) {
 				}
 				t.progress.Archive = cm.Archive
 				t.log.Debug("receiving archive", "archive", cm.Archive, "path", cm.Path)
-				cur = newPartWriter(t.ctx, t.r, func(n int) string { return PartName(t.b.ID, cm.Archive, n) },
-					partAttrs(t.b.ID, cm.Archive), t.opts.PartSize, t.putOpts())
+				cur = t.r.NewPartWriter(t.ctx, func(n int) string { return PartName(t.b.ID, cm.Archive, n) },
+					partAttrs(t.b.ID, cm.Archive), t.opts.PartSize, t.putOpts()...)
 				t.report(true)
 			case KindManifest:
 				if err := finish(); err != nil {
@@ -338,8 +338,8 @@ func (t *taker) stream() (err error) {
 				}
 				inManif = true
 				t.progress.Archive = manifestFile
-				cur = newPartWriter(t.ctx, t.r, func(int) string { return ManifestName(t.b.ID) },
-					func(int) map[string]string { return map[string]string{"kind": "basebackup", "backup_id": t.b.ID} }, 0, nil)
+				cur = t.r.NewPartWriter(t.ctx, func(int) string { return ManifestName(t.b.ID) },
+					func(int) map[string]string { return map[string]string{"kind": "basebackup", "backup_id": t.b.ID} }, 0)
 			case KindData:
 				if cur == nil {
 					return fmt.Errorf("%w: data before the first archive", ErrProtocol)

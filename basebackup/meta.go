@@ -102,11 +102,7 @@ type Backup struct {
 }
 
 // Object describes a stored stream: plaintext size and sha256, stored size.
-type Object struct {
-	Size       int64  `json:"size"`
-	StoredSize int64  `json:"stored_size"`
-	SHA256     string `json:"sha256"`
-}
+type Object = repo.PartInfo
 
 // Archive is one tar stream of the backup (the data directory or one
 // tablespace), stored in len(Parts) objects named PartName(id, Name, i).

@@ -7,7 +7,8 @@
 # PostgreSQL's own pg_wal (cmp, and pg_waldump over the whole range), and two
 # restores into new data directories: to a time between two commits, and of
 # the latest state with the media and config files, each printing what was
-# expected and what was found. Everything lives in one
+# expected and what was found; then a logical dump (synbak dump) restored
+# into a new database (restore --from-dump). Everything lives in one
 # temporary directory, removed at the end (KEEP=1 keeps it).
 #
 #   bash examples/demo.sh
@@ -194,9 +195,18 @@ check "uploaded file restored" "yes" "$media_ok"
 key_ok=no; cmp -s "$work/synapse/demo.example.signing.key" "$work/restored-config/$work/synapse/demo.example.signing.key" && key_ok=yes
 check "signing key restored" "yes" "$key_ok"
 
+step "a logical dump (pg_dump -Fc, as Synapse's docs describe) restored into a new database"
+dump_id=$(sb dump)
+echo "dump $dump_id"
+sb restore --from-dump "$dump_id" --target-dsn "host=127.0.0.1 port=$port user=postgres dbname=synapse_from_dump" | sed 's/^/    /'
+check "marker rows" "1,2,3" "$(psql -d synapse_from_dump -Atc "select string_agg(n::text, ',' order by n) from marker")"
+check "one-time keys (excluded)" "0" "$(psql -d synapse_from_dump -Atc "select count(*) from e2e_one_time_keys_json")"
+check "pgbench_accounts rows" "$(psql -d synapse -Atc "select count(*) from pgbench_accounts")" "$(psql -d synapse_from_dump -Atc "select count(*) from pgbench_accounts")"
+
 raw=$(du -sb "$work/fetched" | cut -f1)
 stored=$(du -sb "$work/repo/wal" | cut -f1)
 printf '\nOK: %d segments (%s .. %s) of system %s archived and fetched back;\n' "$n" "$first" "$last" "$sysid"
 printf '    the %d still in pg_wal are byte-identical to the server'"'"'s copies;\n' "$compared"
 printf '    pg_waldump read them all; %d MB of WAL stored in %d MB (zstd);\n' $((raw / 1048576)) $((stored / 1048576))
-printf '    restored to %s: rows 1,2 as expected; --latest: rows 1,2,3.\n' "$target"
+printf '    restored to %s: rows 1,2 as expected; --latest: rows 1,2,3;\n' "$target"
+printf '    logical dump %s restored into a new database: rows 1,2,3.\n' "$dump_id"

@@ -24,6 +24,31 @@
 // is durable. A writer that finds its next name taken (another synbak
 // writing to the same repository) takes the next one.
 //
+// # Copying
+//
+// A file is hashed to name its object, the name is looked up (Stat: stored
+// already is a deduplication, no upload), and the object is stored. Files
+// up to 1 MiB (most media), and up to 4 MiB while one of four big buffers is
+// free, are read into memory once and hashed once: repo.Content carries the
+// checksum into the object's trailer, so the repository does not hash the
+// same bytes again. Larger files are hashed, then streamed with
+// repo.WantSHA256, which checks the bytes the repository actually reads
+// and stores nothing when the file changed in between. Images, video,
+// audio and archives are stored without compression (by their first 512
+// bytes), so most objects go to the backend without a copy or a pipe.
+//
+// Durability is grouped: objects are stored through a repo.SyncGroup, so
+// that on a local repository each object's file is fsynced before it is
+// linked under its name (never a partial object under a final name), but
+// the fsync of the directory it is linked into is left to the group's
+// Sync. The batcher calls Sync before it stores an index batch, so every
+// object the batch names is durable first (one fsync per directory for
+// all of the batch's objects, instead of one per object). An object found
+// by Stat is added to the group too (Include): another worker or another
+// synbak may have linked it and not yet made it durable. A crash therefore
+// never leaves an index naming a missing object; it may leave objects no
+// index names yet, which the next pass finds by Stat.
+//
 // # Dating
 //
 // A file is dated by its modification time, not by when it was noticed: a
@@ -41,7 +66,8 @@
 // state is not copied again; a full scan at start finds whatever changed
 // while synbak was not running. A crash between a copy and its index batch
 // costs at most a re-read of those files (the object exists already: Stat
-// by checksum, no second upload).
+// by checksum, no second upload; or, if the crash came before the group's
+// Sync, it is stored again).
 //
 // # Index compaction
 //
@@ -98,7 +124,8 @@
 //
 // Synapse writes files in place (create, many writes, close; no rename), so
 // a file is copied only after its mtime is older than Options.QuietPeriod
-// (default 2 s) and, when Options.Lengths is set (the database is
+// (default 1 s: Synapse writes an upload in one go, from a request body
+// it has already received) and, when Options.Lengths is set (the database is
 // reachable), for local_content files modified within Options.DBGrace, only
 // when its size equals local_media_repository.media_length (the row is
 // inserted after the file is complete). A matching row makes a

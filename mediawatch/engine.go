@@ -1,13 +1,11 @@
 package mediawatch
 
 import (
-	"bytes"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
 	"fmt"
-	"hash"
 	"io"
 	"io/fs"
 	"log/slog"
@@ -18,6 +16,8 @@ import (
 	"sync"
 	"syscall"
 	"time"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/synbak/synbak/internal/repo"
 )
@@ -89,7 +89,7 @@ func (o Options) withDefaults() Options {
 		}
 	}
 	if o.QuietPeriod <= 0 {
-		o.QuietPeriod = 2 * time.Second
+		o.QuietPeriod = time.Second
 	}
 	if o.ScanInterval == 0 {
 		o.ScanInterval = time.Hour
@@ -184,6 +184,14 @@ type engine struct {
 	wake    chan struct{}
 	jobs    chan job
 	results chan Event
+
+	// bigSlots bounds the big in-memory copies (see bigFile).
+	bigSlots chan struct{}
+
+	// objects defers the durability of the objects the workers store
+	// (one directory fsync for many objects on a local repository); the
+	// batcher syncs it before storing an index batch naming them.
+	objects *repo.SyncGroup
 }
 
 func newEngine(r *repo.Repo, store string, opts Options) *engine {
@@ -192,6 +200,7 @@ func newEngine(r *repo.Repo, store string, opts Options) *engine {
 		r: r, store: store, opts: opts, log: opts.Logger.With("component", "mediawatch"),
 		state: map[string]*entry{}, pending: map[string]pend{}, inflight: map[string]bool{},
 		wake: make(chan struct{}, 1), jobs: make(chan job, 64), results: make(chan Event, 256),
+		objects: r.NewSyncGroup(), bigSlots: make(chan struct{}, bigBuffers),
 	}
 }
 
@@ -604,13 +613,21 @@ func (e *engine) runWorker(ctx context.Context) {
 	}
 }
 
-var errChanged = errors.New("file changed while it was copied")
-
 // errDigestMismatch: the file's sha256 is not the one the database recorded.
 var errDigestMismatch = errors.New("sha256 differs from the database's")
 
 // smallFile is the size up to which a file is copied from memory.
 const smallFile = 1 << 20
+
+// Files up to bigFile are copied from memory too when one of bigBuffers
+// buffers is free (16 MiB in all), and streamed otherwise: a streamed file
+// is read and hashed twice (once for its name, once as it is stored).
+const (
+	bigFile    = 4 << 20
+	bigBuffers = 4
+)
+
+var bigBufs = sync.Pool{New: func() any { b := make([]byte, bigFile+1); return &b }}
 
 var smallBufs = sync.Pool{New: func() any { b := make([]byte, smallFile+1); return &b }}
 
@@ -630,13 +647,16 @@ func (e *engine) copyFile(ctx context.Context, j job) (Event, bool, error) {
 		return ev, st != nil, nil
 	}
 	full := filepath.Join(e.store, filepath.FromSlash(j.path))
-	f, err := os.Open(full)
+	// Not os.Open: it registers the file with Go's poller, five system
+	// calls that a regular file gains nothing from.
+	fd, err := unix.Open(full, unix.O_RDONLY|unix.O_CLOEXEC, 0)
 	if err != nil {
 		if errors.Is(err, fs.ErrNotExist) {
 			return Event{}, false, nil
 		}
-		return Event{}, false, err
+		return Event{}, false, &fs.PathError{Op: "open", Path: full, Err: err}
 	}
+	f := os.NewFile(uintptr(fd), full)
 	defer f.Close()
 	fi, err := f.Stat()
 	if err != nil {
@@ -645,25 +665,52 @@ func (e *engine) copyFile(ctx context.Context, j job) (Event, bool, error) {
 	if fi.Size() != j.size || !fi.ModTime().Equal(j.mtime) {
 		return Event{}, false, nil
 	}
-	// Small files (most media) are read once, into memory; larger ones
-	// are hashed first and then streamed, checked again on the way.
+	// Files up to smallFile (most media), and up to bigFile while a big
+	// buffer is free, are read once, into memory, and hashed once
+	// (repo.Content: the object's trailer takes that checksum); larger ones
+	// are hashed first and then streamed, and the repository checks on the
+	// way that it reads the same content (repo.WantSHA256).
 	var small []byte
+	var content repo.Content
 	var sum [32]byte
 	var head []byte
-	if j.size <= smallFile {
-		bp := smallBufs.Get().(*[]byte)
+	var bp *[]byte
+	switch {
+	case j.size <= smallFile:
+		bp = smallBufs.Get().(*[]byte)
 		defer smallBufs.Put(bp)
-		small = (*bp)[:j.size]
-		if _, err := io.ReadFull(f, small); err != nil {
-			if errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, io.EOF) {
-				return Event{}, false, nil // shrank meanwhile
+	case j.size <= bigFile:
+		select {
+		case e.bigSlots <- struct{}{}:
+			bp = bigBufs.Get().(*[]byte)
+			defer func() {
+				bigBufs.Put(bp)
+				<-e.bigSlots
+			}()
+		default:
+		}
+	}
+	if bp != nil {
+		// One byte more than expected, usually in one read: a read of a
+		// regular file that returns less than asked for ends at its end.
+		buf := (*bp)[:j.size+1]
+		n := 0
+		for n < len(buf) {
+			m, err := f.Read(buf[n:])
+			n += m
+			if err == io.EOF || (m > 0 && n == int(j.size)) {
+				break
 			}
-			return Event{}, false, fmt.Errorf("read %s: %w", full, err)
+			if err != nil {
+				return Event{}, false, fmt.Errorf("read %s: %w", full, err)
+			}
 		}
-		if n, _ := f.Read((*bp)[j.size : j.size+1]); n > 0 {
-			return Event{}, false, nil // grew meanwhile
+		if n != int(j.size) {
+			return Event{}, false, nil // shrank or grew meanwhile
 		}
-		sum = sha256.Sum256(small)
+		small = buf[:n]
+		content = repo.NewContent(small)
+		sum = content.Sum()
 		head = small[:min(512, len(small))]
 	} else {
 		h := sha256.New()
@@ -684,28 +731,30 @@ func (e *engine) copyFile(ctx context.Context, j job) (Event, bool, error) {
 	info, err := e.r.Stat(ctx, name)
 	switch {
 	case err == nil && info.SHA256 == shaHex && info.Size == j.size:
+		// Stored before, or just now by another worker or writer whose
+		// Put may not be durable yet: the index batch waits for it too.
+		e.objects.Include(name)
 		e.mu.Lock()
 		e.stats.Deduplicated++
 		e.mu.Unlock()
 	case err != nil && !repo.IsNotExist(err) && !repo.IsCorrupt(err):
 		return Event{}, false, err
 	default:
-		var opts []repo.PutOption
+		opts := []repo.PutOption{repo.InSyncGroup(e.objects)}
 		if incompressible(head) {
 			opts = append(opts, repo.Uncompressed())
 		}
-		var rd io.Reader
 		if small != nil {
-			rd = bytes.NewReader(small)
+			_, err = e.r.PutContent(ctx, name, content, nil, opts...)
 		} else {
 			if _, err := f.Seek(0, io.SeekStart); err != nil {
 				return Event{}, false, err
 			}
-			rd = &verifyReader{r: f, h: sha256.New(), want: sum, size: j.size}
+			_, err = e.r.Put(ctx, name, f, nil, append(opts, repo.WantSHA256(sum))...)
 		}
-		if _, err := e.r.Put(ctx, name, rd, nil, opts...); err != nil {
-			if errors.Is(err, errChanged) {
-				return Event{}, false, nil
+		if err != nil {
+			if repo.IsUnexpectedContent(err) {
+				return Event{}, false, nil // changed while it was copied
 			}
 			return Event{}, false, err
 		}
@@ -714,31 +763,6 @@ func (e *engine) copyFile(ctx context.Context, j job) (Event, bool, error) {
 		e.mu.Unlock()
 	}
 	return Event{Path: j.path, SHA256: shaHex, Size: j.size, MTime: j.mtime.UTC(), FirstSeen: j.firstSeen, Event: Added, At: now}, true, nil
-}
-
-// verifyReader returns errChanged instead of io.EOF when what it read is
-// not the content that was hashed, so that an object is never stored under
-// another content's name.
-type verifyReader struct {
-	r    io.Reader
-	h    hash.Hash
-	want [32]byte
-	size int64
-	n    int64
-}
-
-func (v *verifyReader) Read(p []byte) (int, error) {
-	n, err := v.r.Read(p)
-	v.h.Write(p[:n])
-	v.n += int64(n)
-	if err == io.EOF {
-		var got [32]byte
-		v.h.Sum(got[:0])
-		if got != v.want || v.n != v.size {
-			return n, errChanged
-		}
-	}
-	return n, err
 }
 
 // incompressible says whether content starting with head is already
@@ -763,7 +787,13 @@ func (e *engine) runBatcher(ctx context.Context) {
 	defer t.Stop()
 	flush := func(ctx context.Context) {
 		for len(batch) > 0 {
-			seq, err := storeBatch(ctx, e.r, e.seq, batch)
+			// Every object the batch names was stored before its event
+			// reached us: make them durable, then the batch.
+			err := e.objects.Sync(ctx)
+			var seq uint64
+			if err == nil {
+				seq, err = storeBatch(ctx, e.r, e.seq, batch)
+			}
 			if err == nil {
 				e.commit(seq, batch)
 				batch = nil

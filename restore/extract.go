@@ -218,7 +218,14 @@ func (x *extractor) mkdirAll(dir string) error {
 // archive extracts one archive into dir. tsDirs, for the data directory,
 // are the tablespaces' new locations for tablespace_map.
 func (x *extractor) archive(ctx context.Context, r *repo.Repo, b basebackup.Backup, a basebackup.Archive, dir string, tsDirs map[uint32]string) error {
-	pr := &partsReader{ctx: ctx, r: r, id: b.ID, a: a, x: x}
+	var onRead func(int)
+	if x.progress != nil {
+		onRead = func(n int) {
+			x.done += int64(n)
+			x.progress(x.done)
+		}
+	}
+	pr := r.OpenParts(ctx, func(n int) string { return basebackup.PartName(b.ID, a.Name, n) }, a.Parts, onRead)
 	defer pr.Close()
 	var src io.Reader = pr
 	switch {
@@ -259,8 +266,8 @@ func (x *extractor) archive(ctx context.Context, r *repo.Repo, b basebackup.Back
 	if _, err := io.Copy(io.Discard, pr); err != nil {
 		return fmt.Errorf("backup %s: archive %s: %w", b.ID, a.Name, err)
 	}
-	if pr.n != a.Size {
-		return fmt.Errorf("backup %s: archive %s: %w: read %d bytes, the backup recorded %d", b.ID, a.Name, repo.ErrCorrupt, pr.n, a.Size)
+	if pr.N() != a.Size {
+		return fmt.Errorf("backup %s: archive %s: %w: read %d bytes, the backup recorded %d", b.ID, a.Name, repo.ErrCorrupt, pr.N(), a.Size)
 	}
 	return nil
 }
@@ -355,68 +362,4 @@ func tablespaceMap(dirs map[uint32]string) string {
 		sb.WriteByte('\n')
 	}
 	return sb.String()
-}
-
-// partsReader reads an archive's parts in order. repo checks each part
-// against its own trailer; partsReader also checks that the trailer's
-// size and sha256 are the ones the backup recorded (so that a part replaced
-// by another valid object is caught).
-type partsReader struct {
-	ctx  context.Context
-	r    *repo.Repo
-	id   string
-	a    basebackup.Archive
-	next int
-	cur  *repo.Reader
-	n    int64
-	x    *extractor
-}
-
-func (p *partsReader) Read(b []byte) (int, error) {
-	for {
-		if p.cur == nil {
-			if p.next >= len(p.a.Parts) {
-				return 0, io.EOF
-			}
-			rd, err := p.r.Get(p.ctx, basebackup.PartName(p.id, p.a.Name, p.next))
-			if err != nil {
-				return 0, err
-			}
-			p.cur = rd
-			p.next++
-		}
-		n, err := p.cur.Read(b)
-		p.n += int64(n)
-		if p.x != nil && p.x.progress != nil {
-			p.x.done += int64(n)
-			p.x.progress(p.x.done)
-		}
-		if err == io.EOF {
-			info, want := p.cur.Info(), p.a.Parts[p.next-1]
-			cerr := p.cur.Close()
-			p.cur = nil
-			if cerr != nil {
-				return n, cerr
-			}
-			if info.Size != want.Size || info.SHA256 != want.SHA256 {
-				return n, fmt.Errorf("%s: %w: %d bytes with sha256 %s, the backup recorded %d bytes with %s",
-					info.Name, repo.ErrCorrupt, info.Size, info.SHA256, want.Size, want.SHA256)
-			}
-			if n > 0 {
-				return n, nil
-			}
-			continue
-		}
-		return n, err
-	}
-}
-
-// Close releases the part being read, if any.
-func (p *partsReader) Close() error {
-	if p.cur != nil {
-		err := p.cur.Close()
-		p.cur = nil
-		return err
-	}
-	return nil
 }

@@ -411,6 +411,12 @@ func (a *archive) walk(ctx context.Context, r *repo.Repo, spans []timelineSpan, 
 				e.first = seg.Name()
 			}
 			e.last = seg.Name() + " (partial)"
+			if no < maxNo {
+				// Later WAL exists, so this segment was completed: the
+				// complete object is missing and the partial is a
+				// leftover snapshot of it.
+				e.gap = seg.ObjectName()
+			}
 			break
 		} else {
 			if no < maxNo {

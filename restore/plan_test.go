@@ -129,6 +129,21 @@ func TestPlanRefusesAGap(t *testing.T) {
 			t.Errorf("%s: %v, want a refusal naming %s", name, err, missing)
 		}
 	}
+	// A leftover partial snapshot of the missing segment does not hide the
+	// hole: later WAL exists, so the segment was completed.
+	if _, err := f.r.Put(ctx, wal.SegmentAt(2, 6*segSize, segSize).PartialObjectName(0x800), bytes.NewReader([]byte("wal")),
+		map[string]string{wal.AttrLastTime: f.t0.Add(5*time.Minute + 30*time.Second).Format(time.RFC3339Nano)}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := restore.NewPlan(ctx, f.r, restore.Point{Latest: true}); !restore.IsRefused(err) || !strings.Contains(err.Error(), missing) {
+		t.Errorf("latest with a leftover partial of %s: %v, want a refusal naming it", missing, err)
+	}
+	if problems, err := restore.ArchiveProblems(ctx, f.r); err != nil || len(problems) != 1 || !strings.Contains(problems[0], missing) {
+		t.Errorf("ArchiveProblems with a leftover partial: %q, %v", problems, err)
+	}
+	if err := f.r.Delete(ctx, wal.SegmentAt(2, 6*segSize, segSize).PartialObjectName(0x800)); err != nil {
+		t.Fatal(err)
+	}
 	// Before the hole the WAL is complete.
 	p, err := restore.NewPlan(ctx, f.r, restore.Point{Time: f.t0.Add(5 * time.Minute)})
 	if err != nil || p.LastSegment != "000000020000000000000005" {

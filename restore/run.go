@@ -243,8 +243,9 @@ func (o *Options) defaults() error {
 	return nil
 }
 
-// checkEmpty fails unless dir is missing or an empty directory.
-func checkEmpty(what, dir string) error {
+// CheckEmpty returns an ErrNotEmpty error unless dir is missing or an
+// empty directory (what names it in the message).
+func CheckEmpty(what, dir string) error {
 	if _, err := os.Stat(filepath.Join(dir, "postmaster.pid")); err == nil {
 		return fmt.Errorf("%w: %s %s has a postmaster.pid: a server may be running on it; restore never writes into an existing cluster", ErrNotEmpty, what, dir)
 	}
@@ -276,7 +277,7 @@ func Prepare(ctx context.Context, opts Options) (Plan, error) {
 	}
 	for _, a := range p.Backup().Archives {
 		if a.TablespaceOID != 0 {
-			if err := checkEmpty(fmt.Sprintf("tablespace %d directory", a.TablespaceOID), TablespaceDir(opts.PGData, a.TablespaceOID)); err != nil {
+			if err := CheckEmpty(fmt.Sprintf("tablespace %d directory", a.TablespaceOID), TablespaceDir(opts.PGData, a.TablespaceOID)); err != nil {
 				return Plan{}, err
 			}
 		}
@@ -288,19 +289,19 @@ func Prepare(ctx context.Context, opts Options) (Plan, error) {
 }
 
 func (o *Options) check() error {
-	if err := checkEmpty("data directory", o.PGData); err != nil {
+	if err := CheckEmpty("data directory", o.PGData); err != nil {
 		return err
 	}
-	if err := checkEmpty("restore work directory", o.WorkDir); err != nil {
+	if err := CheckEmpty("restore work directory", o.WorkDir); err != nil {
 		return err
 	}
 	if o.MediaDir != "" {
-		if err := checkEmpty("media directory", o.MediaDir); err != nil {
+		if err := CheckEmpty("media directory", o.MediaDir); err != nil {
 			return err
 		}
 	}
 	if o.ConfigDir != "" {
-		if err := checkEmpty("config directory", o.ConfigDir); err != nil {
+		if err := CheckEmpty("config directory", o.ConfigDir); err != nil {
 			return err
 		}
 	}

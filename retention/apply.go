@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/synbak/synbak/basebackup"
+	"github.com/synbak/synbak/dump"
 	"github.com/synbak/synbak/internal/repo"
 	"github.com/synbak/synbak/internal/storage"
 	"github.com/synbak/synbak/mediawatch"
@@ -19,8 +20,9 @@ import (
 
 // Result is what Apply deleted.
 type Result struct {
-	// Backups counts backups deleted completely.
+	// Backups and Dumps count backups and dumps deleted completely.
 	Backups int `json:"backups"`
+	Dumps   int `json:"dumps"`
 	// WAL, Media and Config count objects deleted.
 	WAL    int `json:"wal_objects"`
 	Media  int `json:"media_objects"`
@@ -36,7 +38,8 @@ type Result struct {
 
 // Apply deletes what p names, in the crash-safe order of the package doc:
 // backups (oldest first; each marked, then its backup.json, then the rest),
-// then WAL (ascending names), then media and config objects that the
+// then dumps (likewise with dump.json), then WAL (ascending names), then
+// media and config objects that the
 // indexes, read again now, still do not need. It stops at the first error;
 // running NewPlan and Apply again completes an interrupted prune. log may
 // be nil.
@@ -48,6 +51,11 @@ func Apply(ctx context.Context, r *repo.Repo, p Plan, log *slog.Logger) (Result,
 	var res Result
 	if p.Empty() {
 		return res, nil
+	}
+	for _, d := range p.DeleteDumps {
+		if d.Complete && len(p.KeptDumps) == 0 {
+			return res, errors.New("retention: plan deletes a complete dump but keeps none (not made by NewPlan?)")
+		}
 	}
 	if len(p.Kept) == 0 {
 		// Without a kept backup only leftovers of an interrupted prune
@@ -65,7 +73,7 @@ func Apply(ctx context.Context, r *repo.Repo, p Plan, log *slog.Logger) (Result,
 	// (1) Backups.
 	for _, b := range p.Delete {
 		if b.Complete {
-			if err := markBackup(ctx, r, b.ID); err != nil {
+			if err := mark(ctx, r, MarkerName(b.ID), "backup", b.ID); err != nil {
 				return res, interrupted(err)
 			}
 			if err := del(ctx, r, basebackup.MetaName(b.ID), &res, b.objs); err != nil {
@@ -87,7 +95,33 @@ func Apply(ctx context.Context, r *repo.Repo, p Plan, log *slog.Logger) (Result,
 		log.Info("deleted base backup", "backup", b.ID, "complete", b.Complete, "objects", b.Objects, "bytes", b.Bytes, "reason", b.Reason)
 	}
 
-	// (2) WAL, ascending.
+	// (2) Dumps, oldest first, likewise: a dump without dump.json is
+	// offered by nothing.
+	for _, d := range p.DeleteDumps {
+		if d.Complete {
+			if err := mark(ctx, r, DumpMarkerName(d.ID), "dump", d.ID); err != nil {
+				return res, interrupted(err)
+			}
+			if err := del(ctx, r, dump.MetaName(d.ID), &res, d.objs); err != nil {
+				return res, interrupted(fmt.Errorf("delete dump %s: %w", d.ID, err))
+			}
+		}
+		for _, oi := range d.objs {
+			if oi.Name == dump.MetaName(d.ID) || oi.Name == DumpMarkerName(d.ID) {
+				continue
+			}
+			if err := del(ctx, r, oi.Name, &res, d.objs); err != nil {
+				return res, interrupted(fmt.Errorf("delete dump %s: %w", d.ID, err))
+			}
+		}
+		if err := r.Delete(ctx, DumpMarkerName(d.ID)); err != nil {
+			return res, interrupted(fmt.Errorf("delete dump %s: %w", d.ID, err))
+		}
+		res.Dumps++
+		log.Info("deleted dump", "dump", d.ID, "complete", d.Complete, "objects", d.Objects, "bytes", d.Bytes, "reason", d.Reason)
+	}
+
+	// (3) WAL, ascending.
 	for _, oi := range p.walObjs {
 		if err := r.Delete(ctx, oi.Name); err != nil {
 			return res, interrupted(fmt.Errorf("delete WAL: %w", err))
@@ -100,7 +134,7 @@ func Apply(ctx context.Context, r *repo.Repo, p Plan, log *slog.Logger) (Result,
 		log.Info("deleted WAL", "timeline", w.Timeline, "first", w.First, "last", w.Last, "objects", w.Objects, "bytes", w.Bytes)
 	}
 
-	// (3) Media and config objects no index entry needs, checked again.
+	// (4) Media and config objects no index entry needs, checked again.
 	var lostErr error
 	if p.Media.Objects > 0 {
 		need, _, err := mediaNeeded(ctx, r, p.Horizon)
@@ -160,12 +194,13 @@ func del(ctx context.Context, r *repo.Repo, name string, res *Result, objs []sto
 	return nil
 }
 
-// markBackup stores the marker that makes a backup without backup.json a
-// leftover of prune. Its content is fixed, so storing it again succeeds.
-func markBackup(ctx context.Context, r *repo.Repo, id string) error {
-	data, _ := json.Marshal(map[string]string{"id": id, "note": "synbak prune is deleting this backup"})
-	if _, err := r.Put(ctx, MarkerName(id), bytes.NewReader(data), map[string]string{"kind": "prune-marker"}); err != nil {
-		return fmt.Errorf("mark backup %s for deletion: %w", id, err)
+// mark stores the marker (name) that makes a backup without backup.json,
+// or a dump without dump.json, a leftover of prune. Its content is fixed,
+// so storing it again succeeds.
+func mark(ctx context.Context, r *repo.Repo, name, kind, id string) error {
+	data, _ := json.Marshal(map[string]string{"id": id, "note": "synbak prune is deleting this " + kind})
+	if _, err := r.Put(ctx, name, bytes.NewReader(data), map[string]string{"kind": "prune-marker"}); err != nil {
+		return fmt.Errorf("mark %s %s for deletion: %w", kind, id, err)
 	}
 	return nil
 }

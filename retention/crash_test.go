@@ -13,6 +13,7 @@ import (
 
 	"github.com/synbak/synbak/basebackup"
 	"github.com/synbak/synbak/confsnap"
+	"github.com/synbak/synbak/dump"
 	"github.com/synbak/synbak/internal/repo"
 	"github.com/synbak/synbak/internal/storage"
 	"github.com/synbak/synbak/internal/storage/local"
@@ -68,13 +69,16 @@ func prune(t *testing.T, r *repo.Repo, opts retention.Options) (retention.Result
 
 // TestPruneKilledAtEveryPoint interrupts a prune after each possible
 // number of deletions: the repository must still restore every time inside
-// the window, and a second prune must reach the state an uninterrupted one
+// the window, every dump it offers must be whole (and the kept ones
+// offered), and a second prune must reach the state an uninterrupted one
 // leaves.
 func TestPruneKilledAtEveryPoint(t *testing.T) {
 	// Window 36h keeps B2 (TLI 1, before the switch), B3 and B4; 2 backups.
+	// 2 dumps: Dump2 and Dump3 stay; Dump0, Dump1 and the abandoned go.
 	template := retentiontest.New(t, t0())
+	template.AddDumps(t)
 	ref := template.Clone(t)
-	opts := retention.Options{Backups: 2, Window: 36 * time.Hour, Now: ref.Now}
+	opts := retention.Options{Backups: 2, Window: 36 * time.Hour, Dumps: 2, Now: ref.Now}
 	r, c := openCrashing(t, ref, -1)
 	if _, err := prune(t, r, opts); err != nil {
 		t.Fatal(err)
@@ -110,6 +114,21 @@ func TestPruneKilledAtEveryPoint(t *testing.T) {
 			t.Errorf("k=%d: %d of the 3 kept backups complete", k, n)
 		}
 		checkRestorable(t, w, windowFrom, w.End)
+		// Every dump offered is whole; the kept ones are offered.
+		dumps, err := dump.List(context.Background(), w.R)
+		if err != nil {
+			t.Fatalf("k=%d: %v", k, err)
+		}
+		offered := map[string]bool{}
+		for _, d := range dumps {
+			offered[d.ID] = true
+			checkDumpRestorable(t, w, d)
+		}
+		for _, d := range w.Dumps[2:] {
+			if !offered[d.ID] {
+				t.Errorf("k=%d: kept dump %s not offered", k, d.ID)
+			}
+		}
 		if t.Failed() {
 			t.Fatalf("k=%d: not restorable after the crash", k)
 		}

@@ -16,8 +16,20 @@
 //     wal/<TLI>/ goes. History files (wal/history/), wal/settings.json, the
 //     repository metadata (meta/) and anything prune does not recognize
 //     are never deleted.
-//   - The horizon is the oldest kept backup's StartTime: every restore the
-//     kept backups serve is to a time after it.
+//   - Dumps (dumps/<ID>/, see package dump): the newest Dumps complete
+//     dumps (with dump.json) are kept and the older ones go. Dumps 0 keeps
+//     every complete dump: retention.dumps: 0 never deletes a restorable
+//     dump (the safe reading of "0 to keep"; set dump.interval to 0 and
+//     delete dumps by hand to have none). Incomplete dumps (no dump.json)
+//     go when their newest object is older than AbandonedAfter, or when
+//     they hold the marker an interrupted prune left; the others (perhaps
+//     running) are left alone. Dumps do not change which backups or WAL
+//     are kept.
+//   - The horizon is the oldest kept backup's StartTime, or the StartTime
+//     of the oldest kept dump (or id time of an incomplete dump left
+//     alone) when that is older: every restore the kept backups serve is
+//     to a time after it, and restore --from-dump restores media and
+//     config as of the dump's StartTime.
 //   - Media objects (media/objects/<aa>/<sha256>): kept when referenced by
 //     the set present at the horizon (Set's rule: per path, the last index
 //     event dated at or before it, when that is an addition) or by an
@@ -29,7 +41,7 @@
 //     than AbandonedAfter (an upload whose index entry is not written yet
 //     is younger). The indexes themselves are never deleted.
 //   - Incomplete backups (objects but no backup.json) are left alone unless
-//     they started (by id) before the horizon and their newest object is
+//     they started (by id) before the oldest kept backup's StartTime and their newest object is
 //     older than AbandonedAfter, or they hold the marker an interrupted
 //     prune left (see below).
 //
@@ -40,13 +52,18 @@
 //     nor list offers it), then its other objects, the marker last. A
 //     backup without backup.json but with the marker is the leftover of an
 //     interrupted prune and goes whatever its age.
-//  2. WAL, in ascending name order, so an interrupted prune leaves a
+//  2. Dumps, oldest first, likewise: store the marker dumps/<ID>/pruning,
+//     delete dump.json (from then on neither restore nor list offers the
+//     dump), then its parts, the marker last. A dump without dump.json but
+//     with the marker goes whatever its age.
+//  3. WAL, in ascending name order, so an interrupted prune leaves a
 //     contiguous tail on every timeline.
-//  3. Media and config objects, after reading the indexes again: an object
+//  4. Media and config objects, after reading the indexes again: an object
 //     that an index entry stored since the plan needs is kept (Skipped).
 //
 // Each step deletes only objects that no restore to a time inside the
-// window reads, and the kept backups are never touched, so an interrupted
+// window (or from a kept dump) reads, and the kept backups and dumps are
+// never touched, so an interrupted
 // prune leaves a repository that restores every time it promised. The
 // policy's result does not change when the deleted backups are gone, so
 // running prune again completes an interrupted one.

@@ -11,14 +11,15 @@ import (
 
 	"github.com/synbak/synbak/basebackup"
 	"github.com/synbak/synbak/confsnap"
+	"github.com/synbak/synbak/dump"
 	"github.com/synbak/synbak/internal/repo"
 	"github.com/synbak/synbak/internal/storage"
 	"github.com/synbak/synbak/mediawatch"
 	"github.com/synbak/synbak/wal"
 )
 
-// AbandonedAfter is how long an incomplete backup (and a media or config
-// object no index entry names) must have been left unchanged before prune
+// AbandonedAfter is how long an incomplete backup or dump (and a media or
+// config object no index entry names) must have been left unchanged before prune
 // deletes it: a backup still running or an upload whose index entry is not
 // written yet is never older.
 const AbandonedAfter = 24 * time.Hour
@@ -32,6 +33,10 @@ const markerFile = "pruning"
 // MarkerName is the object name of the marker prune writes before it
 // deletes backup id.
 func MarkerName(id string) string { return basebackup.ObjectPrefix(id) + markerFile }
+
+// DumpMarkerName is the object name of the marker prune writes before it
+// deletes dump id's dump.json.
+func DumpMarkerName(id string) string { return dump.ObjectPrefix(id) + markerFile }
 
 const (
 	backupsPrefix = "backups/"
@@ -49,6 +54,10 @@ type Options struct {
 	// Window is kept (0: only the newest Backups backups and what they
 	// need).
 	Window time.Duration
+	// Dumps is the number of newest complete logical dumps kept; 0 keeps
+	// every complete dump (retention.dumps: 0 never deletes a dump that
+	// can be restored).
+	Dumps int
 	// Now is the time the window is measured from; zero means time.Now().
 	Now time.Time
 }
@@ -70,6 +79,25 @@ type Backup struct {
 	// LastModified is the newest object's modification time.
 	LastModified time.Time `json:"last_modified"`
 	// Objects and Bytes count its stored objects.
+	Objects int   `json:"objects"`
+	Bytes   int64 `json:"bytes"`
+	// Reason says why it may go.
+	Reason string `json:"reason"`
+
+	objs []storage.ObjectInfo // in name order
+}
+
+// Dump is a logical dump the plan deletes.
+type Dump struct {
+	ID string `json:"id"`
+	// Complete is true for a dump with metadata (dump.json).
+	Complete bool `json:"complete"`
+	// StartTime and EndTime are from the metadata (complete dumps only).
+	StartTime time.Time `json:"start_time,omitzero"`
+	EndTime   time.Time `json:"end_time,omitzero"`
+	// LastModified is the newest object's modification time.
+	LastModified time.Time `json:"last_modified"`
+	// Objects and Bytes count its stored objects (the marker not counted).
 	Objects int   `json:"objects"`
 	Bytes   int64 `json:"bytes"`
 	// Reason says why it may go.
@@ -112,14 +140,24 @@ type Plan struct {
 	Anchor string `json:"anchor,omitempty"`
 	// Kept are the complete backups kept, oldest first.
 	Kept []string `json:"kept_backups"`
-	// Horizon is the oldest kept backup's start: media and config as of
-	// any time from it on stay restorable.
+	// Horizon is the older of the oldest kept backup's start and the
+	// oldest kept (or running) dump's start: media and config as of any
+	// time from it on stay restorable.
 	Horizon time.Time `json:"horizon,omitzero"`
 	// Delete are the backups deleted, oldest first.
 	Delete []Backup `json:"delete_backups"`
 	// Untouched are incomplete backups left alone (running, or not yet
 	// abandoned long enough).
 	Untouched []string `json:"untouched_incomplete_backups"`
+	// Dumps is the policy's retention.dumps (0: every complete dump is
+	// kept); KeptDumps the complete dumps kept, oldest first.
+	Dumps     int      `json:"keep_dumps"`
+	KeptDumps []string `json:"kept_dumps"`
+	// DeleteDumps are the dumps deleted, oldest first.
+	DeleteDumps []Dump `json:"delete_dumps"`
+	// UntouchedDumps are incomplete dumps left alone (running, or not yet
+	// abandoned long enough).
+	UntouchedDumps []string `json:"untouched_incomplete_dumps"`
 	// WAL is deleted per timeline.
 	WAL []WALRange `json:"wal"`
 	// Media and Config are the unreferenced objects deleted.
@@ -140,6 +178,9 @@ func (p Plan) Objects() int {
 	for _, b := range p.Delete {
 		n += b.Objects
 	}
+	for _, d := range p.DeleteDumps {
+		n += d.Objects
+	}
 	return n
 }
 
@@ -152,24 +193,29 @@ func (p Plan) Bytes() int64 {
 	for _, w := range p.WAL {
 		n += w.Bytes
 	}
+	for _, d := range p.DeleteDumps {
+		n += d.Bytes
+	}
 	return n
 }
 
-// Empty reports whether the plan deletes nothing.
-func (p Plan) Empty() bool { return p.Objects() == 0 }
+// Empty reports whether the plan deletes nothing (not even the marker an
+// interrupted prune left alone in a backup's or dump's prefix).
+func (p Plan) Empty() bool { return p.Objects() == 0 && len(p.Delete) == 0 && len(p.DeleteDumps) == 0 }
 
-// backupObjects lists every object under backups/, by backup id.
-func backupObjects(ctx context.Context, r *repo.Repo) (map[string][]storage.ObjectInfo, error) {
+// objectsByID lists every object under prefix (backups/, dumps/), by the
+// id that follows it.
+func objectsByID(ctx context.Context, r *repo.Repo, prefix string) (map[string][]storage.ObjectInfo, error) {
 	out := map[string][]storage.ObjectInfo{}
-	err := r.List(ctx, backupsPrefix, func(oi storage.ObjectInfo) error {
-		id, _, ok := strings.Cut(strings.TrimPrefix(oi.Name, backupsPrefix), "/")
+	err := r.List(ctx, prefix, func(oi storage.ObjectInfo) error {
+		id, _, ok := strings.Cut(strings.TrimPrefix(oi.Name, prefix), "/")
 		if ok {
 			out[id] = append(out[id], oi)
 		}
 		return nil
 	})
 	if err != nil {
-		return nil, fmt.Errorf("list backups: %w", err)
+		return nil, fmt.Errorf("list %s: %w", prefix, err)
 	}
 	return out, nil
 }
@@ -191,6 +237,9 @@ func NewPlan(ctx context.Context, r *repo.Repo, opts Options) (Plan, error) {
 	if opts.Backups < 1 {
 		return Plan{}, fmt.Errorf("retention: keep at least 1 backup (retention.backups is %d)", opts.Backups)
 	}
+	if opts.Dumps < 0 {
+		return Plan{}, fmt.Errorf("retention: negative number of dumps to keep (retention.dumps is %d)", opts.Dumps)
+	}
 	if opts.Window < 0 {
 		return Plan{}, fmt.Errorf("retention: negative window %s", opts.Window)
 	}
@@ -201,6 +250,7 @@ func NewPlan(ctx context.Context, r *repo.Repo, opts Options) (Plan, error) {
 	p := Plan{
 		Backups: opts.Backups, Window: opts.Window, WindowSeconds: opts.Window.Seconds(), Now: now.UTC(), WindowStart: now.Add(-opts.Window).UTC(),
 		Kept: []string{}, Delete: []Backup{}, Untouched: []string{}, WAL: []WALRange{},
+		Dumps: opts.Dumps, KeptDumps: []string{}, DeleteDumps: []Dump{}, UntouchedDumps: []string{},
 	}
 	complete, err := basebackup.List(ctx, r)
 	if err != nil {
@@ -210,7 +260,7 @@ func NewPlan(ctx context.Context, r *repo.Repo, opts Options) (Plan, error) {
 	if err != nil {
 		return Plan{}, err
 	}
-	objs, err := backupObjects(ctx, r)
+	objs, err := objectsByID(ctx, r, backupsPrefix)
 	if err != nil {
 		return Plan{}, err
 	}
@@ -240,7 +290,7 @@ func NewPlan(ctx context.Context, r *repo.Repo, opts Options) (Plan, error) {
 				}
 				continue
 			}
-			p.Delete = append(p.Delete, deletion(b.ID, true, objs[b.ID], fmt.Sprintf("complete, ended %s, before the anchor %s", b.EndTime.UTC().Format(time.RFC3339), a.ID)))
+			p.Delete = append(p.Delete, deletion(b.ID, true, objs[b.ID], MarkerName(b.ID), fmt.Sprintf("complete, ended %s, before the anchor %s", b.EndTime.UTC().Format(time.RFC3339), a.ID)))
 			p.Delete[len(p.Delete)-1].StartTime = b.StartTime.UTC()
 			p.Delete[len(p.Delete)-1].EndTime = b.EndTime.UTC()
 		}
@@ -262,15 +312,20 @@ func NewPlan(ctx context.Context, r *repo.Repo, opts Options) (Plan, error) {
 		}
 		switch {
 		case marked:
-			p.Delete = append(p.Delete, deletion(inc.ID, false, objs[inc.ID], "left by an interrupted prune"))
+			p.Delete = append(p.Delete, deletion(inc.ID, false, objs[inc.ID], MarkerName(inc.ID), "left by an interrupted prune"))
 		case len(kept) > 0 && started.Before(p.Horizon) && inc.LastModified.Before(now.Add(-AbandonedAfter)):
-			p.Delete = append(p.Delete, deletion(inc.ID, false, objs[inc.ID],
+			p.Delete = append(p.Delete, deletion(inc.ID, false, objs[inc.ID], MarkerName(inc.ID),
 				fmt.Sprintf("incomplete, abandoned: started before the oldest kept backup, last written %s", inc.LastModified.UTC().Format(time.RFC3339))))
 		default:
 			p.Untouched = append(p.Untouched, inc.ID)
 		}
 	}
 	sort.SliceStable(p.Delete, func(i, j int) bool { return p.Delete[i].ID < p.Delete[j].ID })
+
+	// Dumps; a kept dump moves the horizon back to its start.
+	if err := p.planDumps(ctx, r, opts.Dumps, now); err != nil {
+		return Plan{}, err
+	}
 
 	if err := p.planWAL(ctx, r, kept, complete); err != nil {
 		return Plan{}, err
@@ -291,10 +346,10 @@ func NewPlan(ctx context.Context, r *repo.Repo, opts Options) (Plan, error) {
 	return p, nil
 }
 
-func deletion(id string, complete bool, objs []storage.ObjectInfo, reason string) Backup {
+func deletion(id string, complete bool, objs []storage.ObjectInfo, marker, reason string) Backup {
 	b := Backup{ID: id, Complete: complete, Reason: reason}
 	for _, oi := range objs {
-		if oi.Name == MarkerName(id) {
+		if oi.Name == marker {
 			continue // deleted last, not counted
 		}
 		b.Objects++
@@ -306,6 +361,62 @@ func deletion(id string, complete bool, objs []storage.ObjectInfo, reason string
 	}
 	sort.Slice(b.objs, func(i, j int) bool { return b.objs[i].Name < b.objs[j].Name })
 	return b
+}
+
+// planDumps picks the dumps that go: complete ones beyond the newest keep
+// (none when keep is 0), incomplete ones a prune left (with the marker)
+// or nothing wrote to for AbandonedAfter. It moves the horizon back to the
+// start of the oldest dump kept or left alone, whose restore reads media
+// and config as of its start.
+func (p *Plan) planDumps(ctx context.Context, r *repo.Repo, keep int, now time.Time) error {
+	complete, incomplete, err := dump.Scan(ctx, r)
+	if err != nil {
+		return err
+	}
+	objs, err := objectsByID(ctx, r, dump.Prefix)
+	if err != nil {
+		return err
+	}
+	older := func(t time.Time) {
+		if p.Horizon.IsZero() || t.Before(p.Horizon) {
+			p.Horizon = t.UTC()
+		}
+	}
+	for i, d := range complete {
+		if keep == 0 || i >= len(complete)-keep {
+			p.KeptDumps = append(p.KeptDumps, d.ID)
+			older(d.StartTime)
+			continue
+		}
+		b := deletion(d.ID, true, objs[d.ID], DumpMarkerName(d.ID), fmt.Sprintf("complete, not among the newest %d", keep))
+		p.DeleteDumps = append(p.DeleteDumps, Dump{ID: d.ID, Complete: true, StartTime: d.StartTime.UTC(), EndTime: d.EndTime.UTC(),
+			LastModified: b.LastModified, Objects: b.Objects, Bytes: b.Bytes, Reason: b.Reason, objs: b.objs})
+	}
+	for _, inc := range incomplete {
+		marked := false
+		for _, oi := range inc.Objs {
+			marked = marked || oi.Name == DumpMarkerName(inc.ID)
+		}
+		reason := ""
+		switch {
+		case marked:
+			reason = "left by an interrupted prune"
+		case inc.LastModified.Before(now.Add(-AbandonedAfter)):
+			reason = "incomplete, abandoned: last written " + inc.LastModified.UTC().Format(time.RFC3339)
+		default:
+			// Perhaps running: once complete its restore reads media
+			// and config as of its start.
+			p.UntouchedDumps = append(p.UntouchedDumps, inc.ID)
+			if started, ok := idTime(inc.ID); ok {
+				older(started)
+			}
+			continue
+		}
+		b := deletion(inc.ID, false, inc.Objs, DumpMarkerName(inc.ID), reason)
+		p.DeleteDumps = append(p.DeleteDumps, Dump{ID: inc.ID, LastModified: b.LastModified, Objects: b.Objects, Bytes: b.Bytes, Reason: reason, objs: b.objs})
+	}
+	sort.SliceStable(p.DeleteDumps, func(i, j int) bool { return p.DeleteDumps[i].ID < p.DeleteDumps[j].ID })
+	return nil
 }
 
 // keepWAL says whether a restore from one of the kept backups may read

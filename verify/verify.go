@@ -1,5 +1,6 @@
 // Package verify checks a repository the way restores will use it: every
-// object's checksum, every base backup's parts against its metadata, the
+// object's checksum, every base backup's and logical dump's parts against
+// its metadata, the
 // WAL archive's continuity from every backup across timelines, and the
 // media and config indexes against their objects. Each problem is one line
 // saying what it affects.
@@ -16,6 +17,7 @@ import (
 
 	"github.com/synbak/synbak/basebackup"
 	"github.com/synbak/synbak/confsnap"
+	"github.com/synbak/synbak/dump"
 	"github.com/synbak/synbak/internal/repo"
 	"github.com/synbak/synbak/internal/storage"
 	"github.com/synbak/synbak/mediawatch"
@@ -36,14 +38,18 @@ type Options struct {
 
 // Report is what Run found.
 type Report struct {
-	Objects  int      `json:"objects"`
-	Bytes    int64    `json:"bytes"` // stored bytes of the objects checked
-	Backups  int      `json:"backups"`
-	Media    int      `json:"media_objects"`
-	Config   int      `json:"config_objects"`
-	Quick    bool     `json:"quick"`
-	Problems []string `json:"problems"`
-	Seconds  float64  `json:"seconds"`
+	Objects int   `json:"objects"`
+	Bytes   int64 `json:"bytes"` // stored bytes of the objects checked
+	Backups int   `json:"backups"`
+	// Dumps counts complete logical dumps; IncompleteDumps those without
+	// dump.json (running or interrupted: information, not a problem).
+	Dumps           int      `json:"dumps"`
+	IncompleteDumps int      `json:"incomplete_dumps"`
+	Media           int      `json:"media_objects"`
+	Config          int      `json:"config_objects"`
+	Quick           bool     `json:"quick"`
+	Problems        []string `json:"problems"`
+	Seconds         float64  `json:"seconds"`
 }
 
 // OK reports whether nothing was found wrong.
@@ -155,6 +161,35 @@ feed:
 		check(basebackup.ManifestName(b.ID), b.Manifest)
 	}
 
+	// 2b. Logical dumps: every part as dump.json records it.
+	dumps, incomplete, err := dump.Scan(ctx, r)
+	if err != nil {
+		problem("dumps: %v: restores from dumps cannot pick a dump", err)
+	}
+	rep.Dumps, rep.IncompleteDumps = len(dumps), len(incomplete)
+	for _, d := range dumps {
+		for _, db := range d.Databases {
+			for i, p := range db.Parts {
+				name := dump.PartName(d.ID, db.Name, i)
+				if _, listed := find(names, name); !listed {
+					problem("dump %s unusable: %s (database %s) is missing", d.ID, name, db.Name)
+					continue
+				}
+				info, ok := infos[name]
+				if !ok {
+					continue // already reported as corrupt
+				}
+				if info.Size != p.Size || info.SHA256 != p.SHA256 {
+					problem("dump %s unusable: %s (database %s) holds %d bytes with sha256 %s, dump.json records %d bytes with %s",
+						d.ID, name, db.Name, info.Size, info.SHA256, p.Size, p.SHA256)
+				}
+			}
+		}
+	}
+	for _, inc := range incomplete {
+		opts.Log.Info("incomplete dump (running, or interrupted: no dump.json)", "dump", inc.ID, "objects", inc.Objects, "last_modified", inc.LastModified)
+	}
+
 	// 3. WAL continuity from every backup, across timelines.
 	walProblems, err := restore.ArchiveProblems(ctx, r)
 	if err != nil {
@@ -258,6 +293,9 @@ func affects(name string) string {
 	case strings.HasPrefix(name, "backups/"):
 		id, _, _ := strings.Cut(strings.TrimPrefix(name, "backups/"), "/")
 		return "backup " + id + " is unusable"
+	case strings.HasPrefix(name, dump.Prefix):
+		id, _, _ := strings.Cut(strings.TrimPrefix(name, dump.Prefix), "/")
+		return "dump " + id + " is unusable"
 	case strings.HasPrefix(name, "media/objects/"):
 		return "media restores lack this file"
 	case strings.HasPrefix(name, "media/"):

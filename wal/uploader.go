@@ -335,6 +335,13 @@ func (u *uploader) storeOpen(ctx context.Context, req partialReq) error {
 		}
 		return fmt.Errorf("store %s: %w", name, err)
 	}
+	// The segment may have been completed and stored while this snapshot
+	// was being stored, its superseded partials deleted before this one
+	// existed: then this one goes too (the complete one's deletion ran
+	// either after it was stored, or before this check).
+	if _, err := u.repo.Stat(ctx, req.seg.ObjectName()); err == nil {
+		return u.deleteOlderPartials(ctx, req.seg, 0, true)
+	}
 	return u.deleteOlderPartials(ctx, req.seg, req.valid, false)
 }
 

@@ -23,9 +23,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
-	"sync/atomic"
 	"syscall"
-	"time"
 
 	"github.com/jackc/pgx/v5"
 )
@@ -142,51 +140,7 @@ func run() error {
 // fill grows the database to about gb GiB: pgbench tables (about 2/3) and
 // Synapse-like event JSON (about 1/3; compresses ~3x, pgbench ~20x).
 func fill(ctx context.Context, c *benchpg.Cluster, conn *pgx.Conn, gb float64) (float64, error) {
-	scale := int(gb * 2 / 3 * 1024 / 15) // ~15 MB per scale unit
-	cmd := exec.CommandContext(ctx, filepath.Join(c.Bin, "pgbench"), "-i", "-q", "-s", strconv.Itoa(scale),
-		"-h", "127.0.0.1", "-p", strconv.Itoa(c.Port), "-U", "postgres", "postgres")
-	cmd.Env = benchpg.CleanEnv()
-	if out, err := cmd.CombinedOutput(); err != nil {
-		return 0, fmt.Errorf("pgbench -i: %v\n%s", err, out)
-	}
-	if _, err := conn.Exec(ctx, `create table if not exists event_json (event_id text primary key, room_id text, json text)`); err != nil {
-		return 0, err
-	}
-	var have int64
-	if err := conn.QueryRow(ctx, "select pg_total_relation_size('event_json')").Scan(&have); err != nil {
-		return 0, err
-	}
-	want := int64(gb / 3 * (1 << 30))
-	for have < want {
-		// About 50 MB per batch: JSON bodies of 300 B to 4 kB with random
-		// ids, hashes and words.
-		_, err := conn.Exec(ctx, `
-insert into event_json
-select '$' || md5(random()::text) || md5(random()::text),
-       '!' || substr(md5((g % 500)::text), 1, 18) || ':example.org',
-       json_build_object(
-         'type', (array['m.room.message','m.room.member','m.reaction','m.room.encrypted'])[1 + (g % 4)],
-         'sender', '@user' || (g % 2000) || ':example.org',
-         'origin_server_ts', 1700000000000 + g,
-         'content', json_build_object('body', (select string_agg((array['the','a','matrix','room','hello','synapse','backup','server','message','ok','thanks','see','you','later'])[1 + floor(random()*14)::int] || case when random() < 0.2 then md5(random()::text) else '' end, ' ') from generate_series(1, 10 + (g % 300) + (g*0)) )),
-         'hashes', json_build_object('sha256', encode(sha256(random()::text::bytea), 'base64')),
-         'signatures', json_build_object('example.org', json_build_object('ed25519:a', encode(sha512(random()::text::bytea), 'base64'))))::text
-from generate_series(1, 30000) g`)
-		if err != nil {
-			return 0, fmt.Errorf("fill event_json: %w", err)
-		}
-		if err := conn.QueryRow(ctx, "select pg_total_relation_size('event_json')").Scan(&have); err != nil {
-			return 0, err
-		}
-	}
-	if _, err := conn.Exec(ctx, "vacuum analyze"); err != nil {
-		return 0, err
-	}
-	var db int64
-	if err := conn.QueryRow(ctx, "select pg_database_size('postgres')").Scan(&db); err != nil {
-		return 0, err
-	}
-	return float64(db) / 1e6, nil
+	return benchpg.Fill(ctx, c, conn, gb, 2.0/3)
 }
 
 func measure(ctx context.Context, c *benchpg.Cluster, cfg config, synbak, work string) (result, error) {
@@ -230,35 +184,11 @@ func measure(ctx context.Context, c *benchpg.Cluster, cfg config, synbak, work s
 	if gw != nil {
 		gwCPU0, _ = benchpg.ProcCPU(gw.PID())
 	}
-	start := time.Now()
-	if err := cmd.Start(); err != nil {
-		return result{}, err
-	}
-	var hwm atomic.Int64
-	done := make(chan struct{})
-	go func() {
-		t := time.NewTicker(20 * time.Millisecond)
-		defer t.Stop()
-		for {
-			if kb := benchpg.VmHWM(cmd.Process.Pid); kb > hwm.Load() {
-				hwm.Store(kb)
-			}
-			select {
-			case <-done:
-				return
-			case <-t.C:
-			}
-		}
-	}()
-	err := cmd.Wait()
-	wall := time.Since(start).Seconds()
-	close(done)
+	m, err := benchpg.RunMeasured(cmd)
 	if err != nil {
 		return result{}, fmt.Errorf("%v\n%s", err, stderr.String())
 	}
-	ru := cmd.ProcessState.SysUsage().(*syscall.Rusage)
-	cpu := tv(ru.Utime) + tv(ru.Stime)
-	r := result{config: cfg.name, wall: wall, cpu: cpu, rssMB: float64(hwm.Load()) / 1024}
+	r := result{config: cfg.name, wall: m.Wall, cpu: m.CPU, rssMB: m.RSSMB}
 	if gw != nil {
 		gwCPU1, _ := benchpg.ProcCPU(gw.PID())
 		r.gwCPU, r.gwRSSMB = gwCPU1-gwCPU0, float64(benchpg.VmHWM(gw.PID()))/1024
@@ -268,8 +198,6 @@ func measure(ctx context.Context, c *benchpg.Cluster, cfg config, synbak, work s
 	}
 	return r, err
 }
-
-func tv(t syscall.Timeval) float64 { return float64(t.Sec) + float64(t.Usec)/1e6 }
 
 // dirSize is the apparent size of the backup's files: for synbak the
 // backups/ objects (not the WAL), for pg_basebackup base and tablespace

@@ -12,7 +12,8 @@
 //     (the index batch naming it stored), at about -rate new files/s, with
 //     the watcher running in this process: on the quiet period alone, and
 //     with a LengthChecker standing in for Synapse's database (answering
-//     once the "upload" is complete, as the local_media_repository row).
+//     once the "upload" is complete, as the local_media_repository row);
+//     the quiet period alone at 2 s (media.quiet_period's default) and 1 s.
 //
 // Run: go run ./bench/mediasync -files 30000
 package main
@@ -220,14 +221,17 @@ func run(files, rate, seconds, runs int, base, exe string, drop bool) error {
 	fmt.Print("\n\n")
 
 	fmt.Printf("| completion → durable copy at %d files/s | files | p50 | p99 | max |\n|---|---:|---:|---:|---:|\n", rate)
-	for _, withDB := range []bool{false, true} {
-		lat, err := latency(base, rate, seconds, withDB)
+	for _, c := range []struct {
+		quiet  time.Duration
+		withDB bool
+	}{{2 * time.Second, false}, {time.Second, false}, {2 * time.Second, true}} {
+		lat, err := latency(base, rate, seconds, c.quiet, c.withDB)
 		if err != nil {
 			return err
 		}
-		name := "quiet period 2 s alone"
-		if withDB {
-			name = "with media_length check"
+		name := fmt.Sprintf("quiet period %s alone", c.quiet)
+		if c.withDB {
+			name = fmt.Sprintf("with media_length check (quiet period %s)", c.quiet)
 		}
 		fmt.Printf("| %s | %d | %s | %s | %s |\n", name, len(lat), pct(lat, 0.50), pct(lat, 0.99), pct(lat, 1))
 	}
@@ -357,7 +361,7 @@ func (f *fakeDB) MediaLength(_ context.Context, id string) (int64, bool, error) 
 
 // latency writes rate files/s for the given seconds into a fresh store
 // while a Watcher runs, and returns completion→durable latencies, sorted.
-func latency(base string, rate, seconds int, withDB bool) ([]time.Duration, error) {
+func latency(base string, rate, seconds int, quiet time.Duration, withDB bool) ([]time.Duration, error) {
 	dir, err := os.MkdirTemp(base, "latency-")
 	if err != nil {
 		return nil, err
@@ -376,7 +380,7 @@ func latency(base string, rate, seconds int, withDB bool) ([]time.Duration, erro
 	if err != nil {
 		return nil, err
 	}
-	opts := mediawatch.Options{Logger: slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))}
+	opts := mediawatch.Options{QuietPeriod: quiet, Logger: slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))}
 	db := &fakeDB{m: map[string]int64{}}
 	if withDB {
 		opts.Lengths = db

@@ -19,6 +19,7 @@ import (
 	"github.com/synbak/synbak/basebackup"
 	"github.com/synbak/synbak/confsnap"
 	"github.com/synbak/synbak/drill"
+	"github.com/synbak/synbak/dump"
 	"github.com/synbak/synbak/internal/config"
 	"github.com/synbak/synbak/internal/pgsource"
 	"github.com/synbak/synbak/internal/repo"
@@ -42,6 +43,12 @@ func newAgentCommand(st *rootState) *cobra.Command {
   config   snapshots of homeserver.yaml, its log config, appservice files,
            the signing key and secret files, whenever one changes
   probe    asks PostgreSQL for its WAL position and the slot's lag
+  dumps    with dump.interval, a logical dump (pg_dump) when the repository
+           has none recent, then every dump.interval after the newest ended
+  drill    with drill.interval, a restore drill every drill.interval
+
+After each base backup and each dump the retention policy (retention.*) is
+applied, as 'synbak prune' would.
 
 A part that fails is logged, counted and run again with backoff; it never
 stops the others. On SIGTERM the agent stops taking new work, stores the open
@@ -86,13 +93,20 @@ func runAgent(ctx context.Context, cfg *config.Config) error {
 	facts := homeserverFacts(hs)
 
 	rcv := wal.NewReceiver(src, r, walOptions(cfg), log.With("component", "wal"))
+	// Retention runs after each backup and each dump; never two at once.
+	var pruneMu sync.Mutex
+	prune := func(ctx context.Context) string {
+		pruneMu.Lock()
+		defer pruneMu.Unlock()
+		return agentPrune(ctx, cfg, r, log.With("component", "retention"))
+	}
 	sched := &agent.BackupSchedule{
 		Repo: r, Interval: cfg.Basebackup.Interval.D(), Log: log.With("component", "backups"),
 		Take: func(ctx context.Context) (*basebackup.Backup, error) {
 			return takeAgentBackup(ctx, cfg, src, r, facts, log.With("component", "backups"))
 		},
 		AfterBackup: func(ctx context.Context, _ *basebackup.Backup) string {
-			return agentPrune(ctx, cfg, r, log.With("component", "retention"))
+			return prune(ctx)
 		},
 	}
 	probe := &agent.Probe{
@@ -148,6 +162,14 @@ func runAgent(ctx context.Context, cfg *config.Config) error {
 		}}
 		opts.Components = append(opts.Components, agent.Component{Name: "drill", Run: opts.Drills.Run})
 	}
+	if iv := cfg.Dump.Interval.D(); iv > 0 {
+		dlog := log.With("component", "dumps")
+		opts.Dumps = &agent.DumpSchedule{Repo: r, Interval: iv, Log: dlog,
+			Take:      func(ctx context.Context) (dump.Dump, error) { return takeDump(ctx, cfg, hs, r, nil, dlog) },
+			AfterDump: func(ctx context.Context, _ dump.Dump) string { return prune(ctx) },
+		}
+		opts.Components = append(opts.Components, agent.Component{Name: "dumps", Run: opts.Dumps.Run})
+	}
 	a := agent.New(opts)
 	ag = a
 
@@ -176,10 +198,10 @@ func homeserverFacts(hs *synapse.Homeserver) map[string]string {
 	return facts
 }
 
-// agentPrune applies the retention policy after a base backup. A failure
-// is logged and reported, never fatal: the next backup tries again.
+// agentPrune applies the retention policy after a base backup or a dump. A
+// failure is logged and reported, never fatal: the next one tries again.
 func agentPrune(ctx context.Context, cfg *config.Config, r *repo.Repo, log *slog.Logger) string {
-	plan, err := retention.NewPlan(ctx, r, retention.Options{Backups: cfg.Retention.Backups, Window: cfg.Retention.Window.D()})
+	plan, err := retention.NewPlan(ctx, r, retention.Options{Backups: cfg.Retention.Backups, Window: cfg.Retention.Window.D(), Dumps: cfg.Retention.Dumps})
 	if err != nil {
 		log.Error("retention: planning the prune failed", "err", err)
 		return "failed: " + err.Error()
@@ -192,8 +214,8 @@ func agentPrune(ctx context.Context, cfg *config.Config, r *repo.Repo, log *slog
 		log.Error("retention: the prune failed (the next one completes it)", "err", err)
 		return "failed: " + err.Error()
 	}
-	msg := fmt.Sprintf("deleted %d backups, %d WAL, %d media and %d config objects (%s)", res.Backups, res.WAL, res.Media, res.Config, humanBytes(res.Bytes))
-	log.Info("retention: pruned", "backups", res.Backups, "wal", res.WAL, "media", res.Media, "config", res.Config, "bytes", res.Bytes)
+	msg := fmt.Sprintf("deleted %d backups, %d dumps, %d WAL, %d media and %d config objects (%s)", res.Backups, res.Dumps, res.WAL, res.Media, res.Config, humanBytes(res.Bytes))
+	log.Info("retention: pruned", "backups", res.Backups, "dumps", res.Dumps, "wal", res.WAL, "media", res.Media, "config", res.Config, "bytes", res.Bytes)
 	return msg
 }
 

@@ -29,6 +29,7 @@ import (
 	"github.com/synbak/synbak/agent"
 	"github.com/synbak/synbak/basebackup"
 	"github.com/synbak/synbak/confsnap"
+	"github.com/synbak/synbak/dump"
 	"github.com/synbak/synbak/internal/pgtest"
 	"github.com/synbak/synbak/internal/repo"
 	"github.com/synbak/synbak/internal/storage"
@@ -668,6 +669,20 @@ func TestAgentRetention(t *testing.T) {
 		t.Errorf("last prune: %q", st.Backups.LastPrune)
 	}
 	s.c.Exec(t, "synapse", "INSERT INTO markers VALUES (2)")
+	// The commit returns before the receiver has its WAL (no synchronous
+	// replication): wait until it is durable before stopping the agent.
+	lsn, err := pglogrepl.ParseLSN(s.c.Text(t, "synapse", "SELECT pg_current_wal_lsn()::text"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, time.Minute, "marker 2's WAL flushed by the agent", func() bool {
+		st := s.status(t)
+		if st.WAL == nil {
+			return false
+		}
+		f, err := pglogrepl.ParseLSN(st.WAL.Flushed)
+		return err == nil && f >= lsn
+	})
 	if _, err := p.stop(t, syscall.SIGTERM, 10*time.Second); err != nil {
 		t.Fatalf("SIGTERM: %v", err)
 	}
@@ -712,5 +727,49 @@ func TestAgentRetention(t *testing.T) {
 	rc, _ := s.restoreCLI(t, "--latest")
 	if got := rc.Text(t, "synapse", "select string_agg(n::text, ',' order by n) from markers"); got != "1,2" {
 		t.Errorf("restore --latest after the prunes: markers %q, want 1,2", got)
+	}
+}
+
+// TestAgentDumps runs the agent with a short dump.interval and
+// retention.dumps 2: dumps are taken one after another, each followed by
+// retention, and /status and /metrics show them.
+func TestAgentDumps(t *testing.T) {
+	if testing.Short() {
+		t.Skip("needs PostgreSQL (skipped with -short)")
+	}
+	ctx := context.Background()
+	s := newAgentSite(t)
+	s.env = append(s.env, "SYNBAK_DUMP_INTERVAL=1s", "SYNBAK_RETENTION_DUMPS=2", "SYNBAK_DUMP_PART_SIZE_MB=1")
+	p := s.startAgent(t)
+	waitFor(t, 3*time.Minute, "four dumps", func() bool { st := s.status(t); return st.Dumps != nil && st.Dumps.Taken >= 4 })
+	waitFor(t, time.Minute, "healthy", func() bool { code, _ := s.get(t, "/healthz"); return code == 200 })
+	st := s.status(t).Dumps
+	if st.Count != 2 || st.LastID == "" || st.LastSize <= 0 || st.LastError != "" || !strings.HasPrefix(st.LastPrune, "deleted ") {
+		t.Errorf("dump status %+v", st)
+	}
+	if got := s.metric(t, "synbak_dumps"); got != "2" {
+		t.Errorf("synbak_dumps = %q, want 2", got)
+	}
+	if got := s.metric(t, "synbak_dump_last_end_timestamp_seconds"); got == "" || got == "0" {
+		t.Errorf("synbak_dump_last_end_timestamp_seconds = %q", got)
+	}
+	if _, err := p.stop(t, syscall.SIGTERM, 10*time.Second); err != nil {
+		t.Fatalf("SIGTERM: %v", err)
+	}
+	be, err := local.New(s.repoDir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r, err := repo.Open(ctx, be, repo.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ds, err := dump.List(ctx, r)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// 2, or 3 when one finished as SIGTERM came, before its prune.
+	if len(ds) < 2 || len(ds) > 3 {
+		t.Errorf("%d complete dumps after %d taken with retention.dumps 2", len(ds), st.Taken)
 	}
 }

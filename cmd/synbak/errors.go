@@ -1,7 +1,9 @@
 package main
 
 import (
+	"encoding/json"
 	"errors"
+	"io"
 	"strings"
 
 	"github.com/synbak/synbak/internal/config"
@@ -58,4 +60,11 @@ func oneLine(err error) string {
 		}
 	}
 	return strings.Join(out, "\nsynbak: ")
+}
+
+// printJSON writes v as indented JSON (the --json output of the commands).
+func printJSON(out io.Writer, v any) error {
+	enc := json.NewEncoder(out)
+	enc.SetIndent("", "  ")
+	return enc.Encode(v)
 }

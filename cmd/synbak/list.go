@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"io"
 	"sort"
@@ -15,6 +14,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/synbak/synbak/basebackup"
+	"github.com/synbak/synbak/dump"
 	"github.com/synbak/synbak/internal/config"
 	"github.com/synbak/synbak/internal/repo"
 	"github.com/synbak/synbak/internal/storage"
@@ -48,6 +48,8 @@ the oldest complete backup to the server time of the newest archived WAL.`,
 type listing struct {
 	Backups        []listBackup     `json:"backups"`
 	Incomplete     []listIncomplete `json:"incomplete_backups"`
+	Dumps          []listDump       `json:"dumps"`
+	IncompleteDump []listIncomplete `json:"incomplete_dumps"`
 	WAL            []walTimeline    `json:"wal"`
 	RecoveryWindow *window          `json:"recovery_window"`
 	// Sizes are the stored bytes and object counts by kind (the first
@@ -73,6 +75,17 @@ type listBackup struct {
 	Size        int64     `json:"size"`
 	StoredSize  int64     `json:"stored_size"`
 	Tablespaces int       `json:"tablespaces"`
+}
+
+type listDump struct {
+	ID         string    `json:"id"`
+	StartTime  time.Time `json:"start_time"`
+	EndTime    time.Time `json:"end_time"`
+	Databases  []string  `json:"databases"`
+	PGVersion  int       `json:"pg_version_num"`
+	PgDump     string    `json:"pg_dump"`
+	Size       int64     `json:"size"`
+	StoredSize int64     `json:"stored_size"`
 }
 
 type listIncomplete struct {
@@ -117,16 +130,14 @@ func runList(ctx context.Context, cfg *config.Config, out io.Writer, asJSON bool
 		return err
 	}
 	if asJSON {
-		enc := json.NewEncoder(out)
-		enc.SetIndent("", "  ")
-		return enc.Encode(l)
+		return printJSON(out, l)
 	}
 	printListing(out, l)
 	return nil
 }
 
 func buildListing(ctx context.Context, r *repo.Repo) (listing, error) {
-	l := listing{Backups: []listBackup{}, Incomplete: []listIncomplete{}, WAL: []walTimeline{}, Sizes: []kindSize{}}
+	l := listing{Backups: []listBackup{}, Incomplete: []listIncomplete{}, Dumps: []listDump{}, IncompleteDump: []listIncomplete{}, WAL: []walTimeline{}, Sizes: []kindSize{}}
 	sizes := map[string]*kindSize{}
 	if err := r.List(ctx, "", func(oi storage.ObjectInfo) error {
 		kind, _, _ := strings.Cut(oi.Name, "/")
@@ -141,7 +152,7 @@ func buildListing(ctx context.Context, r *repo.Repo) (listing, error) {
 	}); err != nil {
 		return l, fmt.Errorf("list %s: %w", r, err)
 	}
-	for _, kind := range []string{"backups", "wal", "media", "config", "meta"} {
+	for _, kind := range []string{"backups", "wal", "dumps", "media", "config", "meta"} {
 		if k := sizes[kind]; k != nil {
 			l.Sizes = append(l.Sizes, *k)
 			delete(sizes, kind)
@@ -167,6 +178,21 @@ func buildListing(ctx context.Context, r *repo.Repo) (listing, error) {
 	}
 	for _, i := range inc {
 		l.Incomplete = append(l.Incomplete, listIncomplete{ID: i.ID, Objects: i.Objects, StoredSize: i.StoredSize, LastModified: i.LastModified})
+	}
+
+	ds, dinc, err := dump.Scan(ctx, r)
+	if err != nil {
+		return l, err
+	}
+	for _, d := range ds {
+		ld := listDump{ID: d.ID, StartTime: d.StartTime, EndTime: d.EndTime, PGVersion: d.Main().ServerVersionNum, PgDump: d.Main().PgDump, Size: d.Size(), StoredSize: d.StoredSize()}
+		for _, db := range d.Databases {
+			ld.Databases = append(ld.Databases, db.Name)
+		}
+		l.Dumps = append(l.Dumps, ld)
+	}
+	for _, i := range dinc {
+		l.IncompleteDump = append(l.IncompleteDump, listIncomplete{ID: i.ID, Objects: i.Objects, StoredSize: i.StoredSize, LastModified: i.LastModified})
 	}
 
 	settings, err := wal.LoadSettings(ctx, r)
@@ -265,20 +291,31 @@ func buildListing(ctx context.Context, r *repo.Repo) (listing, error) {
 }
 
 func printListing(out io.Writer, l listing) {
-	tw := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "BACKUP\tSTARTED\tENDED\tSTART LSN\tEND LSN\tTLI\tSIZE\tSTORED")
-	for _, b := range l.Backups {
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%d\t%s\t%s\n", b.ID, b.StartTime.Format(time.RFC3339), b.EndTime.Format(time.RFC3339),
-			b.StartLSN, b.EndLSN, b.Timeline, humanBytes(b.Size), humanBytes(b.StoredSize))
-	}
-	tw.Flush()
-	if len(l.Incomplete) > 0 {
-		fmt.Fprintln(out, "\nIncomplete backups (interrupted or still running; never used by restore):")
-		for _, i := range l.Incomplete {
-			fmt.Fprintf(out, "  %s  INCOMPLETE  %d objects, %s, last written %s\n",
-				i.ID, i.Objects, humanBytes(i.StoredSize), i.LastModified.UTC().Format(time.RFC3339))
+	if len(l.Backups) == 0 {
+		fmt.Fprintln(out, "Base backups: none")
+	} else {
+		tw := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
+		fmt.Fprintln(tw, "BACKUP\tSTARTED\tENDED\tSTART LSN\tEND LSN\tTLI\tSIZE\tSTORED")
+		for _, b := range l.Backups {
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%d\t%s\t%s\n", b.ID, b.StartTime.Format(time.RFC3339), b.EndTime.Format(time.RFC3339),
+				b.StartLSN, b.EndLSN, b.Timeline, humanBytes(b.Size), humanBytes(b.StoredSize))
 		}
+		tw.Flush()
 	}
+	printIncomplete(out, "backups", l.Incomplete)
+	fmt.Fprintln(out)
+	if len(l.Dumps) == 0 {
+		fmt.Fprintln(out, "Logical dumps: none")
+	} else {
+		tw := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
+		fmt.Fprintln(tw, "DUMP\tSTARTED\tENDED\tDATABASES\tPOSTGRESQL\tSIZE\tSTORED")
+		for _, d := range l.Dumps {
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%s\t%s\n", d.ID, d.StartTime.Format(time.RFC3339), d.EndTime.Format(time.RFC3339),
+				strings.Join(d.Databases, ","), d.PGVersion/10000, humanBytes(d.Size), humanBytes(d.StoredSize))
+		}
+		tw.Flush()
+	}
+	printIncomplete(out, "dumps", l.IncompleteDump)
 	fmt.Fprintln(out)
 	if len(l.WAL) == 0 {
 		fmt.Fprintln(out, "WAL: none archived")
@@ -300,6 +337,17 @@ func printListing(out io.Writer, l listing) {
 	}
 	fmt.Fprintf(out, "Recovery window: %s to %s\n", l.RecoveryWindow.From.Format(time.RFC3339), l.RecoveryWindow.To.Format(time.RFC3339))
 	printSizes(out, l.Sizes)
+}
+
+func printIncomplete(out io.Writer, what string, inc []listIncomplete) {
+	if len(inc) == 0 {
+		return
+	}
+	fmt.Fprintf(out, "Incomplete %s (interrupted or still running; never used by restore):\n", what)
+	for _, i := range inc {
+		fmt.Fprintf(out, "  %s  INCOMPLETE  %d objects, %s, last written %s\n",
+			i.ID, i.Objects, humanBytes(i.StoredSize), i.LastModified.UTC().Format(time.RFC3339))
+	}
 }
 
 func printSizes(out io.Writer, sizes []kindSize) {

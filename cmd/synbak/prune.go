@@ -19,7 +19,7 @@ func newPruneCommand(st *rootState) *cobra.Command {
 	var dryRun, asJSON bool
 	cmd := &cobra.Command{
 		Use:   "prune",
-		Short: "Apply the retention policy (retention.backups, retention.window)",
+		Short: "Apply the retention policy (retention.backups, retention.window, retention.dumps)",
 		Long: `prune deletes what the retention policy no longer needs, reading and writing
 the repository only (no PostgreSQL, no homeserver.yaml needed).
 
@@ -33,9 +33,14 @@ config file. The newest backup is never deleted; an incomplete backup only
 when it started before the oldest kept one and nothing was written to it for
 24 hours.
 
+Logical dumps: the newest retention.dumps complete dumps stay (0: every
+complete dump stays), with the media and config files present at the start
+of each; an incomplete dump goes when nothing was written to it for 24 hours.
+
 Deletion order is crash-safe: backups oldest first (each loses its
-backup.json first, so nothing offers it for restore any more), then WAL in
-ascending order, then media and config objects. An interrupted prune leaves
+backup.json first, so nothing offers it for restore any more), then dumps
+likewise (dump.json first), then WAL in ascending order, then media and
+config objects. An interrupted prune leaves
 a repository that restores every time in the window; run prune again to
 finish.
 
@@ -67,7 +72,7 @@ func runPrune(ctx context.Context, cfg *config.Config, out io.Writer, log *slog.
 	if err != nil {
 		return err
 	}
-	p, err := retention.NewPlan(ctx, r, retention.Options{Backups: cfg.Retention.Backups, Window: cfg.Retention.Window.D(), Now: now})
+	p, err := retention.NewPlan(ctx, r, retention.Options{Backups: cfg.Retention.Backups, Window: cfg.Retention.Window.D(), Dumps: cfg.Retention.Dumps, Now: now})
 	if err != nil {
 		return fmt.Errorf("prune %s: %w", r, err)
 	}
@@ -103,6 +108,17 @@ func printPrune(out io.Writer, cfg *config.Config, rep pruneReport) {
 	if len(p.Untouched) > 0 {
 		fmt.Fprintf(out, "Incomplete backups left alone (running, or not abandoned for %s yet): %s\n", retention.AbandonedAfter, strings.Join(p.Untouched, ", "))
 	}
+	keepDumps := fmt.Sprintf("the newest %d", p.Dumps)
+	if p.Dumps == 0 {
+		keepDumps = "all (retention.dumps 0)"
+	}
+	fmt.Fprintf(out, "Dumps kept (%d, %s): %s\n", len(p.KeptDumps), keepDumps, orNone(strings.Join(p.KeptDumps, ", ")))
+	if len(p.UntouchedDumps) > 0 {
+		fmt.Fprintf(out, "Incomplete dumps left alone (running, or not abandoned for %s yet): %s\n", retention.AbandonedAfter, strings.Join(p.UntouchedDumps, ", "))
+	}
+	if !p.Horizon.IsZero() {
+		fmt.Fprintf(out, "Media and config kept as of: %s\n", p.Horizon.Format(time.RFC3339))
+	}
 	verb := "Deleted"
 	if rep.DryRun {
 		verb = "Would delete"
@@ -117,6 +133,16 @@ func printPrune(out io.Writer, cfg *config.Config, rep pruneReport) {
 			kind = "incomplete"
 		}
 		fmt.Fprintf(out, "  backup %s  %s  %d objects, %s  (%s)\n", b.ID, kind, b.Objects, humanBytes(b.Bytes), b.Reason)
+	}
+	if len(p.DeleteDumps) == 0 {
+		fmt.Fprintln(out, "  dumps: none")
+	}
+	for _, d := range p.DeleteDumps {
+		kind := "complete  "
+		if !d.Complete {
+			kind = "incomplete"
+		}
+		fmt.Fprintf(out, "  dump %s  %s  %d objects, %s  (%s)\n", d.ID, kind, d.Objects, humanBytes(d.Bytes), d.Reason)
 	}
 	if len(p.WAL) == 0 {
 		fmt.Fprintln(out, "  WAL: none")

@@ -107,3 +107,68 @@ func TestPruneDeletes(t *testing.T) {
 		t.Errorf("retention.backups 0: exit %d, %s", code, stderr)
 	}
 }
+
+// Dumps: the newest retention.dumps stay (7 by default keeps all four, and
+// the oldest moves the media horizon back); the others and the abandoned
+// incomplete one go, dump.json first.
+func TestPruneDumps(t *testing.T) {
+	w, env := pruneWorld(t)
+	w.AddDumps(t)
+	d := w.Dumps
+	code, stdout, stderr := runCLI(t, env, "-c", "/dev/null", "--repo", w.Dir, "prune", "--dry-run")
+	if code != 0 {
+		t.Fatalf("exit %d: %s", code, stderr)
+	}
+	for _, want := range []string{
+		"Dumps kept (4, the newest 7): " + d[0].ID + ", " + d[1].ID + ", " + d[2].ID + ", " + d[3].ID,
+		"Incomplete dumps left alone (running, or not abandoned for 24h0m0s yet): " + w.DumpRunning,
+		"Media and config kept as of: " + d[0].StartTime.UTC().Format(time.RFC3339),
+		"  dump " + w.DumpAbandoned + "  incomplete  1 objects",
+		"  media objects: 1 (",
+		"  config objects: 0 (",
+	} {
+		if !strings.Contains(stdout, want) {
+			t.Errorf("output lacks %q:\n%s", want, stdout)
+		}
+	}
+
+	env["SYNBAK_RETENTION_DUMPS"] = "2"
+	code, stdout, stderr = runCLI(t, env, "-c", "/dev/null", "--repo", w.Dir, "prune", "--json")
+	if code != 0 {
+		t.Fatalf("exit %d: %s", code, stderr)
+	}
+	var rep struct {
+		Plan struct {
+			KeptDumps   []string              `json:"kept_dumps"`
+			DeleteDumps []struct{ ID string } `json:"delete_dumps"`
+		} `json:"plan"`
+		Result struct {
+			Dumps int `json:"dumps"`
+		} `json:"result"`
+	}
+	if err := json.Unmarshal([]byte(stdout), &rep); err != nil {
+		t.Fatalf("--json output: %v\n%s", err, stdout)
+	}
+	var del []string
+	for _, x := range rep.Plan.DeleteDumps {
+		del = append(del, x.ID)
+	}
+	if diff := cmp.Diff([]string{d[0].ID, w.DumpAbandoned, d[1].ID}, del); diff != "" || rep.Result.Dumps != 3 ||
+		!cmp.Equal([]string{d[2].ID, d[3].ID}, rep.Plan.KeptDumps) {
+		t.Errorf("plan: kept %v, %d deleted, deleted (-want +got):\n%s", rep.Plan.KeptDumps, rep.Result.Dumps, diff)
+	}
+	if !strings.Contains(stderr, "deleted dump") {
+		t.Errorf("log lacks the deletions:\n%s", stderr)
+	}
+	for _, n := range w.Names(t) {
+		for _, id := range []string{d[0].ID, d[1].ID, w.DumpAbandoned} {
+			if strings.HasPrefix(n, "dumps/"+id+"/") {
+				t.Errorf("%s left", n)
+			}
+		}
+	}
+	code, stdout, stderr = runCLI(t, env, "-c", "/dev/null", "--repo", w.Dir, "prune", "--dry-run")
+	if code != 0 || !strings.Contains(stdout, "  dumps: none") || !strings.Contains(stdout, "total: 0 objects") {
+		t.Errorf("second prune: exit %d, %s\n%s", code, stderr, stdout)
+	}
+}

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"strings"
@@ -117,6 +118,12 @@ func readIdentityFile(path string) ([]age.Identity, error) {
 
 // openRepo opens an existing repository; create makes a missing one.
 func openRepo(ctx context.Context, cfg *config.Config, create bool) (*repo.Repo, error) {
+	if !create && cfg.Repository.URL == "" && cfg.Repository.Path != "" {
+		// Commands that only read never create the directory.
+		if _, err := os.Stat(cfg.Repository.Path); errors.Is(err, os.ErrNotExist) {
+			return nil, fmt.Errorf("repository %s does not exist: check repository.path (or --repo); `synbak init`, the agent, `wal stream`, `backup` and `dump` create one", cfg.Repository.Path)
+		}
+	}
 	b, err := openBackendCtx(ctx, cfg)
 	if err != nil {
 		return nil, err

@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"io"
 	"os"
@@ -33,12 +32,20 @@ type restoreFlags struct {
 	dryRun       bool
 	asJSON       bool
 	keepFailed   bool
+
+	// --from-dump
+	fromDump       string
+	targetDSN      string
+	targetStateDSN string
+	owner          string
+	jobs           int
+	workDir        string
 }
 
 func newRestoreCommand(st *rootState) *cobra.Command {
 	var f restoreFlags
 	cmd := &cobra.Command{
-		Use:   "restore --pgdata DIR (--target-time T | --target-lsn LSN | --latest)",
+		Use:   "restore (--pgdata DIR (--target-time T | --target-lsn LSN | --latest) | --from-dump ID|latest --target-dsn DSN)",
 		Short: "Restore the homeserver's database, media and config as of a point in time",
 		Long: `restore picks the newest base backup that ended before the target, proves from
 the repository that the WAL from it to the target is complete, extracts it into
@@ -60,9 +67,36 @@ without a zone is refused. The target is inclusive. LSN is X/X (hex).
 
 It needs only the repository: no homeserver.yaml, no running PostgreSQL.
 --dry-run makes every check and prints the plan, writing nothing; it exits 0
-when a restore would proceed, 1 when not.`,
+when a restore would proceed, 1 when not.
+
+--from-dump ID|latest restores a logical dump (synbak dump) instead, into a
+running PostgreSQL server of the same or a newer major version: the database
+named in --target-dsn (default: the dumped database's name) is created as
+Synapse's docs say (ENCODING UTF8, LC_COLLATE and LC_CTYPE C, TEMPLATE
+template0, OWNER --owner); a database that exists and has tables is refused
+and nothing is changed. Every part of the dump is read and checked into
+--work-dir before anything is created; then the real pg_restore (matching the
+target server's version) runs with --jobs, --no-owner --role OWNER and
+--exit-on-error; e2e_one_time_keys_json is emptied if the dump holds rows of
+it; ANALYZE. Media and config files are restored as of the dump's start.
+A dump of two databases (main and state) needs --target-state-dsn too. Keep
+passwords out of --target-dsn (the process list shows arguments): use
+PGPASSWORD or ~/.pgpass.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			if f.fromDump != "" {
+				if err := f.checkFromDump(); err != nil {
+					return usageError{err}
+				}
+				cfg, err := st.load()
+				if err != nil {
+					return err
+				}
+				return runDumpRestore(cmd.Context(), cfg, f, cmd.OutOrStdout())
+			}
+			if f.targetDSN != "" || f.targetStateDSN != "" || f.owner != "" || f.jobs != 0 || f.workDir != "" {
+				return usageError{fmt.Errorf("--target-dsn, --target-state-dsn, --owner, --jobs and --work-dir go with --from-dump")}
+			}
 			target, err := f.target()
 			if err != nil {
 				return usageError{err}
@@ -88,6 +122,12 @@ when a restore would proceed, 1 when not.`,
 	fl.BoolVar(&f.keepFailed, "keep-failed", false, "keep what a failed restore wrote (data directory, server log) for inspection")
 	fl.BoolVar(&f.dryRun, "dry-run", false, "check and print the plan; write nothing")
 	fl.BoolVar(&f.asJSON, "json", false, "print the plan or report as JSON")
+	fl.StringVar(&f.fromDump, "from-dump", "", "restore logical dump ID (or latest) instead of a point in time")
+	fl.StringVar(&f.targetDSN, "target-dsn", "", "with --from-dump: the server (and database) to restore into, libpq conninfo or URL")
+	fl.StringVar(&f.targetStateDSN, "target-state-dsn", "", "with --from-dump: where the state database goes, for a dump of two databases")
+	fl.StringVar(&f.owner, "owner", "", "with --from-dump: the role owning the new database and its objects (default: the dumped database's owner if that role exists, else the connecting role)")
+	fl.IntVar(&f.jobs, "jobs", 0, "with --from-dump: pg_restore --jobs (default: the number of CPUs, at most 4)")
+	fl.StringVar(&f.workDir, "work-dir", "", "with --from-dump: where the verified dump is written for pg_restore (default: $TMPDIR or /tmp)")
 	return cmd
 }
 
@@ -180,9 +220,7 @@ func runRestore(ctx context.Context, cfg *config.Config, f restoreFlags, target 
 			return err
 		}
 		if f.asJSON {
-			enc := json.NewEncoder(out)
-			enc.SetIndent("", "  ")
-			return enc.Encode(plan)
+			return printJSON(out, plan)
 		}
 		fmt.Fprint(out, plan.String())
 		fmt.Fprintln(out, "Dry run: nothing was written; a restore would proceed.")
@@ -193,9 +231,7 @@ func runRestore(ctx context.Context, cfg *config.Config, f restoreFlags, target 
 		return err
 	}
 	if f.asJSON {
-		enc := json.NewEncoder(out)
-		enc.SetIndent("", "  ")
-		return enc.Encode(rep)
+		return printJSON(out, rep)
 	}
 	fmt.Fprint(out, rep.String())
 	return nil
@@ -233,7 +269,12 @@ func (p *restoreProgress) update(pr restore.Progress) {
 			line += ", last commit " + pr.LastCommit.UTC().Format("2006-01-02 15:04:05Z")
 		}
 	}
-	line += fmt.Sprintf(" [%s]", now.Sub(p.start).Round(time.Second))
+	p.draw(line)
+}
+
+// draw replaces the line on the terminal by line and the elapsed time.
+func (p *restoreProgress) draw(line string) {
+	line += fmt.Sprintf(" [%s]", time.Since(p.start).Round(time.Second))
 	pad := ""
 	if n := p.lastLine - len(line); n > 0 {
 		pad = strings.Repeat(" ", n)

@@ -24,7 +24,7 @@ func newStatusCommand(st *rootState) *cobra.Command {
 		Short: "What the running agent (or the repository) says: lag, last backup, recovery window, health",
 		Long: `status asks the running agent (its address is in state_dir/agent.addr, else
 http.listen) for its /status and prints a summary: WAL streamed and archived,
-lag behind the server, base backups, media, config snapshots, problems. It
+lag behind the server, base backups, dumps, media, config snapshots, problems. It
 always adds the repository's recovery window. When no agent answers it reports
 from the repository alone.
 
@@ -160,6 +160,22 @@ func printStatus(out io.Writer, rep statusReport) {
 				fmt.Fprintf(out, "; one running")
 			} else if !b.Next.IsZero() {
 				fmt.Fprintf(out, "; next at %s", b.Next.UTC().Format(time.RFC3339))
+			}
+			fmt.Fprintln(out)
+		}
+		if d := a.Dumps; d != nil {
+			if d.Count == 0 {
+				fmt.Fprintf(out, "Dumps: none yet")
+			} else {
+				fmt.Fprintf(out, "Dumps: %d; newest %s ended %s (%s, %.0f s)", d.Count, d.LastID, d.LastEnd.UTC().Format(time.RFC3339), humanBytes(d.LastSize), d.LastDuration)
+			}
+			if d.Running {
+				fmt.Fprintf(out, "; one running")
+			} else if !d.Next.IsZero() {
+				fmt.Fprintf(out, "; next at %s", d.Next.UTC().Format(time.RFC3339))
+			}
+			if d.LastError != "" {
+				fmt.Fprintf(out, "; LAST ATTEMPT FAILED: %s", d.LastError)
 			}
 			fmt.Fprintln(out)
 		}

@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"io"
 	"os"
@@ -87,9 +86,7 @@ func runVerify(ctx context.Context, cfg *config.Config, f verifyFlags, out io.Wr
 		vr.Problems = append(vr.Problems, m.Problems...)
 	}
 	if f.asJSON {
-		enc := json.NewEncoder(out)
-		enc.SetIndent("", "  ")
-		if err := enc.Encode(vr); err != nil {
+		if err := printJSON(out, vr); err != nil {
 			return err
 		}
 	} else {
@@ -97,8 +94,11 @@ func runVerify(ctx context.Context, cfg *config.Config, f verifyFlags, out io.Wr
 		if f.quick {
 			what = "sizes and metadata (--quick)"
 		}
-		fmt.Fprintf(out, "Checked %d objects (%s, %s), %d base backups, the WAL archive, %d media and %d config objects in %.1fs.\n",
-			rep.Objects, humanBytes(rep.Bytes), what, rep.Backups, rep.Media, rep.Config, rep.Seconds)
+		fmt.Fprintf(out, "Checked %d objects (%s, %s), %d base backups, the WAL archive, %d logical dumps, %d media and %d config objects in %.1fs.\n",
+			rep.Objects, humanBytes(rep.Bytes), what, rep.Backups, rep.Dumps, rep.Media, rep.Config, rep.Seconds)
+		if rep.IncompleteDumps > 0 {
+			fmt.Fprintf(out, "%d incomplete dumps (interrupted or running; never offered to restore) were left out.\n", rep.IncompleteDumps)
+		}
 		if vr.MediaDB != nil {
 			fmt.Fprintln(out, vr.MediaDB.Summary)
 		}

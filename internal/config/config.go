@@ -162,7 +162,13 @@ type Retention struct {
 
 // Dump configures logical dumps.
 type Dump struct {
+	// Interval: the agent takes a dump this often (0: never).
 	Interval Duration `mapstructure:"interval"`
+	// PartSizeMB bounds each stored object of a dump, in MiB.
+	PartSizeMB int `mapstructure:"part_size_mb"`
+	// PgBindir holds pg_dump ("": the server's major version under
+	// /usr/lib/postgresql, else a newer one).
+	PgBindir string `mapstructure:"pg_bindir"`
 }
 
 // Media configures the agent's media watcher.
@@ -238,13 +244,15 @@ func Defaults() map[string]any {
 		"retention.window":              "14d",
 		"retention.dumps":               7,
 		"dump.interval":                 "0",
+		"dump.part_size_mb":             1024,
+		"dump.pg_bindir":                "",
 		"log.level":                     "info",
 		"log.format":                    "text",
 
 		"media.enabled":         true,
 		"media.thumbnails":      "auto",
 		"media.scan_interval":   "1h",
-		"media.quiet_period":    "2s",
+		"media.quiet_period":    "1s",
 		"health.probe_interval": "10s",
 		"health.disconnected":   "1m",
 		"health.slot_lag_mb":    1024,
@@ -357,6 +365,9 @@ func (c *Config) Validate() error {
 	}
 	if c.Retention.Dumps < 0 {
 		add(invalid("retention.dumps %d: must not be negative", c.Retention.Dumps))
+	}
+	if c.Dump.PartSizeMB < 1 {
+		add(invalid("dump.part_size_mb %d: must be at least 1", c.Dump.PartSizeMB))
 	}
 	if c.Dump.Interval.D() < 0 {
 		add(invalid("dump.interval %s: must not be negative", c.Dump.Interval))

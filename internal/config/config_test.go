@@ -44,6 +44,7 @@ func valid() Config {
 		WAL:        WAL{StatusInterval: Duration(10 * time.Second), PartialInterval: Duration(10 * time.Second), PrefetchSegments: 4},
 		Retention:  Retention{Backups: 7},
 		Basebackup: Basebackup{Checkpoint: "fast", ServerCompression: "none", WALTimeout: Duration(10 * time.Minute), PartSizeMB: 1024},
+		Dump:       Dump{PartSizeMB: 1024},
 		Log:        Log{Level: "info", Format: "text"},
 		Media:      Media{Thumbnails: "auto"},
 		Health:     Health{ProbeInterval: Duration(10 * time.Second), Disconnected: Duration(time.Minute), SlotLagMB: 1024, MediaBacklog: Duration(10 * time.Minute)},

@@ -3,7 +3,10 @@ package pgtest
 import (
 	"context"
 	"fmt"
+	"os"
+	"path/filepath"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -189,4 +192,44 @@ func (c *Cluster) Now(t testing.TB) time.Time {
 		t.Fatal(err)
 	}
 	return tm
+}
+
+// CreatePasswordRole creates a LOGIN role with a password (plus attrs, e.g.
+// "CREATEDB") and makes TCP connections as that role use scram-sha-256
+// (pg_hba.conf line before the harness's trust lines; the configuration is
+// reloaded). Other roles keep trust.
+func (c *Cluster) CreatePasswordRole(t testing.TB, role, password string, attrs ...string) {
+	t.Helper()
+	c.Exec(t, "postgres", "SET password_encryption = 'scram-sha-256'; CREATE ROLE "+pgx.Identifier{role}.Sanitize()+
+		" LOGIN "+strings.Join(attrs, " ")+" PASSWORD '"+strings.ReplaceAll(password, "'", "''")+"'")
+	hbaPath := filepath.Join(c.DataDir, "pg_hba.conf")
+	hba, err := os.ReadFile(hbaPath)
+	if err != nil {
+		t.Fatalf("pgtest: %v", err)
+	}
+	line := fmt.Sprintf("host all %s 127.0.0.1/32 scram-sha-256\n", role)
+	if err := c.writeFile(hbaPath, append([]byte(line), hba...)); err != nil {
+		t.Fatalf("pgtest: %v", err)
+	}
+	if c.Int64(t, "postgres", "SELECT count(*) FROM pg_hba_file_rules WHERE error IS NOT NULL") != 0 {
+		t.Fatalf("pgtest: pg_hba.conf has errors after adding %q", line)
+	}
+	c.Exec(t, "postgres", "SELECT pg_reload_conf()")
+	// The postmaster rereads pg_hba.conf when it handles SIGHUP; new
+	// connections see it from then on. Poll until one does.
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		conn, err := pgx.Connect(context.Background(), fmt.Sprintf("host=127.0.0.1 port=%d user=%s dbname=postgres sslmode=disable password=wrong-%d", c.Port, role, time.Now().UnixNano()))
+		if err != nil {
+			if strings.Contains(err.Error(), "password authentication failed") {
+				return
+			}
+		} else {
+			closeConn(conn)
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("pgtest: %s can still log in without its password 30 s after the reload", role)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
 }

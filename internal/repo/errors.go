@@ -18,6 +18,10 @@ var (
 	ErrWrongCluster = errors.New("repository belongs to another PostgreSQL cluster")
 	// ErrNotInitialized says that the repository has no metadata yet.
 	ErrNotInitialized = errors.New("repository is not initialized")
+	// ErrUnexpectedContent says that a Put with WantSHA256 read another
+	// plaintext than the expected one (a file that changed while it was
+	// copied); nothing was stored.
+	ErrUnexpectedContent = errors.New("plaintext differs from the expected sha256")
 )
 
 // IsNotExist reports whether err says that an object does not exist.
@@ -29,6 +33,10 @@ func IsConflict(err error) bool { return storage.IsConflict(err) }
 
 // IsCorrupt reports whether err says that a stored object is damaged.
 func IsCorrupt(err error) bool { return errors.Is(err, ErrCorrupt) }
+
+// IsUnexpectedContent reports whether err says that a Put with WantSHA256
+// read another plaintext than the expected one.
+func IsUnexpectedContent(err error) bool { return errors.Is(err, ErrUnexpectedContent) }
 
 // IsWrongCluster reports whether err says that the repository belongs to
 // another PostgreSQL cluster.

@@ -94,3 +94,35 @@ func ValidName(name string) error {
 	}
 	return nil
 }
+
+// DeferredSyncer is implemented by backends whose Put can leave part of its
+// durability work to be done later, once for many objects: the local
+// backend fsyncs the directory an object was linked into, and one fsync
+// covers every object linked into it before. A caller that stores many
+// objects and then a record naming them (the media index) puts them through
+// a SyncGroup and calls Sync before storing the record; every other Put
+// stays durable when it returns. Backends whose Put is durable on return
+// (S3) need not implement it.
+type DeferredSyncer interface {
+	Backend
+	// NewSyncGroup returns an empty group.
+	NewSyncGroup() SyncGroup
+}
+
+// SyncGroup collects deferred durability work. It is safe for concurrent
+// use.
+type SyncGroup interface {
+	// Put is Backend.Put, except that when it returns the object may not be
+	// durable until Sync returns nil. Its content is: a crash never leaves a
+	// partial object under the name, only the whole object or none.
+	Put(ctx context.Context, name string, r io.Reader) error
+	// Include makes the next Sync make name durable too: an object that was
+	// found to exist (by Stat, say) and that a Put, of this process or
+	// another, may have published moments ago with its durability still
+	// pending.
+	Include(name string)
+	// Sync makes durable every object stored by Put or named by Include
+	// before Sync was called. After an error, the work is kept for the next
+	// Sync.
+	Sync(ctx context.Context) error
+}

@@ -1,7 +1,8 @@
 // Package retentiontest builds synthetic repositories for retention tests
 // (imported by tests only): base backups over several days, WAL across a
 // timeline switch, incomplete backups, media and config indexes with their
-// objects, all named and framed as the real writers name them.
+// objects, and (AddDumps) logical dumps, all named and framed as the real
+// writers name them.
 package retentiontest
 
 import (
@@ -22,6 +23,7 @@ import (
 
 	"github.com/synbak/synbak/basebackup"
 	"github.com/synbak/synbak/confsnap"
+	"github.com/synbak/synbak/dump"
 	"github.com/synbak/synbak/internal/repo"
 	"github.com/synbak/synbak/internal/storage"
 	"github.com/synbak/synbak/internal/storage/local"
@@ -64,6 +66,10 @@ type World struct {
 	// Backups are B0..B4.
 	Backups                            []basebackup.Backup
 	Abandoned, StaleRecent, InProgress string
+	// Dumps are Dump0..Dump3 and DumpAbandoned, DumpRunning the incomplete
+	// dumps, once AddDumps has added them.
+	Dumps                      []dump.Dump
+	DumpAbandoned, DumpRunning string
 	// Media and Config map a short name to the sha256 of its object:
 	// media gone, kept, late-del, new, replaced-old, replaced-new,
 	// orphan-old, orphan-new; config C1, C2, K1, O1.
@@ -233,6 +239,64 @@ func New(t testing.TB, t0 time.Time) *World {
 		put("config/index/"+pad12(i+1)+".json", append(data, '\n'), map[string]string{"time": b.Time.Format(time.RFC3339Nano)})
 	}
 	return w
+}
+
+// AddDumps adds logical dumps to the world (they change the horizon, so
+// the tests that predate dumps run without them):
+//
+//	complete   Dump0 D(0)+1h30  Dump1 D(2)+3h  Dump2 D(3)+3h  Dump3 D(4)+3h
+//	           (each ends 5 min after it starts; database "synapse", 2 parts)
+//	incomplete DumpAbandoned (id D(1)+3h, one part 3 days old)
+//	           DumpRunning   (id D(4)+6h, one part just written)
+//
+// Dump0 started between the addition of media "gone" and its deletion,
+// and before "replaced-old" was replaced and config C1 superseded: while
+// Dump0 is kept, those objects are needed.
+func (w *World) AddDumps(t testing.TB) {
+	t.Helper()
+	ctx := context.Background()
+	parts := func(id string, data []byte) []repo.PartInfo {
+		t.Helper()
+		pw := w.R.NewPartWriter(ctx, func(n int) string { return dump.PartName(id, "synapse", n) },
+			func(n int) map[string]string { return map[string]string{"kind": "dump", "dump_id": id} }, int64(len(data)/2+1))
+		if err := pw.Write(data); err != nil {
+			t.Fatal(err)
+		}
+		ps, err := pw.Close()
+		if err != nil {
+			t.Fatal(err)
+		}
+		return ps
+	}
+	for i, st := range []time.Time{w.D(0).Add(90 * time.Minute), w.D(2).Add(3 * time.Hour), w.D(3).Add(3 * time.Hour), w.D(4).Add(3 * time.Hour)} {
+		d := dump.Dump{ID: id(st, 20+i), StartTime: st, EndTime: st.Add(5 * time.Minute)}
+		db := dump.Database{Name: "synapse", Stores: []string{"main", "state"}, StartTime: d.StartTime, EndTime: d.EndTime,
+			Parts: parts(d.ID, []byte(strings.Repeat("PGDMP "+d.ID, 40)))}
+		for _, p := range db.Parts {
+			db.Size += p.Size
+			db.StoredSize += p.StoredSize
+		}
+		d.Databases = []dump.Database{db}
+		meta, _ := json.Marshal(d)
+		if _, err := w.R.Put(ctx, dump.MetaName(d.ID), bytes.NewReader(meta), map[string]string{"kind": "dump", "dump_id": d.ID}); err != nil {
+			t.Fatal(err)
+		}
+		w.Dumps = append(w.Dumps, d)
+	}
+	w.DumpAbandoned = id(w.D(1).Add(3*time.Hour), 30)
+	w.DumpRunning = id(w.D(4).Add(6*time.Hour), 31)
+	for _, id := range []string{w.DumpAbandoned, w.DumpRunning} {
+		name := dump.PartName(id, "synapse", 0)
+		if _, err := w.R.Put(ctx, name, strings.NewReader("PGDMP partial "+id), nil); err != nil {
+			t.Fatal(err)
+		}
+		if id == w.DumpAbandoned {
+			when := w.Now.Add(-3 * Day)
+			if err := os.Chtimes(filepath.Join(w.Dir, filepath.FromSlash(name)), when, when); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
 }
 
 // id is a backup id as basebackup.NewID makes them, with a fixed suffix

@@ -4,10 +4,15 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
+	"io"
 	"io/fs"
 	"os"
 	"path/filepath"
+	"slices"
+	"sort"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -197,4 +202,198 @@ func TestPutDeleteRace(t *testing.T) {
 		}
 	}
 	<-done
+}
+
+// syncRecorder records the directory fsyncs of a backend (relative paths)
+// and can make them fail.
+type syncRecorder struct {
+	mu    sync.Mutex
+	calls []string
+	fail  error
+}
+
+func recordSyncs(b *Backend) *syncRecorder {
+	rec := &syncRecorder{}
+	b.syncDir = func(dir string) error {
+		rec.mu.Lock()
+		defer rec.mu.Unlock()
+		rel, _ := filepath.Rel(b.Dir(), dir)
+		rec.calls = append(rec.calls, filepath.ToSlash(rel))
+		if rec.fail != nil {
+			return rec.fail
+		}
+		return syncDir(dir)
+	}
+	return rec
+}
+
+func (r *syncRecorder) take() []string {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	c := r.calls
+	r.calls = nil
+	sort.Strings(c)
+	return c
+}
+
+func TestSyncGroupDefersDirectoryFsync(t *testing.T) {
+	ctx := context.Background()
+	b := newTestBackend(t)
+	rec := recordSyncs(b)
+	if err := b.Put(ctx, "plain/x", bytes.NewReader([]byte("x"))); err != nil {
+		t.Fatal(err)
+	}
+	if got := rec.take(); !slices.Equal(got, []string{"plain"}) {
+		t.Fatalf("a plain Put fsynced %q, want its directory", got)
+	}
+
+	g := b.NewSyncGroup()
+	for i := range 10 {
+		name := fmt.Sprintf("objs/%d/o%d", i%3, i)
+		if err := g.Put(ctx, name, bytes.NewReader([]byte(name))); err != nil {
+			t.Fatal(err)
+		}
+		// The object is complete and visible at once; only the fsync of
+		// its directory waits.
+		wantContent(t, b, name, []byte(name))
+	}
+	if got := rec.take(); len(got) != 0 {
+		t.Fatalf("Puts through a group fsynced directories %q before Sync", got)
+	}
+	// An object found to exist (published by someone else) is included.
+	if err := b.Put(ctx, "other/y", bytes.NewReader([]byte("y"))); err != nil {
+		t.Fatal(err)
+	}
+	rec.take()
+	g.Include("other/y")
+	// Putting identical content under an existing name through the group
+	// also leaves the directory to Sync (the first writer may not be done).
+	if err := g.Put(ctx, "plain/x", bytes.NewReader([]byte("x"))); err != nil {
+		t.Fatal(err)
+	}
+	if err := g.Sync(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if got, want := rec.take(), []string{"objs/0", "objs/1", "objs/2", "other", "plain"}; !slices.Equal(got, want) {
+		t.Fatalf("Sync fsynced %q, want each touched directory once: %q", got, want)
+	}
+	if err := g.Sync(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if got := rec.take(); len(got) != 0 {
+		t.Fatalf("a second Sync fsynced %q again", got)
+	}
+	if err := g.Put(ctx, "plain/x", bytes.NewReader([]byte("z"))); !storage.IsConflict(err) {
+		t.Fatalf("conflicting Put through a group: %v", err)
+	}
+}
+
+func TestSyncGroupKeepsFailedWork(t *testing.T) {
+	ctx := context.Background()
+	b := newTestBackend(t)
+	rec := recordSyncs(b)
+	g := b.NewSyncGroup()
+	if err := g.Put(ctx, "d/a", bytes.NewReader([]byte("a"))); err != nil {
+		t.Fatal(err)
+	}
+	rec.fail = errors.New("EIO")
+	if err := g.Sync(ctx); err == nil {
+		t.Fatal("Sync succeeded with a failing fsync")
+	}
+	rec.take()
+	rec.fail = nil
+	if err := g.Sync(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if got := rec.take(); !slices.Equal(got, []string{"d"}) {
+		t.Fatalf("the Sync after a failure fsynced %q, want the directory again", got)
+	}
+	// A directory removed meanwhile (its objects deleted) is not an error.
+	if err := g.Put(ctx, "e/b", bytes.NewReader([]byte("b"))); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.Delete(ctx, "e/b"); err != nil {
+		t.Fatal(err)
+	}
+	if err := g.Sync(ctx); err != nil {
+		t.Fatalf("Sync after the directory was removed: %v", err)
+	}
+}
+
+// TestSyncGroupConcurrent: a Sync covers every Put that returned before it
+// was called, with Puts and Syncs running concurrently.
+func TestSyncGroupConcurrent(t *testing.T) {
+	ctx := context.Background()
+	b := newTestBackend(t)
+	var mu sync.Mutex
+	synced := map[string]int{} // directory -> fsyncs
+	b.syncDir = func(dir string) error {
+		mu.Lock()
+		synced[dir]++
+		mu.Unlock()
+		return nil
+	}
+	g := b.NewSyncGroup()
+	var wg sync.WaitGroup
+	for w := range 4 {
+		wg.Go(func() {
+			for i := range 25 {
+				name := fmt.Sprintf("c/%d-%d/o", w, i)
+				if err := g.Put(ctx, name, bytes.NewReader([]byte(name))); err != nil {
+					t.Error(err)
+					return
+				}
+				if err := g.Sync(ctx); err != nil {
+					t.Error(err)
+					return
+				}
+				mu.Lock()
+				after := synced[filepath.Join(b.Dir(), "c", fmt.Sprintf("%d-%d", w, i))]
+				mu.Unlock()
+				if after == 0 {
+					t.Errorf("%s: its directory was not fsynced by a Sync called after its Put returned", name)
+				}
+			}
+		})
+	}
+	wg.Wait()
+}
+
+func TestSameSizeDifferentContentConflicts(t *testing.T) {
+	ctx := context.Background()
+	b := newTestBackend(t)
+	big := bytes.Repeat([]byte("0123456789abcdef"), 40000) // several comparison buffers
+	if err := b.Put(ctx, "big", bytes.NewReader(big)); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.Put(ctx, "big", bytes.NewReader(bytes.Clone(big))); err != nil {
+		t.Fatalf("identical re-Put: %v", err)
+	}
+	for _, at := range []int{0, copyBuf/2 - 1, copyBuf / 2, len(big) - 1} {
+		other := bytes.Clone(big)
+		other[at] ^= 1
+		if err := b.Put(ctx, "big", bytes.NewReader(other)); !storage.IsConflict(err) {
+			t.Fatalf("Put differing at byte %d: %v, want a conflict", at, err)
+		}
+	}
+	wantContent(t, b, "big", big)
+	if names := tmpEntries(t, b); len(names) != 0 {
+		t.Fatalf("temporary files left: %q", names)
+	}
+}
+
+func wantContent(t *testing.T, b *Backend, name string, want []byte) {
+	t.Helper()
+	rc, err := b.Get(context.Background(), name, 0, -1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rc.Close()
+	got, err := io.ReadAll(rc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(got, want) {
+		t.Fatalf("%s holds %d bytes, want %d", name, len(got), len(want))
+	}
 }

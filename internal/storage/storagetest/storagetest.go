@@ -45,6 +45,7 @@ func Run(t *testing.T, newBackend func(t *testing.T) storage.Backend) {
 		{"FailingReader", testFailingReader},
 		{"CancelledContext", testCancelledContext},
 		{"CancelledMidPut", testCancelledMidPut},
+		{"SyncGroup", testSyncGroup},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -509,4 +510,54 @@ func testCancelledMidPut(t *testing.T, b storage.Backend) {
 		t.Errorf("Put cancelled midway: error = %v, want context.Canceled", err)
 	}
 	wantMissing(t, b, "k/mid")
+}
+
+// testSyncGroup checks a storage.DeferredSyncer's group: its Puts follow
+// Put's rules (atomic, immutable, conflicts) and Sync succeeds. Durability
+// itself (what a crash leaves) is the backend's own test.
+func testSyncGroup(t *testing.T, b storage.Backend) {
+	d, ok := b.(storage.DeferredSyncer)
+	if !ok {
+		t.Skip("not a storage.DeferredSyncer")
+	}
+	ctx := context.Background()
+	g := d.NewSyncGroup()
+	var wg sync.WaitGroup
+	for i := range 8 {
+		wg.Go(func() {
+			data := randomBytes(uint64(i), 1000+i*777)
+			if err := g.Put(ctx, fmt.Sprintf("g/%d/obj", i%3), onlyReader{bytes.NewReader(data)}); err != nil && !storage.IsConflict(err) {
+				t.Error(err)
+			}
+		})
+	}
+	wg.Wait()
+	data := randomBytes(42, 5000)
+	if err := g.Put(ctx, "g/same", bytes.NewReader(data)); err != nil {
+		t.Fatal(err)
+	}
+	if err := g.Put(ctx, "g/same", onlyReader{bytes.NewReader(data)}); err != nil {
+		t.Fatalf("identical Put through the group: %v", err)
+	}
+	if err := g.Put(ctx, "g/same", bytes.NewReader(randomBytes(43, 5000))); !storage.IsConflict(err) {
+		t.Fatalf("different Put through the group: error = %v, want IsConflict", err)
+	}
+	if err := g.Put(ctx, "g/broken", &failingReader{r: bytes.NewReader(randomBytes(44, 3000))}); err == nil {
+		t.Fatal("Put through the group with a failing reader succeeded")
+	}
+	put(t, b, "g/other", []byte("other"))
+	g.Include("g/other")
+	if err := g.Sync(ctx); err != nil {
+		t.Fatal(err)
+	}
+	wantContent(t, b, "g/same", data)
+	if _, err := b.Stat(ctx, "g/broken"); !storage.IsNotExist(err) {
+		t.Fatalf("Stat of the object whose Put failed: %v, want IsNotExist", err)
+	}
+	if names := listNames(t, b, "g/"); len(names) != 5 {
+		t.Fatalf("List after the group's Puts = %q, want 3 + g/same + g/other", names)
+	}
+	if err := g.Sync(ctx); err != nil {
+		t.Fatal(err)
+	}
 }
