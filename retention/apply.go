@@ -70,52 +70,18 @@ func Apply(ctx context.Context, r *repo.Repo, p Plan, log *slog.Logger) (Result,
 		}
 	}
 
-	// (1) Backups.
+	// (1) Backups, then (2) dumps, oldest first: a backup without
+	// backup.json (a dump without dump.json) is offered by nothing.
 	for _, b := range p.Delete {
-		if b.Complete {
-			if err := mark(ctx, r, MarkerName(b.ID), "backup", b.ID); err != nil {
-				return res, interrupted(err)
-			}
-			if err := del(ctx, r, basebackup.MetaName(b.ID), &res, b.objs); err != nil {
-				return res, interrupted(fmt.Errorf("delete backup %s: %w", b.ID, err))
-			}
-		}
-		for _, oi := range b.objs {
-			if oi.Name == basebackup.MetaName(b.ID) || oi.Name == MarkerName(b.ID) {
-				continue
-			}
-			if err := del(ctx, r, oi.Name, &res, b.objs); err != nil {
-				return res, interrupted(fmt.Errorf("delete backup %s: %w", b.ID, err))
-			}
-		}
-		if err := r.Delete(ctx, MarkerName(b.ID)); err != nil {
-			return res, interrupted(fmt.Errorf("delete backup %s: %w", b.ID, err))
+		if err := deleteSet(ctx, r, b, "backup", basebackup.MetaName(b.ID), MarkerName(b.ID), &res); err != nil {
+			return res, interrupted(err)
 		}
 		res.Backups++
 		log.Info("deleted base backup", "backup", b.ID, "complete", b.Complete, "objects", b.Objects, "bytes", b.Bytes, "reason", b.Reason)
 	}
-
-	// (2) Dumps, oldest first, likewise: a dump without dump.json is
-	// offered by nothing.
 	for _, d := range p.DeleteDumps {
-		if d.Complete {
-			if err := mark(ctx, r, DumpMarkerName(d.ID), "dump", d.ID); err != nil {
-				return res, interrupted(err)
-			}
-			if err := del(ctx, r, dump.MetaName(d.ID), &res, d.objs); err != nil {
-				return res, interrupted(fmt.Errorf("delete dump %s: %w", d.ID, err))
-			}
-		}
-		for _, oi := range d.objs {
-			if oi.Name == dump.MetaName(d.ID) || oi.Name == DumpMarkerName(d.ID) {
-				continue
-			}
-			if err := del(ctx, r, oi.Name, &res, d.objs); err != nil {
-				return res, interrupted(fmt.Errorf("delete dump %s: %w", d.ID, err))
-			}
-		}
-		if err := r.Delete(ctx, DumpMarkerName(d.ID)); err != nil {
-			return res, interrupted(fmt.Errorf("delete dump %s: %w", d.ID, err))
+		if err := deleteSet(ctx, r, d, "dump", dump.MetaName(d.ID), DumpMarkerName(d.ID), &res); err != nil {
+			return res, interrupted(err)
 		}
 		res.Dumps++
 		log.Info("deleted dump", "dump", d.ID, "complete", d.Complete, "objects", d.Objects, "bytes", d.Bytes, "reason", d.Reason)
@@ -266,4 +232,30 @@ func checkMedia(ctx context.Context, r *repo.Repo, horizon time.Time, gone map[s
 	}
 	return fmt.Errorf("%w (%d objects): touch %s in the media store so that they are copied again",
 		errLost, len(lost), strings.Join(paths, ", "))
+}
+
+// deleteSet deletes a backup's or a dump's objects: the marker first and
+// the metadata next for a complete one (from then on nothing offers it),
+// then the rest, the marker last.
+func deleteSet(ctx context.Context, r *repo.Repo, b Backup, kind, metaName, markerName string, res *Result) error {
+	if b.Complete {
+		if err := mark(ctx, r, markerName, kind, b.ID); err != nil {
+			return err
+		}
+		if err := del(ctx, r, metaName, res, b.objs); err != nil {
+			return fmt.Errorf("delete %s %s: %w", kind, b.ID, err)
+		}
+	}
+	for _, oi := range b.objs {
+		if oi.Name == metaName || oi.Name == markerName {
+			continue
+		}
+		if err := del(ctx, r, oi.Name, res, b.objs); err != nil {
+			return fmt.Errorf("delete %s %s: %w", kind, b.ID, err)
+		}
+	}
+	if err := r.Delete(ctx, markerName); err != nil {
+		return fmt.Errorf("delete %s %s: %w", kind, b.ID, err)
+	}
+	return nil
 }

@@ -87,24 +87,9 @@ type Backup struct {
 	objs []storage.ObjectInfo // in name order
 }
 
-// Dump is a logical dump the plan deletes.
-type Dump struct {
-	ID string `json:"id"`
-	// Complete is true for a dump with metadata (dump.json).
-	Complete bool `json:"complete"`
-	// StartTime and EndTime are from the metadata (complete dumps only).
-	StartTime time.Time `json:"start_time,omitzero"`
-	EndTime   time.Time `json:"end_time,omitzero"`
-	// LastModified is the newest object's modification time.
-	LastModified time.Time `json:"last_modified"`
-	// Objects and Bytes count its stored objects (the marker not counted).
-	Objects int   `json:"objects"`
-	Bytes   int64 `json:"bytes"`
-	// Reason says why it may go.
-	Reason string `json:"reason"`
-
-	objs []storage.ObjectInfo // in name order
-}
+// Dump is a logical dump the plan deletes: the same fields as Backup
+// (Complete: it has its dump.json).
+type Dump = Backup
 
 // WALRange is the WAL of one timeline the plan deletes.
 type WALRange struct {
