@@ -67,7 +67,16 @@ func runConfigCheck(w io.Writer, cfg *config.Config) error {
 	p("  wal:                   status every %s, partial segment stored every %s, synchronous %t\n",
 		cfg.WAL.StatusInterval, cfg.WAL.PartialInterval, cfg.WAL.Synchronous)
 	p("  basebackup.interval:   %s\n", cfg.Basebackup.Interval)
-	p("  retention:             %d backups, window %s\n", cfg.Retention.Backups, cfg.Retention.Window)
+	keepDumps := fmt.Sprintf("the newest %d dumps", cfg.Retention.Dumps)
+	if cfg.Retention.Dumps == 0 {
+		keepDumps = "every dump"
+	}
+	p("  retention:             %d backups, window %s, %s\n", cfg.Retention.Backups, cfg.Retention.Window, keepDumps)
+	if cfg.Dump.Interval.D() > 0 {
+		p("  dump.interval:         %s (logical dumps with pg_dump, parts of %d MiB)\n", cfg.Dump.Interval, cfg.Dump.PartSizeMB)
+	} else {
+		p("  dump.interval:         0 (the agent takes no logical dumps; `synbak dump` takes one)\n")
+	}
 	p("  http.listen:           %s\n", cfg.HTTP.Listen)
 	p("  log:                   %s, %s\n", cfg.Log.Level, cfg.Log.Format)
 
@@ -86,6 +95,15 @@ func runConfigCheck(w io.Writer, cfg *config.Config) error {
 		return err
 	}
 	p("  backup connects with:  %s (from %s)\n", src.Redacted(), src.Origin)
+	if dumps, err := dumpSources(cfg, hs); err == nil {
+		for _, d := range dumps {
+			ci, _, err := pgsource.ToolArgs(d.Params)
+			if err != nil {
+				ci = err.Error()
+			}
+			p("  dump connects with:    %s (from %s; password through PGPASSWORD)\n", ci, d.Origin)
+		}
+	}
 	p("  media_store_path:      %s\n", hs.MediaStorePath)
 	thumbs := "local_thumbnails backed up"
 	if hs.DynamicThumbnails {
