@@ -1,12 +1,13 @@
 package storage
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
 	"io"
 	"math/rand/v2"
+	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -159,18 +160,13 @@ func (e *readerError) Read(p []byte) (int, error) {
 	return n, err
 }
 
-// ctxReader stops reading when ctx is done.
-type ctxReader struct {
-	ctx context.Context
-	r   io.Reader
+// seekerError is a readerError of an io.ReadSeeker that still seeks.
+type seekerError struct {
+	*readerError
+	s io.Seeker
 }
 
-func (c ctxReader) Read(p []byte) (int, error) {
-	if err := c.ctx.Err(); err != nil {
-		return 0, err
-	}
-	return c.r.Read(p)
-}
+func (e seekerError) Seek(offset int64, whence int) (int64, error) { return e.s.Seek(offset, whence) }
 
 func (r *retrying) Put(ctx context.Context, name string, rd io.Reader) error {
 	if err := ValidName(name); err != nil {
@@ -187,25 +183,199 @@ func (r *retrying) Put(ctx context.Context, name string, rd io.Reader) error {
 				_, err := s.Seek(start, io.SeekStart)
 				return err == nil
 			}
-			return r.do(ctx, "put", name, again, func() error { return r.b.Put(ctx, name, re) })
+			// Still a seeker: a backend may read it twice instead of
+			// copying it (the S3 backend does, for objects up to a part).
+			rs := seekerError{re, s}
+			return r.do(ctx, "put", name, again, func() error { return r.b.Put(ctx, name, rs) })
 		}
 	}
 	if err := ctx.Err(); err != nil {
 		return fmt.Errorf("put %s: %w", name, err)
 	}
-	// Buffer up to the limit; one byte more says the stream is longer.
-	buf := &bytes.Buffer{}
+	// Buffer up to the limit, in pooled chunks (memory follows the
+	// content, no doubling); one byte more says the stream is longer.
+	var buf Buffer
 	re := &readerError{r: rd}
-	n, err := io.CopyN(buf, ctxReader{ctx, re}, int64(r.opts.BufferLimit)+1)
-	if err != nil && err != io.EOF {
-		return fmt.Errorf("put %s: read: %w", name, err)
+	eof, err := buf.Fill(ctx, re, int64(r.opts.BufferLimit)+1)
+	if err != nil {
+		buf.Release()
+		return fmt.Errorf("put %s: %w", name, err)
 	}
-	if n > int64(r.opts.BufferLimit) {
-		// Too long to buffer: one try, with what was read first.
-		return r.b.Put(ctx, name, io.MultiReader(buf, re))
+	if !eof && buf.Len() > int64(r.opts.BufferLimit) {
+		// Too long to buffer: one try, with what was read first; each
+		// chunk goes back to the pool once the backend has read it.
+		defer buf.Release()
+		return r.b.Put(ctx, name, io.MultiReader(buf.drain(), re))
 	}
-	data := buf.Bytes()
-	return r.do(ctx, "put", name, always, func() error { return r.b.Put(ctx, name, bytes.NewReader(data)) })
+	// The backend has stopped reading when its Put returns (the S3
+	// backend fences its HTTP bodies), so the chunks can be reused.
+	defer buf.Release()
+	return r.do(ctx, "put", name, always, func() error { return r.b.Put(ctx, name, buf.Reader()) })
+}
+
+// bufChunk is the size of a Buffer's chunks.
+const bufChunk = 256 << 10
+
+// chunk is a pooled piece of a Buffer. out is set while it is handed out:
+// a chunk handed out twice, or returned twice, is a bug that would mix two
+// objects' bytes, and panics instead.
+type chunk struct {
+	b   [bufChunk]byte
+	out atomic.Bool
+}
+
+var chunkPool = sync.Pool{New: func() any { return new(chunk) }}
+
+func getChunk() *chunk {
+	c := chunkPool.Get().(*chunk)
+	if c.out.Swap(true) {
+		panic("storage: a buffer chunk was handed out twice")
+	}
+	return c
+}
+
+func putChunk(c *chunk) {
+	if !c.out.Swap(false) {
+		panic("storage: a buffer chunk was returned twice")
+	}
+	chunkPool.Put(c)
+}
+
+// Buffer holds bytes in fixed-size chunks from a pool shared by all
+// backends: it grows with its content, without the copies and the garbage
+// of a doubling slice, and Release hands its chunks to the next Buffer.
+// The zero value is empty and ready. A Buffer is not safe for concurrent
+// writes; once filled, any number of Readers may read it at once.
+type Buffer struct {
+	chunks []*chunk
+	n      int64
+}
+
+// Len returns the number of bytes held.
+func (b *Buffer) Len() int64 { return b.n }
+
+// Fill reads from r, checking ctx between reads, until r ends (eof is
+// true) or the buffer holds limit bytes (limit < 0: no limit).
+func (b *Buffer) Fill(ctx context.Context, r io.Reader, limit int64) (eof bool, err error) {
+	for limit < 0 || b.n < limit {
+		if err := ctx.Err(); err != nil {
+			return false, err
+		}
+		off := int(b.n % bufChunk)
+		if off == 0 && int64(len(b.chunks))*bufChunk == b.n {
+			b.chunks = append(b.chunks, getChunk())
+		}
+		p := b.chunks[len(b.chunks)-1].b[off:]
+		if limit >= 0 && int64(len(p)) > limit-b.n {
+			p = p[:limit-b.n]
+		}
+		m, err := r.Read(p)
+		b.n += int64(m)
+		if err == io.EOF {
+			return true, nil
+		}
+		if err != nil {
+			return false, fmt.Errorf("read: %w", err)
+		}
+	}
+	return false, nil
+}
+
+// Each calls fn with the buffer's bytes, in order, a chunk at a time.
+func (b *Buffer) Each(fn func([]byte)) {
+	left := b.n
+	for _, c := range b.chunks {
+		p := c.b[:min(left, bufChunk)]
+		if len(p) == 0 {
+			return
+		}
+		fn(p)
+		left -= int64(len(p))
+	}
+}
+
+// Release returns the chunks to the pool and empties the buffer. Nothing
+// may read the buffer, or a Reader of it, any more.
+func (b *Buffer) Release() {
+	for i, c := range b.chunks {
+		if c != nil {
+			putChunk(c)
+			b.chunks[i] = nil
+		}
+	}
+	b.chunks, b.n = nil, 0
+}
+
+// Reader returns an io.ReadSeeker over the buffer's bytes.
+func (b *Buffer) Reader() *BufferReader { return &BufferReader{b: b} }
+
+// drain returns a reader of the buffer that returns each chunk to the pool
+// once it has been read; the buffer is empty at its end.
+func (b *Buffer) drain() io.Reader { return &drainer{b: b} }
+
+type drainer struct {
+	b   *Buffer
+	off int64
+}
+
+func (d *drainer) Read(p []byte) (int, error) {
+	b := d.b
+	if d.off >= b.n {
+		b.Release()
+		return 0, io.EOF
+	}
+	i := int(d.off / bufChunk)
+	start := int(d.off % bufChunk)
+	end := int(min(b.n-int64(i)*bufChunk, bufChunk))
+	n := copy(p, b.chunks[i].b[start:end])
+	d.off += int64(n)
+	if start+n == end {
+		putChunk(b.chunks[i])
+		b.chunks[i] = nil
+	}
+	return n, nil
+}
+
+// BufferReader reads a Buffer; it is an io.ReadSeeker.
+type BufferReader struct {
+	b   *Buffer
+	off int64
+}
+
+// Size returns the number of bytes of the underlying buffer.
+func (r *BufferReader) Size() int64 { return r.b.n }
+
+func (r *BufferReader) Read(p []byte) (int, error) {
+	if r.off >= r.b.n {
+		return 0, io.EOF
+	}
+	n := 0
+	for n < len(p) && r.off < r.b.n {
+		i := int(r.off / bufChunk)
+		start := int(r.off % bufChunk)
+		end := int(min(r.b.n-int64(i)*bufChunk, bufChunk))
+		m := copy(p[n:], r.b.chunks[i].b[start:end])
+		n += m
+		r.off += int64(m)
+	}
+	return n, nil
+}
+
+func (r *BufferReader) Seek(offset int64, whence int) (int64, error) {
+	switch whence {
+	case io.SeekStart:
+	case io.SeekCurrent:
+		offset += r.off
+	case io.SeekEnd:
+		offset += r.b.n
+	default:
+		return 0, errors.New("storage: BufferReader.Seek: invalid whence")
+	}
+	if offset < 0 {
+		return 0, errors.New("storage: BufferReader.Seek: negative position")
+	}
+	r.off = offset
+	return offset, nil
 }
 
 // Get retries opening the object; a read that fails midway (a connection

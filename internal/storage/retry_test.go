@@ -6,10 +6,13 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math/rand/v2"
 	"path/filepath"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
+	"testing/iotest"
 	"time"
 
 	"github.com/synbak/synbak/internal/storage"
@@ -348,5 +351,85 @@ func TestRetryResumesReads(t *testing.T) {
 	defer rc.Close()
 	if _, err := io.ReadAll(rc); !errors.Is(err, errTransient) {
 		t.Fatalf("read error = %v, want the transient error", err)
+	}
+}
+
+// TestBuffer fills Buffers across chunk boundaries and reads them back
+// with Reader (with seeks) and Each; concurrent Buffers never share a
+// chunk (the pool panics on a chunk handed out twice, and the contents
+// would mix).
+func TestBuffer(t *testing.T) {
+	ctx := context.Background()
+	const chunk = 256 << 10
+	var wg sync.WaitGroup
+	for g := range 8 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i, size := range []int{0, 1, chunk - 1, chunk, chunk + 1, 3*chunk + 17, 5 << 20} {
+				data := make([]byte, size)
+				_, _ = rand.NewChaCha8([32]byte{byte(g), byte(i)}).Read(data)
+				var b storage.Buffer
+				// A limit below the size stops there, not at EOF.
+				if size > 0 {
+					eof, err := b.Fill(ctx, iotest.HalfReader(bytes.NewReader(data)), int64(size-1))
+					if err != nil || eof || b.Len() != int64(size-1) {
+						t.Errorf("Fill(limit %d) = %v, %v, Len %d", size-1, eof, err, b.Len())
+						return
+					}
+				}
+				eof, err := b.Fill(ctx, iotest.HalfReader(bytes.NewReader(data[b.Len():])), -1)
+				if err != nil || !eof || b.Len() != int64(size) {
+					t.Errorf("Fill = %v, %v, Len %d, want EOF and %d", eof, err, b.Len(), size)
+					return
+				}
+				var each []byte
+				b.Each(func(p []byte) { each = append(each, p...) })
+				rd := b.Reader()
+				got, err := io.ReadAll(iotest.HalfReader(rd))
+				if err != nil || !bytes.Equal(got, data) || !bytes.Equal(each, data) {
+					t.Errorf("size %d: read back %d and %d bytes (%v), differ", size, len(got), len(each), err)
+				}
+				if size > 10 {
+					if _, err := rd.Seek(-10, io.SeekEnd); err != nil {
+						t.Error(err)
+					}
+					tail, _ := io.ReadAll(rd)
+					if !bytes.Equal(tail, data[size-10:]) {
+						t.Errorf("size %d: after Seek(-10, End) read %d bytes, differ", size, len(tail))
+					}
+				}
+				b.Release()
+				b.Release() // idempotent
+				if b.Len() != 0 {
+					t.Errorf("Len after Release = %d", b.Len())
+				}
+			}
+		}()
+	}
+	wg.Wait()
+}
+
+// TestRetryPutLongStream: a non-seekable stream longer than the buffer
+// limit is passed through once, whole, after the buffered start.
+func TestRetryPutLongStream(t *testing.T) {
+	ctx := context.Background()
+	b := storage.WithRetry(newLocal(t), storage.RetryOptions{BufferLimit: 300 << 10, Backoff: time.Millisecond})
+	for _, size := range []int{300 << 10, 300<<10 + 1, 3 << 20} {
+		data := make([]byte, size)
+		_, _ = rand.NewChaCha8([32]byte{byte(size)}).Read(data)
+		name := fmt.Sprintf("long-%d", size)
+		if err := b.Put(ctx, name, onlyReader{bytes.NewReader(data)}); err != nil {
+			t.Fatal(err)
+		}
+		rc, err := b.Get(ctx, name, 0, -1)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got, err := io.ReadAll(rc)
+		rc.Close()
+		if err != nil || !bytes.Equal(got, data) {
+			t.Fatalf("size %d: read back %d bytes (%v), differ", size, len(got), err)
+		}
 	}
 }

@@ -39,9 +39,11 @@ import (
 )
 
 const (
-	// DefaultPartSize is the size of a multipart upload's parts and the
-	// largest object sent with a single PUT.
-	DefaultPartSize = 16 << 20
+	// DefaultPartSize is the size of a multipart upload's parts (the first
+	// 2,000; see partSizeFor) and the largest object sent with a single
+	// PUT. 8 MiB: base-backup archives are split into objects of 1 GiB by
+	// default (128 parts), and memory is about (Parallel+1) parts.
+	DefaultPartSize = 8 << 20
 	// DefaultParallel is how many parts of one object are uploaded at once.
 	DefaultParallel = 2
 	// minPartSize is S3's minimum for every part but the last.
@@ -84,7 +86,9 @@ type Options struct {
 	// virtual-hosted addressing, https://bucket.endpoint/key.
 	PathStyle bool
 	// PartSize is the size of multipart parts (DefaultPartSize when 0,
-	// at least 5 MiB). Memory per Put is about (Parallel+1)*PartSize.
+	// at least 5 MiB; parts after the 2,000th are larger, see
+	// partSizeFor). Memory per Put is at most about (Parallel+1)*PartSize,
+	// and an object up to PartSize takes only its own size (see Put).
 	PartSize int
 	// Parallel is how many parts of one object are uploaded at once
 	// (DefaultParallel when 0).
@@ -108,7 +112,6 @@ type Backend struct {
 	endpoint string // scheme://host[:port], for messages
 	partSize int
 	parallel int
-	bufs     sync.Pool
 	logger   *slog.Logger
 
 	condMu      sync.Mutex
@@ -183,7 +186,6 @@ func New(opts Options) (*Backend, error) {
 	if b.prefix != "" {
 		b.prefix += "/"
 	}
-	b.bufs.New = func() any { s := make([]byte, b.partSize); return &s }
 	b.logger = opts.Logger
 	if b.logger == nil {
 		b.logger = slog.Default()
@@ -343,6 +345,14 @@ func isConnReset(err error) bool {
 }
 
 // Put implements storage.Backend.
+//
+// Memory: a seekable reader of at most a part (storage.WithRetry's buffer,
+// an in-memory object) is sent as it is, without a copy: hashed in a first
+// pass, sent in a second. Other readers are read into pooled chunks
+// (storage.Buffer) as the bytes come, so memory follows the object's size
+// up to a part; longer streams hold at most Parallel+1 parts. A request
+// body never reads its bytes after the request returned (see fenced), so
+// the chunks are reused at once.
 func (b *Backend) Put(ctx context.Context, name string, r io.Reader) error {
 	if err := storage.ValidName(name); err != nil {
 		return err
@@ -354,92 +364,168 @@ func (b *Backend) Put(ctx context.Context, name string, r io.Reader) error {
 	if err != nil {
 		return fmt.Errorf("put %s: %w", name, err)
 	}
-	hash := sha256.New()
-	// Most objects are small: read into a small buffer first, and take a
-	// whole part's buffer only for a longer stream.
-	small := smallBufs.Get().(*[]byte)
-	defer smallBufs.Put(small)
-	n, eof, err := fill(ctx, r, *small)
+	if rs, ok := r.(io.ReadSeeker); ok {
+		if done, err := b.putSeeker(ctx, name, rs, cond); done {
+			return err
+		}
+	}
+	return b.putStream(ctx, name, r, cond)
+}
+
+// putSeeker sends the rest of a seekable reader of at most one part with
+// one PUT, reading it twice (to hash, to send) instead of copying it, and
+// leaves it at its end as a Put that read everything. done is false, and
+// the reader where it stood, when the reader cannot tell its size or is
+// longer than a part. The reader must not change during the Put (as for
+// storage.WithRetry, which seeks back to send it again).
+func (b *Backend) putSeeker(ctx context.Context, name string, rs io.ReadSeeker, cond bool) (done bool, err error) {
+	start, err := rs.Seek(0, io.SeekCurrent)
 	if err != nil {
+		return false, nil
+	}
+	end, err := rs.Seek(0, io.SeekEnd)
+	if _, serr := rs.Seek(start, io.SeekStart); serr != nil {
+		return true, fmt.Errorf("put %s: seek: %w", name, serr)
+	}
+	size := end - start
+	if err != nil || size < 0 || size > int64(b.partSize) {
+		return false, nil
+	}
+	h := sha256.New()
+	m, err := copyCtx(ctx, h, io.LimitReader(rs, size))
+	if err != nil {
+		return true, fmt.Errorf("put %s: %w", name, err)
+	}
+	if m != size {
+		return true, fmt.Errorf("put %s: read %d of %d bytes: %w", name, m, size, io.ErrUnexpectedEOF)
+	}
+	var sum [sha256.Size]byte
+	h.Sum(sum[:0])
+	err = b.putSingle(ctx, name, rs, start, size, sum, cond)
+	if _, serr := rs.Seek(end, io.SeekStart); serr != nil && err == nil {
+		err = fmt.Errorf("put %s: seek: %w", name, serr)
+	}
+	return true, err
+}
+
+// putStream reads r in parts: one part and its end go in one PUT, more in a
+// multipart upload.
+func (b *Backend) putStream(ctx context.Context, name string, r io.Reader, cond bool) error {
+	h := sha256.New()
+	first := new(storage.Buffer)
+	eof, err := first.Fill(ctx, r, int64(b.partSize))
+	if err != nil {
+		first.Release()
 		return fmt.Errorf("put %s: %w", name, err)
 	}
-	if eof {
-		data := (*small)[:n]
-		return b.putSingle(ctx, name, data, sha256.Sum256(data), cond)
-	}
-	// Up to a part's size, grow a buffer as the data comes (a WAL segment
-	// compresses to about 1–2 MiB: a whole part's buffer for each of the
-	// uploader's concurrent Puts cost 4× synbak's memory).
-	var mid bytes.Buffer
-	mid.Write((*small)[:n])
-	if _, err := io.CopyN(&mid, r, int64(b.partSize-n)); err == io.EOF && ctx.Err() == nil {
-		data := mid.Bytes()
-		return b.putSingle(ctx, name, data, sha256.Sum256(data), cond)
-	} else if err != nil {
-		return fmt.Errorf("put %s: read: %w", name, err)
-	} else if err := ctx.Err(); err != nil {
-		return fmt.Errorf("put %s: %w", name, err)
-	}
-	first := b.getBuf()
-	n = copy(*first, mid.Bytes())
-	mid = bytes.Buffer{}
-	hash.Write((*first)[:n])
-	{
-		// Exactly one full part and then the end is still a single PUT.
-		second := b.getBuf()
-		m, eof2, err := fill(ctx, r, *second)
-		if err != nil {
-			b.putBuf(first)
-			b.putBuf(second)
+	first.Each(func(p []byte) { h.Write(p) })
+	if !eof {
+		// Exactly one full part and then the end is still a single PUT:
+		// one more byte decides.
+		next := new(storage.Buffer)
+		if _, err := next.Fill(ctx, r, 1); err != nil {
+			first.Release()
+			next.Release()
 			return fmt.Errorf("put %s: %w", name, err)
 		}
-		if m > 0 || !eof2 {
-			hash.Write((*second)[:m])
-			// putMultipart returns both buffers to the pool.
-			return b.putMultipart(ctx, name, r, hash, [2][]byte{(*first)[:n], (*second)[:m]}, [2]*[]byte{first, second}, eof2, cond)
+		if next.Len() > 0 {
+			// putMultipart releases both buffers.
+			return b.putMultipart(ctx, name, r, h, first, next, cond)
 		}
-		b.putBuf(second)
+		next.Release()
 	}
-	defer b.putBuf(first)
-	data := (*first)[:n]
+	defer first.Release()
 	var sum [sha256.Size]byte
-	hash.Sum(sum[:0])
-	return b.putSingle(ctx, name, data, sum, cond)
+	h.Sum(sum[:0])
+	return b.putSingle(ctx, name, first.Reader(), 0, first.Len(), sum, cond)
 }
 
-// fill reads into buf until it is full or r ends, checking ctx between
-// reads. eof reports that r ended.
-func fill(ctx context.Context, r io.Reader, buf []byte) (n int, eof bool, err error) {
-	for n < len(buf) {
-		if err := ctx.Err(); err != nil {
-			return n, false, err
-		}
-		m, err := r.Read(buf[n:])
-		n += m
-		if err == io.EOF {
-			return n, true, nil
-		}
-		if err != nil {
-			return n, false, fmt.Errorf("read: %w", err)
-		}
-	}
-	return n, false, nil
-}
-
-// smallBufs hold the first bytes of every Put.
+// smallBufs are copyCtx's buffers.
 var smallBufs = sync.Pool{New: func() any { s := make([]byte, smallSize); return &s }}
 
 const smallSize = 256 << 10
 
-func (b *Backend) getBuf() *[]byte  { return b.bufs.Get().(*[]byte) }
-func (b *Backend) putBuf(p *[]byte) { b.bufs.Put(p) }
+// errFenced is what a request body answers once its request returned.
+var errFenced = errors.New("request body read after its request returned")
 
-func (b *Backend) putSingle(ctx context.Context, name string, data []byte, sum [sha256.Size]byte, cond bool) error {
+// fenced is a request body: size bytes of rs from start. net/http may
+// still read a request's body after the request returned (when the server
+// answered before reading all of it, as with an early 412), so every
+// request gets its own fenced body, closed when the request returns: a
+// late read then fails without touching rs, whose bytes (pooled chunks,
+// the caller's reader) may already serve another Put or another attempt.
+type fenced struct {
+	mu     sync.Mutex
+	rs     io.ReadSeeker
+	start  int64
+	size   int64
+	pos    int64
+	closed bool
+}
+
+func (f *fenced) Read(p []byte) (int, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.closed {
+		return 0, errFenced
+	}
+	if f.pos >= f.size {
+		return 0, io.EOF
+	}
+	if int64(len(p)) > f.size-f.pos {
+		p = p[:f.size-f.pos]
+	}
+	n, err := f.rs.Read(p)
+	f.pos += int64(n)
+	if err == io.EOF {
+		err = nil
+		if n == 0 {
+			err = io.ErrUnexpectedEOF // shorter than it said
+		}
+	}
+	return n, err
+}
+
+func (f *fenced) Seek(offset int64, whence int) (int64, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.closed {
+		return 0, errFenced
+	}
+	switch whence {
+	case io.SeekStart:
+	case io.SeekCurrent:
+		offset += f.pos
+	case io.SeekEnd:
+		offset += f.size
+	default:
+		return 0, errors.New("seek: invalid whence")
+	}
+	if offset < 0 || offset > f.size {
+		return 0, fmt.Errorf("seek to %d outside 0..%d", offset, f.size)
+	}
+	if _, err := f.rs.Seek(f.start+offset, io.SeekStart); err != nil {
+		return 0, err
+	}
+	f.pos = offset
+	return offset, nil
+}
+
+// close ends the body: it waits for a Read in progress and fails later
+// ones.
+func (f *fenced) close() {
+	f.mu.Lock()
+	f.closed = true
+	f.mu.Unlock()
+}
+
+// putSingle sends size bytes of rs from start with one PUT.
+func (b *Backend) putSingle(ctx context.Context, name string, rs io.ReadSeeker, start, size int64, sum [sha256.Size]byte, cond bool) error {
 	key := b.key(name)
 	if !cond {
 		// Check before write; a concurrent writer can slip in between.
 		if _, err := b.Stat(ctx, name); err == nil {
-			return b.compareExisting(ctx, name, int64(len(data)), sum)
+			return b.compareExisting(ctx, name, size, sum)
 		} else if !storage.IsNotExist(err) {
 			return fmt.Errorf("put %s: %w", name, err)
 		}
@@ -452,12 +538,17 @@ func (b *Backend) putSingle(ctx context.Context, name string, data []byte, sum [
 		if cond {
 			opts.SetMatchETagExcept("*")
 		}
-		_, err := b.core.PutObject(ctx, b.bucket, key, bytes.NewReader(data), int64(len(data)), "", hex.EncodeToString(sum[:]), opts)
+		body := &fenced{rs: rs, start: start, size: size}
+		if _, err := body.Seek(0, io.SeekStart); err != nil {
+			return fmt.Errorf("put %s: seek: %w", name, err)
+		}
+		_, err := b.core.PutObject(ctx, b.bucket, key, body, size, "", hex.EncodeToString(sum[:]), opts)
+		body.close()
 		switch {
 		case err == nil:
 			return nil
 		case isPreconditionFailed(err):
-			return b.compareExisting(ctx, name, int64(len(data)), sum)
+			return b.compareExisting(ctx, name, size, sum)
 		case (isConditionalConflict(err) || isConnReset(err)) && attempt < conflictRetries:
 			sleepCtx(ctx, time.Duration(attempt+1)*50*time.Millisecond)
 			continue
@@ -557,39 +648,45 @@ func (b *Backend) compareExisting(ctx context.Context, name string, size int64, 
 	return nil
 }
 
-// putMultipart uploads the first two parts (already read, in their buffers
-// bufs, which it returns to the pool) and the rest of r as a multipart
-// upload, and completes it with If-None-Match: *.
-func (b *Backend) putMultipart(ctx context.Context, name string, r io.Reader, h hash.Hash, first [2][]byte, bufs [2]*[]byte, eof bool, cond bool) (err error) {
+// partSizeFor returns the size of part num (from 1): Options.PartSize for
+// the first 2,000 parts, doubling every 2,000 parts after, so that S3's
+// 10,000 parts hold about 31×2,000 parts' worth (496 GiB with 8 MiB parts)
+// while objects of up to 2,000 parts (the usual) keep the memory of small
+// parts.
+func (b *Backend) partSizeFor(num int) int64 {
+	return int64(b.partSize) << min((num-1)/2000, 4)
+}
+
+// putMultipart uploads the first part (first, already read and hashed) and
+// next (the start of the second part, not hashed) and the rest of r as a
+// multipart upload, and completes it with If-None-Match: *. It releases
+// both buffers.
+func (b *Backend) putMultipart(ctx context.Context, name string, r io.Reader, h hash.Hash, first, next *storage.Buffer, cond bool) (err error) {
 	key := b.key(name)
 	// An existing object makes the upload pointless: compare instead.
 	if _, serr := b.Stat(ctx, name); serr == nil {
-		size := int64(0)
-		for _, p := range first {
-			size += int64(len(p))
+		size := first.Len() + next.Len()
+		next.Each(func(p []byte) { h.Write(p) })
+		first.Release()
+		next.Release()
+		m, err := copyCtx(ctx, h, r)
+		if err != nil {
+			return fmt.Errorf("put %s: %w", name, err)
 		}
-		b.putBuf(bufs[0])
-		b.putBuf(bufs[1])
-		if !eof {
-			m, err := copyCtx(ctx, h, r)
-			if err != nil {
-				return fmt.Errorf("put %s: %w", name, err)
-			}
-			size += m
-		}
+		size += m
 		var sum [sha256.Size]byte
 		h.Sum(sum[:0])
 		return b.compareExisting(ctx, name, size, sum)
 	} else if !storage.IsNotExist(serr) {
-		b.putBuf(bufs[0])
-		b.putBuf(bufs[1])
+		first.Release()
+		next.Release()
 		return fmt.Errorf("put %s: %w", name, serr)
 	}
 
 	uploadID, err := b.core.NewMultipartUpload(ctx, b.bucket, key, minio.PutObjectOptions{})
 	if err != nil {
-		b.putBuf(bufs[0])
-		b.putBuf(bufs[1])
+		first.Release()
+		next.Release()
 		return b.wrap("put "+name+": start multipart upload", "", err)
 	}
 	completed := false
@@ -622,11 +719,13 @@ func (b *Backend) putMultipart(ctx context.Context, name string, r io.Reader, h 
 		mu.Unlock()
 	}
 	failed := func() bool { mu.Lock(); defer mu.Unlock(); return firstErr != nil }
-	upload := func(num int, data []byte, buf *[]byte) {
+	upload := func(num int, buf *storage.Buffer) {
 		defer wg.Done()
 		defer func() { <-sem }()
-		defer b.putBuf(buf)
-		p, err := b.core.PutObjectPart(uctx, b.bucket, key, uploadID, num, bytes.NewReader(data), int64(len(data)), minio.PutObjectPartOptions{})
+		defer buf.Release()
+		body := &fenced{rs: buf.Reader(), size: buf.Len()}
+		p, err := b.core.PutObjectPart(uctx, b.bucket, key, uploadID, num, body, buf.Len(), minio.PutObjectPartOptions{})
+		body.close()
 		if err != nil {
 			fail(b.wrap(fmt.Sprintf("put %s: part %d", name, num), "", err))
 			return
@@ -635,35 +734,33 @@ func (b *Backend) putMultipart(ctx context.Context, name string, r io.Reader, h 
 		parts = append(parts, minio.CompletePart{PartNumber: num, ETag: p.ETag})
 		mu.Unlock()
 	}
-	start := func(num int, data []byte, buf *[]byte) bool {
+	// start uploads a part; it takes buf in any case.
+	start := func(num int, buf *storage.Buffer) bool {
 		select {
 		case sem <- struct{}{}:
 		case <-uctx.Done():
-			b.putBuf(buf)
+			buf.Release()
 			return false
 		}
-		size += int64(len(data))
+		size += buf.Len()
 		wg.Add(1)
-		go upload(num, data, buf)
+		go upload(num, buf)
 		return true
 	}
 	num := 1
-	ok := start(num, first[0], bufs[0])
-	if ok {
-		num++
-		ok = start(num, first[1], bufs[1])
-	} else {
-		b.putBuf(bufs[1])
-	}
+	ok := start(num, first)
+	eof := false
+	cur := next
 	for ok && !eof && !failed() {
-		if num >= maxParts {
-			fail(fmt.Errorf("put %s in %s: more than %d parts of %d bytes: split the object", name, b.where(), maxParts, b.partSize))
+		num++
+		if num > maxParts {
+			cur.Release()
+			fail(fmt.Errorf("put %s in %s: more than %d parts (%d bytes so far): split the object", name, b.where(), maxParts, size))
 			break
 		}
-		buf := b.getBuf()
-		n, e, rerr := fill(uctx, r, *buf)
+		e, rerr := cur.Fill(uctx, r, b.partSizeFor(num))
 		if rerr != nil {
-			b.putBuf(buf)
+			cur.Release()
 			if ctx.Err() != nil {
 				rerr = ctx.Err()
 			}
@@ -673,14 +770,17 @@ func (b *Backend) putMultipart(ctx context.Context, name string, r io.Reader, h 
 			break
 		}
 		eof = e
-		if n == 0 {
-			b.putBuf(buf)
+		if cur.Len() == 0 {
+			cur.Release()
 			break
 		}
-		h.Write((*buf)[:n])
-		num++
-		ok = start(num, (*buf)[:n], buf)
+		cur.Each(func(p []byte) { h.Write(p) })
+		ok = start(num, cur)
+		cur = new(storage.Buffer)
 	}
+	// The empty buffer after the last part started, or next when part 1
+	// never did (a buffer handed to start is never cur).
+	cur.Release()
 	wg.Wait()
 	if firstErr != nil {
 		if ctx.Err() != nil && !errors.Is(firstErr, ctx.Err()) {
@@ -717,7 +817,9 @@ func (b *Backend) putMultipart(ctx context.Context, name string, r io.Reader, h 
 
 // copyCtx copies r to w, checking ctx between reads.
 func copyCtx(ctx context.Context, w io.Writer, r io.Reader) (int64, error) {
-	buf := make([]byte, 256<<10)
+	bp := smallBufs.Get().(*[]byte)
+	defer smallBufs.Put(bp)
+	buf := *bp
 	var n int64
 	for {
 		if err := ctx.Err(); err != nil {
