@@ -59,13 +59,6 @@ func (s *BackupSchedule) Status() BackupStatus {
 	return s.status
 }
 
-func (s *BackupSchedule) now() time.Time {
-	if s.Now != nil {
-		return s.Now()
-	}
-	return time.Now()
-}
-
 // refresh reads the newest complete backup from the repository.
 func (s *BackupSchedule) refresh(ctx context.Context) (*basebackup.Backup, error) {
 	bs, err := basebackup.List(ctx, s.Repo)
@@ -89,7 +82,7 @@ func (s *BackupSchedule) refresh(ctx context.Context) (*basebackup.Backup, error
 func (s *BackupSchedule) Run(ctx context.Context) error {
 	var last *basebackup.Backup // the one just taken, for AfterBackup
 	return periodic{
-		what: "base backup", interval: s.Interval, log: s.Log, now: s.now,
+		what: "base backup", interval: s.Interval, log: s.Log, now: clock(s.Now),
 		newest: func(ctx context.Context) (time.Time, bool, error) {
 			b, err := s.refresh(ctx)
 			if err != nil || b == nil {

@@ -68,13 +68,6 @@ func (s *DumpSchedule) Status() DumpStatus {
 	return st
 }
 
-func (s *DumpSchedule) now() time.Time {
-	if s.Now != nil {
-		return s.Now()
-	}
-	return time.Now()
-}
-
 // refresh reads the newest complete dump from the repository.
 func (s *DumpSchedule) refresh(ctx context.Context) (*dump.Dump, error) {
 	ds, err := dump.List(ctx, s.Repo)
@@ -101,7 +94,7 @@ func (s *DumpSchedule) Run(ctx context.Context) error {
 	}
 	var last dump.Dump // the one just taken, for AfterDump
 	return periodic{
-		what: "dump", interval: s.Interval, log: s.Log, now: s.now, after: s.After,
+		what: "dump", interval: s.Interval, log: s.Log, now: clock(s.Now), after: s.After,
 		newest: func(ctx context.Context) (time.Time, bool, error) {
 			d, err := s.refresh(ctx)
 			if err != nil || d == nil {

@@ -100,3 +100,11 @@ func (p periodic) run(ctx context.Context) error {
 		}
 	}
 }
+
+// clock returns now, or time.Now when now is nil.
+func clock(now func() time.Time) func() time.Time {
+	if now != nil {
+		return now
+	}
+	return time.Now
+}

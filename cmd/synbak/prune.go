@@ -124,26 +124,8 @@ func printPrune(out io.Writer, cfg *config.Config, rep pruneReport) {
 		verb = "Would delete"
 	}
 	fmt.Fprintf(out, "\n%s:\n", verb)
-	if len(p.Delete) == 0 {
-		fmt.Fprintln(out, "  backups: none")
-	}
-	for _, b := range p.Delete {
-		kind := "complete  "
-		if !b.Complete {
-			kind = "incomplete"
-		}
-		fmt.Fprintf(out, "  backup %s  %s  %d objects, %s  (%s)\n", b.ID, kind, b.Objects, humanBytes(b.Bytes), b.Reason)
-	}
-	if len(p.DeleteDumps) == 0 {
-		fmt.Fprintln(out, "  dumps: none")
-	}
-	for _, d := range p.DeleteDumps {
-		kind := "complete  "
-		if !d.Complete {
-			kind = "incomplete"
-		}
-		fmt.Fprintf(out, "  dump %s  %s  %d objects, %s  (%s)\n", d.ID, kind, d.Objects, humanBytes(d.Bytes), d.Reason)
-	}
+	printDeletedSets(out, "backup", p.Delete)
+	printDeletedSets(out, "dump", p.DeleteDumps)
 	if len(p.WAL) == 0 {
 		fmt.Fprintln(out, "  WAL: none")
 	}
@@ -177,4 +159,18 @@ func orNone(s string) string {
 		return "none"
 	}
 	return s
+}
+
+// printDeletedSets lists the backups or dumps (kind) a prune deletes.
+func printDeletedSets(out io.Writer, kind string, sets []retention.Backup) {
+	if len(sets) == 0 {
+		fmt.Fprintf(out, "  %ss: none\n", kind)
+	}
+	for _, b := range sets {
+		state := "complete  "
+		if !b.Complete {
+			state = "incomplete"
+		}
+		fmt.Fprintf(out, "  %s %s  %s  %d objects, %s  (%s)\n", kind, b.ID, state, b.Objects, humanBytes(b.Bytes), b.Reason)
+	}
 }
