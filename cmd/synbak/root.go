@@ -79,6 +79,7 @@ restored as of any point in time.`,
 		newVerifyCommand(st),
 		newDrillCommand(st),
 	)
+	cmd.AddCommand(newGenDocsCommand(cmd))
 	return cmd, st
 }
 
