@@ -114,8 +114,8 @@ func (p *mediaProgress) update(st mediawatch.Stats) {
 	now := time.Now()
 	if p.tty {
 		rate := float64(st.Added) / max(now.Sub(p.started).Seconds(), 0.001)
-		fmt.Fprintf(p.w, "\r\x1b[Kmedia: %d scanned%s, %d added (%s, %.0f files/s), %d pending, %d deleted",
-			st.Scanned, map[bool]string{false: " (scanning)", true: ""}[st.ScanDone], st.Added, humanBytes(st.Bytes), rate, st.Pending, st.Deleted)
+		stderrConsole.Draw(fmt.Sprintf("media: %d scanned%s, %d added (%s, %.0f files/s), %d pending, %d deleted",
+			st.Scanned, map[bool]string{false: " (scanning)", true: ""}[st.ScanDone], st.Added, humanBytes(st.Bytes), rate, st.Pending, st.Deleted))
 		p.drawn = true
 		return
 	}
@@ -127,6 +127,6 @@ func (p *mediaProgress) update(st mediawatch.Stats) {
 
 func (p *mediaProgress) finish() {
 	if p.drawn {
-		fmt.Fprintln(p.w)
+		stderrConsole.Done()
 	}
 }
