@@ -165,7 +165,9 @@ func runAgent(ctx context.Context, cfg *config.Config) error {
 	if iv := cfg.Dump.Interval.D(); iv > 0 {
 		dlog := log.With("component", "dumps")
 		opts.Dumps = &agent.DumpSchedule{Repo: r, Interval: iv, Log: dlog,
-			Take:      func(ctx context.Context) (dump.Dump, error) { return takeDump(ctx, cfg, hs, r, nil, dlog, mediaWatched(cfg)) },
+			Take: func(ctx context.Context) (dump.Dump, error) {
+				return takeDump(ctx, cfg, hs, r, nil, dlog, mediaWatched(cfg))
+			},
 			AfterDump: func(ctx context.Context, _ dump.Dump) string { return prune(ctx) },
 		}
 		opts.Components = append(opts.Components, agent.Component{Name: "dumps", Run: opts.Dumps.Run})
