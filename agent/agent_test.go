@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/synbak/synbak/mediawatch"
 	"github.com/synbak/synbak/wal"
 )
 
@@ -195,3 +196,31 @@ func TestDrillScheduleHealthAndMetrics(t *testing.T) {
 }
 
 func slogDiscard() *slog.Logger { return slog.New(slog.DiscardHandler) }
+
+type fakeMedia struct{ st mediawatch.Stats }
+
+func (f *fakeMedia) Stats() mediawatch.Stats { return f.st }
+
+// A media file failing to copy for longer than the limit turns health red,
+// naming the file and the error; shorter, or once copied, it does not.
+func TestHealthNamesAFailingMediaFile(t *testing.T) {
+	m := &fakeMedia{}
+	a := New(Options{Media: m, Health: HealthOptions{MediaFailure: time.Minute}})
+	now := time.Now()
+	m.st = mediawatch.Stats{FailingFiles: 3, Failing: []mediawatch.FileFailure{
+		{Path: "local_content/ab/cd/efgh", Err: "open …: input/output error", Since: now.Add(-30 * time.Second), Attempts: 6},
+	}}
+	if st := a.Status(); !st.Healthy {
+		t.Fatalf("failing for 30s, limit 1m: unhealthy: %v", st.Problems)
+	}
+	m.st.Failing[0].Since = now.Add(-2 * time.Minute)
+	st := a.Status()
+	p := strings.Join(st.Problems, "\n")
+	if st.Healthy || !strings.Contains(p, "local_content/ab/cd/efgh cannot be copied") || !strings.Contains(p, "input/output error") || !strings.Contains(p, "2 more files failing") {
+		t.Fatalf("failing for 2m: %v", st.Problems)
+	}
+	m.st = mediawatch.Stats{}
+	if st := a.Status(); !st.Healthy {
+		t.Fatalf("no failing file: %v", st.Problems)
+	}
+}
