@@ -87,6 +87,8 @@ type Options struct {
 	Config     ConfigSource
 	Probe      *Probe
 	Drills     *DrillSchedule
+	// BuildInfo labels synbak_build_info (e.g. version, commit).
+	BuildInfo map[string]string
 	// Dumps is the logical-dump schedule (nil: dump.interval is 0); its
 	// health rule uses its Interval.
 	Dumps  *DumpSchedule

@@ -12,6 +12,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus/testutil/promlint"
+
 	"github.com/synbak/synbak/mediawatch"
 	"github.com/synbak/synbak/wal"
 )
@@ -222,5 +224,36 @@ func TestHealthNamesAFailingMediaFile(t *testing.T) {
 	m.st = mediawatch.Stats{}
 	if st := a.Status(); !st.Healthy {
 		t.Fatalf("no failing file: %v", st.Problems)
+	}
+}
+
+// Every documented series is present, zero-valued, in an agent without any
+// part (drills off, no dumps ...), and the exposition is promlint-clean.
+func TestMetricsAlwaysPresentAndLintClean(t *testing.T) {
+	a := New(Options{BuildInfo: map[string]string{"version": "1.2.3", "commit": "abc"},
+		Components: []Component{{Name: "wal", Run: func(ctx context.Context) error { <-ctx.Done(); return nil }}}})
+	h := a.Handler()
+	_, m := scrape(t, h, "/metrics")
+	for _, name := range []string{
+		"synbak_healthy", "synbak_wal_streaming", "synbak_wal_archived_lsn", "synbak_wal_lag_bytes",
+		"synbak_postgres_up", "synbak_basebackups", "synbak_basebackup_last_success_timestamp_seconds",
+		"synbak_media_pending_files", "synbak_media_failing_files", "synbak_media_added_files_total",
+		"synbak_drill_last_ok", "synbak_drill_runs_total", "synbak_drill_last_success_timestamp_seconds",
+		"synbak_dumps", "synbak_dump_last_failed", "synbak_config_last_snapshot_timestamp_seconds",
+		"synbak_component_errors_total", "synbak_media_copy_latency_seconds_count",
+	} {
+		if !strings.Contains(m, "\n"+name+" ") && !strings.Contains(m, "\n"+name+"{") {
+			t.Errorf("%s missing from /metrics", name)
+		}
+	}
+	if !strings.Contains(m, `synbak_build_info{commit="abc",goversion="go`) || !strings.Contains(m, `version="1.2.3"} 1`) {
+		t.Errorf("build info:\n%s", grep(m, "build_info"))
+	}
+	problems, err := promlint.New(strings.NewReader(m)).Lint()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range problems {
+		t.Errorf("promlint: %s: %s", p.Metric, p.Text)
 	}
 }

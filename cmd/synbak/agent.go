@@ -113,8 +113,10 @@ func runAgent(ctx context.Context, cfg *config.Config) error {
 		Slot: cfg.Postgres.Slot, Interval: cfg.Health.ProbeInterval.D(),
 		Connect: func(ctx context.Context) (*pgconn.PgConn, error) { return src.Connect(ctx, "") },
 	}
+	build := currentBuild()
 	opts := agent.Options{
 		Log: log, Listen: cfg.HTTP.Listen,
+		BuildInfo: map[string]string{"version": build.Version, "commit": build.Commit},
 		// Record the address (port 0 picks one) for `synbak status`.
 		OnListen: func(addr string) {
 			if err := writeFileAtomic(agentAddrFile(cfg), []byte(addr+"\n")); err != nil {
