@@ -141,6 +141,7 @@ func (a *Agent) registerMetrics() {
 	gauge("synbak_basebackup_last_duration_seconds", "How long the newest complete base backup took.", func() float64 { return backupSt().LastDuration })
 	gauge("synbak_basebackup_last_size_bytes", "Size of the newest complete base backup (uncompressed).", func() float64 { return float64(backupSt().LastSize) })
 	gauge("synbak_basebackup_running", "1 while a base backup runs.", func() float64 { return boolf(backupSt().Running) })
+	gauge("synbak_basebackup_interval_seconds", "basebackup.interval: the agent takes a base backup this often (0: not scheduled).", func() float64 { return a.opts.Health.BackupInterval.Seconds() })
 
 	gauge("synbak_media_pending_files", "Media files seen but not yet stored.", func() float64 { return float64(mediaSt().Pending) })
 	gauge("synbak_media_failing_files", "Media files that keep failing to copy (each is retried; /healthz names them).", func() float64 { return float64(mediaSt().FailingFiles) })
