@@ -40,7 +40,7 @@ install -m 0644 "$work/compl/synbak.fish" "$root/usr/share/fish/vendor_completio
 
 install -m 0644 examples/debian/synbak.service "$root/lib/systemd/system/synbak.service"
 install -m 0640 examples/debian/synbak.yaml "$root/etc/synbak/synbak.yaml"
-install -m 0644 examples/debian/postgresql-synbak.conf examples/debian/synbak.yaml \
+install -m 0644 examples/debian/postgresql-synbak.conf examples/debian/synbak-role.sql examples/debian/synbak.yaml \
   "$root/usr/share/doc/synbak/examples/"
 gzip -9n -c CHANGELOG.md > "$root/usr/share/doc/synbak/changelog.gz"
 gzip -9n -c README.md > "$root/usr/share/doc/synbak/README.md.gz"
