@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"math"
 	"os"
 	"strings"
 	"time"
@@ -215,7 +216,7 @@ func (p *progressPrinter) update(pr basebackup.Progress) {
 	}
 	p.last = now
 	rate := float64(pr.Done) / max(now.Sub(p.start).Seconds(), 0.001)
-	p.log.Info("backup progress", "phase", pr.Phase, "done", pr.Done, "estimated_total", pr.Total, "rate_mb_s", fmt.Sprintf("%.1f", rate/1e6), "archive", pr.Archive)
+	p.log.Info("backup progress", "phase", pr.Phase, "done", pr.Done, "estimated_total", pr.Total, "rate_bytes_per_second", math.Round(rate), "archive", pr.Archive)
 }
 
 func (p *progressPrinter) line(now time.Time) string {

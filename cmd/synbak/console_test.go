@@ -12,8 +12,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jackc/pglogrepl"
 	"golang.org/x/sys/unix"
 
+	"github.com/synbak/synbak/internal/config"
 	"github.com/synbak/synbak/internal/pgtest"
 )
 
@@ -167,5 +169,26 @@ func TestBackupOnATerminal(t *testing.T) {
 	}
 	if id := strings.TrimSpace(stdout.String()); id == "" || !strings.Contains(string(out), id) {
 		t.Errorf("stdout %q is not the backup's id named in the summary", stdout.String())
+	}
+}
+
+// Logs keep one unit per kind of value, in JSON and text alike: durations
+// in seconds, LSNs as X/X.
+func TestLogUnits(t *testing.T) {
+	for _, format := range []string{"json", "text"} {
+		var buf bytes.Buffer
+		cfg := &config.Config{}
+		cfg.Log.Format, cfg.Log.Level = format, "info"
+		newLogger(cfg, &buf).Info("m", "duration", 1500*time.Millisecond, "lsn", pglogrepl.LSN(0x2000028))
+		out := buf.String()
+		want := []string{`"duration":1.5`, `"lsn":"0/2000028"`}
+		if format == "text" {
+			want = []string{"duration=1.5", "lsn=0/2000028"}
+		}
+		for _, w := range want {
+			if !strings.Contains(out, w) {
+				t.Errorf("%s log %q lacks %s", format, out, w)
+			}
+		}
 	}
 }
