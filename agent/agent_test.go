@@ -7,6 +7,8 @@ import (
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
+	"os"
+	"regexp"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -255,5 +257,40 @@ func TestMetricsAlwaysPresentAndLintClean(t *testing.T) {
 	}
 	for _, p := range problems {
 		t.Errorf("promlint: %s: %s", p.Metric, p.Text)
+	}
+}
+
+// The example alert rules and Grafana dashboard name only metrics the agent
+// exports (a renamed metric must not silently break an admin's alerts).
+func TestExamplesUseExportedMetrics(t *testing.T) {
+	a := New(Options{Components: []Component{{Name: "wal", Run: func(ctx context.Context) error { <-ctx.Done(); return nil }}}})
+	_, m := scrape(t, a.Handler(), "/metrics")
+	exported := map[string]bool{}
+	for _, l := range strings.Split(m, "\n") {
+		if strings.HasPrefix(l, "# TYPE ") {
+			f := strings.Fields(l)
+			exported[f[2]] = true
+			if f[3] == "histogram" {
+				for _, s := range []string{"_bucket", "_sum", "_count"} {
+					exported[f[2]+s] = true
+				}
+			}
+		}
+	}
+	name := regexp.MustCompile(`\b(synbak_[a-z0-9_]+|process_[a-z0-9_]+)\b`)
+	for _, file := range []string{"../examples/prometheus/alerts.yml", "../examples/grafana/synbak.json"} {
+		data, err := os.ReadFile(file)
+		if err != nil {
+			t.Fatal(err)
+		}
+		used := name.FindAllString(string(data), -1)
+		if len(used) < 5 {
+			t.Fatalf("%s names only %d metrics", file, len(used))
+		}
+		for _, n := range used {
+			if !exported[n] {
+				t.Errorf("%s uses %s, which the agent does not export", file, n)
+			}
+		}
 	}
 }
