@@ -63,6 +63,9 @@ type HealthOptions struct {
 	// MediaBacklog: media pending continuously for longer, and not
 	// shrinking, is unhealthy (default 10 min).
 	MediaBacklog time.Duration
+	// MediaFailure: a media file that has failed to copy for longer is
+	// unhealthy, named with its error (default 1 min: a dozen retries).
+	MediaFailure time.Duration
 }
 
 // Options are the agent's parts.
@@ -84,6 +87,8 @@ type Options struct {
 	Config     ConfigSource
 	Probe      *Probe
 	Drills     *DrillSchedule
+	// BuildInfo labels synbak_build_info (e.g. version, commit).
+	BuildInfo map[string]string
 	// Dumps is the logical-dump schedule (nil: dump.interval is 0); its
 	// health rule uses its Interval.
 	Dumps  *DumpSchedule
@@ -139,6 +144,9 @@ func New(opts Options) *Agent {
 	}
 	if h.MediaBacklog <= 0 {
 		h.MediaBacklog = 10 * time.Minute
+	}
+	if h.MediaFailure <= 0 {
+		h.MediaFailure = time.Minute
 	}
 	a := &Agent{opts: opts, started: time.Now()}
 	a.errs = prometheus.NewCounterVec(prometheus.CounterOpts{
@@ -369,6 +377,9 @@ func (a *Agent) Status() Status {
 		if !pendingSince.IsZero() && now.Sub(pendingSince) > a.opts.Health.MediaBacklog {
 			st.Problems = append(st.Problems, fmt.Sprintf("media: %d files pending and the backlog has not shrunk for %s", m.Pending, now.Sub(pendingSince).Round(time.Second)))
 		}
+		if p := mediaFailureProblem(m, now, a.opts.Health.MediaFailure); p != "" {
+			st.Problems = append(st.Problems, p)
+		}
 	}
 	if a.opts.Config != nil {
 		c := a.opts.Config.ConfigStatus()
@@ -418,4 +429,25 @@ func (a *Agent) Handler() http.Handler {
 		_ = enc.Encode(a.Status())
 	})
 	return mux
+}
+
+// mediaFailureProblem names the media files that have failed to copy for
+// longer than limit, with the error, or returns "".
+func mediaFailureProblem(m mediawatch.Stats, now time.Time, limit time.Duration) string {
+	if m.FailingFiles == 0 || len(m.Failing) == 0 || now.Sub(m.Failing[0].Since) < limit {
+		return ""
+	}
+	f := m.Failing[0]
+	msg := fmt.Sprintf("media: %s cannot be copied (failing for %s, %d attempts): %s", f.Path, now.Sub(f.Since).Round(time.Second), f.Attempts, f.Err)
+	if more := m.FailingFiles - 1; more > 0 {
+		msg += fmt.Sprintf("; %d more %s failing", more, plural(int(more), "file", "files"))
+	}
+	return msg + " — make the media store readable by the agent's user (see the README's service section), or check the repository"
+}
+
+func plural(n int, one, many string) string {
+	if n == 1 {
+		return one
+	}
+	return many
 }

@@ -113,8 +113,10 @@ func runAgent(ctx context.Context, cfg *config.Config) error {
 		Slot: cfg.Postgres.Slot, Interval: cfg.Health.ProbeInterval.D(),
 		Connect: func(ctx context.Context) (*pgconn.PgConn, error) { return src.Connect(ctx, "") },
 	}
+	build := currentBuild()
 	opts := agent.Options{
 		Log: log, Listen: cfg.HTTP.Listen,
+		BuildInfo: map[string]string{"version": build.Version, "commit": build.Commit},
 		// Record the address (port 0 picks one) for `synbak status`.
 		OnListen: func(addr string) {
 			if err := writeFileAtomic(agentAddrFile(cfg), []byte(addr+"\n")); err != nil {
@@ -165,7 +167,9 @@ func runAgent(ctx context.Context, cfg *config.Config) error {
 	if iv := cfg.Dump.Interval.D(); iv > 0 {
 		dlog := log.With("component", "dumps")
 		opts.Dumps = &agent.DumpSchedule{Repo: r, Interval: iv, Log: dlog,
-			Take:      func(ctx context.Context) (dump.Dump, error) { return takeDump(ctx, cfg, hs, r, nil, dlog) },
+			Take: func(ctx context.Context) (dump.Dump, error) {
+				return takeDump(ctx, cfg, hs, r, nil, dlog, mediaWatched(cfg))
+			},
 			AfterDump: func(ctx context.Context, _ dump.Dump) string { return prune(ctx) },
 		}
 		opts.Components = append(opts.Components, agent.Component{Name: "dumps", Run: opts.Dumps.Run})

@@ -6,14 +6,17 @@ import (
 	"io"
 	"io/fs"
 	"log/slog"
+	"math"
 	"os"
 	"path/filepath"
 	"reflect"
 	"regexp"
 	"sort"
 	"strings"
+	"time"
 
 	"github.com/go-viper/mapstructure/v2"
+	"github.com/jackc/pglogrepl"
 	"github.com/spf13/cobra"
 	"github.com/spf13/viper"
 	"go.yaml.in/yaml/v3"
@@ -79,6 +82,7 @@ restored as of any point in time.`,
 		newVerifyCommand(st),
 		newDrillCommand(st),
 	)
+	cmd.AddCommand(newGenDocsCommand(cmd))
 	return cmd, st
 }
 
@@ -287,11 +291,25 @@ func decodeErrorText(err error) string {
 	return strings.Join(parts, "; ")
 }
 
+// logValue keeps the log's units the same everywhere, in text and JSON:
+// durations in seconds (a number, not Go's nanoseconds or "1.5s"), LSNs as
+// PostgreSQL writes them (X/X, never an integer).
+func logValue(_ []string, a slog.Attr) slog.Attr {
+	switch v := a.Value.Any().(type) {
+	case time.Duration:
+		return slog.Float64(a.Key, math.Round(v.Seconds()*1000)/1000)
+	case pglogrepl.LSN:
+		return slog.String(a.Key, v.String())
+	}
+	return a
+}
+
 // newLogger builds the slog logger the configuration asks for.
 func newLogger(cfg *config.Config, w io.Writer) *slog.Logger {
 	var level slog.Level
 	_ = level.UnmarshalText([]byte(cfg.Log.Level))
-	opts := &slog.HandlerOptions{Level: level}
+	opts := &slog.HandlerOptions{Level: level, ReplaceAttr: logValue}
+	w = logWriter(w)
 	if cfg.Log.Format == "json" {
 		return slog.New(slog.NewJSONHandler(w, opts))
 	}

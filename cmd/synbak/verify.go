@@ -135,12 +135,12 @@ func (p *verifyProgress) update(n, total int) {
 	}
 	p.last = time.Now()
 	p.drew = true
-	fmt.Fprintf(p.w, "\r\x1b[Kverify: %d of %d objects checked", n, total)
+	stderrConsole.Draw(fmt.Sprintf("verify: %d of %d objects checked", n, total))
 }
 
 func (p *verifyProgress) finish() {
 	if p != nil && p.drew {
-		fmt.Fprintln(p.w)
+		stderrConsole.Done()
 	}
 }
 
