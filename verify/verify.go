@@ -22,6 +22,7 @@ import (
 	"github.com/synbak/synbak/internal/storage"
 	"github.com/synbak/synbak/mediawatch"
 	"github.com/synbak/synbak/restore"
+	"github.com/synbak/synbak/wal"
 )
 
 // Options configure Run.
@@ -80,6 +81,12 @@ func Run(ctx context.Context, r *repo.Repo, opts Options) (Report, error) {
 		return rep, fmt.Errorf("list %s: %w", r, err)
 	}
 	infos := make(map[string]repo.Info, len(names))
+	// WAL segment objects are checked against their names too.
+	walSettings, werr := wal.LoadSettings(ctx, r)
+	haveWAL := werr == nil
+	if werr != nil && !repo.IsNotExist(werr) {
+		problem("WAL settings: %v: wal-fetch and restores cannot serve WAL", werr)
+	}
 	jobs := make(chan storage.ObjectInfo)
 	var wg sync.WaitGroup
 	checked := 0
@@ -104,6 +111,11 @@ func Run(ctx context.Context, r *repo.Repo, opts Options) (Report, error) {
 				mu.Unlock()
 				if err != nil && ctx.Err() == nil {
 					problem("object %s: %v; %s", oi.Name, err, affects(oi.Name))
+				}
+				if err == nil && haveWAL && strings.HasPrefix(oi.Name, "wal/") {
+					if _, err := wal.CheckSegmentObject(ctx, r, oi.Name, walSettings); err != nil && ctx.Err() == nil {
+						problem("object %s: %v; %s", oi.Name, err, affects(oi.Name))
+					}
 				}
 				if opts.Progress != nil {
 					opts.Progress(n, len(names))
