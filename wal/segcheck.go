@@ -159,3 +159,35 @@ func LongPageHeader(seg Segment, tli uint32, sysid uint64) []byte {
 	le.PutUint32(h[36:], 8192)
 	return h
 }
+
+// VerifySegmentObject reads the whole object name like repo.Verify (its
+// checksum and binding) and, when it is a segment object, checks its first
+// page header like CheckSegmentObject, in one read. checked reports
+// whether the header was checked. A damaged object is reported before a
+// header mismatch.
+func VerifySegmentObject(ctx context.Context, rp *repo.Repo, name string, st Settings) (info repo.Info, checked bool, err error) {
+	seg, kind, valid := parseObjectName(name, st.SegmentSize)
+	if kind == kindOther || valid < LongPageHeaderSize {
+		info, err = rp.Verify(ctx, name)
+		return info, false, err
+	}
+	rd, err := rp.Get(ctx, name)
+	if err != nil {
+		return repo.Info{}, false, err
+	}
+	defer rd.Close()
+	page := make([]byte, LongPageHeaderSize)
+	n, rerr := io.ReadFull(rd, page)
+	if rerr == nil {
+		_, rerr = io.Copy(io.Discard, rd)
+	} else if rerr == io.ErrUnexpectedEOF || rerr == io.EOF {
+		rerr = nil // the header check names the short segment
+	}
+	if rerr != nil {
+		return repo.Info{}, false, rerr
+	}
+	if err := CheckSegmentHeader(page[:n], seg, st); err != nil {
+		return repo.Info{}, true, fmt.Errorf("object %s in repository %s: %w", name, rp, err)
+	}
+	return rd.Info(), true, nil
+}
