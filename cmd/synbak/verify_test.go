@@ -295,6 +295,16 @@ func TestVerifyFindsEachProblem(t *testing.T) {
 				if _, err := os.Stat(dest); err == nil {
 					t.Errorf("wal-fetch %s wrote a mismatching segment to DEST", seg)
 				}
+				// The real binary, as PostgreSQL runs it.
+				cmd := exec.Command(pgtest.SynbakBinary(t), "wal-fetch", seg, dest)
+				cmd.Env = append(os.Environ(), "SYNBAK_CONFIG=/dev/null", "SYNBAK_REPOSITORY_PATH="+dir, "SYNBAK_STATE_DIR="+t.TempDir())
+				out, err := cmd.CombinedOutput()
+				if cmd.ProcessState == nil || cmd.ProcessState.ExitCode() != 255 {
+					t.Errorf("synbak wal-fetch %s (binary): %v, want exit 255\n%s", seg, err, out)
+				}
+				if _, err := os.Stat(dest); err == nil {
+					t.Errorf("synbak wal-fetch %s (binary) wrote a mismatching segment to DEST", seg)
+				}
 			}
 		})
 	}

@@ -210,11 +210,14 @@ func (r *Repo) loadMetaOnce(ctx context.Context) (Meta, error) {
 			return Meta{}, fmt.Errorf("read repository metadata in %s: %w", r.b, err)
 		}
 		if n > 0 {
-			what := fmt.Sprintf("%d", n)
-			if n >= maxCounted {
-				what = fmt.Sprintf("at least %d", n)
+			what := fmt.Sprintf("%d objects", n)
+			switch {
+			case n == 1:
+				what = "1 object"
+			case n >= maxCounted:
+				what = fmt.Sprintf("at least %d objects", n)
 			}
-			return Meta{}, fmt.Errorf("repository %s holds %s objects but no valid metadata (%s*%s): %w. It is an existing repository whose metadata was deleted or lost, not a new one, and synbak never creates a repository over existing objects (it would lose the cluster binding and the encryption setting). Restore %s from a copy of the repository, or point repository.path (or repository.url) at an empty directory or prefix",
+			return Meta{}, fmt.Errorf("repository %s holds %s but no valid metadata (%s*%s): %w. It is an existing repository whose metadata was deleted or lost, not a new one, and synbak never creates a repository over existing objects (it would lose the cluster binding and the encryption setting). Restore %s from a copy of the repository, or point repository.path (or repository.url) at an empty directory or prefix",
 				r.b, what, metaPrefix, metaSuffix, ErrMetadataMissing, strings.TrimSuffix(metaPrefix, "repo."))
 		}
 		return Meta{}, fmt.Errorf("%s: %w: run synbak init (or start the agent) to create it", r.b, ErrNotInitialized)

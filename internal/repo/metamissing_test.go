@@ -27,7 +27,7 @@ func TestInitRefusesObjectsWithoutMetadata(t *testing.T) {
 		t.Error("Init wrote metadata")
 	}
 	_, err := Open(ctx, b, Options{})
-	if !IsMetadataMissing(err) || strings.Contains(err.Error(), "run synbak init") || !strings.Contains(err.Error(), "1 objects") {
+	if !IsMetadataMissing(err) || strings.Contains(err.Error(), "run synbak init") || !strings.Contains(err.Error(), "1 object but") {
 		t.Errorf("Open: %v", err)
 	}
 	// Without any object, Init creates the repository.
