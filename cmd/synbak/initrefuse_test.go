@@ -122,3 +122,58 @@ func TestInitRefusesRepositoryWithoutMetadata(t *testing.T) {
 		t.Errorf("verify: exit %d\n%s%s", code, stdout, stderr)
 	}
 }
+
+// TestVerifyEncryptedWALSegments: in an encrypted repository, verify (and
+// verify --quick) with the key check each segment's first page: a segment
+// of another cluster, stored as a valid object, is named.
+func TestVerifyEncryptedWALSegments(t *testing.T) {
+	ctx := context.Background()
+	dir := t.TempDir()
+	key, err := age.GenerateX25519Identity()
+	if err != nil {
+		t.Fatal(err)
+	}
+	keyFile := filepath.Join(dir, "key.age")
+	if err := os.WriteFile(keyFile, []byte(key.String()+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	repoDir := filepath.Join(dir, "repo")
+	b, err := local.New(repoDir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r, _, err := repo.Init(ctx, b, repo.Options{Recipients: []age.Recipient{key.Recipient()}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	const seg = "000000010000000000000003"
+	if _, err := r.Put(ctx, "wal/settings.json", strings.NewReader(`{"system_id":"1","segment_size":1048576}`), nil); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := r.Put(ctx, "wal/00000001/"+seg, bytes.NewReader(fakeSegment(t, seg)), nil); err != nil {
+		t.Fatal(err)
+	}
+	env := map[string]string{"SYNBAK_REPOSITORY_PATH": repoDir, "SYNBAK_STATE_DIR": filepath.Join(dir, "state")}
+	withKey := map[string]string{"SYNBAK_REPOSITORY_ENCRYPTION_IDENTITY_FILE": keyFile}
+	for k, v := range env {
+		withKey[k] = v
+	}
+	if code, stdout, stderr := runCLI(t, withKey, "verify"); code != 0 {
+		t.Errorf("verify with the key: exit %d\n%s%s", code, stdout, stderr)
+	}
+	// Another cluster's segment under the name, as a valid object.
+	other := fakeSegment(t, seg)
+	other[24] ^= 1 // xlp_sysid
+	if err := b.Delete(ctx, "wal/00000001/"+seg); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := r.Put(ctx, "wal/00000001/"+seg, bytes.NewReader(other), nil); err != nil {
+		t.Fatal(err)
+	}
+	for _, args := range [][]string{{"verify"}, {"verify", "--quick"}} {
+		code, stdout, stderr := runCLI(t, withKey, args...)
+		if code != 1 || !hasProblem(stdout, []string{"wal/00000001/" + seg, "another cluster"}) {
+			t.Errorf("%v: exit %d, want 1 naming the segment\n%s%s", args, code, stdout, stderr)
+		}
+	}
+}
