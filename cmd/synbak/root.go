@@ -83,7 +83,44 @@ restored as of any point in time.`,
 		newDrillCommand(st),
 	)
 	cmd.AddCommand(newGenDocsCommand(cmd))
+	strictArgs(cmd)
 	return cmd, st
+}
+
+// strictArgs makes every wrong positional argument a usage error (exit 2):
+// an unknown command under a command that only groups others (cobra would
+// print the help and exit 0 for "synbak wal foo", or exit 1 for "synbak
+// foo"), and a surplus argument of any command. Exit codes a command's own
+// validator chose (wal-fetch: 255) stay.
+func strictArgs(c *cobra.Command) {
+	for _, sub := range c.Commands() {
+		strictArgs(sub)
+	}
+	if c.HasSubCommands() && c.Run == nil && c.RunE == nil {
+		c.Args = cobra.ArbitraryArgs
+		c.SuggestionsMinimumDistance = 2
+		c.RunE = func(cmd *cobra.Command, args []string) error {
+			if len(args) == 0 {
+				return cmd.Help()
+			}
+			msg := fmt.Sprintf("unknown command %q for %q", args[0], cmd.CommandPath())
+			if s := cmd.SuggestionsFor(args[0]); len(s) > 0 {
+				msg += fmt.Sprintf("; did you mean %q?", s[0])
+			}
+			return usageError{fmt.Errorf("%s (see %s --help)", msg, cmd.CommandPath())}
+		}
+		return
+	}
+	inner := c.Args
+	if inner == nil {
+		inner = cobra.NoArgs
+	}
+	c.Args = func(cmd *cobra.Command, args []string) error {
+		if err := inner(cmd, args); err != nil {
+			return usageError{fmt.Errorf("%w (see %s --help)", err, cmd.CommandPath())}
+		}
+		return nil
+	}
 }
 
 // load resolves the configuration: defaults, then synbak.yaml, then SYNBAK_*

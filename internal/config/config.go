@@ -80,6 +80,11 @@ type S3 struct {
 	// PathStyle addresses buckets as endpoint/bucket (self-hosted servers,
 	// IP endpoints); false selects virtual-hosted bucket.endpoint.
 	PathStyle bool `mapstructure:"path_style"`
+	// RetryTimeout is how long an operation (a part of an upload
+	// included) is retried while the server is unreachable or failing,
+	// counted from its first failure: outages shorter than this pass
+	// unnoticed. 0 means the default (2m).
+	RetryTimeout Duration `mapstructure:"retry_timeout"`
 }
 
 // String describes the settings with the secret redacted, so that printing
@@ -89,8 +94,8 @@ func (s S3) String() string {
 	if s.SecretAccessKey != "" {
 		secret = "REDACTED"
 	}
-	return fmt.Sprintf("{Endpoint:%s Region:%s AccessKeyID:%s AccessKeyIDFile:%s SecretAccessKey:%s SecretAccessKeyFile:%s Insecure:%t PathStyle:%t}",
-		s.Endpoint, s.Region, s.AccessKeyID, s.AccessKeyIDFile, secret, s.SecretAccessKeyFile, s.Insecure, s.PathStyle)
+	return fmt.Sprintf("{Endpoint:%s Region:%s AccessKeyID:%s AccessKeyIDFile:%s SecretAccessKey:%s SecretAccessKeyFile:%s Insecure:%t PathStyle:%t RetryTimeout:%s}",
+		s.Endpoint, s.Region, s.AccessKeyID, s.AccessKeyIDFile, secret, s.SecretAccessKeyFile, s.Insecure, s.PathStyle, s.RetryTimeout)
 }
 
 // GoString is String, for %#v.
@@ -270,6 +275,7 @@ func Defaults() map[string]any {
 		"repository.s3.secret_access_key_file": "",
 		"repository.s3.insecure":               false,
 		"repository.s3.path_style":             true,
+		"repository.s3.retry_timeout":          "2m",
 		"repository.encryption.recipients":     []string{},
 		"repository.encryption.identity_file":  "",
 	}
@@ -311,6 +317,9 @@ func (c *Config) Validate() error {
 	}
 	if !validSlotName(c.Postgres.Slot) {
 		add(invalid("postgres.slot %q: a slot name is 1 to 63 lower-case letters, digits and underscores", c.Postgres.Slot))
+	}
+	if c.Repository.S3.RetryTimeout.D() < 0 {
+		add(invalid("repository.s3.retry_timeout %s is negative (default 2m)", c.Repository.S3.RetryTimeout))
 	}
 	if c.WAL.StatusInterval.D() < 100*time.Millisecond {
 		add(invalid("wal.status_interval %s: must be at least 100ms", c.WAL.StatusInterval))
