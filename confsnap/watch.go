@@ -348,5 +348,7 @@ func (w *Watcher) relevant(ev fsnotify.Event) bool {
 	if strings.HasPrefix(base, "..") {
 		return true // Kubernetes' atomic writer swaps a ..data symlink
 	}
-	return w.opts.Refresh != nil && strings.HasSuffix(base, ".yaml")
+	// A new file of a conf.d directory (Synapse's *.yaml, PostgreSQL's
+	// include_dir *.conf): the refreshed list may name it.
+	return w.opts.Refresh != nil && (strings.HasSuffix(base, ".yaml") || strings.HasSuffix(base, ".conf"))
 }

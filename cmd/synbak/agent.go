@@ -146,7 +146,7 @@ func runAgent(ctx context.Context, cfg *config.Config) error {
 		opts.Components = append(opts.Components, agent.Component{Name: "media", Run: mw.Run})
 	}
 	if hs != nil {
-		cw := newAgentConfig(cfg, hs, r, log.With("component", "config"))
+		cw := newAgentConfig(cfg, hs, src, r, log.With("component", "config"))
 		opts.Config = cw
 		opts.Components = append(opts.Components, agent.Component{Name: "config", Run: cw.Run})
 	}
@@ -316,9 +316,11 @@ func (c agentConfig) ConfigStatus() agent.ConfigStatus {
 }
 
 // newAgentConfig returns the config snapshot watcher: homeserver.yaml and
-// every file it depends on, re-read at each check so that files the
-// configuration starts naming are followed.
-func newAgentConfig(cfg *config.Config, hs *synapse.Homeserver, r *repo.Repo, log *slog.Logger) agentConfig {
+// every file it depends on, and PostgreSQL's own settings files where
+// they live outside its data directory, re-read at each check so that
+// files the configuration starts naming are followed.
+func newAgentConfig(cfg *config.Config, hs *synapse.Homeserver, src pgsource.Source, r *repo.Repo, log *slog.Logger) agentConfig {
+	pg := postgresFiles(src, r, log)
 	return agentConfig{w: confsnap.NewWatcher(r, confsnap.Options{
 		Files: hs.BackupFiles(),
 		Refresh: func() ([]synapse.File, error) {
@@ -326,7 +328,7 @@ func newAgentConfig(cfg *config.Config, hs *synapse.Homeserver, r *repo.Repo, lo
 			if err != nil {
 				return nil, err
 			}
-			return h.BackupFiles(), nil
+			return confsnap.WithPostgresFiles(h.BackupFiles(), pg.Files(context.Background())), nil
 		},
 		Logger: log,
 	})}
