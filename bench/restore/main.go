@@ -309,9 +309,10 @@ type result struct {
 	ProcCPU float64 `json:"restore_process_cpu_s"`
 	TreeCPU float64 `json:"tree_cpu_s"`
 	// Peak RSS of the restore process (synbak; VmHWM) and the highest sum
-	// of VmRSS over the tree, sampled every 50 ms.
+	// of PSS over the tree (shared_buffers shared out, not counted once per
+	// server process), sampled every 50 ms.
 	ProcRSSMB float64 `json:"restore_process_peak_rss_mb"`
-	TreeRSSMB float64 `json:"tree_peak_rss_mb"`
+	TreeRSSMB float64 `json:"tree_peak_pss_mb"`
 	// Other is the machine's busy CPU during the run minus the tree's.
 	Other float64 `json:"other_cpu_s"`
 }
@@ -342,7 +343,7 @@ func (bn *bench) measure(ctx context.Context) ([]result, error) {
 			}
 			res.Config, res.Round = name, round+1
 			res.Other = max(0, benchpg.BusyCPU()-busy-res.TreeCPU)
-			logf("round %d %-18s replay %.2fs (%.0f MB/s), wall %.2fs, tree CPU %.2fs, restore process CPU %.2fs, peak RSS %.1f MB (tree %.1f MB), other CPU %.1fs",
+			logf("round %d %-18s replay %.2fs (%.0f MB/s), wall %.2fs, tree CPU %.2fs, restore process CPU %.2fs, peak RSS %.1f MB (tree PSS %.1f MB), other CPU %.1fs",
 				res.Round, name, res.Replay, bn.walMB/res.Replay, res.Wall, res.TreeCPU, res.ProcCPU, res.ProcRSSMB, res.TreeRSSMB, res.Other)
 			out = append(out, res)
 			if !bn.o.keep {
@@ -512,7 +513,7 @@ func (bn *bench) report(results []result) error {
 		ProcCPU   float64 `json:"restore_process_cpu_s"`
 		TreeCPU   float64 `json:"tree_cpu_s"`
 		ProcRSSMB float64 `json:"restore_process_peak_rss_mb"`
-		TreeRSSMB float64 `json:"tree_peak_rss_mb"`
+		TreeRSSMB float64 `json:"tree_peak_pss_mb"`
 		Other     float64 `json:"other_cpu_s"`
 	}
 	med := func(name string, f func(result) float64) (m, lo, hi float64) {
@@ -531,7 +532,7 @@ func (bn *bench) report(results []result) error {
 	var sums []summary
 	fmt.Printf("\nWAL replayed: %.0f MB (%s data; pgbench %d MB, Synapse-like rows %d MB), %d run(s) per configuration\n\n",
 		bn.walMB, bn.o.data, bn.gen.PgbenchBytes>>20, bn.gen.SynapseBytes>>20, bn.o.runs)
-	fmt.Println("| config | replay s (min–max) | WAL MB/s | replay / cp | whole command s | restore process CPU s | tree CPU s | restore process peak RSS MB | tree peak RSS MB | other CPU s |")
+	fmt.Println("| config | replay s (min–max) | WAL MB/s | replay / cp | whole command s | restore process CPU s | tree CPU s | restore process peak RSS MB | tree peak PSS MB | other CPU s |")
 	fmt.Println("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
 	for _, name := range bn.o.configs {
 		s := summary{Config: name}

@@ -11,7 +11,7 @@ import (
 )
 
 // sampler watches a process tree every 50 ms: the root's own CPU time and
-// peak RSS (VmHWM), the highest sum of VmRSS over the root and its
+// peak RSS (VmHWM), the highest sum of PSS over the root and its
 // descendants (and over processes whose command line contains match, e.g.
 // pgBackRest's detached async archive-get), and the CPU time of those
 // matched processes outside the tree.
@@ -55,7 +55,6 @@ func (s *sampler) stop() {
 type procInfo struct {
 	ppid     int
 	cpu      float64 // own user + system seconds
-	rssKB    int64
 	cmdMatch bool
 }
 
@@ -86,10 +85,9 @@ func (s *sampler) sample() {
 		ppid, _ := strconv.Atoi(f[1])
 		ut, _ := strconv.ParseFloat(f[11], 64)
 		stt, _ := strconv.ParseFloat(f[12], 64)
-		rssPages, _ := strconv.ParseInt(f[21], 10, 64)
-		pi := procInfo{ppid: ppid, cpu: (ut + stt) / 100, rssKB: rssPages * int64(os.Getpagesize()) / 1024}
+		pi := procInfo{ppid: ppid, cpu: (ut + stt) / 100}
 		if s.match != "" {
-			if cl, err := os.ReadFile("/proc/" + e.Name() + "/cmdline"); err == nil && strings.Contains(string(cl), s.match) && strings.Contains(string(cl), ":async") {
+			if cl, err := os.ReadFile("/proc/" + e.Name() + "/cmdline"); err == nil && strings.Contains(string(cl), s.match) {
 				pi.cmdMatch = true
 			}
 		}
@@ -114,7 +112,9 @@ func (s *sampler) sample() {
 	for pid, p := range procs {
 		tree := inTree(pid)
 		if tree || p.cmdMatch {
-			rss += p.rssKB
+			// PSS: shared memory (shared_buffers) divided among the
+			// processes that map it, not counted once per process.
+			rss += pssKB(pid)
 		}
 		if p.cmdMatch && !tree {
 			s.extra[pid] = max(s.extra[pid], p.cpu)
@@ -153,4 +153,20 @@ func (s *sampler) extraCPU() float64 {
 		sum += v
 	}
 	return sum
+}
+
+// pssKB is a process's proportional set size in kB (Pss of
+// /proc/PID/smaps_rollup; 0 when the process is gone).
+func pssKB(pid int) int64 {
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/smaps_rollup")
+	if err != nil {
+		return 0
+	}
+	for _, l := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(l, "Pss:"); ok {
+			n, _ := strconv.ParseInt(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(v), "kB")), 10, 64)
+			return n
+		}
+	}
+	return 0
 }

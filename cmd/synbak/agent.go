@@ -41,7 +41,8 @@ func newAgentCommand(st *rootState) *cobra.Command {
   media    the media watcher over local_content (and local_thumbnails unless
            dynamic_thumbnails), when homeserver.yaml is readable
   config   snapshots of homeserver.yaml, its log config, appservice files,
-           the signing key and secret files, whenever one changes
+           the signing key and secret files, and PostgreSQL's own settings
+           files outside its data directory, whenever one changes
   probe    asks PostgreSQL for its WAL position and the slot's lag
   dumps    with dump.interval, a logical dump (pg_dump) when the repository
            has none recent, then every dump.interval after the newest ended
