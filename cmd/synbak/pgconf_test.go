@@ -12,6 +12,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jackc/pglogrepl"
+
 	"github.com/synbak/synbak/confsnap"
 	"github.com/synbak/synbak/internal/pgsource"
 	"github.com/synbak/synbak/internal/pgtest"
@@ -103,6 +105,14 @@ func TestDebianClusterSettings(t *testing.T) {
 		return st.Config.Files == first+1
 	})
 	d.Exec(t, "synapse", "INSERT INTO markers VALUES (1)")
+	after, err := pglogrepl.ParseLSN(d.Text(t, "postgres", "SELECT pg_current_wal_lsn()::text"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, time.Minute, "the marker's commit flushed by the agent", func() bool {
+		got, err := pglogrepl.ParseLSN(s.status(t).WAL.Flushed)
+		return err == nil && got >= after
+	})
 	if _, err := p.stop(t, syscall.SIGTERM, time.Minute); err != nil {
 		t.Fatalf("agent stopped with %v", err)
 	}
