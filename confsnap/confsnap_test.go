@@ -616,7 +616,7 @@ func TestWatcherRefresh(t *testing.T) {
 	log, _ := newLog(t)
 	var mu sync.Mutex
 	list := h.files[:1]
-	refresh := func() ([]synapse.File, error) {
+	refresh := func(context.Context) ([]synapse.File, error) {
 		mu.Lock()
 		defer mu.Unlock()
 		return list, nil

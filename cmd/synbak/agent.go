@@ -324,12 +324,12 @@ func newAgentConfig(cfg *config.Config, hs *synapse.Homeserver, src pgsource.Sou
 	pg := postgresFiles(src, r, log)
 	return agentConfig{w: confsnap.NewWatcher(r, confsnap.Options{
 		Files: hs.BackupFiles(),
-		Refresh: func() ([]synapse.File, error) {
+		Refresh: func(ctx context.Context) ([]synapse.File, error) {
 			h, err := loadHomeserver(cfg)
 			if err != nil {
 				return nil, err
 			}
-			return confsnap.WithPostgresFiles(h.BackupFiles(), pg.Files(context.Background())), nil
+			return confsnap.WithPostgresFiles(h.BackupFiles(), pg.Files(ctx)), nil
 		},
 		Logger: log,
 	})}
