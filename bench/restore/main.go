@@ -23,6 +23,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/jackc/pglogrepl"
 	"github.com/minio/minio-go/v7"
 
 	"github.com/synbak/synbak/bench/internal/benchpg"
@@ -77,6 +78,7 @@ type bench struct {
 	repos   map[string]*synbakRepo
 	walMB   float64 // WAL written after the base backups
 	segment string  // the last segment of the load
+	endLSN  int64   // pg_switch_wal() after the load, in bytes
 	gen     genResult
 }
 
@@ -227,7 +229,7 @@ func (bn *bench) prepare(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	bn.walMB, bn.segment = float64(end-start)/1e6, seg
+	bn.walMB, bn.segment, bn.endLSN = float64(end-start)/1e6, seg, end
 	logf("WAL after the base backups: %.0f MB, last segment %s", bn.walMB, seg)
 
 	logf("waiting for the archiver to reach %s", seg)
@@ -495,6 +497,11 @@ func (bn *bench) runSynbak(ctx context.Context, r *synbakRepo, dir string) (resu
 		if p.Name == "recovery" {
 			res.Replay = p.Seconds
 		}
+	}
+	// The restore must have replayed into the load's last segment.
+	reached, perr := pglogrepl.ParseLSN(rep.RecoveryLSN)
+	if perr != nil || int64(reached) < bn.endLSN-16<<20 {
+		return result{}, fmt.Errorf("synbak restore reached %s, short of the load's end %s", rep.RecoveryLSN, pglogrepl.LSN(bn.endLSN))
 	}
 	if res.Replay == 0 {
 		return result{}, fmt.Errorf("synbak restore's report has no recovery phase:\n%s", stdout.String())
