@@ -41,7 +41,8 @@ func newAgentCommand(st *rootState) *cobra.Command {
   media    the media watcher over local_content (and local_thumbnails unless
            dynamic_thumbnails), when homeserver.yaml is readable
   config   snapshots of homeserver.yaml, its log config, appservice files,
-           the signing key and secret files, whenever one changes
+           the signing key and secret files, and PostgreSQL's own settings
+           files outside its data directory, whenever one changes
   probe    asks PostgreSQL for its WAL position and the slot's lag
   dumps    with dump.interval, a logical dump (pg_dump) when the repository
            has none recent, then every dump.interval after the newest ended
@@ -148,7 +149,7 @@ func runAgent(ctx context.Context, cfg *config.Config) error {
 		opts.Components = append(opts.Components, agent.Component{Name: "media", Run: mw.Run})
 	}
 	if hs != nil {
-		cw := newAgentConfig(cfg, hs, r, log.With("component", "config"))
+		cw := newAgentConfig(cfg, hs, src, r, log.With("component", "config"))
 		opts.Config = cw
 		opts.Components = append(opts.Components, agent.Component{Name: "config", Run: cw.Run})
 	}
@@ -320,17 +321,19 @@ func (c agentConfig) ConfigStatus() agent.ConfigStatus {
 }
 
 // newAgentConfig returns the config snapshot watcher: homeserver.yaml and
-// every file it depends on, re-read at each check so that files the
-// configuration starts naming are followed.
-func newAgentConfig(cfg *config.Config, hs *synapse.Homeserver, r *repo.Repo, log *slog.Logger) agentConfig {
+// every file it depends on, and PostgreSQL's own settings files where
+// they live outside its data directory, re-read at each check so that
+// files the configuration starts naming are followed.
+func newAgentConfig(cfg *config.Config, hs *synapse.Homeserver, src pgsource.Source, r *repo.Repo, log *slog.Logger) agentConfig {
+	pg := postgresFiles(src, r, log)
 	return agentConfig{w: confsnap.NewWatcher(r, confsnap.Options{
 		Files: hs.BackupFiles(),
-		Refresh: func() ([]synapse.File, error) {
+		Refresh: func(ctx context.Context) ([]synapse.File, error) {
 			h, err := loadHomeserver(cfg)
 			if err != nil {
 				return nil, err
 			}
-			return h.BackupFiles(), nil
+			return confsnap.WithPostgresFiles(h.BackupFiles(), pg.Files(ctx)), nil
 		},
 		Logger: log,
 	})}

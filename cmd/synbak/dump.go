@@ -153,7 +153,11 @@ func takeDump(ctx context.Context, cfg *config.Config, hs *synapse.Homeserver, r
 		return dump.Dump{}, err
 	}
 	if hs != nil {
-		if _, err := confsnap.Snapshot(ctx, r, hs.BackupFiles(), log.With("component", "config"), nil); err != nil {
+		files := hs.BackupFiles()
+		if src, err := postgresSource(cfg, hs); err == nil {
+			files = confsnap.WithPostgresFiles(files, postgresFiles(src, r, log.With("component", "config")).Files(ctx))
+		}
+		if _, err := confsnap.Snapshot(ctx, r, files, log.With("component", "config"), nil); err != nil {
 			log.Warn("config snapshot before the dump failed; restore --from-dump --config-dir gets the newest earlier snapshot", "err", err)
 		}
 	}
