@@ -3,7 +3,11 @@ package main
 import (
 	"bytes"
 	"context"
+	"encoding/binary"
+	"encoding/hex"
+	"encoding/json"
 	"fmt"
+	"hash/crc32"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -15,9 +19,11 @@ import (
 
 	"github.com/jackc/pglogrepl"
 
+	"github.com/synbak/synbak/basebackup"
 	"github.com/synbak/synbak/internal/pgtest"
 	"github.com/synbak/synbak/internal/repo"
 	"github.com/synbak/synbak/internal/storage"
+	"github.com/synbak/synbak/restore"
 	"github.com/synbak/synbak/wal"
 )
 
@@ -114,6 +120,7 @@ func majorMatrix(t *testing.T, bin string, major int) {
 		t.Fatal(err)
 	}
 	fromPrimary := strings.TrimSpace(out)
+	checkManifest(t, rp, fromPrimary)
 
 	// kill -9 of the receiver while WAL is written, then a new one resumes.
 	p.FillSynapse(t, "synapse", 20)
@@ -143,6 +150,7 @@ func majorMatrix(t *testing.T, bin string, major int) {
 		t.Fatal(err)
 	}
 	fromStandby := strings.TrimSpace(out)
+	checkManifest(t, rp, fromStandby)
 
 	// Timeline switch: promote the standby, write on timeline 2.
 	s.Promote(t)
@@ -414,6 +422,68 @@ func compareWithPgWal(t *testing.T, rp *repo.Repo, tli uint32, servers []*pgtest
 		compared++
 	}
 	return compared
+}
+
+// checkManifest extracts backup id and checks every file the server's
+// backup_manifest lists against its size and CRC32C, the manifest's
+// default checksum (PostgreSQL's pg_verifybackup does this; Debian's 15
+// refuses the manifests of 18 and the WAL of 16+, and the npm packages of
+// 16+ hold none).
+func checkManifest(t *testing.T, rp *repo.Repo, id string) {
+	t.Helper()
+	ctx := context.Background()
+	b, err := basebackup.Load(ctx, rp, id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pgdata := filepath.Join(t.TempDir(), "data")
+	if err := restore.Extract(ctx, rp, b, pgdata, restore.ExtractOptions{}, nil); err != nil {
+		t.Fatalf("extract backup %s: %v", id, err)
+	}
+	raw, err := os.ReadFile(filepath.Join(pgdata, "backup_manifest"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var m struct {
+		Version any `json:"PostgreSQL-Backup-Manifest-Version"`
+		Files   []struct {
+			Path      string `json:"Path"`
+			Size      int64  `json:"Size"`
+			Algorithm string `json:"Checksum-Algorithm"`
+			Checksum  string `json:"Checksum"`
+		} `json:"Files"`
+	}
+	if err := json.Unmarshal(raw, &m); err != nil {
+		t.Fatalf("backup %s: backup_manifest: %v", id, err)
+	}
+	table := crc32.MakeTable(crc32.Castagnoli)
+	checked := 0
+	for _, f := range m.Files {
+		if f.Path == "tablespace_map" {
+			continue // Extract rewrites it for the new locations
+		}
+		data, err := os.ReadFile(filepath.Join(pgdata, f.Path))
+		if err != nil {
+			t.Fatalf("backup %s: %s listed in backup_manifest: %v", id, f.Path, err)
+		}
+		if int64(len(data)) != f.Size {
+			t.Fatalf("backup %s: %s is %d bytes, the manifest says %d", id, f.Path, len(data), f.Size)
+		}
+		if f.Algorithm != "CRC32C" {
+			t.Fatalf("backup %s: %s has a %s checksum; the test checks CRC32C", id, f.Path, f.Algorithm)
+		}
+		// PostgreSQL writes the CRC's bytes in memory order (little-endian).
+		var sum [4]byte
+		binary.LittleEndian.PutUint32(sum[:], crc32.Checksum(data, table))
+		if got := hex.EncodeToString(sum[:]); got != f.Checksum {
+			t.Fatalf("backup %s: %s has CRC32C %s, the manifest says %s", id, f.Path, got, f.Checksum)
+		}
+		checked++
+	}
+	if checked < 500 {
+		t.Fatalf("backup %s: only %d files checked against backup_manifest", id, checked)
+	}
+	t.Logf("backup %s: %d files match backup_manifest (version %v)", id, checked, m.Version)
 }
 
 // tableSums returns the md5 of every row of every table of the synapse
