@@ -602,9 +602,10 @@ func groupAlive(pgrp int) bool {
 func (c *Cluster) PgWalDir() string { return filepath.Join(c.DataDir, "pg_wal") }
 
 // Tool returns the path of a PostgreSQL program for this cluster: BinDir's
-// when it has one, else the default installation's (BinDir(), Debian's
-// client tools: the npm server packages of other majors hold only initdb,
-// pg_ctl and postgres), else the bare name for a PATH lookup. A client
+// when it has one, else the default installation's (BinDir()), else the
+// newest Debian one's (the client tools: the npm server packages of other
+// majors hold only initdb, pg_ctl and postgres), else the bare name for a
+// PATH lookup. A client
 // tool of an older major may refuse a newer server (pg_basebackup,
 // pg_dump, pg_waldump do); Major tells which server this is.
 func (c *Cluster) Tool(name string) string {
@@ -614,8 +615,9 @@ func (c *Cluster) Tool(name string) string {
 	if p := filepath.Join(c.BinDir, name); isFile(p) {
 		return p
 	}
-	if def, err := BinDir(); err == nil {
-		if p := filepath.Join(def, name); isFile(p) {
+	def, _ := BinDir()
+	for _, dir := range []string{def, newestDebianBinDir("/usr/lib/postgresql")} {
+		if p := filepath.Join(dir, name); dir != "" && isFile(p) {
 			return p
 		}
 	}
