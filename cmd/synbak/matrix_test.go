@@ -427,7 +427,7 @@ func compareWithPgWal(t *testing.T, rp *repo.Repo, tli uint32, servers []*pgtest
 // checkManifest extracts backup id and checks every file the server's
 // backup_manifest lists against its size and CRC32C, the manifest's
 // default checksum (PostgreSQL's pg_verifybackup does this; Debian's 15
-// refuses the manifests of 18 and the WAL of 16+, and the npm packages of
+// refuses the manifests of 17+ (version 2) and the WAL of 16+, and the npm packages of
 // 16+ hold none).
 func checkManifest(t *testing.T, rp *repo.Repo, id string) {
 	t.Helper()
