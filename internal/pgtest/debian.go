@@ -37,7 +37,7 @@ const DebianConfD = "conf.d/50-synapse.conf"
 // server's user. opts as for Start.
 func StartDebian(t testing.TB, opts Options) *Debian {
 	t.Helper()
-	c := newCluster(t)
+	c := newCluster(t, opts)
 	etc := filepath.Join(c.root, "etc", "postgresql", "15", "main")
 	pgdata := filepath.Join(c.root, "var", "lib", "postgresql", "15", "main")
 	for _, d := range []string{filepath.Dir(pgdata), filepath.Join(etc, "conf.d")} {
