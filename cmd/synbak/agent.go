@@ -170,6 +170,13 @@ func runAgent(ctx context.Context, cfg *config.Config) error {
 		}
 		opts.Components = append(opts.Components, agent.Component{Name: "dumps", Run: opts.Dumps.Run})
 	}
+	server := ""
+	if hs != nil {
+		server = hs.ServerName
+	}
+	if err := addPageAndNotify(cfg, &opts, r, server, func() agent.Status { return ag.Status() }, log); err != nil {
+		return err
+	}
 	a := agent.New(opts)
 	ag = a
 
