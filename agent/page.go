@@ -233,8 +233,8 @@ func (ax axis) x(t time.Time) float64 {
 // media and config snapshots, drills.
 func timelineSVG(o *overview.Overview, st Status, drills []DrillRun, now time.Time) template.HTML {
 	from, to := o.Extent.From, now
-	if from.IsZero() || to.Sub(from) < time.Hour {
-		from = to.Add(-time.Hour)
+	if from.IsZero() || to.Sub(from) < time.Minute {
+		from = to.Add(-time.Minute)
 	}
 	pad := to.Sub(from) / 50
 	ax := axis{from: from.Add(-pad), to: to.Add(pad)}
@@ -361,11 +361,16 @@ func chartSVG(id string, samples []Sample, v func(Sample) int64, now time.Time, 
 		mx = max(mx, v(s))
 	}
 	from := now.Add(-keep)
+	if len(samples) > 0 && samples[0].Time.After(from) {
+		// Less history than the ring holds: show what there is.
+		from = samples[0].Time.Add(-time.Minute)
+		keep = now.Sub(from)
+	}
 	var b strings.Builder
 	fmt.Fprintf(&b, `<svg id="chart-%s" class="chart" viewBox="0 0 %.0f %.0f" width="100%%" xmlns="http://www.w3.org/2000/svg">`, id, w, h)
 	fmt.Fprintf(&b, `<rect class="plot" x="%.0f" y="%.0f" width="%.0f" height="%.0f"/>`, x0, y0, pw, ph)
 	fmt.Fprintf(&b, `<text class="ticklabel" x="%.0f" y="%.0f" text-anchor="end">%s</text><text class="ticklabel" x="%.0f" y="%.0f" text-anchor="end">0</text>`, x0-4, y0+8, hbytes(mx), x0-4, y0+ph)
-	fmt.Fprintf(&b, `<text class="ticklabel" x="%.0f" y="%.0f">%s ago</text><text class="ticklabel" x="%.0f" y="%.0f" text-anchor="end">now</text>`, x0, h-6, keep.Round(time.Minute), x0+pw, h-6)
+	fmt.Fprintf(&b, `<text class="ticklabel" x="%.0f" y="%.0f">%s ago</text><text class="ticklabel" x="%.0f" y="%.0f" text-anchor="end">now</text>`, x0, h-6, shortDur(keep), x0+pw, h-6)
 	if len(samples) > 0 {
 		b.WriteString(`<polyline class="line" points="`)
 		for _, s := range samples {
@@ -397,4 +402,15 @@ func sizeBars(sizes []overview.KindSize, total int64) template.HTML {
 	}
 	b.WriteString(`</svg>`)
 	return template.HTML(b.String())
+}
+
+// shortDur formats d as 24h, 90m or 45s.
+func shortDur(d time.Duration) string {
+	switch {
+	case d >= 2*time.Hour:
+		return fmt.Sprintf("%dh", int(d.Hours()+0.5))
+	case d >= 2*time.Minute:
+		return fmt.Sprintf("%dm", int(d.Minutes()+0.5))
+	}
+	return fmt.Sprintf("%ds", int(d.Seconds()+0.5))
 }

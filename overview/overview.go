@@ -437,15 +437,12 @@ func (bd *builder) walCoverage(ctx context.Context, r *repo.Repo, o *Overview, b
 		o.Gaps = append(o.Gaps, Gap{Timeline: tli, Missing: wal.SegmentAt(tli, pglogrepl.LSN(miss*segSize), segSize).Name(),
 			Segments: int(runs[i+1].first - miss), From: timeOf(runs[i].last, true), To: timeOf(runs[i+1].first, false)})
 	}
+	// A switch's time: when the new timeline's WAL begins.
 	for i := range o.Switches {
-		no := uint64(mustLSN(o.Switches[i].LSN)) / segSize
-		if no > 0 {
-			if t := timeOf(no-1, true); !t.IsZero() {
-				o.Switches[i].Time = t
+		for _, t := range o.Timelines {
+			if t.TLI == o.Switches[i].Timeline && len(t.Ranges) > 0 {
+				o.Switches[i].Time = t.Ranges[0].From
 			}
-		}
-		if o.Switches[i].Time.IsZero() {
-			o.Switches[i].Time = timeOf(no, false)
 		}
 	}
 	// Recovery windows: from each backup's end to the end of the run
@@ -482,11 +479,6 @@ func (bd *builder) walCoverage(ctx context.Context, r *repo.Repo, o *Overview, b
 		o.Windows = append(o.Windows, w)
 	}
 	return nil
-}
-
-func mustLSN(s string) pglogrepl.LSN {
-	l, _ := pglogrepl.ParseLSN(s)
-	return l
 }
 
 // extent is the span of time the overview covers.

@@ -130,13 +130,16 @@ func TestStatusPageInBrowser(t *testing.T) {
 		"SYNBAK_LOG_LEVEL=debug",
 	}
 	s.repoEnv = []string{"SYNBAK_REPOSITORY_PATH=" + repoDir}
+	if err := os.MkdirAll(filepath.Join(dir, "scratch"), 0o700); err != nil {
+		t.Fatal(err)
+	}
 	p := s.startAgent(t)
 	waitFor(t, 90*time.Second, "a drill", func() bool {
 		st := s.status(t)
 		return st.Drills != nil && st.Drills.Runs > 0
 	})
-	if st := s.status(t); st.Drills.LastOK {
-		t.Fatalf("the drill passed despite the hole at %s", gapSeg.ObjectName())
+	if st := s.status(t); st.Drills.LastOK || !strings.Contains(strings.Join(st.Drills.LastProblems, " "), gapSeg.Name()) {
+		t.Fatalf("the drill did not fail on the hole at %s: %+v", gapSeg.ObjectName(), st.Drills)
 	}
 
 	// The browser.
@@ -178,7 +181,7 @@ func TestStatusPageInBrowser(t *testing.T) {
 	health, gaps, drills, window := text("#health"), text("#gaps"), text("#drills"), text("#window")
 	nGap, nWindow, nFailed := count("#timeline rect.gap"), count("#timeline rect.win"), count("#drills tr.drill.failed")
 	nTL2, nBackups := count("#row-wal-2"), count("#timeline path.backup")
-	shot, err := chromedp.Run(bctx, chromedp.FullScreenshot(90))
+	shot, err := chromedp.Run(bctx, chromedp.FullScreenshot(100))
 	if err != nil {
 		t.Fatalf("screenshot: %v", err)
 	}
