@@ -1,0 +1,106 @@
+package main
+
+import (
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// TestAgentNotifierUnreachable runs the agent with both notification
+// targets broken: the Matrix homeserver answers every request with 500 and
+// the webhook's port is closed. The agent still takes its base backup,
+// streams WAL and turns healthy; the failed deliveries are counted (and
+// retried) without disturbing anything; the access token never reaches the
+// log; and SIGTERM stops the agent promptly while deliveries are still
+// being retried.
+func TestAgentNotifierUnreachable(t *testing.T) {
+	if testing.Short() {
+		t.Skip("needs PostgreSQL (skipped with -short)")
+	}
+	const token = "syt_c3luYmFrYm90_notifier_secret_token"
+	var mu sync.Mutex
+	var requests int
+	var auth []string
+	failing := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		mu.Lock()
+		requests++
+		auth = append(auth, r.Header.Get("Authorization"))
+		mu.Unlock()
+		http.Error(w, `{"errcode":"M_UNKNOWN","error":"internal error"}`, http.StatusInternalServerError)
+	}))
+	defer failing.Close()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	closed := l.Addr().String()
+	l.Close()
+
+	s := newAgentSite(t)
+	tokFile := filepath.Join(t.TempDir(), "matrix-token")
+	if err := os.WriteFile(tokFile, []byte(token+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	s.env = append(s.env,
+		"SYNBAK_NOTIFY_MATRIX_HOMESERVER="+failing.URL, "SYNBAK_NOTIFY_MATRIX_ROOM_ID=!backups:test.example",
+		"SYNBAK_NOTIFY_MATRIX_ACCESS_TOKEN_FILE="+tokFile,
+		"SYNBAK_NOTIFY_WEBHOOK_URL=http://"+closed+"/hook",
+		"SYNBAK_NOTIFY_HEALTH_GRACE=0", "SYNBAK_NOTIFY_TIMEOUT=2s",
+	)
+	p := s.startAgent(t)
+	waitFor(t, 2*time.Minute, "a first base backup and WAL streaming, healthy", func() bool {
+		st := s.status(t)
+		return st.Healthy && st.Backups != nil && st.Backups.Count == 1 && st.WAL.Streaming
+	})
+	// The red notification (no backup yet at the start) failed on both
+	// targets; the green one follows.
+	errorsOf := func(target string) int {
+		_, body := s.get(t, "/metrics")
+		for _, line := range strings.Split(body, "\n") {
+			if v, ok := strings.CutPrefix(line, `synbak_notification_errors_total{target="`+target+`"} `); ok {
+				n, _ := strconv.Atoi(v)
+				return n
+			}
+		}
+		return -1
+	}
+	waitFor(t, 30*time.Second, "failed deliveries counted on both targets", func() bool { return errorsOf("matrix") > 0 && errorsOf("webhook") > 0 })
+	mu.Lock()
+	if requests == 0 || auth[0] != "Bearer "+token {
+		t.Errorf("the homeserver got %d requests, first Authorization %q", requests, auth)
+	}
+	mu.Unlock()
+
+	// WAL keeps moving to the repository.
+	before := s.status(t).WAL.Archived
+	s.c.Exec(t, "synapse", "INSERT INTO markers VALUES (1)")
+	s.c.Exec(t, "postgres", "SELECT pg_switch_wal()")
+	waitFor(t, 30*time.Second, "WAL archived past the switch", func() bool { return s.status(t).WAL.Archived != before })
+	if st := s.status(t); !st.Healthy {
+		t.Errorf("unhealthy with failing notifiers: %v", st.Problems)
+	}
+
+	took, err := p.stop(t, syscall.SIGTERM, 15*time.Second)
+	if err != nil {
+		t.Errorf("agent exit: %v", err)
+	}
+	if took > 10*time.Second {
+		t.Errorf("the agent took %s to stop", took)
+	}
+	logb, _ := os.ReadFile(p.logFile)
+	if strings.Contains(string(logb), token) {
+		t.Error("the access token appears in the agent's log")
+	}
+	if !strings.Contains(string(logb), "notification") {
+		t.Error("no log line about the failed notifications")
+	}
+	t.Logf("stopped in %s; matrix requests %d", took, requests)
+}
