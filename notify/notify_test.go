@@ -16,8 +16,8 @@ import (
 )
 
 type webhookSink struct {
-	mu     sync.Mutex
-	events []map[string]any
+	mu      sync.Mutex
+	events  []map[string]any
 	status  int
 	block   chan struct{}
 	arrived int
