@@ -299,3 +299,25 @@ func sleep(ctx context.Context, d time.Duration) bool {
 		return true
 	}
 }
+
+// Deliver sends ev to every target now, with the usual retries, and
+// returns when each has succeeded or given up (or ctx ends): for one-shot
+// commands such as `synbak verify`, which have no Run loop. Dedup and the
+// rate limit do not apply.
+func (n *Notifier) Deliver(ctx context.Context, ev Event) {
+	if ev.Time.IsZero() {
+		ev.Time = n.opts.Now()
+	}
+	if ev.ID == "" {
+		n.mu.Lock()
+		n.seq++
+		sum := sha256.Sum256(fmt.Appendf(nil, "%s/%d/%s/%s", n.boot, n.seq, ev.Kind, ev.Title))
+		n.mu.Unlock()
+		ev.ID = "synbak-" + hex.EncodeToString(sum[:12])
+	}
+	var wg sync.WaitGroup
+	for _, t := range n.targets {
+		wg.Go(func() { n.deliver(ctx, t.s, ev, n.opts.Log.With("target", t.s.Name())) })
+	}
+	wg.Wait()
+}

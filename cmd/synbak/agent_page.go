@@ -91,28 +91,9 @@ func agentPage(cfg *config.Config, r *repo.Repo, server string, log *slog.Logger
 // when no target is configured.
 func agentNotifier(cfg *config.Config, server string, status func() agent.Status, ov *overview.Cache, reg prometheus.Registerer, log *slog.Logger) (*notify.Notifier, *notify.Watch, error) {
 	n := cfg.Notify
-	client := &http.Client{Timeout: max(n.Timeout.D(), time.Second) + 5*time.Second}
-	var senders []notify.Sender
-	if n.Matrix.Enabled() {
-		tok, err := config.ReadSecretFile("notify.matrix.access_token_file", n.Matrix.AccessTokenFile)
-		if err != nil {
-			return nil, nil, err
-		}
-		senders = append(senders, &notify.Matrix{Homeserver: n.Matrix.Homeserver, RoomID: n.Matrix.RoomID, Token: tok, Client: client})
-	}
-	if n.Webhook.URL != "" {
-		wh := &notify.Webhook{URL: n.Webhook.URL, Client: client}
-		if f := n.Webhook.BearerTokenFile; f != "" {
-			tok, err := config.ReadSecretFile("notify.webhook.bearer_token_file", f)
-			if err != nil {
-				return nil, nil, err
-			}
-			wh.Header = http.Header{"Authorization": {"Bearer " + tok}}
-		}
-		senders = append(senders, wh)
-	}
-	if len(senders) == 0 {
-		return nil, nil, nil
+	senders, err := notifySenders(cfg)
+	if err != nil || len(senders) == 0 {
+		return nil, nil, err
 	}
 	nlog := log.With("component", "notify")
 	nt := notify.New(notify.Options{Senders: senders, Log: nlog, Registerer: reg, Timeout: n.Timeout.D(), Dedup: n.Dedup.D()})
@@ -122,6 +103,59 @@ func agentNotifier(cfg *config.Config, server string, status func() agent.Status
 		w.Summary = func(ctx context.Context) []string { return summaryLines(ctx, status(), ov) }
 	}
 	return nt, w, nil
+}
+
+// notifySenders builds the configured notification targets.
+func notifySenders(cfg *config.Config) ([]notify.Sender, error) {
+	n := cfg.Notify
+	timeout := n.Timeout.D()
+	if timeout <= 0 {
+		timeout = 10 * time.Second
+	}
+	client := &http.Client{Timeout: timeout + 5*time.Second} // the notifier's own timeout comes first
+	var senders []notify.Sender
+	if n.Matrix.Enabled() {
+		tok, err := config.ReadSecretFile("notify.matrix.access_token_file", n.Matrix.AccessTokenFile)
+		if err != nil {
+			return nil, err
+		}
+		senders = append(senders, &notify.Matrix{Homeserver: n.Matrix.Homeserver, RoomID: n.Matrix.RoomID, Token: tok, Client: client})
+	}
+	if n.Webhook.URL != "" {
+		wh := &notify.Webhook{URL: n.Webhook.URL, Client: client}
+		if f := n.Webhook.BearerTokenFile; f != "" {
+			tok, err := config.ReadSecretFile("notify.webhook.bearer_token_file", f)
+			if err != nil {
+				return nil, err
+			}
+			wh.Header = http.Header{"Authorization": {"Bearer " + tok}}
+		}
+		senders = append(senders, wh)
+	}
+	return senders, nil
+}
+
+// notifyVerifyFailure tells the notification targets that `synbak verify`
+// found problems (within 30 s; a failure to notify is logged, never
+// changes verify's result).
+func notifyVerifyFailure(ctx context.Context, cfg *config.Config, problems []string, log *slog.Logger) {
+	senders, err := notifySenders(cfg)
+	if err != nil {
+		log.Warn("cannot notify about the failed verification", "err", err)
+		return
+	}
+	if len(senders) == 0 {
+		return
+	}
+	lines := problems
+	if len(lines) > 20 {
+		lines = append(append([]string(nil), lines[:20]...), fmt.Sprintf("… and %d more (run synbak verify)", len(problems)-20))
+	}
+	nt := notify.New(notify.Options{Senders: senders, Log: log.With("component", "notify"), Timeout: cfg.Notify.Timeout.D(), RetryDelay: time.Second, Attempts: 3})
+	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	nt.Deliver(ctx, notify.Event{Kind: notify.KindVerifyFailed, Severity: notify.SeverityCritical,
+		Title: fmt.Sprintf("synbak verify found %d problem(s) in the repository", len(problems)), Lines: lines})
 }
 
 // summaryLines is the weekly summary: health, recovery window, sizes, the

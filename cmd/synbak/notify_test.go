@@ -1,6 +1,8 @@
 package main
 
 import (
+	"encoding/json"
+	"fmt"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -103,4 +105,55 @@ func TestAgentNotifierUnreachable(t *testing.T) {
 		t.Error("no log line about the failed notifications")
 	}
 	t.Logf("stopped in %s; matrix requests %d", took, requests)
+}
+
+// TestVerifyNotifiesFailure: `synbak verify` that finds a problem posts a
+// verify_failed event to the webhook (with its bearer token) and still
+// exits 1; a clean repository posts nothing.
+func TestVerifyNotifiesFailure(t *testing.T) {
+	var mu sync.Mutex
+	var got []map[string]any
+	var auth string
+	hook := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		var ev map[string]any
+		_ = json.NewDecoder(r.Body).Decode(&ev)
+		mu.Lock()
+		got, auth = append(got, ev), r.Header.Get("Authorization")
+		mu.Unlock()
+	}))
+	defer hook.Close()
+	dir := t.TempDir()
+	tok := filepath.Join(dir, "hook-token")
+	if err := os.WriteFile(tok, []byte("hook-secret\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	env := map[string]string{"SYNBAK_REPOSITORY_PATH": filepath.Join(dir, "repo"), "SYNBAK_STATE_DIR": filepath.Join(dir, "state"),
+		"SYNBAK_NOTIFY_WEBHOOK_URL": hook.URL, "SYNBAK_NOTIFY_WEBHOOK_BEARER_TOKEN_FILE": tok}
+	if code, _, stderr := runCLI(t, env, "-c", "/dev/null", "init"); code != 0 {
+		t.Fatalf("init: %d %s", code, stderr)
+	}
+	if code, out, stderr := runCLI(t, env, "-c", "/dev/null", "verify"); code != 0 {
+		t.Fatalf("verify of an empty repository: %d %s %s", code, out, stderr)
+	}
+	mu.Lock()
+	if len(got) != 0 {
+		t.Errorf("a clean verify notified: %v", got)
+	}
+	mu.Unlock()
+	bad := filepath.Join(dir, "repo", "wal", "00000001", "000000010000000000000003")
+	if err := os.MkdirAll(filepath.Dir(bad), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(bad, []byte("not a repository object"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	code, out, _ := runCLI(t, env, "-c", "/dev/null", "verify")
+	if code != 1 {
+		t.Fatalf("verify of a corrupt object exited %d:\n%s", code, out)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if len(got) != 1 || got[0]["kind"] != "verify_failed" || !strings.Contains(fmt.Sprint(got[0]["lines"]), "000000010000000000000003") || auth != "Bearer hook-secret" {
+		t.Errorf("webhook got %v (Authorization %q), want one verify_failed naming the object", got, auth)
+	}
 }
