@@ -308,7 +308,7 @@ func timelineSVG(o *overview.Overview, st Status, drills []DrillRun, now time.Ti
 		}
 		x := ax.x(s.Time)
 		fmt.Fprintf(&b, `<line class="switch" x1="%.1f" y1="%.1f" x2="%.1f" y2="%.1f"><title>switch to timeline %d at %s (%s)</title></line><text class="switchlabel" x="%.1f" y="%.1f">→ TL %d</text>`,
-			x, top, x, rowY["row-backups"], s.Timeline, s.LSN, fmtTime(s.Time), x+3, rowY["row-backups"]-3, s.Timeline)
+			x, top, x, rowY["row-backups"]+rowH/2, s.Timeline, s.LSN, fmtTime(s.Time), x+4, rowY["row-backups"]+rowH/2+4, s.Timeline)
 	}
 	for _, bk := range o.Backups {
 		mark("row-backups", "backup", bk.End, fmt.Sprintf("base backup %s (timeline %d), %s to %s, %s", bk.ID, bk.Timeline, fmtTime(bk.Start), fmtTime(bk.End), hbytes(bk.Size)))
