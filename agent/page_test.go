@@ -10,6 +10,7 @@ import (
 	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -20,6 +21,7 @@ import (
 	"github.com/synbak/synbak/internal/repo"
 	"github.com/synbak/synbak/internal/storage/local"
 	"github.com/synbak/synbak/overview"
+	"github.com/synbak/synbak/restore"
 	"github.com/synbak/synbak/retention/retentiontest"
 	"github.com/synbak/synbak/wal"
 )
@@ -138,6 +140,9 @@ func TestPageYearOfSegments(t *testing.T) {
 	if len(o.Windows) != 2 {
 		t.Errorf("windows %+v, want two (before and after the gap)", o.Windows)
 	}
+	if len(o.Problems) != 1 || !strings.Contains(o.Problems[0], "wal/00000002/"+o.Gaps[0].Missing+" is missing") {
+		t.Errorf("problems %q, want the one gap", o.Problems)
+	}
 
 	a := New(Options{Page: PageOptions{Overview: cache, Server: "year.example"}})
 	srv := httptest.NewServer(a.Handler())
@@ -181,6 +186,35 @@ func TestPageRetentionWorld(t *testing.T) {
 	done := make(chan error, 1)
 	go func() { done <- cache.Run(ctx) }()
 	defer func() { cancel(); <-done }()
+	// The overview's archive problems are restore.ArchiveProblems', word
+	// for word: none here, then the hole after backup B3.
+	checkProblems := func(c *overview.Cache) {
+		t.Helper()
+		o, err := c.Get(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		want, err := restore.ArchiveProblems(ctx, w.R)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !slices.Equal(o.Problems, want) && !(len(o.Problems) == 0 && len(want) == 0) {
+			t.Errorf("overview problems %q, restore.ArchiveProblems %q", o.Problems, want)
+		}
+	}
+	checkProblems(cache)
+	if err := w.R.Delete(ctx, wal.SegmentAt(2, pglogrepl.LSN(11*retentiontest.SegSize), retentiontest.SegSize).ObjectName()); err != nil {
+		t.Fatal(err)
+	}
+	c2 := &overview.Cache{Repo: w.R}
+	done2 := make(chan error, 1)
+	go func() { done2 <- c2.Run(ctx) }()
+	checkProblems(c2)
+	if o, _ := c2.Get(ctx); len(o.Problems) != 1 || len(o.Gaps) != 1 {
+		t.Errorf("with segment 11 of timeline 2 gone: problems %q, gaps %+v", o.Problems, o.Gaps)
+	}
+	defer func() { cancel(); <-done2 }()
+
 	a := New(Options{Page: PageOptions{Overview: cache, Auth: &Auth{Token: "s3cret", Users: map[string]string{"admin": "pw"}}}})
 	srv := httptest.NewServer(a.Handler())
 	defer srv.Close()

@@ -26,7 +26,6 @@ import (
 	"github.com/synbak/synbak/dump"
 	"github.com/synbak/synbak/internal/repo"
 	"github.com/synbak/synbak/internal/storage"
-	"github.com/synbak/synbak/restore"
 	"github.com/synbak/synbak/wal"
 )
 
@@ -230,11 +229,6 @@ func (bd *builder) build(ctx context.Context, r *repo.Repo) (*Overview, error) {
 	if err := bd.walCoverage(ctx, r, o, bs, walNames, history); err != nil {
 		return nil, err
 	}
-	probs, err := restore.ArchiveProblems(ctx, r)
-	if err != nil {
-		o.Problems = append(o.Problems, "checking the WAL archive failed: "+err.Error())
-	}
-	o.Problems = append(o.Problems, probs...)
 	o.extent()
 	o.Built = time.Now().UTC()
 	o.BuildSeconds = time.Since(start).Seconds()
@@ -288,8 +282,10 @@ func (bd *builder) walCoverage(ctx context.Context, r *repo.Repo, o *Overview, b
 			partials[seg.TLI][seg.No] = walObj{name: name, valid: valid}
 		}
 	}
+	hasHistory := map[uint32]bool{}
 	for _, h := range history {
 		newest = max(newest, h)
+		hasHistory[h] = true
 	}
 	obj := func(tli uint32, no uint64) (string, bool) {
 		if complete[tli][no] {
@@ -314,6 +310,9 @@ func (bd *builder) walCoverage(ctx context.Context, r *repo.Repo, o *Overview, b
 	}
 	sort.Slice(tlis, func(i, j int) bool { return tlis[i] < tlis[j] })
 	for _, tli := range tlis {
+		if tli > 1 && !hasHistory[tli] {
+			o.Problems = append(o.Problems, fmt.Sprintf("restores onto timeline %d impossible: its history file %s is missing", tli, wal.HistoryObjectName(tli)))
+		}
 		var nos []uint64
 		for no := range complete[tli] {
 			nos = append(nos, no)
@@ -446,26 +445,44 @@ func (bd *builder) walCoverage(ctx context.Context, r *repo.Repo, o *Overview, b
 		}
 	}
 	// Recovery windows: from each backup's end to the end of the run
-	// holding its start (the backup's own WAL must be whole).
+	// holding its start (the backup's own WAL must be whole). The
+	// problems follow restore.ArchiveProblems' rules and words, from the
+	// runs computed once (not a walk per backup).
 	var wins []Interval
+	gapReported := map[int]bool{}
 	for _, b := range bs {
 		onPath := false
 		for _, s := range spans {
 			onPath = onPath || s.tli == b.Timeline
 		}
 		if !onPath {
+			o.Problems = append(o.Problems, fmt.Sprintf("backup %s is on timeline %d, which is not an ancestor of the newest timeline %d: it cannot be restored", b.ID, b.Timeline, newest))
 			continue
 		}
 		sno, eno := uint64(b.StartLSN)/segSize, uint64(b.EndLSN)/segSize
-		for _, rn := range runs {
+		if b.EndLSN > 0 {
+			eno = uint64(b.EndLSN-1) / segSize
+		}
+		found := false
+		for i, rn := range runs {
 			if rn.first <= sno && eno <= rn.last {
 				to := timeOf(rn.last, true)
 				if to.Before(b.EndTime) {
 					to = b.EndTime.UTC()
 				}
 				wins = append(wins, Interval{From: b.EndTime.UTC(), To: to})
+				found = true
+				if i < len(o.Gaps) && !gapReported[i] { // the hole after this run (gap i follows run i)
+					gapReported[i] = true
+					g := o.Gaps[i]
+					o.Problems = append(o.Problems, fmt.Sprintf("restores from backup %s to times after %s impossible: WAL segment %s is missing (later WAL exists)",
+						b.ID, to.Format(time.RFC3339), "wal/"+fmt.Sprintf("%08X", g.Timeline)+"/"+g.Missing))
+				}
 				break
 			}
+		}
+		if !found {
+			o.Problems = append(o.Problems, fmt.Sprintf("backup %s cannot be restored at all: the WAL from %s to %s is not all in the repository", b.ID, b.StartLSN, b.EndLSN))
 		}
 	}
 	sort.Slice(wins, func(i, j int) bool { return wins[i].From.Before(wins[j].From) })
