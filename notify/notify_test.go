@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"net/http"
 	"net/http/httptest"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -139,5 +140,28 @@ func TestQueueBoundedAndPermanentErrors(t *testing.T) {
 	case <-done:
 	case <-time.After(5 * time.Second):
 		t.Fatal("Run did not return after cancel")
+	}
+}
+
+// TestWeeklySummary: with SummaryEvery the watcher sends the summary's
+// lines.
+func TestWeeklySummary(t *testing.T) {
+	sink := &webhookSink{}
+	srv := httptest.NewServer(sink)
+	defer srv.Close()
+	n := New(Options{Senders: []Sender{&Webhook{URL: srv.URL}}})
+	w := &Watch{Notifier: n, Interval: time.Hour, SummaryEvery: 50 * time.Millisecond,
+		Status:  func() agent.Status { return agent.Status{Healthy: true} },
+		Summary: func(context.Context) []string { return []string{"recovery window: A to B"} }}
+	ctx, cancel := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	wg.Go(func() { _ = n.Run(ctx) })
+	wg.Go(func() { _ = w.Run(ctx) })
+	waitUntil(t, "a summary", func() bool { return len(sink.got()) >= 1 })
+	cancel()
+	wg.Wait()
+	ev := sink.got()[0]
+	if ev["kind"] != KindSummary || !strings.Contains(ev["text"].(string), "recovery window: A to B") {
+		t.Errorf("summary event %v", ev)
 	}
 }
