@@ -14,6 +14,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/synbak/synbak/notify/matrixtest"
 )
 
 // TestAgentNotifierUnreachable runs the agent with both notification
@@ -155,5 +157,49 @@ func TestVerifyNotifiesFailure(t *testing.T) {
 	defer mu.Unlock()
 	if len(got) != 1 || got[0]["kind"] != "verify_failed" || !strings.Contains(fmt.Sprint(got[0]["lines"]), "000000010000000000000003") || auth != "Bearer hook-secret" {
 		t.Errorf("webhook got %v (Authorization %q), want one verify_failed naming the object", got, auth)
+	}
+}
+
+// TestAgentNotifiesMatrixRoom runs the agent with notify.matrix pointed at
+// a real homeserver (Dendrite): it starts red (no base backup yet), takes
+// its first backup and turns green. The room, read back as its other
+// member, holds the red message (naming the missing backup) and then the
+// green one, once each.
+func TestAgentNotifiesMatrixRoom(t *testing.T) {
+	if testing.Short() {
+		t.Skip("needs PostgreSQL (skipped with -short)")
+	}
+	hs := matrixtest.Start(t)
+	admin := hs.User(t, "admin")
+	bot := hs.User(t, "synbakbot")
+	room := hs.Room(t, admin, bot, "@synbakbot:localhost")
+	s := newAgentSite(t)
+	tokFile := filepath.Join(t.TempDir(), "matrix-token")
+	if err := os.WriteFile(tokFile, []byte(bot+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	s.env = append(s.env, "SYNBAK_NOTIFY_MATRIX_HOMESERVER="+hs.URL, "SYNBAK_NOTIFY_MATRIX_ROOM_ID="+room,
+		"SYNBAK_NOTIFY_MATRIX_ACCESS_TOKEN_FILE="+tokFile, "SYNBAK_NOTIFY_HEALTH_GRACE=0")
+	p := s.startAgent(t)
+	waitFor(t, 2*time.Minute, "healthy after the first base backup", func() bool {
+		st := s.status(t)
+		return st.Healthy && st.Backups != nil && st.Backups.Count == 1
+	})
+	hs.Messages(t, admin, room, "@synbakbot:localhost", 2, 30*time.Second)
+	// The watcher looks every 5 s: a repeated message would have come.
+	msgs := hs.Messages(t, admin, room, "@synbakbot:localhost", 3, 6*time.Second)
+	for i, m := range msgs {
+		t.Logf("message %d: %s", i, m.Content.Body)
+	}
+	if len(msgs) != 2 || !strings.Contains(msgs[0].Content.Body, "RED") || !strings.Contains(msgs[0].Content.Body, "base backups: none complete yet") ||
+		!strings.Contains(msgs[1].Content.Body, "green") || msgs[0].Content.MsgType != "m.notice" {
+		t.Errorf("want a red message naming the missing backup, then a green one; got %d messages", len(msgs))
+	}
+	if _, err := p.stop(t, syscall.SIGTERM, 15*time.Second); err != nil {
+		t.Errorf("agent exit: %v", err)
+	}
+	logb, _ := os.ReadFile(p.logFile)
+	if strings.Contains(string(logb), bot) {
+		t.Error("the access token appears in the agent's log")
 	}
 }
