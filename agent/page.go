@@ -291,11 +291,23 @@ func timelineSVG(o *overview.Overview, st Status, drills []DrillRun, now time.Ti
 	for _, t := range o.Timelines {
 		id := fmt.Sprintf("row-wal-%d", t.TLI)
 		for _, r := range t.Ranges {
+			if r.From.IsZero() || r.To.IsZero() {
+				continue // times unknown (unreadable headers)
+			}
 			what := fmt.Sprintf("timeline %d: %s .. %s (%d segments), %s to %s", t.TLI, r.First, r.Last, r.Segments, fmtTime(r.From), fmtTime(r.To))
 			bar(id, fmt.Sprintf("wal tl%d", t.TLI%6), "", r.From, r.To, what)
 		}
 	}
 	for i, g := range o.Gaps {
+		if g.From.IsZero() {
+			g.From = g.To
+		}
+		if g.To.IsZero() {
+			g.To = g.From
+		}
+		if g.From.IsZero() {
+			continue
+		}
 		x0, x1 := ax.x(g.From), ax.x(g.To)
 		w := math.Max(x1-x0, 3)
 		fmt.Fprintf(&b, `<rect id="gap-%d" class="gap" x="%.1f" y="%.1f" width="%.1f" height="%.1f"><title>WAL gap: %d segment(s) missing from %s on timeline %d, between %s and %s: no restore reaches past it</title></rect>`,

@@ -203,17 +203,17 @@ func (n *Notifier) Notify(ev Event) bool {
 	if ev.Time.IsZero() {
 		ev.Time = now
 	}
-	any := false
+	queued := false
 	for _, t := range n.targets {
 		select {
 		case t.queue <- ev:
-			any = true
+			queued = true
 		default:
 			n.dropped.WithLabelValues(t.s.Name()).Inc()
 			n.opts.Log.Warn("notification dropped: the target's queue is full", "target", t.s.Name(), "kind", ev.Kind)
 		}
 	}
-	return any
+	return queued
 }
 
 // Run delivers queued events until ctx is cancelled; it returns nil then.

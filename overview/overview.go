@@ -340,13 +340,23 @@ func (bd *builder) walCoverage(ctx context.Context, r *repo.Repo, o *Overview, b
 			}
 			firstName, _ := obj(tli, nos[i])
 			lastName, lastPartial := obj(tli, nos[j])
-			ft, err := bd.objectTimes(ctx, r, firstName)
-			if err != nil {
-				return err
+			// An unreadable header costs the range its times, not the
+			// overview (verify reports the object).
+			ft, err1 := bd.objectTimes(ctx, r, firstName)
+			lt, err2 := bd.objectTimes(ctx, r, lastName)
+			for _, err := range []error{err1, err2} {
+				if err != nil {
+					if ctx.Err() != nil {
+						return ctx.Err()
+					}
+					o.Problems = append(o.Problems, fmt.Sprintf("cannot read a WAL object's header: %v", err))
+				}
 			}
-			lt, err := bd.objectTimes(ctx, r, lastName)
-			if err != nil {
-				return err
+			if ft.first.IsZero() {
+				ft.first = lt.last
+			}
+			if lt.last.IsZero() {
+				lt.last = ft.first
 			}
 			t.Ranges = append(t.Ranges, Range{
 				First:    wal.SegmentAt(tli, pglogrepl.LSN(nos[i]*segSize), segSize).Name(),
