@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"sort"
 	"strings"
 	"time"
 
@@ -46,14 +47,25 @@ func httpAuth(cfg *config.Config) (*agent.Auth, error) {
 	return a, nil
 }
 
-// setAgentAuth makes a request to the agent carry http.auth_token_file's
-// token, when one is configured (for `synbak status`).
+// setAgentAuth makes a request to the agent carry the configured
+// credentials (for `synbak status`): http.auth_token_file's token, else
+// the first user of http.basic_auth_file.
 func setAgentAuth(cfg *config.Config, req *http.Request) {
-	if cfg.HTTP.AuthTokenFile == "" {
+	a, err := httpAuth(cfg)
+	if err != nil || a == nil {
 		return
 	}
-	if tok, err := config.ReadSecretFile("http.auth_token_file", cfg.HTTP.AuthTokenFile); err == nil {
-		req.Header.Set("Authorization", "Bearer "+tok)
+	if a.Token != "" {
+		req.Header.Set("Authorization", "Bearer "+a.Token)
+		return
+	}
+	users := make([]string, 0, len(a.Users))
+	for u := range a.Users {
+		users = append(users, u)
+	}
+	sort.Strings(users)
+	if len(users) > 0 {
+		req.SetBasicAuth(users[0], a.Users[users[0]])
 	}
 }
 

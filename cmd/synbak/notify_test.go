@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
 	"net"
@@ -15,6 +16,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/synbak/synbak/agent"
+	"github.com/synbak/synbak/internal/config"
 	"github.com/synbak/synbak/notify/matrixtest"
 )
 
@@ -201,5 +204,27 @@ func TestAgentNotifiesMatrixRoom(t *testing.T) {
 	logb, _ := os.ReadFile(p.logFile)
 	if strings.Contains(string(logb), bot) {
 		t.Error("the access token appears in the agent's log")
+	}
+}
+
+// TestStatusSendsCredentials: `synbak status` reaches an agent behind
+// http.auth_token_file (or, without a token, http.basic_auth_file).
+func TestStatusSendsCredentials(t *testing.T) {
+	ag := agent.New(agent.Options{Page: agent.PageOptions{Auth: &agent.Auth{Token: "tok-1", Users: map[string]string{"ops": "pw-2"}}}})
+	srv := httptest.NewServer(ag.Handler())
+	defer srv.Close()
+	addr := strings.TrimPrefix(srv.URL, "http://")
+	dir := t.TempDir()
+	tok, basic := filepath.Join(dir, "token"), filepath.Join(dir, "users")
+	os.WriteFile(tok, []byte("tok-1\n"), 0o600)
+	os.WriteFile(basic, []byte("ops:pw-2\n"), 0o600)
+	ctx := context.Background()
+	if _, err := fetchAgentStatus(ctx, &config.Config{}, addr); err == nil {
+		t.Error("no credentials: the agent answered")
+	}
+	for _, c := range []config.HTTP{{AuthTokenFile: tok}, {BasicAuthFile: basic}} {
+		if st, err := fetchAgentStatus(ctx, &config.Config{HTTP: c}, addr); err != nil || st == nil {
+			t.Errorf("%+v: %v", c, err)
+		}
 	}
 }
