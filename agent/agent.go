@@ -102,6 +102,9 @@ type Options struct {
 	// Registry receives the agent's metrics and serves /metrics; nil
 	// makes a new one.
 	Registry *prometheus.Registry
+	// Page is what the status page (/) shows beyond the status, and the
+	// HTTP endpoint's authentication (page.go).
+	Page PageOptions
 }
 
 // Agent runs the parts.
@@ -119,6 +122,8 @@ type Agent struct {
 	archivedAt    time.Time
 	pendingSince  time.Time
 	pendingAtMark int64
+
+	hist *history
 }
 
 // New returns an agent; Run starts it.
@@ -148,7 +153,7 @@ func New(opts Options) *Agent {
 	if h.MediaFailure <= 0 {
 		h.MediaFailure = time.Minute
 	}
-	a := &Agent{opts: opts, started: time.Now()}
+	a := &Agent{opts: opts, started: time.Now(), hist: newHistory(opts.Page.HistoryInterval, opts.Page.HistoryKeep)}
 	a.errs = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "synbak_component_errors_total", Help: "Errors returned by each agent component (each is retried with backoff).",
 	}, []string{"component"})
@@ -245,6 +250,7 @@ func (a *Agent) sample(ctx context.Context) {
 	defer t.Stop()
 	for {
 		a.sampleOnce(time.Now())
+		a.recordHistory(time.Now())
 		select {
 		case <-ctx.Done():
 			return
@@ -406,9 +412,11 @@ func (a *Agent) Status() Status {
 	return st
 }
 
-// Handler serves /metrics, /healthz and /status.
+// Handler serves /metrics, /healthz, /status and the status page (/),
+// behind the configured authentication.
 func (a *Agent) Handler() http.Handler {
 	mux := http.NewServeMux()
+	a.handlePage(mux)
 	mux.Handle("/metrics", promhttpHandler(a.opts.Registry))
 	mux.HandleFunc("/healthz", func(w http.ResponseWriter, r *http.Request) {
 		st := a.Status()
@@ -428,7 +436,7 @@ func (a *Agent) Handler() http.Handler {
 		enc.SetIndent("", "  ")
 		_ = enc.Encode(a.Status())
 	})
-	return mux
+	return a.opts.Page.Auth.Wrap(mux)
 }
 
 // mediaFailureProblem names the media files that have failed to copy for

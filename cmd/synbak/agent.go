@@ -55,9 +55,14 @@ A part that fails is logged, counted and run again with backoff; it never
 stops the others. On SIGTERM the agent stops taking new work, stores the open
 partial WAL segment, sends a last status update to PostgreSQL and exits 0.
 
-http.listen serves /metrics (Prometheus), /healthz (200, or 503 with the
-problems) and /status (JSON, which 'synbak status' reads). With port 0 a free
-port is picked and recorded in state_dir/agent.addr.`,
+http.listen serves / (a status page for people: health, the recovery window
+on a time axis, lag, drills, sizes), /metrics (Prometheus), /healthz (200, or
+503 with the problems) and /status (JSON, which 'synbak status' reads). With
+port 0 a free port is picked and recorded in state_dir/agent.addr.
+http.auth_token_file / http.basic_auth_file put them behind a token or a
+password. With notify.* set, the agent posts to a Matrix room and/or a
+webhook when health turns red and back, a backup, dump or drill fails, or a
+drill exceeds notify.rto_bound.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			cfg, err := st.load()
@@ -174,6 +179,13 @@ func runAgent(ctx context.Context, cfg *config.Config) error {
 			AfterDump: func(ctx context.Context, _ dump.Dump) string { return prune(ctx) },
 		}
 		opts.Components = append(opts.Components, agent.Component{Name: "dumps", Run: opts.Dumps.Run})
+	}
+	server := ""
+	if hs != nil {
+		server = hs.ServerName
+	}
+	if err := addPageAndNotify(cfg, &opts, r, server, func() agent.Status { return ag.Status() }, log); err != nil {
+		return err
 	}
 	a := agent.New(opts)
 	ag = a

@@ -63,13 +63,14 @@ func agentAddr(cfg *config.Config) string {
 	return cfg.HTTP.Listen
 }
 
-func fetchAgentStatus(ctx context.Context, addr string) (*agent.Status, error) {
+func fetchAgentStatus(ctx context.Context, cfg *config.Config, addr string) (*agent.Status, error) {
 	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+addr+"/status", nil)
 	if err != nil {
 		return nil, err
 	}
+	setAgentAuth(cfg, req)
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
 		return nil, err
@@ -87,7 +88,7 @@ func fetchAgentStatus(ctx context.Context, addr string) (*agent.Status, error) {
 
 func runStatus(ctx context.Context, cfg *config.Config, out io.Writer, asJSON bool) error {
 	rep := statusReport{AgentAddr: agentAddr(cfg)}
-	st, err := fetchAgentStatus(ctx, rep.AgentAddr)
+	st, err := fetchAgentStatus(ctx, cfg, rep.AgentAddr)
 	if err != nil {
 		rep.AgentError = err.Error()
 	} else {

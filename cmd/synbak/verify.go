@@ -110,6 +110,7 @@ func runVerify(ctx context.Context, cfg *config.Config, f verifyFlags, out io.Wr
 		}
 	}
 	if len(vr.Problems) > 0 {
+		notifyVerifyFailure(ctx, cfg, vr.Problems, log)
 		return withCode(1, fmt.Errorf("verify found %d problem%s", len(vr.Problems), plural(len(vr.Problems))))
 	}
 	return nil

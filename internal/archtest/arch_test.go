@@ -36,15 +36,16 @@ var layers = map[string]int{
 	"basebackup": 4,
 	"restore":    5,
 	"dump":       6, "drill": 6,
-	"retention": 7, "verify": 7,
-	"agent": 8,
+	"retention": 7, "verify": 7, "overview": 7,
+	"agent":  8,
+	"notify": 9,
 	// The command line: the only package that exits, the only viper user.
-	"cmd/synbak": 9,
+	"cmd/synbak": 10,
 }
 
 // testOnly are imported from _test.go files only (and from each other and
 // the benchmarks).
-var testOnly = []string{"internal/pgtest", "internal/repo/repotest", "internal/storage/s3/s3test", "retention/retentiontest", "internal/storage/storagetest"}
+var testOnly = []string{"internal/pgtest", "internal/repo/repotest", "internal/storage/s3/s3test", "retention/retentiontest", "internal/storage/storagetest", "notify/matrixtest"}
 
 // configFree may not import the configuration layer: domain packages take
 // Options structs, a logger and their dependencies.

@@ -30,6 +30,7 @@ type Config struct {
 	Media      Media      `mapstructure:"media"`
 	Health     Health     `mapstructure:"health"`
 	Drill      Drill      `mapstructure:"drill"`
+	Notify     Notify     `mapstructure:"notify"`
 }
 
 // Synapse says where the homeserver's configuration is.
@@ -142,6 +143,10 @@ type WAL struct {
 // HTTP configures the agent's HTTP endpoint.
 type HTTP struct {
 	Listen string `mapstructure:"listen"`
+	// AuthTokenFile and BasicAuthFile guard the endpoint (notify.go).
+	AuthTokenFile  string   `mapstructure:"auth_token_file"`
+	BasicAuthFile  string   `mapstructure:"basic_auth_file"`
+	OverviewMaxAge Duration `mapstructure:"overview_max_age"`
 }
 
 // Basebackup configures scheduled base backups.
@@ -224,7 +229,7 @@ type Log struct {
 // Defaults returns every key's default value, keyed by its dotted name. The
 // set of keys is also the set of keys synbak.yaml may contain.
 func Defaults() map[string]any {
-	return map[string]any{
+	d := map[string]any{
 		"synapse.config":                []string{"/etc/matrix-synapse/homeserver.yaml"},
 		"synapse.workdir":               "/var/lib/matrix-synapse",
 		"repository.path":               "",
@@ -279,6 +284,10 @@ func Defaults() map[string]any {
 		"repository.encryption.recipients":     []string{},
 		"repository.encryption.identity_file":  "",
 	}
+	for k, v := range notifyDefaults() {
+		d[k] = v
+	}
+	return d
 }
 
 // ErrInvalid marks every validation error, so that cmd can map it to exit
@@ -391,6 +400,7 @@ func (c *Config) Validate() error {
 	default:
 		add(invalid("log.format %q: must be text or json", c.Log.Format))
 	}
+	errs = append(errs, c.validateNotify()...)
 	return errors.Join(errs...)
 }
 
