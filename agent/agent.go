@@ -89,6 +89,8 @@ type Options struct {
 	Drills     *DrillSchedule
 	// BuildInfo labels synbak_build_info (e.g. version, commit).
 	BuildInfo map[string]string
+	// RetentionWindow is retention.window, exported for alert rules.
+	RetentionWindow time.Duration
 	// Dumps is the logical-dump schedule (nil: dump.interval is 0); its
 	// health rule uses its Interval.
 	Dumps  *DumpSchedule

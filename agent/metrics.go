@@ -1,8 +1,10 @@
 package agent
 
 import (
+	"context"
 	"net/http"
 	"runtime"
+	"slices"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -10,6 +12,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/synbak/synbak/mediawatch"
+	"github.com/synbak/synbak/overview"
 	"github.com/synbak/synbak/wal"
 )
 
@@ -169,6 +172,73 @@ func (a *Agent) registerMetrics() {
 	gauge("synbak_dump_running", "1 while a logical dump runs.", func() float64 { return boolf(dumpSt().Running) })
 	gauge("synbak_dump_last_failed", "1 when the last dump attempt failed (cleared by a success).", func() float64 { return boolf(dumpSt().LastError != "") })
 
+	a.registerRepositoryMetrics(reg)
+
 	gauge("synbak_config_last_snapshot_timestamp_seconds", "When the config files were last checked and stored.", func() float64 { return unix(configSt().LastSnapshot) })
 	gauge("synbak_config_files", "Config files, keys and secrets followed.", func() float64 { return float64(configSt().Files) })
+}
+
+// repositoryKinds are the object kinds synbak_repository_* always has.
+var repositoryKinds = []string{"backups", "config", "dumps", "media", "meta", "wal"}
+
+// repoCollector exports the repository's overview (the status page's
+// cache, rebuilt at most every http.overview_max_age): the recovery window,
+// gaps in the WAL, and the stored size by kind.
+type repoCollector struct {
+	a                                         *Agent
+	winStart, winEnd, oldest, gaps, retention *prometheus.Desc
+	bytes, objects                            *prometheus.Desc
+}
+
+func (a *Agent) registerRepositoryMetrics(reg prometheus.Registerer) {
+	reg.MustRegister(&repoCollector{a: a,
+		winStart:  prometheus.NewDesc("synbak_recovery_window_start_timestamp_seconds", "The oldest time a restore can reach (0: no recovery window).", nil, nil),
+		winEnd:    prometheus.NewDesc("synbak_recovery_window_end_timestamp_seconds", "The newest time a restore can reach, as of the repository's last look (0: no recovery window).", nil, nil),
+		oldest:    prometheus.NewDesc("synbak_repository_oldest_timestamp_seconds", "The oldest time anything in the repository records (0: empty).", nil, nil),
+		gaps:      prometheus.NewDesc("synbak_wal_archive_gaps", "Holes in the archived WAL after the oldest base backup (restores across them are impossible).", nil, nil),
+		retention: prometheus.NewDesc("synbak_retention_window_seconds", "retention.window: the recovery window the policy keeps.", nil, nil),
+		bytes:     prometheus.NewDesc("synbak_repository_bytes", "Stored bytes in the repository by kind of object.", []string{"kind"}, nil),
+		objects:   prometheus.NewDesc("synbak_repository_objects", "Objects in the repository by kind.", []string{"kind"}, nil),
+	})
+}
+
+func (c *repoCollector) Describe(ch chan<- *prometheus.Desc) {
+	for _, d := range []*prometheus.Desc{c.winStart, c.winEnd, c.oldest, c.gaps, c.retention, c.bytes, c.objects} {
+		ch <- d
+	}
+}
+
+func (c *repoCollector) Collect(ch chan<- prometheus.Metric) {
+	var o *overview.Overview
+	if src := c.a.opts.Page.Overview; src != nil {
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		o, _ = src.Get(ctx) // the last good overview, also when the newest build failed
+		cancel()
+	}
+	var start, end, oldest, gaps float64
+	sizes := map[string]overview.KindSize{}
+	if o != nil {
+		if w := o.Window(); w != nil {
+			start, end = unix(w.From), unix(w.To)
+		}
+		oldest, gaps = unix(o.Extent.From), float64(len(o.Gaps))
+		for _, k := range o.Sizes {
+			sizes[k.Kind] = k
+		}
+	}
+	ch <- prometheus.MustNewConstMetric(c.winStart, prometheus.GaugeValue, start)
+	ch <- prometheus.MustNewConstMetric(c.winEnd, prometheus.GaugeValue, end)
+	ch <- prometheus.MustNewConstMetric(c.oldest, prometheus.GaugeValue, oldest)
+	ch <- prometheus.MustNewConstMetric(c.gaps, prometheus.GaugeValue, gaps)
+	ch <- prometheus.MustNewConstMetric(c.retention, prometheus.GaugeValue, c.a.opts.RetentionWindow.Seconds())
+	kinds := append([]string(nil), repositoryKinds...)
+	for k := range sizes {
+		if !slices.Contains(kinds, k) {
+			kinds = append(kinds, k)
+		}
+	}
+	for _, k := range kinds {
+		ch <- prometheus.MustNewConstMetric(c.bytes, prometheus.GaugeValue, float64(sizes[k].Bytes), k)
+		ch <- prometheus.MustNewConstMetric(c.objects, prometheus.GaugeValue, float64(sizes[k].Objects), k)
+	}
 }

@@ -122,7 +122,8 @@ func runAgent(ctx context.Context, cfg *config.Config) error {
 	build := currentBuild()
 	opts := agent.Options{
 		Log: log, Listen: cfg.HTTP.Listen,
-		BuildInfo: map[string]string{"version": build.Version, "commit": build.Commit},
+		BuildInfo:       map[string]string{"version": build.Version, "commit": build.Commit},
+		RetentionWindow: cfg.Retention.Window.D(),
 		// Record the address (port 0 picks one) for `synbak status`.
 		OnListen: func(addr string) {
 			if err := writeFileAtomic(agentAddrFile(cfg), []byte(addr+"\n")); err != nil {
