@@ -356,9 +356,8 @@ func (l *ackLoad) count() int {
 // restoreCLI runs `synbak restore` as a user would and starts the result.
 func (s *agentSite) restoreCLI(t *testing.T, args ...string) (*pgtest.Cluster, string) {
 	t.Helper()
-	if s.repoDir != "" {
-		pgtest.GiveToServerUser(t, s.repoDir)
-	}
+	// The repository stays as the agent wrote it (root, 0700): the
+	// restore serves the WAL itself.
 	pgdata := filepath.Join(pgtest.ServerDir(t), "data")
 	cmd := exec.Command(s.bin, append([]string{"-c", "/dev/null", "restore", "--pgdata", pgdata}, args...)...)
 	// A new machine: the repository settings and an empty state directory.
@@ -717,7 +716,6 @@ func TestAgentRetention(t *testing.T) {
 	}
 
 	// Before the window: refused, naming the window; inside it: restored.
-	pgtest.GiveToServerUser(t, s.repoDir)
 	cmd := exec.Command(s.bin, "-c", "/dev/null", "restore", "--pgdata", filepath.Join(pgtest.ServerDir(t), "data"), "--target-time", early.Format(time.RFC3339Nano))
 	cmd.Env = append(append(os.Environ(), s.repoEnv...), "SYNBAK_STATE_DIR="+t.TempDir())
 	out, err := cmd.CombinedOutput()

@@ -1,0 +1,431 @@
+package restore
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/synbak/synbak/wal"
+)
+
+// The restore serves PostgreSQL's restore_command itself: the restored
+// server's OS user never reads the repository, its credentials or the age
+// identity. restore_command runs `synbak wal-fetch --socket DIR %f %p`, a
+// client that asks the restore over the Unix socket DIR/WALSocketName (DIR
+// is the server's private socket directory, 0700, owned by the server's OS
+// user) and writes what it gets to %p. The restore fetches every file
+// through wal.Fetcher (checksum, decryption, decompression, and the
+// Fetcher's checks of a segment against its name) before it hands it over,
+// and prefetches the plan's segments ahead of replay.
+//
+// The protocol is one request per connection: the client sends
+// "GET <file>\n"; the answer is "OK <size>\n" and size bytes, or
+// "NOTFOUND <message>\n" (the file is not in the archive: wal-fetch exits
+// 1), or "ERR <message>\n" (anything else: wal-fetch exits 255).
+
+// WALSocketName is the restore's WAL socket in the server's socket
+// directory.
+const WALSocketName = "synbak-wal.sock"
+
+// walServer answers restore_command's requests and prefetches the plan.
+type walServer struct {
+	f       *wal.Fetcher
+	ln      *net.UnixListener
+	staging string
+	log     *slog.Logger
+	// allowed are the peer uids that may ask (the server's OS user and
+	// this process's).
+	allowed map[uint32]bool
+
+	plan  []string // segment names in replay order
+	index map[string]int
+	ahead int
+	sem   chan struct{}
+
+	ctx       context.Context
+	cancel    context.CancelFunc
+	wg        sync.WaitGroup
+	closeOnce sync.Once
+
+	mu      sync.Mutex
+	entries map[int]*prefetched
+	next    int // the next plan index to prefetch
+	seq     int
+	// requested are the files served, in order; failed is the first
+	// file whose fetch failed with something other than "not found".
+	served    []string
+	notFound  []string
+	failed    string
+	failedErr error
+}
+
+type prefetched struct {
+	done chan struct{}
+	path string
+	err  error
+	// dropped: replay moved past it before it was asked for; its file
+	// is removed by whoever comes last.
+	dropped bool
+}
+
+var errDropped = errors.New("prefetch dropped")
+
+// newWALServer listens on sockDir/WALSocketName (given to owner, when not
+// nil) and stages fetched files in staging (the restore's own directory,
+// which the server's user cannot read). ahead is how many of the plan's
+// segments are fetched ahead of the last one requested (0: none).
+func newWALServer(f *wal.Fetcher, sockDir, staging string, owner *Owner, plan []string, ahead int, log *slog.Logger) (*walServer, error) {
+	path := filepath.Join(sockDir, WALSocketName)
+	ln, err := net.ListenUnix("unix", &net.UnixAddr{Name: path, Net: "unix"})
+	if err != nil {
+		return nil, fmt.Errorf("listen for restore_command on %s: %w", path, err)
+	}
+	ln.SetUnlinkOnClose(true)
+	if err := os.Chmod(path, 0o600); err != nil {
+		ln.Close()
+		return nil, err
+	}
+	allowed := map[uint32]bool{uint32(os.Geteuid()): true}
+	if owner != nil {
+		if err := os.Chown(path, owner.UID, owner.GID); err != nil {
+			ln.Close()
+			return nil, err
+		}
+		allowed[uint32(owner.UID)] = true
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	s := &walServer{
+		f: f, ln: ln, staging: staging, log: log, allowed: allowed,
+		plan: plan, index: make(map[string]int, len(plan)), ahead: ahead,
+		sem: make(chan struct{}, max(1, min(ahead, 4))), ctx: ctx, cancel: cancel,
+		entries: map[int]*prefetched{},
+	}
+	for i, n := range plan {
+		if _, dup := s.index[n]; !dup {
+			s.index[n] = i
+		}
+	}
+	s.wg.Add(1)
+	go func() {
+		defer s.wg.Done()
+		s.accept()
+	}()
+	return s, nil
+}
+
+// startPrefetch begins fetching the plan's first segments.
+func (s *walServer) startPrefetch() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.schedule(-1)
+}
+
+// close stops serving, waits for the fetches in flight and removes what
+// they staged.
+func (s *walServer) close() {
+	s.closeOnce.Do(s.shutdown)
+}
+
+func (s *walServer) shutdown() {
+	s.cancel()
+	s.ln.Close()
+	s.wg.Wait()
+	s.mu.Lock()
+	for i, e := range s.entries {
+		os.Remove(e.path)
+		delete(s.entries, i)
+	}
+	s.mu.Unlock()
+}
+
+// lastFailure names the first file whose fetch failed for a reason other
+// than "not in the archive".
+func (s *walServer) lastFailure() (string, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.failed, s.failedErr
+}
+
+func (s *walServer) wasServed(file string) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return slices.Contains(s.served, file)
+}
+
+// notFoundInPlan are the plan's segments answered "not in the archive".
+func (s *walServer) notFoundInPlan() []string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return slices.Clone(s.notFound)
+}
+
+func (s *walServer) accept() {
+	for {
+		c, err := s.ln.AcceptUnix()
+		if err != nil {
+			return
+		}
+		s.wg.Add(1)
+		go func() {
+			defer s.wg.Done()
+			defer c.Close()
+			s.handle(c)
+		}()
+	}
+}
+
+func peerUID(c *net.UnixConn) (uint32, error) {
+	rc, err := c.SyscallConn()
+	if err != nil {
+		return 0, err
+	}
+	var cred *unix.Ucred
+	var serr error
+	if err := rc.Control(func(fd uintptr) { cred, serr = unix.GetsockoptUcred(int(fd), unix.SOL_SOCKET, unix.SO_PEERCRED) }); err != nil {
+		return 0, err
+	}
+	if serr != nil {
+		return 0, serr
+	}
+	return cred.Uid, nil
+}
+
+func validFileName(name string) bool {
+	if name == "" || len(name) > 64 {
+		return false
+	}
+	for _, r := range name {
+		if !(r >= '0' && r <= '9' || r >= 'A' && r <= 'Z' || r >= 'a' && r <= 'z' || r == '.' || r == '_' || r == '-') {
+			return false
+		}
+	}
+	return name != "." && name != ".."
+}
+
+func (s *walServer) handle(c *net.UnixConn) {
+	uid, err := peerUID(c)
+	if err != nil || !s.allowed[uid] {
+		fmt.Fprintf(c, "ERR this socket serves the restored server's OS user only\n")
+		return
+	}
+	_ = c.SetReadDeadline(time.Now().Add(10 * time.Second))
+	line, err := bufio.NewReaderSize(c, 128).ReadString('\n')
+	if err != nil {
+		return
+	}
+	file, ok := strings.CutPrefix(strings.TrimSuffix(line, "\n"), "GET ")
+	if !ok || !validFileName(file) {
+		fmt.Fprintf(c, "ERR bad request\n")
+		return
+	}
+	_ = c.SetReadDeadline(time.Time{})
+	path, cleanup, err := s.get(file)
+	if err != nil {
+		kind := "ERR"
+		if wal.IsNotFound(err) {
+			kind = "NOTFOUND"
+			s.mu.Lock()
+			if _, ok := s.index[file]; ok {
+				s.notFound = append(s.notFound, file)
+			}
+			s.mu.Unlock()
+		}
+		fmt.Fprintf(c, "%s %s\n", kind, strings.ReplaceAll(err.Error(), "\n", " "))
+		return
+	}
+	defer cleanup()
+	in, err := os.Open(path)
+	if err != nil {
+		fmt.Fprintf(c, "ERR %v\n", err)
+		return
+	}
+	defer in.Close()
+	st, err := in.Stat()
+	if err != nil {
+		fmt.Fprintf(c, "ERR %v\n", err)
+		return
+	}
+	if _, err := fmt.Fprintf(c, "OK %d\n", st.Size()); err != nil {
+		return
+	}
+	if _, err := io.Copy(c, in); err != nil {
+		s.log.Warn("restore_command: sending a WAL file failed", "file", file, "err", err)
+		return
+	}
+	s.mu.Lock()
+	s.served = append(s.served, file)
+	s.mu.Unlock()
+}
+
+// get returns the staged copy of file and what removes it after serving.
+func (s *walServer) get(file string) (string, func(), error) {
+	s.mu.Lock()
+	i, inPlan := s.index[file]
+	var e *prefetched
+	if inPlan {
+		e = s.entries[i]
+		// Replay moved on: what lies before i is not needed again (if it
+		// is, it is fetched on demand).
+		for j, old := range s.entries {
+			if j < i {
+				old.dropped = true
+				os.Remove(old.path)
+				delete(s.entries, j)
+			}
+		}
+		s.schedule(i)
+		delete(s.entries, i)
+	}
+	s.mu.Unlock()
+	if e != nil {
+		select {
+		case <-e.done:
+		case <-s.ctx.Done():
+			return "", nil, s.ctx.Err()
+		}
+		if e.err == nil {
+			return e.path, func() { os.Remove(e.path) }, nil
+		}
+		os.Remove(e.path)
+		// Fetched again below: the error may have been passing.
+	}
+	s.mu.Lock()
+	s.seq++
+	path := filepath.Join(s.staging, fmt.Sprintf("get-%d-%s", s.seq, file))
+	s.mu.Unlock()
+	err := s.fetch(file, path)
+	if err != nil {
+		os.Remove(path)
+		return "", nil, err
+	}
+	return path, func() { os.Remove(path) }, nil
+}
+
+func (s *walServer) fetch(file, path string) error {
+	err := s.f.Fetch(s.ctx, file, path)
+	if err != nil && !wal.IsNotFound(err) && s.ctx.Err() == nil {
+		s.mu.Lock()
+		if s.failed == "" {
+			s.failed, s.failedErr = file, err
+		}
+		s.mu.Unlock()
+		s.log.Error("restore_command: fetching a WAL file failed", "file", file, "err", err)
+	}
+	return err
+}
+
+// schedule starts prefetches of the plan's segments after index i, up to
+// s.ahead of them. s.mu is held.
+func (s *walServer) schedule(i int) {
+	if s.ahead <= 0 {
+		return
+	}
+	s.next = max(s.next, i+1)
+	for ; s.next < len(s.plan) && s.next <= i+s.ahead; s.next++ {
+		n := s.next
+		e := &prefetched{done: make(chan struct{}), path: filepath.Join(s.staging, "ahead-"+strconv.Itoa(n)+"-"+s.plan[n])}
+		s.entries[n] = e
+		s.wg.Add(1)
+		go func() {
+			defer s.wg.Done()
+			defer close(e.done)
+			select {
+			case s.sem <- struct{}{}:
+			case <-s.ctx.Done():
+				e.err = s.ctx.Err()
+				return
+			}
+			defer func() { <-s.sem }()
+			s.mu.Lock()
+			dropped := e.dropped
+			s.mu.Unlock()
+			if dropped {
+				e.err = errDropped
+				return
+			}
+			e.err = s.fetch(s.plan[n], e.path)
+			s.mu.Lock()
+			if e.dropped {
+				os.Remove(e.path)
+			}
+			s.mu.Unlock()
+		}()
+	}
+}
+
+// FetchViaSocket is restore_command's client (`synbak wal-fetch --socket
+// DIR FILE DEST`): it asks the restore serving DIR for file and writes it
+// to dest atomically (a temp file renamed; not fsynced: PostgreSQL reads
+// it once, and a crash of the recovery fetches it again). An error for
+// which wal.IsNotFound is true means the file is not in the archive.
+func FetchViaSocket(ctx context.Context, dir, file, dest string) error {
+	if !validFileName(file) {
+		return fmt.Errorf("wal-fetch: bad file name %q", file)
+	}
+	var d net.Dialer
+	c, err := d.DialContext(ctx, "unix", filepath.Join(dir, WALSocketName))
+	if err != nil {
+		return fmt.Errorf("reach the restore serving the WAL (is `synbak restore` still running?): %w", err)
+	}
+	defer c.Close()
+	if dl, ok := ctx.Deadline(); ok {
+		_ = c.SetDeadline(dl)
+	}
+	if _, err := fmt.Fprintf(c, "GET %s\n", file); err != nil {
+		return fmt.Errorf("ask the restore for %s: %w", file, err)
+	}
+	br := bufio.NewReaderSize(c, 1<<16)
+	line, err := br.ReadString('\n')
+	if err != nil {
+		return fmt.Errorf("read the restore's answer for %s: %w", file, err)
+	}
+	line = strings.TrimSuffix(line, "\n")
+	kind, rest, _ := strings.Cut(line, " ")
+	switch kind {
+	case "OK":
+	case "NOTFOUND":
+		return fmt.Errorf("%s: %w (%s)", file, wal.ErrNotFound, rest)
+	case "ERR":
+		return fmt.Errorf("the restore could not serve %s: %s", file, rest)
+	default:
+		return fmt.Errorf("the restore's answer for %s is garbled: %q", file, line)
+	}
+	size, err := strconv.ParseInt(rest, 10, 64)
+	if err != nil || size < 0 {
+		return fmt.Errorf("the restore's answer for %s is garbled: %q", file, line)
+	}
+	tmp := dest + ".synbak-tmp"
+	out, err := os.OpenFile(tmp, os.O_CREATE|os.O_WRONLY|os.O_TRUNC, 0o600)
+	if err != nil {
+		return err
+	}
+	n, err := io.Copy(out, io.LimitReader(br, size))
+	if cerr := out.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil && n != size {
+		err = fmt.Errorf("the restore sent %d of %d bytes of %s", n, size, file)
+	}
+	if err != nil {
+		os.Remove(tmp)
+		return err
+	}
+	if err := os.Rename(tmp, dest); err != nil {
+		os.Remove(tmp)
+		return err
+	}
+	return nil
+}
