@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 
 	"github.com/jackc/pglogrepl"
@@ -54,7 +55,9 @@ func (s *server) checkReached(ctx context.Context, p Plan, endOfArchive bool, ws
 	if err != nil {
 		return err
 	}
-	if reached >= last.StartLSN() {
+	// Replay read the last segment (a segment ending exactly where the
+	// next begins leaves reached at its start without reading it).
+	if reached >= last.StartLSN() && ws.wasServed(lastName) {
 		return nil
 	}
 	// The newest partial may hold no complete record (the end of one that
@@ -88,23 +91,26 @@ func (p Plan) segmentAt(lsn pglogrepl.LSN) string {
 func stopMessage(log, logFile string, ws *walServer) string {
 	lines := strings.Split(log, "\n")
 	end := len(lines)
-	for i := len(lines) - 1; i >= 0; i-- {
-		if strings.Contains(lines[i], "redo done at") || strings.Contains(lines[i], "archive recovery complete") {
+	for i, l := range lines {
+		if strings.Contains(l, "LOG:  redo done at") {
 			end = i
 			break
 		}
 	}
 	msg := ""
-	for i := end - 1; i >= 0; i-- {
-		l := lines[i]
-		_, m, ok := strings.Cut(l, "LOG:  ")
-		if !ok || strings.HasPrefix(m, "restored log file") || strings.HasPrefix(m, "redo ") {
+	for i := end - 1; i >= 0 && msg == ""; i-- {
+		_, m, ok := strings.Cut(lines[i], "LOG:  ")
+		if !ok {
 			continue
 		}
-		msg = fmt.Sprintf("%q", m)
-		break
+		for _, w := range []string{"invalid", "unexpected", "incorrect", "wrong", "checksum", "contrecord", "out-of-sequence", "missing"} {
+			if strings.Contains(m, w) {
+				msg = fmt.Sprintf("%q", m)
+				break
+			}
+		}
 	}
-	if nf := ws.notFoundInPlan(); len(nf) > 0 {
+	if nf := slices.Compact(ws.notFoundInPlan()); len(nf) > 0 {
 		if msg != "" {
 			msg += "; "
 		}

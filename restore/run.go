@@ -594,6 +594,7 @@ func Run(ctx context.Context, opts Options) (rep Report, err error) {
 	if err := c.probe(ctx, sockDir); err != nil {
 		return rep, err
 	}
+	ws.resetServed()
 	ws.startPrefetch()
 
 	b := plan.Backup()

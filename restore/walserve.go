@@ -159,6 +159,13 @@ func (s *walServer) lastFailure() (string, error) {
 	return s.failed, s.failedErr
 }
 
+// resetServed forgets what was served so far (the probe's fetch).
+func (s *walServer) resetServed() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.served, s.notFound = nil, nil
+}
+
 func (s *walServer) wasServed(file string) bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
