@@ -59,7 +59,6 @@ func waitFor(t *testing.T, timeout time.Duration, what string, cond func() bool)
 	}
 }
 
-
 // timeAfter polls until the server's clock is past t, and returns it.
 func timeAfter(t *testing.T, c *pgtest.Cluster, after time.Time) time.Time {
 	t.Helper()
