@@ -210,7 +210,7 @@ func (rp Report) String() string {
 		fmt.Fprintf(&sb, "The server is running on 127.0.0.1:%d with the restore's private settings at the end of postgresql.auto.conf.\n", rp.Port)
 		fmt.Fprintf(&sb, "  connect:  psql -h %s -p %d -U postgres   (its private socket; run as the server's OS user)\n", rp.SocketDir, rp.Port)
 		fmt.Fprintf(&sb, "  finish:   stop it (pg_ctl -D %s stop -m fast, as the server's OS user); delete the lines from %q to the end of %s; remove %s; then start it with the production configuration\n",
-			shellQuote(rp.PGData), strings.TrimSpace(privateHeader), filepath.Join(rp.PGData, "postgresql.auto.conf"), rp.SocketDir)
+			shellQuote(rp.PGData), privateMarker, filepath.Join(rp.PGData, "postgresql.auto.conf"), rp.SocketDir)
 	}
 	sb.WriteString("Before production use: check postgresql.conf and pg_hba.conf, listen_addresses and port, and replication/archiving settings; start Synapse only after that.\n")
 	return sb.String()
@@ -813,7 +813,9 @@ type server struct {
 	progress func(replay pglogrepl.LSN, lastCommit *time.Time)
 }
 
-const privateHeader = "\n# synbak restore: private settings while the restore runs; removed when it stops the server\n"
+const privateMarker = "# synbak restore: private settings"
+
+const privateHeader = "\n" + privateMarker + " of the restored server (delete from here to the end before production use)\n"
 
 const privateHBA = "# written by synbak restore: only the restore connects, over its private socket\nlocal all all trust\n"
 

@@ -13,6 +13,7 @@ import (
 	"net/http"
 	"os"
 	"os/exec"
+	"os/user"
 	"path/filepath"
 	"slices"
 	"sort"
@@ -52,6 +53,9 @@ type agentSite struct {
 	env      []string
 	seed     []byte   // the signing key's
 	repoEnv  []string // where the repository is, for the agent and restores
+	// secrets must never be in a file the restored server's user could
+	// read (the S3 secret key, the age identity's lines).
+	secrets []string
 }
 
 func newAgentSite(t *testing.T) *agentSite {
@@ -112,6 +116,7 @@ func (s *agentSite) useS3(t *testing.T) string {
 		"SYNBAK_REPOSITORY_ENCRYPTION_RECIPIENTS=" + id.Recipient().String(),
 		"SYNBAK_REPOSITORY_ENCRYPTION_IDENTITY_FILE=" + idFile,
 	}
+	s.secrets = append([]string{s3test.SecretKey}, strings.Split(strings.TrimSpace(id.String()), "\n")...)
 	return filepath.Join(srv.Dir, bucket)
 }
 
@@ -364,10 +369,80 @@ func (s *agentSite) restoreCLI(t *testing.T, args ...string) (*pgtest.Cluster, s
 	cmd.Env = append(append(os.Environ(), s.repoEnv...), "SYNBAK_STATE_DIR="+filepath.Join(t.TempDir(), "state"))
 	var out bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &out
-	if err := cmd.Run(); err != nil {
-		t.Fatalf("synbak restore %v: %v\n%s", args, err, out.String())
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	// While it runs: no secret in the directories the server's user can
+	// reach (the data directory, the restore's work directory, the
+	// server's socket directories).
+	secretDirs := func() []string {
+		socks, _ := filepath.Glob("/tmp/synbak-restore-*")
+		return append([]string{pgdata, pgdata + ".synbak-restore"}, socks...)
+	}
+	var runErr error
+	polls := 0
+	for running := true; running; {
+		select {
+		case runErr = <-done:
+			running = false
+		case <-time.After(50 * time.Millisecond):
+			if len(s.secrets) > 0 {
+				noSecrets(t, secretDirs(), s.secrets, 1<<20)
+				polls++
+			}
+		}
+	}
+	if runErr != nil {
+		t.Fatalf("synbak restore %v: %v\n%s", args, runErr, out.String())
+	}
+	if len(s.secrets) > 0 {
+		noSecrets(t, secretDirs(), s.secrets, 0)
+		t.Logf("no secret in the server's reach in %d polls during the restore and after it", polls)
+	}
+	// After it: the data directory belongs to the server's user, and
+	// nothing of the restore's stays but its server log.
+	if os.Geteuid() == 0 {
+		fi, err := os.Stat(pgdata)
+		if err != nil {
+			t.Fatal(err)
+		}
+		pu, err := user.Lookup("postgres")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if uid := fmt.Sprint(fi.Sys().(*syscall.Stat_t).Uid); uid != pu.Uid {
+			t.Errorf("the restored data directory belongs to uid %s, want postgres (%s)", uid, pu.Uid)
+		}
+	}
+	if left, err := os.ReadDir(pgdata + ".synbak-restore"); err != nil || len(left) != 1 || left[0].Name() != "postgres.log" {
+		t.Errorf("beside the data directory the restore left %v (%v), want only postgres.log", left, err)
 	}
 	return pgtest.StartDataDir(t, pgdata, pgtest.Options{}), out.String()
+}
+
+// noSecrets fails t if a regular file under dirs (at most maxSize bytes
+// when not 0) contains one of secrets.
+func noSecrets(t *testing.T, dirs, secrets []string, maxSize int64) {
+	t.Helper()
+	for _, d := range dirs {
+		_ = filepath.Walk(d, func(p string, fi os.FileInfo, err error) error {
+			if err != nil || !fi.Mode().IsRegular() || (maxSize > 0 && fi.Size() > maxSize) {
+				return nil
+			}
+			b, err := os.ReadFile(p)
+			if err != nil {
+				return nil // gone meanwhile
+			}
+			for _, sec := range secrets {
+				if sec != "" && bytes.Contains(b, []byte(sec)) {
+					t.Errorf("%s holds a secret (%.12s...)", p, sec)
+				}
+			}
+			return nil
+		})
+	}
 }
 
 func listFiles(t *testing.T, root string) []string {

@@ -1,0 +1,197 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"os"
+	"os/exec"
+	"os/user"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/jackc/pglogrepl"
+	"github.com/jackc/pgx/v5"
+
+	"github.com/synbak/synbak/internal/pgtest"
+	"github.com/synbak/synbak/wal"
+)
+
+// TestRestoreAsRepositoryOwner: a repository written by a non-root user
+// (here nobody, as a service user would be) with `synbak backup` and `synbak
+// wal stream`, then restored and drilled by that same user: the restored
+// server runs as that user, the data directory belongs to it, and the
+// report says what to chown before the distribution's service starts it.
+func TestRestoreAsRepositoryOwner(t *testing.T) {
+	if testing.Short() {
+		t.Skip("needs PostgreSQL (skipped with -short)")
+	}
+	if os.Geteuid() != 0 {
+		t.Skip("needs root to run synbak as another user (as any other user, every restore test is this case)")
+	}
+	u, err := user.Lookup("nobody")
+	if err != nil {
+		t.Fatal(err)
+	}
+	uid, _ := strconv.Atoi(u.Uid)
+	gid, _ := strconv.Atoi(u.Gid)
+	bin := pgtest.SynbakBinary(t)
+	c := pgtest.Start(t, pgtest.Options{InitdbArgs: []string{"--wal-segsize=1"}, Conf: []string{"max_wal_size = '1GB'", "checkpoint_timeout = '1h'"}})
+	c.CreateDB(t, "synapse")
+	c.CreateSynapseSchema(t, "synapse")
+	c.FillSynapse(t, "synapse", 20)
+	c.Exec(t, "synapse", "CREATE TABLE markers (n int primary key)")
+
+	// The user's own directory (its home, as a service user's state
+	// directory would be).
+	home, err := os.MkdirTemp("/tmp", "synbak-owner-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(home) })
+	if err := os.Chown(home, uid, gid); err != nil {
+		t.Fatal(err)
+	}
+	repoDir := filepath.Join(home, "repo")
+	as := func(args ...string) *exec.Cmd {
+		cmd := exec.Command(bin, append([]string{"-c", "/dev/null"}, args...)...)
+		cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: uint32(uid), Gid: uint32(gid)}}
+		cmd.Dir = home
+		for _, kv := range os.Environ() {
+			if !strings.HasPrefix(kv, "HOME=") && !strings.HasPrefix(kv, "PG") && !strings.HasPrefix(kv, "SYNBAK_") {
+				cmd.Env = append(cmd.Env, kv)
+			}
+		}
+		cmd.Env = append(cmd.Env, "HOME="+home, "SYNBAK_REPOSITORY_PATH="+repoDir, "SYNBAK_STATE_DIR="+filepath.Join(home, "state"),
+			"SYNBAK_POSTGRES_DSN="+c.DSN("synapse"), "SYNBAK_WAL_STATUS_INTERVAL=200ms", "SYNBAK_WAL_PARTIAL_INTERVAL=300ms")
+		return cmd
+	}
+	run := func(args ...string) (int, string) {
+		t.Helper()
+		out, err := as(args...).CombinedOutput()
+		code := 0
+		if ee, ok := err.(*exec.ExitError); ok {
+			code = ee.ExitCode()
+		} else if err != nil {
+			t.Fatal(err)
+		}
+		return code, string(out)
+	}
+
+	if code, out := run("backup"); code != 0 {
+		t.Fatalf("backup as nobody: exit %d\n%s", code, out)
+	}
+	stream := as("wal", "stream")
+	var streamOut bytes.Buffer
+	stream.Stdout, stream.Stderr = &streamOut, &streamOut
+	if err := stream.Start(); err != nil {
+		t.Fatal(err)
+	}
+	c.Exec(t, "synapse", "INSERT INTO markers VALUES (1)")
+	mid := timeAfterCommit(t, c)
+	c.Exec(t, "synapse", "INSERT INTO markers VALUES (2)")
+	c.FillSynapse(t, "synapse", 5)
+	end, err := pglogrepl.ParseLSN(c.Text(t, "postgres", "select pg_switch_wal()::text"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	seg := filepath.Join(repoDir, filepath.FromSlash(wal.SegmentAt(1, end-1, 1<<20).ObjectName()))
+	waitFor(t, time.Minute, "WAL archived by nobody's wal stream", func() bool { _, err := os.Stat(seg); return err == nil })
+	_ = stream.Process.Signal(syscall.SIGTERM)
+	if err := stream.Wait(); err != nil {
+		t.Fatalf("wal stream: %v\n%s", err, streamOut.String())
+	}
+	if fi, err := os.Stat(seg); err != nil || fi.Sys().(*syscall.Stat_t).Uid != uint32(uid) || fi.Mode().Perm()&0o077 != 0 {
+		t.Fatalf("segment %s: %v %v: want nobody's, private", seg, err, fi.Mode())
+	}
+
+	for _, tc := range []struct {
+		name, want string
+		args       []string
+	}{
+		{"at-time", "1", []string{"--target-time", mid.Format(time.RFC3339Nano)}},
+		{"latest", "1,2", []string{"--latest"}},
+	} {
+		pgdata := filepath.Join(home, tc.name)
+		args := append([]string{"restore", "--pgdata", pgdata, "--pg-bindir", c.BinDir}, tc.args...)
+		if code, out := run(append(args, "--dry-run")...); code != 0 {
+			t.Fatalf("%s: dry run as nobody: exit %d\n%s", tc.name, code, out)
+		}
+		code, out := run(append(args, "--leave-running")...)
+		if code != 0 {
+			t.Fatalf("%s: restore as nobody: exit %d\n%s", tc.name, code, out)
+		}
+		t.Logf("%s:\n%s", tc.name, out)
+		fi, err := os.Stat(pgdata)
+		if err != nil || fi.Sys().(*syscall.Stat_t).Uid != uint32(uid) {
+			t.Errorf("%s: data directory %v: want it nobody's", tc.name, err)
+		}
+		if !strings.Contains(out, "chown -R postgres:postgres "+pgdata) {
+			t.Errorf("%s: the report does not say what to chown", tc.name)
+		}
+		sock := ""
+		for _, f := range strings.Fields(out) {
+			if strings.HasPrefix(f, "/tmp/synbak-restore-") {
+				sock = strings.TrimRight(f, ";,.")
+				break
+			}
+		}
+		port := ""
+		if i := strings.Index(out, "127.0.0.1:"); i >= 0 {
+			port = strings.Fields(out[i+len("127.0.0.1:"):])[0]
+		}
+		conn, err := pgx.Connect(context.Background(), "host="+sock+" port="+port+" user=postgres dbname=synapse sslmode=disable")
+		if err != nil {
+			t.Fatalf("%s: connect to the server left running (socket %q, port %q): %v", tc.name, sock, port, err)
+		}
+		var got string
+		if err := conn.QueryRow(context.Background(), "select string_agg(n::text, ',' order by n) from markers").Scan(&got); err != nil {
+			t.Fatal(err)
+		}
+		conn.Close(context.Background())
+		if got != tc.want {
+			t.Errorf("%s: markers %q, want %q", tc.name, got, tc.want)
+		}
+		stopLeftRunning(t, pgdata)
+		os.RemoveAll(sock)
+	}
+
+	scratch := filepath.Join(home, "scratch")
+	if err := os.Mkdir(scratch, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	os.Chown(scratch, uid, gid)
+	if code, out := run("drill", "--scratch-dir", scratch, "--pg-bindir", c.BinDir); code != 0 || !strings.Contains(out, "OK: the newest backup restores") {
+		t.Errorf("drill as nobody: exit %d\n%s", code, out)
+	}
+}
+
+// timeAfterCommit returns a server time after the last commit and waits
+// until the server's clock has passed it.
+func timeAfterCommit(t *testing.T, c *pgtest.Cluster) time.Time {
+	t.Helper()
+	now := c.Now(t)
+	waitFor(t, 10*time.Second, "server clock to advance", func() bool { return c.Now(t).After(now) })
+	return now
+}
+
+// stopLeftRunning stops a server a restore left running (SIGINT to the
+// postmaster) and waits for it.
+func stopLeftRunning(t *testing.T, pgdata string) {
+	t.Helper()
+	b, err := os.ReadFile(filepath.Join(pgdata, "postmaster.pid"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	pid, err := strconv.Atoi(strings.SplitN(string(b), "\n", 2)[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := syscall.Kill(pid, syscall.SIGINT); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, time.Minute, "the restored server to stop", func() bool { return syscall.Kill(pid, 0) != nil })
+}
