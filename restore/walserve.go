@@ -2,6 +2,7 @@ package restore
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -32,7 +33,8 @@ import (
 // and prefetches the plan's segments ahead of replay.
 //
 // The protocol is one request per connection: the client sends
-// "GET <file>\n"; the answer is "OK <size>\n" and size bytes, or
+// "GET <file>\n"; the answer is "FD <size>\n" with the open staged file
+// attached (SCM_RIGHTS; the client copies size bytes from it), or
 // "NOTFOUND <message>\n" (the file is not in the archive: wal-fetch exits
 // 1), or "ERR <message>\n" (anything else: wal-fetch exits 255).
 
@@ -265,13 +267,16 @@ func (s *walServer) handle(c *net.UnixConn) {
 		fmt.Fprintf(c, "ERR %v\n", err)
 		return
 	}
-	if _, err := fmt.Fprintf(c, "OK %d\n", st.Size()); err != nil {
+	// The open file goes to the client (SCM_RIGHTS), which copies it
+	// into place in the kernel: no bytes through the socket. It can read
+	// that one file and nothing else of the restore's.
+	if _, _, err := c.WriteMsgUnix(fmt.Appendf(nil, "FD %d\n", st.Size()), unix.UnixRights(int(in.Fd())), nil); err != nil {
+		s.log.Warn("restore_command: handing over a WAL file failed", "file", file, "err", err)
 		return
 	}
-	if _, err := io.Copy(c, in); err != nil {
-		s.log.Warn("restore_command: sending a WAL file failed", "file", file, "err", err)
-		return
-	}
+	// Served once the client has it: it closes the connection.
+	_ = c.SetReadDeadline(time.Now().Add(time.Minute))
+	_, _ = c.Read(make([]byte, 1))
 	s.mu.Lock()
 	s.served = append(s.served, file)
 	s.mu.Unlock()
@@ -373,6 +378,47 @@ func (s *walServer) schedule(i int) {
 	}
 }
 
+// readAnswer reads the restore's answer line and the file descriptor
+// sent with it (-1 when none).
+func readAnswer(c *net.UnixConn) (string, int, error) {
+	buf := make([]byte, 4096)
+	oob := make([]byte, unix.CmsgSpace(4))
+	fd := -1
+	var line []byte
+	for {
+		n, oobn, _, _, err := c.ReadMsgUnix(buf, oob)
+		if oobn > 0 {
+			msgs, perr := unix.ParseSocketControlMessage(oob[:oobn])
+			if perr == nil {
+				for _, m := range msgs {
+					if fds, err := unix.ParseUnixRights(&m); err == nil {
+						for _, f := range fds {
+							if fd < 0 {
+								fd = f
+							} else {
+								unix.Close(f)
+							}
+						}
+					}
+				}
+			}
+		}
+		line = append(line, buf[:n]...)
+		if i := bytes.IndexByte(line, '\n'); i >= 0 {
+			return string(line[:i]), fd, nil
+		}
+		if err != nil || len(line) > 4096 {
+			if fd >= 0 {
+				unix.Close(fd)
+			}
+			if err == nil {
+				err = errors.New("answer too long")
+			}
+			return "", -1, err
+		}
+	}
+}
+
 // FetchViaSocket is restore_command's client (`synbak wal-fetch --socket
 // DIR FILE DEST`): it asks the restore serving DIR for file and writes it
 // to dest atomically (a temp file renamed; not fsynced: PostgreSQL reads
@@ -394,15 +440,16 @@ func FetchViaSocket(ctx context.Context, dir, file, dest string) error {
 	if _, err := fmt.Fprintf(c, "GET %s\n", file); err != nil {
 		return fmt.Errorf("ask the restore for %s: %w", file, err)
 	}
-	br := bufio.NewReaderSize(c, 1<<16)
-	line, err := br.ReadString('\n')
+	line, fd, err := readAnswer(c.(*net.UnixConn))
 	if err != nil {
 		return fmt.Errorf("read the restore's answer for %s: %w", file, err)
 	}
-	line = strings.TrimSuffix(line, "\n")
+	if fd >= 0 {
+		defer unix.Close(fd)
+	}
 	kind, rest, _ := strings.Cut(line, " ")
 	switch kind {
-	case "OK":
+	case "FD":
 	case "NOTFOUND":
 		return fmt.Errorf("%s: %w (%s)", file, wal.ErrNotFound, rest)
 	case "ERR":
@@ -411,15 +458,19 @@ func FetchViaSocket(ctx context.Context, dir, file, dest string) error {
 		return fmt.Errorf("the restore's answer for %s is garbled: %q", file, line)
 	}
 	size, err := strconv.ParseInt(rest, 10, 64)
-	if err != nil || size < 0 {
+	if err != nil || size < 0 || fd < 0 {
 		return fmt.Errorf("the restore's answer for %s is garbled: %q", file, line)
 	}
+	src := os.NewFile(uintptr(fd), file)
+	fd = -1 // src closes it
+	defer src.Close()
 	tmp := dest + ".synbak-tmp"
 	out, err := os.OpenFile(tmp, os.O_CREATE|os.O_WRONLY|os.O_TRUNC, 0o600)
 	if err != nil {
 		return err
 	}
-	n, err := io.Copy(out, io.LimitReader(br, size))
+	n, err := out.ReadFrom(io.LimitReader(src, size)) // copy_file_range
+	c.Close()                                         // tells the restore it is served
 	if cerr := out.Close(); err == nil {
 		err = cerr
 	}
