@@ -81,6 +81,13 @@ func newAgentSite(t *testing.T) *agentSite {
 	if err := os.WriteFile(filepath.Join(dir, "synapse", "test.example.signing.key"), fmt.Appendf(nil, "ed25519 a_test %s\n", base64.RawStdEncoding.EncodeToString(seed)), 0o600); err != nil {
 		t.Fatal(err)
 	}
+	if os.Geteuid() == 0 {
+		// Synapse's user owns its signing key (nobody stands in for
+		// matrix-synapse): a root restore gives it and the media back.
+		if err := os.Chown(filepath.Join(dir, "synapse", "test.example.signing.key"), nobodyUID(t), nobodyUID(t)); err != nil {
+			t.Fatal(err)
+		}
+	}
 	s.env = []string{
 		"SYNBAK_SYNAPSE_CONFIG=" + s.hsFile, "SYNBAK_SYNAPSE_WORKDIR=" + filepath.Dir(s.hsFile),
 		"SYNBAK_STATE_DIR=" + s.stateDir,
@@ -422,6 +429,21 @@ func (s *agentSite) restoreCLI(t *testing.T, args ...string) (*pgtest.Cluster, s
 	return pgtest.StartDataDir(t, pgdata, pgtest.Options{}), out.String()
 }
 
+// nobodyUID is nobody's uid (its gid is taken to be the same number,
+// as for any unprivileged test owner).
+func nobodyUID(t *testing.T) int {
+	t.Helper()
+	u, err := user.Lookup("nobody")
+	if err != nil {
+		t.Fatal(err)
+	}
+	n, err := strconv.Atoi(u.Uid)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return n
+}
+
 // noSecrets fails t if a regular file under dirs (at most maxSize bytes
 // when not 0) contains one of secrets.
 func noSecrets(t *testing.T, dirs, secrets []string, maxSize int64) {
@@ -612,6 +634,15 @@ func agentEndToEnd(t *testing.T, s *agentSite) {
 	}
 	if _, err := os.Stat(filepath.Join(cfgAtTarget, "synbak-manifest.json")); err != nil {
 		t.Error(err)
+	}
+	if os.Geteuid() == 0 {
+		// Restored as root: each config file has its recorded owner, the
+		// media store the signing key's (Synapse's user).
+		for _, p := range []string{filepath.Join(cfgAtTarget, keyFile), filepath.Join(s.dir, "media-at-target", fileA)} {
+			if fi, err := os.Stat(p); err != nil || int(fi.Sys().(*syscall.Stat_t).Uid) != nobodyUID(t) {
+				t.Errorf("%s: %v: want it owned by Synapse's user (uid %d)", p, err, nobodyUID(t))
+			}
+		}
 	}
 	rc.Stop(t)
 
