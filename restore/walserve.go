@@ -225,6 +225,8 @@ func validFileName(name string) bool {
 }
 
 func (s *walServer) handle(c *net.UnixConn) {
+	stop := context.AfterFunc(s.ctx, func() { c.Close() })
+	defer stop()
 	uid, err := peerUID(c)
 	if err != nil || !s.allowed[uid] {
 		fmt.Fprintf(c, "ERR this socket serves the restored server's OS user only\n")
