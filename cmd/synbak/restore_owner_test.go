@@ -155,6 +155,15 @@ func TestRestoreAsRepositoryOwner(t *testing.T) {
 		if got != tc.want {
 			t.Errorf("%s: markers %q, want %q", tc.name, got, tc.want)
 		}
+		// Left running after promotion: restore_command is gone (its
+		// socket is), the private settings stay until the admin finishes.
+		auto, err := os.ReadFile(filepath.Join(pgdata, "postgresql.auto.conf"))
+		if err != nil || strings.Contains(string(auto), "restore_command") || !strings.Contains(string(auto), "# synbak restore: private settings") {
+			t.Errorf("%s: postgresql.auto.conf of the server left running (%v):\n%s", tc.name, err, auto)
+		}
+		if _, err := os.Stat(filepath.Join(sock, "synbak-wal.sock")); err == nil {
+			t.Errorf("%s: the WAL socket outlived the restore", tc.name)
+		}
 		stopLeftRunning(t, pgdata)
 		os.RemoveAll(sock)
 	}
