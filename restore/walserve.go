@@ -15,6 +15,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -44,10 +45,12 @@ const WALSocketName = "synbak-wal.sock"
 
 // walServer answers restore_command's requests and prefetches the plan.
 type walServer struct {
-	f       *wal.Fetcher
-	ln      *net.UnixListener
-	staging string
-	log     *slog.Logger
+	f  *wal.Fetcher
+	ln *net.UnixListener
+	// staging holds the fetched files (the restore's own); fallback takes
+	// them when staging is full (a tmpfs).
+	staging, fallback string
+	log               *slog.Logger
 	// allowed are the peer uids that may ask (the server's OS user and
 	// this process's).
 	allowed map[uint32]bool
@@ -86,10 +89,11 @@ type prefetched struct {
 var errDropped = errors.New("prefetch dropped")
 
 // newWALServer listens on sockDir/WALSocketName (given to owner, when not
-// nil) and stages fetched files in staging (the restore's own directory,
-// which the server's user cannot read). ahead is how many of the plan's
+// nil) and stages fetched files in staging, or fallback when staging is
+// full (the restore's own directories, which the server's user cannot
+// read). ahead is how many of the plan's
 // segments are fetched ahead of the last one requested (0: none).
-func newWALServer(f *wal.Fetcher, sockDir, staging string, owner *Owner, plan []string, ahead int, log *slog.Logger) (*walServer, error) {
+func newWALServer(f *wal.Fetcher, sockDir, staging, fallback string, owner *Owner, plan []string, ahead int, log *slog.Logger) (*walServer, error) {
 	path := filepath.Join(sockDir, WALSocketName)
 	ln, err := net.ListenUnix("unix", &net.UnixAddr{Name: path, Net: "unix"})
 	if err != nil {
@@ -110,7 +114,7 @@ func newWALServer(f *wal.Fetcher, sockDir, staging string, owner *Owner, plan []
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	s := &walServer{
-		f: f, ln: ln, staging: staging, log: log, allowed: allowed,
+		f: f, ln: ln, staging: staging, fallback: fallback, log: log, allowed: allowed,
 		plan: plan, index: make(map[string]int, len(plan)), ahead: ahead,
 		sem: make(chan struct{}, max(1, min(ahead, 4))), ctx: ctx, cancel: cancel,
 		entries: map[int]*prefetched{},
@@ -126,6 +130,21 @@ func newWALServer(f *wal.Fetcher, sockDir, staging string, owner *Owner, plan []
 		s.accept()
 	}()
 	return s, nil
+}
+
+// memStaging returns a new private directory on a tmpfs (/dev/shm) with
+// room for need bytes twice over, or "" when there is none: segments staged
+// there cost no disk writes, and wal.Fetcher's fsync of them nothing.
+func memStaging(need int64) string {
+	var st unix.Statfs_t
+	if err := unix.Statfs("/dev/shm", &st); err != nil || st.Type != unix.TMPFS_MAGIC || int64(st.Bavail)*st.Bsize < 2*need {
+		return ""
+	}
+	d, err := os.MkdirTemp("/dev/shm", "synbak-restore-wal-")
+	if err != nil {
+		return ""
+	}
+	return d
 }
 
 // startPrefetch begins fetching the plan's first segments.
@@ -313,23 +332,33 @@ func (s *walServer) get(file string) (string, func(), error) {
 		if e.err == nil {
 			return e.path, func() { os.Remove(e.path) }, nil
 		}
-		os.Remove(e.path)
 		// Fetched again below: the error may have been passing.
 	}
 	s.mu.Lock()
 	s.seq++
-	path := filepath.Join(s.staging, fmt.Sprintf("get-%d-%s", s.seq, file))
+	base := fmt.Sprintf("get-%d-%s", s.seq, file)
 	s.mu.Unlock()
-	err := s.fetch(file, path)
+	path, err := s.fetch(file, base)
 	if err != nil {
-		os.Remove(path)
 		return "", nil, err
 	}
 	return path, func() { os.Remove(path) }, nil
 }
 
-func (s *walServer) fetch(file, path string) error {
+// fetch stages file as base in the staging directory, or in the fallback
+// one when the first is full (a tmpfs), and returns where.
+func (s *walServer) fetch(file, base string) (string, error) {
+	path := filepath.Join(s.staging, base)
 	err := s.f.Fetch(s.ctx, file, path)
+	if errors.Is(err, syscall.ENOSPC) && s.fallback != s.staging {
+		os.Remove(path + ".synbak-tmp")
+		path = filepath.Join(s.fallback, base)
+		err = s.f.Fetch(s.ctx, file, path)
+	}
+	if err != nil {
+		os.Remove(path)
+		os.Remove(path + ".synbak-tmp")
+	}
 	if err != nil && !wal.IsNotFound(err) && s.ctx.Err() == nil {
 		s.mu.Lock()
 		if s.failed == "" {
@@ -338,7 +367,7 @@ func (s *walServer) fetch(file, path string) error {
 		s.mu.Unlock()
 		s.log.Error("restore_command: fetching a WAL file failed", "file", file, "err", err)
 	}
-	return err
+	return path, err
 }
 
 // schedule starts prefetches of the plan's segments after index i, up to
@@ -350,7 +379,7 @@ func (s *walServer) schedule(i int) {
 	s.next = max(s.next, i+1)
 	for ; s.next < len(s.plan) && s.next <= i+s.ahead; s.next++ {
 		n := s.next
-		e := &prefetched{done: make(chan struct{}), path: filepath.Join(s.staging, "ahead-"+strconv.Itoa(n)+"-"+s.plan[n])}
+		e := &prefetched{done: make(chan struct{})}
 		s.entries[n] = e
 		s.wg.Add(1)
 		go func() {
@@ -370,10 +399,11 @@ func (s *walServer) schedule(i int) {
 				e.err = errDropped
 				return
 			}
-			e.err = s.fetch(s.plan[n], e.path)
+			p, err := s.fetch(s.plan[n], "ahead-"+strconv.Itoa(n)+"-"+s.plan[n])
 			s.mu.Lock()
+			e.path, e.err = p, err
 			if e.dropped {
-				os.Remove(e.path)
+				os.Remove(p)
 			}
 			s.mu.Unlock()
 		}()

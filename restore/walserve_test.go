@@ -80,7 +80,12 @@ func TestWALServer(t *testing.T) {
 		t.Fatal(err)
 	}
 	sock, staging, out := t.TempDir(), t.TempDir(), t.TempDir()
-	ws, err := newWALServer(f, sock, staging, nil, names, ahead, pgtest.Logger(t))
+	// As Run does: staged in memory when /dev/shm has room.
+	if mem := memStaging((ahead + 2) * segSize); mem != "" {
+		t.Cleanup(func() { os.RemoveAll(mem) })
+		staging = mem
+	}
+	ws, err := newWALServer(f, sock, staging, staging, nil, names, ahead, pgtest.Logger(t))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -131,7 +136,8 @@ func TestWALServer(t *testing.T) {
 	// The same served in this process (no process start), again from
 	// prefetched copies.
 	var inProc time.Duration
-	ws2, err := newWALServer(f, t.TempDir(), t.TempDir(), nil, names, n, pgtest.Logger(t))
+	staging2 := t.TempDir()
+	ws2, err := newWALServer(f, t.TempDir(), staging2, staging2, nil, names, n, pgtest.Logger(t))
 	if err != nil {
 		t.Fatal(err)
 	}
