@@ -298,7 +298,7 @@ func Prepare(ctx context.Context, opts Options) (Plan, error) {
 		return Plan{}, err
 	}
 	defer os.RemoveAll(staging)
-	ws, err := newWALServer(c.fetcher, sock, staging, staging, c.owner, nil, 0, opts.Log)
+	ws, err := newWALServer(c.fetcher, sock, staging, c.owner, nil, 0, opts.Log)
 	if err != nil {
 		return Plan{}, err
 	}
@@ -581,25 +581,15 @@ func Run(ctx context.Context, opts Options) (rep Report, err error) {
 			_ = os.RemoveAll(sockDir)
 		}
 	}()
-	// Staged segments wait in memory (a tmpfs) when there is room.
-	mem := memStaging(int64(opts.Prefetch+2) * int64(plan.segSize))
-	primary := staging
-	if mem != "" {
-		primary = mem
-	}
-	ws, err := newWALServer(c.fetcher, sockDir, primary, staging, owner, plan.segments, opts.Prefetch, log)
+	// Staged beside the data directory, on its file system as a rule:
+	// restore_command then links each file into pg_wal without a copy.
+	ws, err := newWALServer(c.fetcher, sockDir, staging, owner, plan.segments, opts.Prefetch, log)
 	if err != nil {
-		if mem != "" {
-			_ = os.RemoveAll(mem)
-		}
 		return rep, err
 	}
 	defer func() {
 		ws.close()
 		_ = os.RemoveAll(staging)
-		if mem != "" {
-			_ = os.RemoveAll(mem)
-		}
 	}()
 	// Check, as the server's user, that restore_command works: fetch the
 	// first segment the recovery needs.

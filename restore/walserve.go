@@ -6,7 +6,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
 	"net"
 	"os"
@@ -15,7 +14,6 @@ import (
 	"strconv"
 	"strings"
 	"sync"
-	"syscall"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -47,13 +45,15 @@ const WALSocketName = "synbak-wal.sock"
 type walServer struct {
 	f  *wal.Fetcher
 	ln *net.UnixListener
-	// staging holds the fetched files (the restore's own); fallback takes
-	// them when staging is full (a tmpfs).
-	staging, fallback string
-	log               *slog.Logger
+	// staging holds the fetched files (the restore's own directory).
+	staging string
+	log     *slog.Logger
 	// allowed are the peer uids that may ask (the server's OS user and
 	// this process's).
 	allowed map[uint32]bool
+	// owner, when not nil, is given each staged file, so that the client
+	// can link it into place (see FetchViaSocket).
+	owner *Owner
 
 	plan  []string // segment names in replay order
 	index map[string]int
@@ -89,11 +89,11 @@ type prefetched struct {
 var errDropped = errors.New("prefetch dropped")
 
 // newWALServer listens on sockDir/WALSocketName (given to owner, when not
-// nil) and stages fetched files in staging, or fallback when staging is
-// full (the restore's own directories, which the server's user cannot
-// read). ahead is how many of the plan's
+// nil) and stages fetched files in staging (the restore's own directory,
+// which the server's user cannot read; best on the data directory's file
+// system, where restore_command links instead of copying). ahead is how many of the plan's
 // segments are fetched ahead of the last one requested (0: none).
-func newWALServer(f *wal.Fetcher, sockDir, staging, fallback string, owner *Owner, plan []string, ahead int, log *slog.Logger) (*walServer, error) {
+func newWALServer(f *wal.Fetcher, sockDir, staging string, owner *Owner, plan []string, ahead int, log *slog.Logger) (*walServer, error) {
 	path := filepath.Join(sockDir, WALSocketName)
 	ln, err := net.ListenUnix("unix", &net.UnixAddr{Name: path, Net: "unix"})
 	if err != nil {
@@ -114,7 +114,7 @@ func newWALServer(f *wal.Fetcher, sockDir, staging, fallback string, owner *Owne
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	s := &walServer{
-		f: f, ln: ln, staging: staging, fallback: fallback, log: log, allowed: allowed,
+		f: f, ln: ln, staging: staging, log: log, owner: owner, allowed: allowed,
 		plan: plan, index: make(map[string]int, len(plan)), ahead: ahead,
 		sem: make(chan struct{}, max(1, min(ahead, 4))), ctx: ctx, cancel: cancel,
 		entries: map[int]*prefetched{},
@@ -130,21 +130,6 @@ func newWALServer(f *wal.Fetcher, sockDir, staging, fallback string, owner *Owne
 		s.accept()
 	}()
 	return s, nil
-}
-
-// memStaging returns a new private directory on a tmpfs (/dev/shm) with
-// room for need bytes twice over, or "" when there is none: segments staged
-// there cost no disk writes, and wal.Fetcher's fsync of them nothing.
-func memStaging(need int64) string {
-	var st unix.Statfs_t
-	if err := unix.Statfs("/dev/shm", &st); err != nil || st.Type != unix.TMPFS_MAGIC || int64(st.Bavail)*st.Bsize < 2*need {
-		return ""
-	}
-	d, err := os.MkdirTemp("/dev/shm", "synbak-restore-wal-")
-	if err != nil {
-		return ""
-	}
-	return d
 }
 
 // startPrefetch begins fetching the plan's first segments.
@@ -288,9 +273,11 @@ func (s *walServer) handle(c *net.UnixConn) {
 		fmt.Fprintf(c, "ERR %v\n", err)
 		return
 	}
-	// The open file goes to the client (SCM_RIGHTS), which copies it
-	// into place in the kernel: no bytes through the socket. It can read
-	// that one file and nothing else of the restore's.
+	// The open file goes to the client (SCM_RIGHTS), which links it into
+	// place (or copies it in the kernel when the staging directory is on
+	// another file system): no bytes through the socket. The client can
+	// read that one file and nothing else of the restore's; once it has
+	// it, the staged name is removed.
 	if _, _, err := c.WriteMsgUnix(fmt.Appendf(nil, "FD %d\n", st.Size()), unix.UnixRights(int(in.Fd())), nil); err != nil {
 		s.log.Warn("restore_command: handing over a WAL file failed", "file", file, "err", err)
 		return
@@ -345,15 +332,12 @@ func (s *walServer) get(file string) (string, func(), error) {
 	return path, func() { os.Remove(path) }, nil
 }
 
-// fetch stages file as base in the staging directory, or in the fallback
-// one when the first is full (a tmpfs), and returns where.
+// fetch stages file as base in the staging directory and returns where.
 func (s *walServer) fetch(file, base string) (string, error) {
 	path := filepath.Join(s.staging, base)
 	err := s.f.Fetch(s.ctx, file, path)
-	if errors.Is(err, syscall.ENOSPC) && s.fallback != s.staging {
-		os.Remove(path + ".synbak-tmp")
-		path = filepath.Join(s.fallback, base)
-		err = s.f.Fetch(s.ctx, file, path)
+	if err == nil && s.owner != nil {
+		err = os.Chown(path, s.owner.UID, s.owner.GID)
 	}
 	if err != nil {
 		os.Remove(path)
@@ -408,6 +392,40 @@ func (s *walServer) schedule(i int) {
 			s.mu.Unlock()
 		}()
 	}
+}
+
+// linked gives src, when it is size bytes long, the name tmp (a hard link
+// through /proc/self/fd: no byte copied). It fails, and the caller copies,
+// when tmp is on another file system than the restore's staging directory
+// or src is not this user's.
+func linked(src *os.File, size int64, tmp string) bool {
+	var st unix.Stat_t
+	if err := unix.Fstat(int(src.Fd()), &st); err != nil || st.Size != size || st.Nlink != 1 {
+		return false
+	}
+	_ = os.Remove(tmp)
+	err := unix.Linkat(unix.AT_FDCWD, fmt.Sprintf("/proc/self/fd/%d", src.Fd()), unix.AT_FDCWD, tmp, unix.AT_SYMLINK_FOLLOW)
+	return err == nil
+}
+
+// sendfile copies size bytes from src to out in the kernel (whatever
+// file systems the two are on: the restore may stage on a tmpfs).
+func sendfile(out, src *os.File, size int64) (int64, error) {
+	var done int64
+	for done < size {
+		n, err := unix.Sendfile(int(out.Fd()), int(src.Fd()), nil, int(min(size-done, 1<<30)))
+		if err == unix.EINTR || err == unix.EAGAIN {
+			continue
+		}
+		if err != nil {
+			return done, err
+		}
+		if n == 0 {
+			break
+		}
+		done += int64(n)
+	}
+	return done, nil
 }
 
 // readAnswer reads the restore's answer line and the file descriptor
@@ -497,12 +515,19 @@ func FetchViaSocket(ctx context.Context, dir, file, dest string) error {
 	fd = -1 // src closes it
 	defer src.Close()
 	tmp := dest + ".synbak-tmp"
+	if linked(src, size, tmp) {
+		if err := os.Rename(tmp, dest); err != nil {
+			os.Remove(tmp)
+			return err
+		}
+		return nil
+	}
 	out, err := os.OpenFile(tmp, os.O_CREATE|os.O_WRONLY|os.O_TRUNC, 0o600)
 	if err != nil {
 		return err
 	}
-	n, err := out.ReadFrom(io.LimitReader(src, size)) // copy_file_range
-	c.Close()                                         // tells the restore it is served
+	n, err := sendfile(out, src, size)
+	c.Close() // tells the restore it is served
 	if cerr := out.Close(); err == nil {
 		err = cerr
 	}

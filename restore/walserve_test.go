@@ -80,12 +80,7 @@ func TestWALServer(t *testing.T) {
 		t.Fatal(err)
 	}
 	sock, staging, out := t.TempDir(), t.TempDir(), t.TempDir()
-	// As Run does: staged in memory when /dev/shm has room.
-	if mem := memStaging((ahead + 2) * segSize); mem != "" {
-		t.Cleanup(func() { os.RemoveAll(mem) })
-		staging = mem
-	}
-	ws, err := newWALServer(f, sock, staging, staging, nil, names, ahead, pgtest.Logger(t))
+	ws, err := newWALServer(f, sock, staging, nil, names, ahead, pgtest.Logger(t))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -137,7 +132,7 @@ func TestWALServer(t *testing.T) {
 	// prefetched copies.
 	var inProc time.Duration
 	staging2 := t.TempDir()
-	ws2, err := newWALServer(f, t.TempDir(), staging2, staging2, nil, names, n, pgtest.Logger(t))
+	ws2, err := newWALServer(f, t.TempDir(), staging2, nil, names, n, pgtest.Logger(t))
 	if err != nil {
 		t.Fatal(err)
 	}
