@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"fmt"
 	"os"
 	"os/exec"
 	"os/user"
@@ -20,9 +21,9 @@ import (
 	"github.com/synbak/synbak/wal"
 )
 
-// TestRestoreAsRepositoryOwner: a repository written by a non-root user
-// (here nobody, as a service user would be) with `synbak backup` and `synbak
-// wal stream`, then restored and drilled by that same user: the restored
+// TestRestoreAsRepositoryOwner: a repository written by `synbak agent` run
+// as a non-root service user (here nobody), then restored (to a time; the
+// latest point with media and config) and drilled by that same user: the restored
 // server runs as that user, the data directory belongs to it, and the
 // report says what to chown before the distribution's service starts it.
 func TestRestoreAsRepositoryOwner(t *testing.T) {
@@ -81,15 +82,52 @@ func TestRestoreAsRepositoryOwner(t *testing.T) {
 		return code, string(out)
 	}
 
-	if code, out := run("backup"); code != 0 {
-		t.Fatalf("backup as nobody: exit %d\n%s", code, out)
-	}
-	stream := as("wal", "stream")
-	var streamOut bytes.Buffer
-	stream.Stdout, stream.Stderr = &streamOut, &streamOut
-	if err := stream.Start(); err != nil {
+	// Synapse's files, the user's (its config directory and media store).
+	syn := filepath.Join(home, "synapse")
+	media := filepath.Join(syn, "media_store")
+	mediaFile := filepath.Join("local_content", "ab", "cd", "efghijklmnop")
+	if err := os.MkdirAll(filepath.Join(media, filepath.Dir(mediaFile)), 0o700); err != nil {
 		t.Fatal(err)
 	}
+	hs := filepath.Join(syn, "homeserver.yaml")
+	for p, body := range map[string]string{
+		hs: fmt.Sprintf("server_name: test.example\ndatabase:\n  name: psycopg2\n  args: {user: postgres, dbname: synapse, host: 127.0.0.1, port: %d}\nmedia_store_path: %s\n", c.Port, media),
+		filepath.Join(syn, "test.example.signing.key"): "ed25519 a_test AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA\n",
+		filepath.Join(media, mediaFile):                 "an uploaded file",
+	} {
+		if err := os.WriteFile(p, []byte(body), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := filepath.Walk(syn, func(p string, _ os.FileInfo, err error) error {
+		if err != nil {
+			return err
+		}
+		return os.Lchown(p, uid, gid) // the fixture is the user's, as Synapse's files would be its
+	}); err != nil {
+		t.Fatal(err)
+	}
+
+	// The agent as that user: a base backup at start, WAL, media, config.
+	agentCmd := as("agent")
+	agentCmd.Env = append(agentCmd.Env, "SYNBAK_SYNAPSE_CONFIG="+hs, "SYNBAK_SYNAPSE_WORKDIR="+syn, "SYNBAK_HTTP_LISTEN=127.0.0.1:0",
+		"SYNBAK_BASEBACKUP_INTERVAL=0", "SYNBAK_BASEBACKUP_PART_SIZE_MB=4", "SYNBAK_MEDIA_QUIET_PERIOD=200ms")
+	var agentOut bytes.Buffer
+	agentCmd.Stdout, agentCmd.Stderr = &agentOut, &agentOut
+	if err := agentCmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	stopped := false
+	defer func() {
+		if !stopped {
+			_ = agentCmd.Process.Kill()
+			_ = agentCmd.Wait()
+		}
+	}()
+	has := func(pattern string) bool { m, _ := filepath.Glob(filepath.Join(repoDir, pattern)); return len(m) > 0 }
+	waitFor(t, 2*time.Minute, "the agent's first backup, media and config snapshot", func() bool {
+		return has("backups/*/backup.json") && has("media/index/*") && has("config/index/*")
+	})
 	c.Exec(t, "synapse", "INSERT INTO markers VALUES (1)")
 	mid := timeAfterCommit(t, c)
 	c.Exec(t, "synapse", "INSERT INTO markers VALUES (2)")
@@ -99,10 +137,11 @@ func TestRestoreAsRepositoryOwner(t *testing.T) {
 		t.Fatal(err)
 	}
 	seg := filepath.Join(repoDir, filepath.FromSlash(wal.SegmentAt(1, end-1, 1<<20).ObjectName()))
-	waitFor(t, time.Minute, "WAL archived by nobody's wal stream", func() bool { _, err := os.Stat(seg); return err == nil })
-	_ = stream.Process.Signal(syscall.SIGTERM)
-	if err := stream.Wait(); err != nil {
-		t.Fatalf("wal stream: %v\n%s", err, streamOut.String())
+	waitFor(t, time.Minute, "WAL archived by nobody's agent", func() bool { _, err := os.Stat(seg); return err == nil })
+	_ = agentCmd.Process.Signal(syscall.SIGTERM)
+	stopped = true
+	if err := agentCmd.Wait(); err != nil {
+		t.Fatalf("agent: %v\n%s", err, agentOut.String())
 	}
 	if fi, err := os.Stat(seg); err != nil || fi.Sys().(*syscall.Stat_t).Uid != uint32(uid) || fi.Mode().Perm()&0o077 != 0 {
 		t.Fatalf("segment %s: %v %v: want nobody's, private", seg, err, fi.Mode())
@@ -113,7 +152,7 @@ func TestRestoreAsRepositoryOwner(t *testing.T) {
 		args       []string
 	}{
 		{"at-time", "1", []string{"--target-time", mid.Format(time.RFC3339Nano)}},
-		{"latest", "1,2", []string{"--latest"}},
+		{"latest", "1,2", []string{"--latest", "--media-dir", filepath.Join(home, "media-restored"), "--config-dir", filepath.Join(home, "config-restored")}},
 	} {
 		pgdata := filepath.Join(home, tc.name)
 		args := append([]string{"restore", "--pgdata", pgdata, "--pg-bindir", c.BinDir}, tc.args...)
@@ -131,6 +170,17 @@ func TestRestoreAsRepositoryOwner(t *testing.T) {
 		}
 		if !strings.Contains(out, "chown -R postgres:postgres "+pgdata) {
 			t.Errorf("%s: the report does not say what to chown", tc.name)
+		}
+		if tc.name == "latest" {
+			if b, err := os.ReadFile(filepath.Join(home, "media-restored", mediaFile)); err != nil || string(b) != "an uploaded file" {
+				t.Errorf("restored media file: %q, %v", b, err)
+			}
+			if b, err := os.ReadFile(filepath.Join(home, "config-restored", hs)); err != nil || !strings.Contains(string(b), "server_name: test.example") {
+				t.Errorf("restored homeserver.yaml: %q, %v", b, err)
+			}
+			if !strings.Contains(out, "chown -R matrix-synapse: "+filepath.Join(home, "media-restored")) {
+				t.Errorf("the report does not say what to chown for the media store")
+			}
 		}
 		sock := ""
 		for _, f := range strings.Fields(out) {
