@@ -93,7 +93,7 @@ func TestRestoreAsRepositoryOwner(t *testing.T) {
 	for p, body := range map[string]string{
 		hs: fmt.Sprintf("server_name: test.example\ndatabase:\n  name: psycopg2\n  args: {user: postgres, dbname: synapse, host: 127.0.0.1, port: %d}\nmedia_store_path: %s\n", c.Port, media),
 		filepath.Join(syn, "test.example.signing.key"): "ed25519 a_test AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA\n",
-		filepath.Join(media, mediaFile):                 "an uploaded file",
+		filepath.Join(media, mediaFile):                "an uploaded file",
 	} {
 		if err := os.WriteFile(p, []byte(body), 0o600); err != nil {
 			t.Fatal(err)
