@@ -779,8 +779,12 @@ func chownHint(opts Options, plan Plan, owner, synapseOwner *Owner) []string {
 		}
 		out = append(out, fmt.Sprintf("the data directory belongs to %s (who ran the restore); before the distribution's service starts it: chown -R postgres:postgres %s", u, strings.Join(dirs, " ")))
 	}
-	if opts.MediaDir != "" && (owner == nil || synapseOwner == nil) {
+	switch {
+	case opts.MediaDir == "":
+	case synapseOwner == nil:
 		out = append(out, fmt.Sprintf("the media store has no recorded owner: before Synapse uses it: chown -R matrix-synapse: %s (or Synapse's user)", shellQuote(opts.MediaDir)))
+	case owner == nil:
+		out = append(out, fmt.Sprintf("the media store belongs to who ran the restore: before Synapse uses it: chown -R %d:%d %s (the signing key's recorded owner, Synapse's user)", synapseOwner.UID, synapseOwner.GID, shellQuote(opts.MediaDir)))
 	}
 	if opts.ConfigDir != "" && owner == nil {
 		out = append(out, fmt.Sprintf("the config files belong to who ran the restore; %s lists each file's recorded owner", filepath.Join(opts.ConfigDir, confsnap.ManifestName)))

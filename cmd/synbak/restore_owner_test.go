@@ -178,7 +178,7 @@ func TestRestoreAsRepositoryOwner(t *testing.T) {
 			if b, err := os.ReadFile(filepath.Join(home, "config-restored", hs)); err != nil || !strings.Contains(string(b), "server_name: test.example") {
 				t.Errorf("restored homeserver.yaml: %q, %v", b, err)
 			}
-			if !strings.Contains(out, "chown -R matrix-synapse: "+filepath.Join(home, "media-restored")) {
+			if !strings.Contains(out, fmt.Sprintf("chown -R %d:%d %s", uid, gid, filepath.Join(home, "media-restored"))) {
 				t.Errorf("the report does not say what to chown for the media store")
 			}
 		}
