@@ -109,6 +109,9 @@ func TestWALServer(t *testing.T) {
 		if e != nil {
 			<-e.done
 		}
+		// PostgreSQL removes the previous RECOVERYXLOG before it asks.
+		os.Remove(filepath.Join(out, "RECOVERYXLOG"))
+		os.Remove(filepath.Join(out, "cp"))
 		start := time.Now()
 		if code := fetch(name); code != 0 {
 			t.Fatalf("wal-fetch --socket %s: exit %d", name, code)
@@ -144,6 +147,7 @@ func TestWALServer(t *testing.T) {
 		if e != nil {
 			<-e.done
 		}
+		os.Remove(filepath.Join(out, "inproc"))
 		start := time.Now()
 		if err := FetchViaSocket(ctx, filepath.Dir(ws2.ln.Addr().String()), name, filepath.Join(out, "inproc")); err != nil {
 			t.Fatal(err)
