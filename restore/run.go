@@ -303,6 +303,9 @@ func Prepare(ctx context.Context, opts Options) (Plan, error) {
 		return Plan{}, err
 	}
 	defer ws.close()
+	if err := giveSocketDir(sock, c.owner); err != nil {
+		return Plan{}, err
+	}
 	if err := c.probe(ctx, sock); err != nil {
 		return Plan{}, err
 	}
@@ -388,17 +391,29 @@ func reachable(ctx context.Context, owner *Owner, dir string) error {
 
 // makeSocketDir makes the server's private socket directory, which also
 // holds the WAL socket and the private pg_hba.conf: short (sun_path holds
-// about 107 bytes), 0700, given to owner.
-func makeSocketDir(owner *Owner) (string, error) {
-	sock, err := os.MkdirTemp("/tmp", "synbak-restore-")
-	if err != nil {
-		return "", err
-	}
+// about 107 bytes), 0700. It stays this process's until giveSocketDir, so
+// that what the restore puts in it cannot be swapped for a symlink by the
+// server's user first.
+func makeSocketDir(_ *Owner) (string, error) {
+	return os.MkdirTemp("/tmp", "synbak-restore-")
+}
+
+// giveSocketDir gives the socket directory to the server's user.
+func giveSocketDir(sock string, owner *Owner) error {
 	if err := (&extractor{owner: owner}).chown(sock); err != nil {
 		os.RemoveAll(sock)
-		return "", err
+		return err
 	}
-	return sock, nil
+	return nil
+}
+
+// privateHBAName is the private pg_hba.conf in the socket directory.
+const privateHBAName = "pg_hba.private.conf"
+
+// writePrivateHBA writes the private pg_hba.conf into the socket directory
+// while it is still this process's.
+func writePrivateHBA(sock string, owner *Owner) error {
+	return (&extractor{owner: owner}).writeFile(filepath.Join(sock, privateHBAName), []byte(privateHBA), 0o600)
 }
 
 // restoreCommand is the restored server's restore_command.
@@ -591,6 +606,12 @@ func Run(ctx context.Context, opts Options) (rep Report, err error) {
 		ws.close()
 		_ = os.RemoveAll(staging)
 	}()
+	if err := writePrivateHBA(sockDir, owner); err != nil {
+		return rep, err
+	}
+	if err := giveSocketDir(sockDir, owner); err != nil {
+		return rep, err
+	}
 	// Check, as the server's user, that restore_command works: fetch the
 	// first segment the recovery needs.
 	if err := c.probe(ctx, sockDir); err != nil {
@@ -839,10 +860,7 @@ func (o *Options) configure(p Plan, owner *Owner, restoreCommand, sock string) (
 	}
 	s.sockDir = sock
 	s.logFile = filepath.Join(o.WorkDir, "postgres.log")
-	hba := filepath.Join(sock, "pg_hba.private.conf")
-	if err := x.writeFile(hba, []byte(privateHBA), 0o600); err != nil {
-		return nil, err
-	}
+	hba := filepath.Join(sock, privateHBAName) // written by writePrivateHBA
 	// Debian keeps postgresql.conf and pg_hba.conf in /etc/postgresql.
 	conf := filepath.Join(o.PGData, "postgresql.conf")
 	if _, err := os.Stat(conf); errors.Is(err, os.ErrNotExist) {

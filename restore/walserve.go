@@ -69,7 +69,8 @@ type walServer struct {
 	entries map[int]*prefetched
 	next    int // the next plan index to prefetch
 	seq     int
-	// requested are the files served, in order; failed is the first
+	// served are the files handed over, in order; notFound the plan's
+	// files answered "not in the archive"; failed is the first
 	// file whose fetch failed with something other than "not found".
 	served    []string
 	notFound  []string
@@ -91,8 +92,9 @@ var errDropped = errors.New("prefetch dropped")
 // newWALServer listens on sockDir/WALSocketName (given to owner, when not
 // nil) and stages fetched files in staging (the restore's own directory,
 // which the server's user cannot read; best on the data directory's file
-// system, where restore_command links instead of copying). ahead is how many of the plan's
-// segments are fetched ahead of the last one requested (0: none).
+// system, where restore_command links instead of copying). ahead is how
+// many of the plan's segments are fetched ahead of the last one requested
+// (0: none).
 func newWALServer(f *wal.Fetcher, sockDir, staging string, owner *Owner, plan []string, ahead int, log *slog.Logger) (*walServer, error) {
 	path := filepath.Join(sockDir, WALSocketName)
 	ln, err := net.ListenUnix("unix", &net.UnixAddr{Name: path, Net: "unix"})
@@ -106,7 +108,7 @@ func newWALServer(f *wal.Fetcher, sockDir, staging string, owner *Owner, plan []
 	}
 	allowed := map[uint32]bool{uint32(os.Geteuid()): true}
 	if owner != nil {
-		if err := os.Chown(path, owner.UID, owner.GID); err != nil {
+		if err := os.Lchown(path, owner.UID, owner.GID); err != nil {
 			ln.Close()
 			return nil, err
 		}
