@@ -28,12 +28,11 @@ var DefaultTables = []string{"events", "users", "rooms"}
 
 // Options configure a drill.
 type Options struct {
+	// Repo is the repository; the drill's restore is its only reader and
+	// serves the WAL to the scratch server itself (restore.Options).
 	Repo *repo.Repo
-	// RepoPath and RepoConfig say where restore_command finds the
-	// repository (see restore.Options).
-	RepoPath, RepoConfig string
-	// Identity is the age identity file's content (encrypted repositories).
-	Identity []byte
+	// Prefetch is how many segments the restore fetches ahead of replay.
+	Prefetch int
 	// ScratchDir is where the scratch directory is made (default the
 	// system's temporary directory); the server's OS user must be able to
 	// traverse it.
@@ -95,7 +94,7 @@ func Run(ctx context.Context, opts Options) (Report, error) {
 	}
 	start := time.Now()
 	rr, err := restore.Run(ctx, restore.Options{
-		Repo: opts.Repo, RepoPath: opts.RepoPath, RepoConfig: opts.RepoConfig, Identity: opts.Identity, Target: restore.Point{Latest: true},
+		Repo: opts.Repo, Prefetch: opts.Prefetch, Target: restore.Point{Latest: true},
 		PGData: filepath.Join(dir, "data"), WorkDir: filepath.Join(dir, "work"),
 		Executable: opts.Executable, BinDir: opts.BinDir, Log: opts.Log, Progress: opts.Progress,
 		KeepFailed: opts.Keep,

@@ -152,8 +152,8 @@ first=$(ls "$work/fetched" | head -n 1)
 set +e; sb wal-fetch 0000000100000000000000FF "$work/fetched/x"; code=$?; set -e
 [ "$code" = 1 ] || { echo "demo: wal-fetch of a missing segment exited $code, want 1" >&2; exit 1; }
 
-# restore_command runs as the server's OS user: it must read the repository.
-[ "$(id -u)" = 0 ] && chown -R postgres: "$work/repo"
+# The repository stays as the agent wrote it (0700, this user's): the
+# restore serves the WAL to the restored server itself.
 
 # restore_into NAME ARGS...: restores into $work/pg/NAME, starts it on a free
 # port, prints the markers and the one-time key count ("1,2 0"), stops it.

@@ -80,7 +80,7 @@ func (s *pitrSite) restoreTo(t *testing.T, target restore.Point) (string, restor
 	var last restore.Progress
 	var replayed []pglogrepl.LSN
 	rep, err := restore.Run(context.Background(), restore.Options{
-		Repo: s.r, RepoPath: s.repoDir, Target: target, PGData: pgdata,
+		Repo: s.r, Prefetch: 4, Target: target, PGData: pgdata,
 		Executable: pgtest.SynbakBinary(t), BinDir: s.c.BinDir, Log: pgtest.Logger(t),
 		Progress: func(p restore.Progress) {
 			if p.Phase == "recovery" {
@@ -129,7 +129,6 @@ func TestRestoreSeveralTargets(t *testing.T) {
 	after := markers(t, c, 1, 4)
 	s.switchAndWait(t, c, s.b.EndTimeline)
 	s.stop()
-	chownTree(t, s.repoDir)
 
 	for i := range 3 { // targets between markers i+1 and i+2
 		t.Run(fmt.Sprintf("after marker %d", i+1), func(t *testing.T) {
@@ -182,7 +181,6 @@ func TestRestoreTargetInsideNewestPartial(t *testing.T) {
 	if _, err := s.r.Stat(ctx, open.ObjectName()); err == nil {
 		t.Fatalf("segment %s is complete in the repository; the test needs it open", open.Name())
 	}
-	chownTree(t, s.repoDir)
 	p, err := restore.NewPlan(ctx, s.r, restore.Point{Time: target})
 	if err != nil {
 		t.Fatal(err)
@@ -244,7 +242,6 @@ func TestRestoreAfterPromotion(t *testing.T) {
 		t.Fatalf("history of timeline 2: %v", err)
 	}
 	stop()
-	chownTree(t, repoDir)
 	s.c = standby
 
 	p, err := restore.NewPlan(context.Background(), r, restore.Point{Time: after[0]})

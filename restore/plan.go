@@ -125,6 +125,12 @@ type Plan struct {
 	Window            *Window   `json:"recovery_window"`
 
 	backup basebackup.Backup
+	// segments are the names PostgreSQL asks restore_command for, in
+	// replay order, FirstSegment..LastSegment (the restore prefetches
+	// them); lastPartial says the last is served from a partial object.
+	segments    []string
+	lastPartial bool
+	segSize     uint64
 }
 
 // Backup returns the backup the plan restores.
@@ -358,7 +364,7 @@ func NewPlan(ctx context.Context, r *repo.Repo, target Point) (Plan, error) {
 		FirstSegment: end.first, LastSegment: end.last, Segments: end.count,
 		ArchiveEndLSN: end.endLSN.String(), ArchiveCompleteTo: end.completeTo.UTC(),
 		Window: window,
-		backup: b,
+		backup: b, segments: end.names, lastPartial: end.lastPartial, segSize: a.segSize,
 	}, nil
 }
 
@@ -375,6 +381,8 @@ func onPath(spans []timelineSpan, tli uint32) bool {
 type walkEnd struct {
 	first, last string
 	count       int
+	names       []string
+	lastPartial bool
 	endLSN      pglogrepl.LSN
 	completeTo  time.Time
 	// gap names the first missing segment when later WAL exists.
@@ -411,6 +419,8 @@ func (a *archive) walk(ctx context.Context, r *repo.Repo, spans []timelineSpan, 
 				e.first = seg.Name()
 			}
 			e.last = seg.Name() + " (partial)"
+			e.names = append(e.names, seg.Name())
+			e.lastPartial = true
 			if no < maxNo {
 				// Later WAL exists, so this segment was completed: the
 				// complete object is missing and the partial is a
@@ -429,6 +439,7 @@ func (a *archive) walk(ctx context.Context, r *repo.Repo, spans []timelineSpan, 
 			e.first = seg.Name()
 		}
 		e.last = seg.Name()
+		e.names = append(e.names, seg.Name())
 	}
 	if lastObj == "" || e.endLSN < pglogrepl.LSN(b.EndLSN) {
 		missing := wal.SegmentAt(segmentTimeline(spans, no, a.segSize), pglogrepl.LSN(no*a.segSize), a.segSize)

@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io/fs"
 	"log/slog"
 	"net"
 	"os"
@@ -28,25 +29,21 @@ import (
 
 // Options configure Run and Prepare.
 type Options struct {
-	// Repo is the repository restored from; RepoPath is its directory,
-	// written into the restore-only configuration that wal-fetch reads.
-	Repo     *repo.Repo
-	RepoPath string
-	// RepoConfig, when set, is the repository section of the configuration
-	// restore_command's wal-fetch reads ("repository:\n  url: ...", YAML),
-	// for repositories that are not a local directory; it may hold
-	// credentials and is written 0600 for the server's OS user.
-	RepoConfig string
-	// Identity is the content of the age identity file of an encrypted
-	// repository: restore_command's wal-fetch gets a copy (0600, for the
-	// server's OS user) in the work directory.
-	Identity []byte
+	// Repo is the repository restored from. The restore is its only
+	// reader: it serves the WAL to the restored server's restore_command
+	// over a private socket, so the server's OS user never needs the
+	// repository, its credentials or the age identity.
+	Repo *repo.Repo
+	// Prefetch is how many of the plan's segments are fetched ahead of
+	// the one replay asks for (wal.prefetch; 0: none).
+	Prefetch int
 	Target   Point
 	// PGData is the new data directory: missing or empty.
 	PGData string
-	// WorkDir holds what the restore needs outside PGData (the wal-fetch
-	// configuration and cache, the socket directory's log, the server
-	// log); missing or empty. Default: PGData + ".synbak-restore".
+	// WorkDir holds what the restore needs outside PGData: the server log
+	// (which stays) and the WAL staged for restore_command (the restore's
+	// own, removed when it ends); missing or empty. Default: PGData +
+	// ".synbak-restore".
 	WorkDir string
 	// MediaDir, when set, receives the media store as of the target.
 	MediaDir string
@@ -61,8 +58,9 @@ type Options struct {
 	Port int
 	// BinDir holds postgres; default /usr/lib/postgresql/<major>/bin.
 	BinDir string
-	// Executable is the synbak binary restore_command runs (absolute);
-	// default os.Executable().
+	// Executable is the synbak binary restore_command runs (as the
+	// server's OS user, which must be able to execute it); default
+	// os.Executable().
 	Executable string
 	// Database is the Synapse database when the backup does not record it
 	// (fact main_database); default "synapse".
@@ -85,6 +83,10 @@ type Options struct {
 	// during extraction, about twice a second during recovery. The command
 	// line draws it on a terminal.
 	Progress func(Progress)
+
+	// afterPlan, when not nil, runs after planning (tests change the
+	// repository there).
+	afterPlan func()
 }
 
 // Running is the restored server while Options.Check runs: reachable over
@@ -125,6 +127,8 @@ type Phase struct {
 // Report says what a restore did.
 type Report struct {
 	Plan Plan `json:"plan"`
+	// PGData is the restored data directory.
+	PGData string `json:"pgdata"`
 	// RecoveryLSN and RecoveryTime are the recovery point reached: the last
 	// replayed WAL position and the last replayed commit's time.
 	RecoveryLSN  string     `json:"recovery_lsn"`
@@ -151,12 +155,18 @@ type Report struct {
 	SigningKey     *confsnap.KeyChange `json:"new_signing_key,omitempty"`
 	// Running says the server was left running on Port with its socket in
 	// SocketDir.
-	Running   bool     `json:"running"`
-	Port      int      `json:"port"`
-	SocketDir string   `json:"socket_dir,omitempty"`
-	LogFile   string   `json:"log_file"`
-	Warnings  []string `json:"warnings,omitempty"`
-	Phases    []Phase  `json:"phases"`
+	Running   bool   `json:"running"`
+	Port      int    `json:"port"`
+	SocketDir string `json:"socket_dir,omitempty"`
+	LogFile   string `json:"log_file"`
+	// MediaOwner is the uid:gid the media files were given (root
+	// restores: the recorded owner of the signing key).
+	MediaOwner string `json:"media_owner,omitempty"`
+	// Chown says what the admin must give to whom before the
+	// distribution's services use what was restored.
+	Chown    []string `json:"chown,omitempty"`
+	Warnings []string `json:"warnings,omitempty"`
+	Phases   []Phase  `json:"phases"`
 }
 
 // String renders the report for the terminal.
@@ -192,8 +202,15 @@ func (rp Report) String() string {
 	for _, p := range rp.Phases {
 		fmt.Fprintf(&sb, "  %-16s %.1fs\n", p.Name+":", p.Seconds)
 	}
+	for _, c := range rp.Chown {
+		fmt.Fprintf(&sb, "  ownership:       %s\n", c)
+	}
+	fmt.Fprintf(&sb, "  server log:      %s\n", rp.LogFile)
 	if rp.Running {
-		fmt.Fprintf(&sb, "The server is running on 127.0.0.1:%d (socket %s), with the restore's private settings in postgresql.auto.conf.\n", rp.Port, rp.SocketDir)
+		fmt.Fprintf(&sb, "The server is running on 127.0.0.1:%d with the restore's private settings at the end of postgresql.auto.conf.\n", rp.Port)
+		fmt.Fprintf(&sb, "  connect:  psql -h %s -p %d -U postgres   (its private socket; run as the server's OS user)\n", rp.SocketDir, rp.Port)
+		fmt.Fprintf(&sb, "  finish:   stop it (pg_ctl -D %s stop -m fast, as the server's OS user); delete the lines from %q to the end of %s; remove %s; then start it with the production configuration\n",
+			shellQuote(rp.PGData), privateMarker, filepath.Join(rp.PGData, "postgresql.auto.conf"), rp.SocketDir)
 	}
 	sb.WriteString("Before production use: check postgresql.conf and pg_hba.conf, listen_addresses and port, and replication/archiving settings; start Synapse only after that.\n")
 	return sb.String()
@@ -229,11 +246,6 @@ func (o *Options) defaults() error {
 	if o.NewSigningKey && o.ConfigDir == "" {
 		return errors.New("restore: a new signing key needs the config files restored (--config-dir)")
 	}
-	if o.RepoPath != "" {
-		if o.RepoPath, err = filepath.Abs(o.RepoPath); err != nil {
-			return err
-		}
-	}
 	if o.User == "" {
 		o.User = "postgres"
 	}
@@ -262,30 +274,171 @@ func CheckEmpty(what, dir string) error {
 }
 
 // Prepare makes every check Run makes before writing anything (targets
-// missing or empty, the plan with WAL continuity, the server binaries) and
-// returns the plan. It writes nothing.
+// missing or empty, the port, the plan with WAL continuity, the server
+// binaries, that the server's OS user can reach the data directory, and
+// restore_command end to end: run as the server's OS user, it fetches the
+// plan's first segment from a WAL server like the one Run starts, in a
+// temporary socket directory it removes) and returns the plan. It writes
+// nothing else.
 func Prepare(ctx context.Context, opts Options) (Plan, error) {
 	if err := opts.defaults(); err != nil {
 		return Plan{}, err
 	}
-	if err := opts.check(); err != nil {
-		return Plan{}, err
-	}
-	p, err := NewPlan(ctx, opts.Repo, opts.Target)
+	c, err := opts.prepare(ctx)
 	if err != nil {
 		return Plan{}, err
 	}
+	sock, err := makeSocketDir(c.owner)
+	if err != nil {
+		return Plan{}, err
+	}
+	defer os.RemoveAll(sock)
+	staging, err := os.MkdirTemp("", "synbak-restore-staging-")
+	if err != nil {
+		return Plan{}, err
+	}
+	defer os.RemoveAll(staging)
+	ws, err := newWALServer(c.fetcher, sock, staging, c.owner, nil, 0, opts.Log)
+	if err != nil {
+		return Plan{}, err
+	}
+	defer ws.close()
+	if err := giveSocketDir(sock, c.owner); err != nil {
+		return Plan{}, err
+	}
+	if err := c.probe(ctx, sock); err != nil {
+		return Plan{}, err
+	}
+	return c.plan, nil
+}
+
+// prepared is what the checks found.
+type prepared struct {
+	plan    Plan
+	owner   *Owner
+	pgBin   string
+	exe     string
+	fetcher *wal.Fetcher
+}
+
+func (o *Options) prepare(ctx context.Context) (*prepared, error) {
+	if err := o.check(); err != nil {
+		return nil, err
+	}
+	p, err := NewPlan(ctx, o.Repo, o.Target)
+	if err != nil {
+		return nil, err
+	}
 	for _, a := range p.Backup().Archives {
 		if a.TablespaceOID != 0 {
-			if err := CheckEmpty(fmt.Sprintf("tablespace %d directory", a.TablespaceOID), TablespaceDir(opts.PGData, a.TablespaceOID)); err != nil {
-				return Plan{}, err
+			if err := CheckEmpty(fmt.Sprintf("tablespace %d directory", a.TablespaceOID), TablespaceDir(o.PGData, a.TablespaceOID)); err != nil {
+				return nil, err
 			}
 		}
 	}
-	if _, err := opts.postgresBinary(p); err != nil {
-		return Plan{}, err
+	c := &prepared{plan: p}
+	if c.pgBin, err = o.postgresBinary(p); err != nil {
+		return nil, err
 	}
-	return p, nil
+	if c.owner, err = serverUser(); err != nil {
+		return nil, err
+	}
+	c.exe = o.Executable
+	if c.exe == "" {
+		if c.exe, err = os.Executable(); err != nil {
+			return nil, fmt.Errorf("find the synbak binary for restore_command: %w", err)
+		}
+	}
+	if c.exe, err = filepath.Abs(c.exe); err != nil {
+		return nil, err
+	}
+	if c.owner != nil {
+		dirs := []string{o.PGData}
+		for _, a := range p.Backup().Archives {
+			if a.TablespaceOID != 0 {
+				dirs = append(dirs, TablespaceDir(o.PGData, a.TablespaceOID))
+			}
+		}
+		for _, d := range dirs {
+			if err := reachable(ctx, c.owner, d); err != nil {
+				return nil, err
+			}
+		}
+	}
+	if c.fetcher, err = wal.NewFetcher(ctx, o.Repo, "", 0, o.Log); err != nil {
+		return nil, err
+	}
+	return c, nil
+}
+
+// reachable checks that owner can enter dir's nearest existing ancestor
+// (dir itself is created and given to owner by the restore).
+func reachable(ctx context.Context, owner *Owner, dir string) error {
+	d := filepath.Dir(dir)
+	for {
+		if _, err := os.Stat(d); err == nil || d == "/" {
+			break
+		}
+		d = filepath.Dir(d)
+	}
+	cmd := exec.CommandContext(ctx, "/bin/sh", "-c", `cd -- "$1"`, "sh", d)
+	asOwner(cmd, owner)
+	if out, err := cmd.CombinedOutput(); err != nil {
+		return fmt.Errorf("the restored server runs as the postgres OS user, which cannot reach %s (%v: %s): choose a directory it can traverse (e.g. under /var/lib/postgresql), or give it search permission on %s", dir, err, strings.TrimSpace(string(out)), d)
+	}
+	return nil
+}
+
+// makeSocketDir makes the server's private socket directory, which also
+// holds the WAL socket and the private pg_hba.conf: short (sun_path holds
+// about 107 bytes), 0700. It stays this process's until giveSocketDir, so
+// that what the restore puts in it cannot be swapped for a symlink by the
+// server's user first.
+func makeSocketDir(_ *Owner) (string, error) {
+	return os.MkdirTemp("/tmp", "synbak-restore-")
+}
+
+// giveSocketDir gives the socket directory to the server's user.
+func giveSocketDir(sock string, owner *Owner) error {
+	if err := (&extractor{owner: owner}).chown(sock); err != nil {
+		os.RemoveAll(sock)
+		return err
+	}
+	return nil
+}
+
+// privateHBAName is the private pg_hba.conf in the socket directory.
+const privateHBAName = "pg_hba.private.conf"
+
+// writePrivateHBA writes the private pg_hba.conf into the socket directory
+// while it is still this process's.
+func writePrivateHBA(sock string, owner *Owner) error {
+	return (&extractor{owner: owner}).writeFile(filepath.Join(sock, privateHBAName), []byte(privateHBA), 0o600)
+}
+
+// restoreCommand is the restored server's restore_command.
+func restoreCommand(exe, sockDir string) string {
+	return fmt.Sprintf("%s wal-fetch --socket %s %%f %%p", shellQuote(exe), shellQuote(sockDir))
+}
+
+// probe runs restore_command as the server's OS user for the plan's first
+// segment, into the socket directory.
+func (c *prepared) probe(ctx context.Context, sockDir string) error {
+	dest := filepath.Join(sockDir, "probe")
+	defer os.Remove(dest)
+	cmd := exec.CommandContext(ctx, c.exe, "wal-fetch", "--socket", sockDir, c.plan.FirstSegment, dest)
+	cmd.Dir = sockDir
+	asOwner(cmd, c.owner)
+	out, err := cmd.CombinedOutput()
+	if err == nil {
+		return nil
+	}
+	who := "this user"
+	if c.owner != nil {
+		who = "the postgres OS user"
+	}
+	return fmt.Errorf("restore_command would fail: `%s` run as %s: %v: %s (%s must be able to run %s: install synbak where every user can run it, e.g. /usr/local/bin)",
+		strings.ReplaceAll(restoreCommand(c.exe, sockDir), "%f %p", c.plan.FirstSegment+" "+dest), who, err, strings.TrimSpace(string(out)), who, c.exe)
 }
 
 func (o *Options) check() error {
@@ -305,8 +458,15 @@ func (o *Options) check() error {
 			return err
 		}
 	}
-	if o.RepoPath == "" && o.RepoConfig == "" {
-		return errors.New("restore: the repository's settings are needed for restore_command (repository.path or repository.url)")
+	if o.Port < 0 || o.Port > 65535 {
+		return fmt.Errorf("restore: port %d: give a TCP port between 1 and 65535 (or 0 for a free one)", o.Port)
+	}
+	if o.Port != 0 {
+		l, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", o.Port))
+		if err != nil {
+			return fmt.Errorf("restore: port %d on 127.0.0.1 is not free for the restored server (%v): choose another with --port, or leave it out for a free one", o.Port, err)
+		}
+		l.Close()
 	}
 	return nil
 }
@@ -369,26 +529,17 @@ func Run(ctx context.Context, opts Options) (rep Report, err error) {
 		rep.Phases = append(rep.Phases, Phase{Name: name, Seconds: time.Since(start).Seconds()})
 	}
 	start := time.Now()
-	plan, err := Prepare(ctx, opts)
+	c, err := opts.prepare(ctx)
 	if err != nil {
 		return rep, err
 	}
+	plan, owner := c.plan, c.owner
 	rep.Plan = plan
-	pgBin, _ := opts.postgresBinary(plan)
-	owner, err := serverUser()
-	if err != nil {
-		return rep, err
-	}
-	exe := opts.Executable
-	if exe == "" {
-		if exe, err = os.Executable(); err != nil {
-			return rep, fmt.Errorf("find the synbak binary for restore_command: %w", err)
-		}
-	}
-	if exe, err = filepath.Abs(exe); err != nil {
-		return rep, err
-	}
+	rep.PGData = opts.PGData
 	phase("plan", start)
+	if opts.afterPlan != nil {
+		opts.afterPlan()
+	}
 
 	// From here on the restore writes: a failure undoes it.
 	dirs := []string{opts.PGData, opts.WorkDir}
@@ -425,52 +576,51 @@ func Run(ctx context.Context, opts Options) (rep Report, err error) {
 		err = fmt.Errorf("%w\n(the restore removed what it had written; run it with --keep-failed to keep the data directory and server log)", err)
 	}()
 
-	// The work directory: restore-only config, fetch cache, socket, log.
+	// The work directory is the restore's own (the server's user never
+	// opens it: its log is handed over as an open file): the server log,
+	// and the WAL staged for restore_command, removed at the end.
 	start = time.Now()
-	x := &extractor{owner: owner}
-	if err := x.prepareDir(opts.WorkDir); err != nil {
+	if err := (&extractor{}).prepareDir(opts.WorkDir); err != nil {
 		return rep, err
 	}
-	stateDir := filepath.Join(opts.WorkDir, "state")
-	if err := x.mkdirAll(stateDir); err != nil {
+	staging := filepath.Join(opts.WorkDir, "wal")
+	if err := os.Mkdir(staging, 0o700); err != nil {
 		return rep, err
 	}
-	cfgFile := filepath.Join(opts.WorkDir, "restore.yaml")
-	repoCfg := opts.RepoConfig
-	if repoCfg == "" {
-		repoCfg = fmt.Sprintf("repository:\n  path: %s\n", yamlQuote(opts.RepoPath))
-	}
-	cfg := fmt.Sprintf("# written by synbak restore: what restore_command (wal-fetch) reads\n%sstate_dir: %s\n", repoCfg, yamlQuote(stateDir))
-	if err := x.writeFile(cfgFile, []byte(cfg), 0o600); err != nil {
+	sockDir, err := makeSocketDir(owner)
+	if err != nil {
 		return rep, err
 	}
-	restoreCommand := fmt.Sprintf("%s -c %s wal-fetch %%f %%p", shellQuote(exe), shellQuote(cfgFile))
-	var fetchEnv []string
-	if len(opts.Identity) > 0 {
-		idFile := filepath.Join(opts.WorkDir, "identity.txt")
-		if err := x.writeFile(idFile, opts.Identity, 0o600); err != nil {
-			return rep, err
+	defer func() {
+		if err != nil || !opts.LeaveRunning {
+			_ = os.RemoveAll(sockDir)
 		}
-		fetchEnv = []string{identityEnv + "=" + idFile}
-		restoreCommand = identityEnv + "=" + shellQuote(idFile) + " " + restoreCommand
+	}()
+	// Staged beside the data directory, on its file system as a rule:
+	// restore_command then links each file into pg_wal without a copy.
+	ws, err := newWALServer(c.fetcher, sockDir, staging, owner, plan.segments, opts.Prefetch, log)
+	if err != nil {
+		return rep, err
+	}
+	defer func() {
+		ws.close()
+		_ = os.RemoveAll(staging)
+	}()
+	if err := writePrivateHBA(sockDir, owner); err != nil {
+		return rep, err
+	}
+	if err := giveSocketDir(sockDir, owner); err != nil {
+		return rep, err
 	}
 	// Check, as the server's user, that restore_command works: fetch the
 	// first segment the recovery needs.
-	b := plan.Backup()
-	probe := filepath.Join(stateDir, "probe")
-	cmd := exec.CommandContext(ctx, exe, "-c", cfgFile, "wal-fetch", plan.FirstSegment, probe)
-	asOwner(cmd, owner)
-	cmd.Env = append(cmd.Env, fetchEnv...)
-	if out, err := cmd.CombinedOutput(); err != nil {
-		who := "this user"
-		if owner != nil {
-			who = "the postgres OS user"
-		}
-		return rep, fmt.Errorf("restore_command would fail: `%s` run as %s: %v: %s (the binary, %s and the repository %s must be readable by %s)",
-			strings.ReplaceAll(restoreCommand, "%f %p", plan.FirstSegment+" "+probe), who, err, strings.TrimSpace(string(out)), cfgFile, opts.Repo, who)
+	if err := c.probe(ctx, sockDir); err != nil {
+		return rep, err
 	}
-	_ = os.Remove(probe)
+	ws.resetServed()
+	ws.startPrefetch()
 
+	b := plan.Backup()
 	log.Info("extracting base backup", "backup", b.ID, "pgdata", opts.PGData)
 	xopts := ExtractOptions{Owner: owner}
 	if opts.Progress != nil {
@@ -483,15 +633,14 @@ func Run(ctx context.Context, opts Options) (rep Report, err error) {
 	phase("extract", start)
 
 	start = time.Now()
-	srv, err := opts.configure(plan, owner, restoreCommand)
+	srv, err := opts.configure(plan, owner, restoreCommand(c.exe, sockDir), sockDir)
 	if err != nil {
 		return rep, err
 	}
-	srv.bin = pgBin
+	srv.bin = c.pgBin
 	rep.Port, rep.SocketDir, rep.LogFile = srv.port, srv.sockDir, srv.logFile
 	srv.dieWithUs = !opts.LeaveRunning
 	if err := srv.start(); err != nil {
-		_ = os.RemoveAll(srv.sockDir)
 		return rep, err
 	}
 	defer func() {
@@ -505,7 +654,6 @@ func Run(ctx context.Context, opts Options) (rep Report, err error) {
 		if err == nil {
 			err = srv.removePrivate()
 		}
-		_ = os.RemoveAll(srv.sockDir)
 		if err == nil {
 			rep.Running = false
 			rep.SocketDir = ""
@@ -521,9 +669,15 @@ func Run(ctx context.Context, opts Options) (rep Report, err error) {
 	}
 	endOfArchive, err := srv.waitPromoted(ctx, log, !opts.Target.Latest)
 	if err != nil {
+		if f, ferr := ws.lastFailure(); f != "" {
+			err = fmt.Errorf("serving WAL file %s to the restored server failed: %w; %w", f, ferr, err)
+		}
 		return rep, err
 	}
 	rep.EndOfArchive = endOfArchive
+	if err := srv.checkReached(ctx, plan, endOfArchive, ws); err != nil {
+		return rep, err
+	}
 	phase("recovery", start)
 
 	start = time.Now()
@@ -541,35 +695,23 @@ func Run(ctx context.Context, opts Options) (rep Report, err error) {
 	phase("synapse fix-ups", start)
 	if opts.Check != nil {
 		start = time.Now()
-		if err := opts.Check(ctx, Running{Port: srv.port, SocketDir: srv.sockDir, User: srv.user, BinDir: filepath.Dir(pgBin), Database: db}); err != nil {
+		if err := opts.Check(ctx, Running{Port: srv.port, SocketDir: srv.sockDir, User: srv.user, BinDir: filepath.Dir(c.pgBin), Database: db}); err != nil {
 			return rep, err
 		}
 		phase("checks", start)
 	}
 
-	if opts.MediaDir == "" {
-		rep.MediaSkipped = true
-	} else {
-		start = time.Now()
-		at := opts.Target.Time
-		if opts.Target.LSN != 0 && rep.RecoveryTime != nil {
-			at = *rep.RecoveryTime
-		}
-		mr, err := mediawatch.Restore(ctx, opts.Repo, at, opts.MediaDir)
-		if err != nil {
-			return rep, fmt.Errorf("restore media into %s: %w", opts.MediaDir, err)
-		}
-		rep.MediaFiles, rep.MediaBytes = mr.Files, mr.Bytes
-		phase("media", start)
+	at := opts.Target.Time
+	if opts.Target.LSN != 0 && rep.RecoveryTime != nil {
+		at = *rep.RecoveryTime
 	}
+	// The Synapse user's ids, as the config snapshot recorded the signing
+	// key's owner: media files get them when root restores.
+	var synapseOwner *Owner
 	if opts.ConfigDir == "" {
 		rep.ConfigSkipped = true
 	} else {
 		start = time.Now()
-		at := opts.Target.Time
-		if opts.Target.LSN != 0 && rep.RecoveryTime != nil {
-			at = *rep.RecoveryTime
-		}
 		m, err := confsnap.Restore(ctx, opts.Repo, at, opts.ConfigDir)
 		if err != nil {
 			return rep, fmt.Errorf("restore config files into %s: %w", opts.ConfigDir, err)
@@ -577,6 +719,11 @@ func Run(ctx context.Context, opts Options) (rep Report, err error) {
 		rep.ConfigFiles, rep.ConfigMissing = len(m.Files), len(m.Missing)
 		snap := m.SnapshotTime
 		rep.ConfigSnapshot = &snap
+		for _, f := range m.Files {
+			if f.Role == "signing_key" {
+				synapseOwner = &Owner{UID: f.UID, GID: f.GID}
+			}
+		}
 		if opts.NewSigningKey {
 			kc, err := confsnap.NewSigningKey(opts.ConfigDir, confsnap.KeyOptions{})
 			if err != nil {
@@ -584,17 +731,86 @@ func Run(ctx context.Context, opts Options) (rep Report, err error) {
 			}
 			rep.SigningKey = &kc
 		}
+		if os.Geteuid() == 0 {
+			// Each file gets the owner recorded with it.
+			for _, f := range m.Files {
+				p := filepath.Join(opts.ConfigDir, filepath.FromSlash(strings.TrimPrefix(f.Path, "/")))
+				if err := os.Lchown(p, f.UID, f.GID); err != nil && !errors.Is(err, os.ErrNotExist) {
+					return rep, fmt.Errorf("give %s its recorded owner %d:%d: %w", p, f.UID, f.GID, err)
+				}
+			}
+		}
 		phase("config", start)
+	}
+	if opts.MediaDir == "" {
+		rep.MediaSkipped = true
+	} else {
+		start = time.Now()
+		mr, err := mediawatch.Restore(ctx, opts.Repo, at, opts.MediaDir)
+		if err != nil {
+			return rep, fmt.Errorf("restore media into %s: %w", opts.MediaDir, err)
+		}
+		rep.MediaFiles, rep.MediaBytes = mr.Files, mr.Bytes
+		if os.Geteuid() == 0 && synapseOwner != nil {
+			if err := chownTree(opts.MediaDir, *synapseOwner); err != nil {
+				return rep, err
+			}
+			rep.MediaOwner = fmt.Sprintf("%d:%d", synapseOwner.UID, synapseOwner.GID)
+		}
+		phase("media", start)
+	}
+	rep.Chown = chownHint(opts, plan, owner, synapseOwner)
+	if opts.LeaveRunning {
+		// Replay is over: restore_command goes, with its socket.
+		ws.close()
+		if err := srv.dropRecoverySettings(ctx); err != nil {
+			return rep, err
+		}
 	}
 	return rep, nil
 }
 
-// identityEnv gives wal-fetch the identity file of an encrypted repository
-// (repository.encryption.identity_file).
-const identityEnv = "SYNBAK_REPOSITORY_ENCRYPTION_IDENTITY_FILE"
+// chownTree gives every file and directory under dir to o.
+func chownTree(dir string, o Owner) error {
+	return filepath.WalkDir(dir, func(p string, _ fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		if err := os.Lchown(p, o.UID, o.GID); err != nil {
+			return fmt.Errorf("give %s to %d:%d: %w", p, o.UID, o.GID, err)
+		}
+		return nil
+	})
+}
 
-func yamlQuote(s string) string {
-	return `"` + strings.NewReplacer(`\`, `\\`, `"`, `\"`).Replace(s) + `"`
+// chownHint says what the admin must chown before the distribution's
+// services run what was restored.
+func chownHint(opts Options, plan Plan, owner, synapseOwner *Owner) []string {
+	var out []string
+	if owner == nil {
+		u := "this user"
+		if cu, err := user.Current(); err == nil {
+			u = cu.Username
+		}
+		dirs := []string{shellQuote(opts.PGData)}
+		for _, a := range plan.Backup().Archives {
+			if a.TablespaceOID != 0 {
+				dirs = append(dirs, shellQuote(TablespaceDir(opts.PGData, a.TablespaceOID)))
+			}
+		}
+		out = append(out, fmt.Sprintf("the data directory belongs to %s (who ran the restore); before the distribution's service starts it: chown -R postgres:postgres %s", u, strings.Join(dirs, " ")))
+	}
+	switch {
+	case opts.MediaDir == "":
+	case synapseOwner == nil:
+		out = append(out, fmt.Sprintf("the media store has no recorded owner: before Synapse uses it: chown -R matrix-synapse: %s (or Synapse's user)", shellQuote(opts.MediaDir)))
+	case owner == nil:
+		out = append(out, fmt.Sprintf("the media store belongs to who ran the restore: before Synapse uses it: chown -R %d:%d %s (the signing key's recorded owner, Synapse's user)", synapseOwner.UID, synapseOwner.GID, shellQuote(opts.MediaDir)))
+	}
+	if opts.ConfigDir != "" && owner == nil {
+		out = append(out, fmt.Sprintf("the config files belong to who ran the restore; %s lists each file's recorded owner", filepath.Join(opts.ConfigDir, confsnap.ManifestName)))
+	}
+	return out
 }
 
 // shellQuote quotes s for /bin/sh (restore_command runs through it).
@@ -624,10 +840,14 @@ type server struct {
 	progress func(replay pglogrepl.LSN, lastCommit *time.Time)
 }
 
+const privateMarker = "# synbak restore: private settings"
+
+const privateHeader = "\n" + privateMarker + " of the restored server (delete from here to the end before production use)\n"
+
 const privateHBA = "# written by synbak restore: only the restore connects, over its private socket\nlocal all all trust\n"
 
 // configure writes the recovery settings and the private settings.
-func (o *Options) configure(p Plan, owner *Owner, restoreCommand string) (*server, error) {
+func (o *Options) configure(p Plan, owner *Owner, restoreCommand, sock string) (*server, error) {
 	s := &server{pgdata: o.PGData, owner: owner, restoreCommand: restoreCommand, port: o.Port, user: o.User}
 	x := &extractor{owner: owner}
 	if s.port == 0 {
@@ -638,20 +858,9 @@ func (o *Options) configure(p Plan, owner *Owner, restoreCommand string) (*serve
 		s.port = l.Addr().(*net.TCPAddr).Port
 		l.Close()
 	}
-	// A short socket directory (sun_path holds about 107 bytes).
-	sock, err := os.MkdirTemp("/tmp", "synbak-restore-")
-	if err != nil {
-		return nil, err
-	}
 	s.sockDir = sock
-	if err := x.chown(sock); err != nil {
-		return nil, err
-	}
 	s.logFile = filepath.Join(o.WorkDir, "postgres.log")
-	hba := filepath.Join(o.WorkDir, "pg_hba.private.conf")
-	if err := x.writeFile(hba, []byte(privateHBA), 0o600); err != nil {
-		return nil, err
-	}
+	hba := filepath.Join(sock, privateHBAName) // written by writePrivateHBA
 	// Debian keeps postgresql.conf and pg_hba.conf in /etc/postgresql.
 	conf := filepath.Join(o.PGData, "postgresql.conf")
 	if _, err := os.Stat(conf); errors.Is(err, os.ErrNotExist) {
@@ -666,19 +875,22 @@ func (o *Options) configure(p Plan, owner *Owner, restoreCommand string) (*serve
 		}
 	}
 	auto := filepath.Join(o.PGData, "postgresql.auto.conf")
+	var err error
 	s.autoConf, err = os.ReadFile(auto)
 	s.autoConfExists = err == nil
 	if err != nil && !errors.Is(err, os.ErrNotExist) {
 		return nil, err
 	}
 	var sb strings.Builder
-	sb.WriteString("\n# synbak restore: private settings while the restore runs; removed when it stops the server\n")
+	sb.WriteString(privateHeader)
 	sb.WriteString(setting("listen_addresses", "127.0.0.1"))
 	sb.WriteString(fmt.Sprintf("port = %d\n", s.port))
 	sb.WriteString(setting("unix_socket_directories", s.sockDir))
 	sb.WriteString(setting("hba_file", hba))
 	sb.WriteString("archive_mode = off\n")
 	sb.WriteString(setting("synchronous_standby_names", ""))
+	// The restore reads the server's log: messages in English.
+	sb.WriteString(setting("lc_messages", "C"))
 	s.private = sb.String()
 	if err := s.writeAuto(p.Target.recoveryTarget()); err != nil {
 		return nil, err

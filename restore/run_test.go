@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -57,8 +58,6 @@ func waitFor(t *testing.T, timeout time.Duration, what string, cond func() bool)
 		time.Sleep(50 * time.Millisecond)
 	}
 }
-
-func chownTree(t *testing.T, dir string) { t.Helper(); pgtest.GiveToServerUser(t, dir) }
 
 // timeAfter polls until the server's clock is past t, and returns it.
 func timeAfter(t *testing.T, c *pgtest.Cluster, after time.Time) time.Time {
@@ -125,12 +124,11 @@ func TestRestore(t *testing.T) {
 	if _, err := mediawatch.Sync(context.Background(), r, store, mediawatch.Options{QuietPeriod: time.Millisecond}); err != nil {
 		t.Fatal(err)
 	}
-	chownTree(t, repoDir)
 
 	root := pgtest.ServerDir(t)
 	opts := func(pgdata string, target restore.Point) restore.Options {
 		return restore.Options{
-			Repo: r, RepoPath: repoDir, Target: target, PGData: pgdata,
+			Repo: r, Prefetch: 4, Target: target, PGData: pgdata,
 			Executable: bin, BinDir: c.BinDir, Log: pgtest.Logger(t),
 		}
 	}
@@ -180,6 +178,66 @@ func TestRestore(t *testing.T) {
 		t.Log(p.String())
 		if _, err := os.Stat(missing); err == nil {
 			t.Error("Prepare created the data directory")
+		}
+	})
+
+	// Every check that fails a restore fails the dry run the same way,
+	// and neither writes anything.
+	t.Run("dry run agrees", func(t *testing.T) {
+		busy, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer busy.Close()
+		full := filepath.Join(root, "full2")
+		if err := os.MkdirAll(full, 0o700); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(full, "x"), nil, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		cases := map[string]func(o *restore.Options){
+			"data directory not empty": func(o *restore.Options) { o.PGData = full },
+			"port in use":              func(o *restore.Options) { o.Port = busy.Addr().(*net.TCPAddr).Port },
+			"port out of range":        func(o *restore.Options) { o.Port = 70000 },
+			"no server binaries":       func(o *restore.Options) { o.BinDir = filepath.Join(root, "no-such-bindir") },
+			"no synbak binary":         func(o *restore.Options) { o.Executable = filepath.Join(root, "no-such-synbak") },
+		}
+		if os.Geteuid() == 0 {
+			// Root-only directories: the postgres OS user cannot reach them.
+			private := t.TempDir()
+			cases["data directory the server's user cannot reach"] = func(o *restore.Options) { o.PGData = filepath.Join(private, "sub", "data") }
+			privBin := filepath.Join(private, "synbak")
+			data, err := os.ReadFile(bin)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := os.WriteFile(privBin, data, 0o700); err != nil {
+				t.Fatal(err)
+			}
+			cases["synbak binary the server's user cannot run"] = func(o *restore.Options) { o.Executable = privBin }
+		}
+		for name, change := range cases {
+			o := opts(filepath.Join(root, "never"), restore.Point{Time: mid})
+			change(&o)
+			_, perr := restore.Prepare(ctx, o)
+			_, rerr := restore.Run(ctx, o)
+			if perr == nil || rerr == nil {
+				t.Errorf("%s: dry run %v, restore %v: want both to fail", name, perr, rerr)
+				continue
+			}
+			if p, r := strings.SplitN(perr.Error(), ":", 2)[0], strings.SplitN(rerr.Error(), ":", 2)[0]; p != r {
+				t.Errorf("%s: dry run says %q, restore %q", name, perr, rerr)
+			}
+			t.Logf("%s: %v", name, perr)
+			if o.PGData != full {
+				if _, err := os.Stat(o.PGData); err == nil {
+					t.Errorf("%s: the failed restore created %s", name, o.PGData)
+				}
+			}
+		}
+		if _, err := os.Stat(filepath.Join(root, "never.synbak-restore")); err == nil {
+			t.Error("a failed check left the work directory")
 		}
 	})
 
@@ -324,11 +382,36 @@ func TestRestore(t *testing.T) {
 		}
 		_, err = restore.Run(ctx, opts(filepath.Join(root, "corrupt"), restore.Point{Latest: true}))
 		t.Logf("error: %v", err)
-		if err == nil || !strings.Contains(err.Error(), "restore_command failed: object "+seg.ObjectName()) || !strings.Contains(err.Error(), "exited during recovery") {
+		if err == nil || !strings.Contains(err.Error(), "serving WAL file "+seg.Name()+" to the restored server failed") || !strings.Contains(err.Error(), "exited during recovery") {
 			t.Errorf("restore over a corrupt segment: %v, want an error naming %s", err, seg.ObjectName())
 		}
 		for _, d := range []string{"corrupt", "corrupt.synbak-restore"} {
 			if _, err := os.Stat(filepath.Join(root, d)); err == nil {
+				t.Errorf("the failed restore left %s behind", d)
+			}
+		}
+	})
+
+	// A segment that vanishes after planning: PostgreSQL finds no more WAL
+	// there and promotes as if the archive ended; the restore compares
+	// where replay stopped with its plan, fails naming the segment, and
+	// leaves nothing behind.
+	t.Run("replay stops early", func(t *testing.T) {
+		seg := wal.SegmentAt(b.EndTimeline, endLSN-1, 1<<20)
+		pgdata := filepath.Join(root, "early")
+		o := opts(pgdata, restore.Point{Latest: true})
+		restore.SetAfterPlan(&o, func() {
+			if err := os.Remove(filepath.Join(repoDir, filepath.FromSlash(seg.ObjectName()))); err != nil {
+				t.Error(err)
+			}
+		})
+		_, err := restore.Run(ctx, o)
+		t.Logf("error: %v", err)
+		if err == nil || !strings.Contains(err.Error(), "replay stopped early") || !strings.Contains(err.Error(), seg.Name()) {
+			t.Errorf("restore whose replay stopped early: %v, want an error naming %s", err, seg.Name())
+		}
+		for _, d := range []string{pgdata, pgdata + ".synbak-restore"} {
+			if _, err := os.Stat(d); err == nil {
 				t.Errorf("the failed restore left %s behind", d)
 			}
 		}
@@ -339,7 +422,7 @@ func TestRestore(t *testing.T) {
 // runs as that user), starts a WAL receiver on c and takes a base backup.
 func backedUp(t *testing.T, c *pgtest.Cluster) (repoDir string, r *repo.Repo, b *basebackup.Backup, stop func()) {
 	t.Helper()
-	repoDir = filepath.Join(pgtest.ServerDir(t), "repo")
+	repoDir = filepath.Join(t.TempDir(), "repo") // root-only (0700): the server never reads it
 	r = repotest.New(t, repoDir, repotest.Zstd)
 	stop = startReceiver(t, c, r)
 	var err error

@@ -162,11 +162,7 @@ func runAgent(ctx context.Context, cfg *config.Config) error {
 	if iv := cfg.Drill.Interval.D(); iv > 0 {
 		dlog := log.With("component", "drill")
 		opts.Drills = &agent.DrillSchedule{Interval: iv, Log: dlog, Drill: func(ctx context.Context) (agent.DrillResult, error) {
-			fs, err := walFetchSettings(cfg)
-			if err != nil {
-				return agent.DrillResult{}, err
-			}
-			rep, err := drill.Run(ctx, drill.Options{Repo: r, RepoPath: fs.path, RepoConfig: fs.config, Identity: fs.identity, ScratchDir: cfg.Drill.ScratchDir, Log: dlog})
+			rep, err := drill.Run(ctx, drill.Options{Repo: r, Prefetch: cfg.WAL.PrefetchSegments, ScratchDir: cfg.Drill.ScratchDir, Log: dlog})
 			return agent.DrillResult{OK: rep.OK, Problems: rep.Problems, Seconds: rep.RTOSeconds}, err
 		}}
 		opts.Components = append(opts.Components, agent.Component{Name: "drill", Run: opts.Drills.Run})

@@ -13,6 +13,7 @@ import (
 	"net/http"
 	"os"
 	"os/exec"
+	"os/user"
 	"path/filepath"
 	"slices"
 	"sort"
@@ -53,6 +54,9 @@ type agentSite struct {
 	env      []string
 	seed     []byte   // the signing key's
 	repoEnv  []string // where the repository is, for the agent and restores
+	// secrets must never be in a file the restored server's user could
+	// read (the S3 secret key, the age identity's lines).
+	secrets []string
 }
 
 func newAgentSite(t *testing.T) *agentSite {
@@ -77,6 +81,13 @@ func newAgentSite(t *testing.T) *agentSite {
 	s.seed = seed
 	if err := os.WriteFile(filepath.Join(dir, "synapse", "test.example.signing.key"), fmt.Appendf(nil, "ed25519 a_test %s\n", base64.RawStdEncoding.EncodeToString(seed)), 0o600); err != nil {
 		t.Fatal(err)
+	}
+	if os.Geteuid() == 0 {
+		// Synapse's user owns its signing key (nobody stands in for
+		// matrix-synapse): a root restore gives it and the media back.
+		if err := os.Chown(filepath.Join(dir, "synapse", "test.example.signing.key"), nobodyUID(t), nobodyUID(t)); err != nil {
+			t.Fatal(err)
+		}
 	}
 	s.env = []string{
 		"SYNBAK_SYNAPSE_CONFIG=" + s.hsFile, "SYNBAK_SYNAPSE_WORKDIR=" + filepath.Dir(s.hsFile),
@@ -113,6 +124,7 @@ func (s *agentSite) useS3(t *testing.T) string {
 		"SYNBAK_REPOSITORY_ENCRYPTION_RECIPIENTS=" + id.Recipient().String(),
 		"SYNBAK_REPOSITORY_ENCRYPTION_IDENTITY_FILE=" + idFile,
 	}
+	s.secrets = append([]string{s3test.SecretKey}, strings.Split(strings.TrimSpace(id.String()), "\n")...)
 	return filepath.Join(srv.Dir, bucket)
 }
 
@@ -357,19 +369,103 @@ func (l *ackLoad) count() int {
 // restoreCLI runs `synbak restore` as a user would and starts the result.
 func (s *agentSite) restoreCLI(t *testing.T, args ...string) (*pgtest.Cluster, string) {
 	t.Helper()
-	if s.repoDir != "" {
-		pgtest.GiveToServerUser(t, s.repoDir)
-	}
+	// The repository stays as the agent wrote it (root, 0700): the
+	// restore serves the WAL itself.
 	pgdata := filepath.Join(pgtest.ServerDir(t), "data")
 	cmd := exec.Command(s.bin, append([]string{"-c", "/dev/null", "restore", "--pgdata", pgdata}, args...)...)
 	// A new machine: the repository settings and an empty state directory.
 	cmd.Env = append(append(os.Environ(), s.repoEnv...), "SYNBAK_STATE_DIR="+filepath.Join(t.TempDir(), "state"))
 	var out bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &out
-	if err := cmd.Run(); err != nil {
-		t.Fatalf("synbak restore %v: %v\n%s", args, err, out.String())
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	// While it runs: no secret in the directories the server's user can
+	// reach (the data directory, the restore's work directory, the
+	// server's socket directories).
+	secretDirs := func() []string {
+		socks, _ := filepath.Glob("/tmp/synbak-restore-*")
+		return append([]string{pgdata, pgdata + ".synbak-restore"}, socks...)
+	}
+	var runErr error
+	polls := 0
+	for running := true; running; {
+		select {
+		case runErr = <-done:
+			running = false
+		case <-time.After(50 * time.Millisecond):
+			if len(s.secrets) > 0 {
+				noSecrets(t, secretDirs(), s.secrets, 1<<20)
+				polls++
+			}
+		}
+	}
+	if runErr != nil {
+		t.Fatalf("synbak restore %v: %v\n%s", args, runErr, out.String())
+	}
+	if len(s.secrets) > 0 {
+		noSecrets(t, secretDirs(), s.secrets, 0)
+		t.Logf("no secret in the server's reach in %d polls during the restore and after it", polls)
+	}
+	// After it: the data directory belongs to the server's user, and
+	// nothing of the restore's stays but its server log.
+	if os.Geteuid() == 0 {
+		fi, err := os.Stat(pgdata)
+		if err != nil {
+			t.Fatal(err)
+		}
+		pu, err := user.Lookup("postgres")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if uid := fmt.Sprint(fi.Sys().(*syscall.Stat_t).Uid); uid != pu.Uid {
+			t.Errorf("the restored data directory belongs to uid %s, want postgres (%s)", uid, pu.Uid)
+		}
+	}
+	if left, err := os.ReadDir(pgdata + ".synbak-restore"); err != nil || len(left) != 1 || left[0].Name() != "postgres.log" {
+		t.Errorf("beside the data directory the restore left %v (%v), want only postgres.log", left, err)
 	}
 	return pgtest.StartDataDir(t, pgdata, pgtest.Options{}), out.String()
+}
+
+// nobodyUID is nobody's uid (its gid is taken to be the same number,
+// as for any unprivileged test owner).
+func nobodyUID(t *testing.T) int {
+	t.Helper()
+	u, err := user.Lookup("nobody")
+	if err != nil {
+		t.Fatal(err)
+	}
+	n, err := strconv.Atoi(u.Uid)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return n
+}
+
+// noSecrets fails t if a regular file under dirs (at most maxSize bytes
+// when not 0) contains one of secrets.
+func noSecrets(t *testing.T, dirs, secrets []string, maxSize int64) {
+	t.Helper()
+	for _, d := range dirs {
+		_ = filepath.Walk(d, func(p string, fi os.FileInfo, err error) error {
+			if err != nil || !fi.Mode().IsRegular() || (maxSize > 0 && fi.Size() > maxSize) {
+				return nil
+			}
+			b, err := os.ReadFile(p)
+			if err != nil {
+				return nil // gone meanwhile
+			}
+			for _, sec := range secrets {
+				if sec != "" && bytes.Contains(b, []byte(sec)) {
+					t.Errorf("%s holds a secret (%.12s...)", p, sec)
+				}
+			}
+			return nil
+		})
+	}
 }
 
 func listFiles(t *testing.T, root string) []string {
@@ -539,6 +635,15 @@ func agentEndToEnd(t *testing.T, s *agentSite) {
 	}
 	if _, err := os.Stat(filepath.Join(cfgAtTarget, "synbak-manifest.json")); err != nil {
 		t.Error(err)
+	}
+	if os.Geteuid() == 0 {
+		// Restored as root: each config file has its recorded owner, the
+		// media store the signing key's (Synapse's user).
+		for _, p := range []string{filepath.Join(cfgAtTarget, keyFile), filepath.Join(s.dir, "media-at-target", fileA)} {
+			if fi, err := os.Stat(p); err != nil || int(fi.Sys().(*syscall.Stat_t).Uid) != nobodyUID(t) {
+				t.Errorf("%s: %v: want it owned by Synapse's user (uid %d)", p, err, nobodyUID(t))
+			}
+		}
 	}
 	rc.Stop(t)
 
@@ -731,7 +836,6 @@ func TestAgentRetention(t *testing.T) {
 	}
 
 	// Before the window: refused, naming the window; inside it: restored.
-	pgtest.GiveToServerUser(t, s.repoDir)
 	cmd := exec.Command(s.bin, "-c", "/dev/null", "restore", "--pgdata", filepath.Join(pgtest.ServerDir(t), "data"), "--target-time", early.Format(time.RFC3339Nano))
 	cmd.Env = append(append(os.Environ(), s.repoEnv...), "SYNBAK_STATE_DIR="+t.TempDir())
 	out, err := cmd.CombinedOutput()

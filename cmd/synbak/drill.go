@@ -63,11 +63,7 @@ func runDrill(ctx context.Context, cfg *config.Config, f drillFlags, out io.Writ
 	if err != nil {
 		return err
 	}
-	fs, err := walFetchSettings(cfg)
-	if err != nil {
-		return err
-	}
-	opts := drill.Options{Repo: r, RepoPath: fs.path, RepoConfig: fs.config, Identity: fs.identity, ScratchDir: f.scratchDir, BinDir: f.pgBinDir, Keep: f.keep, Log: log}
+	opts := drill.Options{Repo: r, Prefetch: cfg.WAL.PrefetchSegments, ScratchDir: f.scratchDir, BinDir: f.pgBinDir, Keep: f.keep, Log: log}
 	if !f.asJSON && isTerminal(os.Stderr) {
 		rp := &restoreProgress{w: os.Stderr, start: time.Now()}
 		defer rp.finish()

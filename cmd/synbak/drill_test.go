@@ -53,7 +53,6 @@ func TestDrill(t *testing.T) {
 	if err := stop(); err != nil {
 		t.Fatal(err)
 	}
-	pgtest.GiveToServerUser(t, repoDir)
 
 	drillCLI := func(t *testing.T) (int, string) {
 		t.Helper()

@@ -9,7 +9,6 @@ import (
 	"time"
 
 	"filippo.io/age"
-	"go.yaml.in/yaml/v3"
 
 	"github.com/synbak/synbak/internal/config"
 	"github.com/synbak/synbak/internal/repo"
@@ -145,72 +144,4 @@ func openRepo(ctx context.Context, cfg *config.Config, create bool) (*repo.Repo,
 		return r, err
 	}
 	return repo.Open(ctx, b, opts)
-}
-
-// walFetchRepoConfig is the repository section restore_command's wal-fetch
-// needs, for repositories other than a local directory (restore.Options
-// RepoConfig): the S3 location with the credentials resolved (wal-fetch runs
-// as the server's OS user, which may not read the files or environment they
-// came from). It holds the secret: the restore writes it 0600.
-func walFetchRepoConfig(cfg *config.Config) (string, error) {
-	if cfg.Repository.URL == "" {
-		return "", nil
-	}
-	id, secret, err := cfg.Repository.S3Credentials(os.LookupEnv)
-	if err != nil {
-		return "", err
-	}
-	s := cfg.Repository.S3
-	type s3Section struct {
-		Endpoint        string `yaml:"endpoint"`
-		Region          string `yaml:"region,omitempty"`
-		AccessKeyID     string `yaml:"access_key_id,omitempty"`
-		SecretAccessKey string `yaml:"secret_access_key,omitempty"`
-		Insecure        bool   `yaml:"insecure"`
-		PathStyle       bool   `yaml:"path_style"`
-	}
-	type repoSection struct {
-		URL string    `yaml:"url"`
-		S3  s3Section `yaml:"s3"`
-	}
-	b, err := yaml.Marshal(map[string]repoSection{"repository": {URL: cfg.Repository.URL, S3: s3Section{
-		Endpoint: s.Endpoint, Region: s.Region, AccessKeyID: id, SecretAccessKey: secret, Insecure: s.Insecure, PathStyle: s.PathStyle,
-	}}})
-	if err != nil {
-		return "", err
-	}
-	return string(b), nil
-}
-
-// identityBytes is the identity file's content for restore_command (nil
-// when none is configured).
-func identityBytes(cfg *config.Config) ([]byte, error) {
-	if cfg.Repository.Encryption.IdentityFile == "" {
-		return nil, nil
-	}
-	b, err := os.ReadFile(cfg.Repository.Encryption.IdentityFile)
-	if err != nil {
-		return nil, fmt.Errorf("repository.encryption.identity_file: %w", err)
-	}
-	return b, nil
-}
-
-// fetchSettings is what restore_command's wal-fetch needs besides the
-// repository itself (restore.Options / drill.Options RepoPath, RepoConfig,
-// Identity).
-type fetchSettings struct {
-	path, config string
-	identity     []byte
-}
-
-func walFetchSettings(cfg *config.Config) (fetchSettings, error) {
-	repoCfg, err := walFetchRepoConfig(cfg)
-	if err != nil {
-		return fetchSettings{}, err
-	}
-	identity, err := identityBytes(cfg)
-	if err != nil {
-		return fetchSettings{}, err
-	}
-	return fetchSettings{path: cfg.Repository.Path, config: repoCfg, identity: identity}, nil
 }

@@ -50,8 +50,9 @@ func newRestoreCommand(st *rootState) *cobra.Command {
 		Long: `restore picks the newest base backup that ended before the target, proves from
 the repository that the WAL from it to the target is complete, extracts it into
 --pgdata (missing or empty), recovers it with PostgreSQL to the target (a
-private server on 127.0.0.1 and its own socket; restore_command runs this
-binary's wal-fetch), waits until the server has promoted, empties
+private server on 127.0.0.1 and its own socket), checks that replay reached
+the target (or, for --latest, the end of the archive: a server that stopped
+early fails the restore), empties
 e2e_one_time_keys_json in the Synapse database, restores the media store as of
 the target into --media-dir and the config files, signing key and secrets
 into --config-dir (each file as DIR/<its original absolute path>, with
@@ -66,8 +67,20 @@ PostgreSQL's form (2026-11-24 10:15:00+00, 2026-11-24 10:15:00 UTC); a time
 without a zone is refused. The target is inclusive. LSN is X/X (hex).
 
 It needs only the repository: no homeserver.yaml, no running PostgreSQL.
---dry-run makes every check and prints the plan, writing nothing; it exits 0
-when a restore would proceed, 1 when not.
+The restore is the only reader of the repository: it serves the WAL to the
+restored server's restore_command ('synbak wal-fetch --socket DIR') over a
+socket in the server's private socket directory, prefetching wal.prefetch
+segments ahead of replay, so the server's OS user never needs the
+repository, its credentials or the age identity. Run as root, the server
+runs as postgres and the data directory belongs to postgres; the config files
+get their recorded owners and the media store the signing key's. Run as
+another user (the repository's owner), the server runs as that user and the
+report says what to chown before the distribution's service starts it.
+Afterwards only the server log (named in the report) stays beside the data
+directory.
+--dry-run makes every check a restore makes, including restore_command run
+as the server's OS user against a temporary WAL socket, and prints the plan,
+writing nothing else; it exits 0 when a restore would proceed, 1 when not.
 
 --from-dump ID|latest restores a logical dump (synbak dump) instead, into a
 running PostgreSQL server of the same or a newer major version: the database
@@ -136,6 +149,9 @@ func (f restoreFlags) target() (restore.Point, error) {
 	if f.pgdata == "" {
 		return restore.Point{}, fmt.Errorf("--pgdata DIR is required: the new data directory (missing or empty)")
 	}
+	if f.port < 0 || f.port > 65535 {
+		return restore.Point{}, fmt.Errorf("--port %d: give a TCP port between 1 and 65535 (or leave it out for a free one)", f.port)
+	}
 	if f.newKey && f.configDir == "" {
 		return restore.Point{}, fmt.Errorf("--new-signing-key needs --config-dir DIR: the key is written with the restored config files")
 	}
@@ -200,12 +216,8 @@ func runRestore(ctx context.Context, cfg *config.Config, f restoreFlags, target 
 	if err != nil {
 		return err
 	}
-	fs, err := walFetchSettings(cfg)
-	if err != nil {
-		return err
-	}
 	opts := restore.Options{
-		Repo: r, RepoPath: fs.path, RepoConfig: fs.config, Identity: fs.identity, Target: target,
+		Repo: r, Prefetch: cfg.WAL.PrefetchSegments, Target: target,
 		PGData: f.pgdata, MediaDir: f.mediaDir, ConfigDir: f.configDir, NewSigningKey: f.newKey, Port: f.port, BinDir: f.pgBinDir,
 		LeaveRunning: f.leaveRunning, KeepFailed: f.keepFailed, Log: log,
 	}

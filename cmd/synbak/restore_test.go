@@ -68,6 +68,8 @@ func TestRestoreCommandLine(t *testing.T) {
 		{[]string{"restore", "--pgdata", pgdata, "--latest", "--target-lsn", "0/1"}, 2, "exactly one of"},
 		{[]string{"restore", "--latest"}, 2, "--pgdata"},
 		{[]string{"restore", "--pgdata", pgdata, "--target-lsn", "zz"}, 2, "X/X"},
+		{[]string{"restore", "--pgdata", pgdata, "--latest", "--port", "70000"}, 2, "--port 70000"},
+		{[]string{"restore", "--pgdata", pgdata, "--latest", "--port", "-1", "--dry-run"}, 2, "--port -1"},
 		// An empty repository: the dry run refuses, exit 1, writes nothing.
 		{[]string{"restore", "--pgdata", pgdata, "--latest", "--dry-run"}, 1, "no complete base backup"},
 	} {
