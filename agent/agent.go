@@ -162,6 +162,11 @@ func New(opts Options) *Agent {
 	for _, c := range opts.Components {
 		a.errs.WithLabelValues(c.Name) // export 0 from the start
 	}
+	if d := opts.Drills; d != nil && d.OnFailure == nil {
+		// A drill that fails is the drill component failing, although
+		// its loop goes on.
+		d.OnFailure = func() { a.errs.WithLabelValues("drill").Inc() }
+	}
 	a.latency = prometheus.NewHistogram(prometheus.HistogramOpts{
 		Name:    "synbak_media_copy_latency_seconds",
 		Help:    "From a new media file's completion (its mtime) to its durable copy in the repository.",

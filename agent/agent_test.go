@@ -189,8 +189,9 @@ func TestDrillScheduleHealthAndMetrics(t *testing.T) {
 		code, body := scrape(t, h, "/healthz")
 		return code == 503 && strings.Contains(body, "drill: the last restore drill") && strings.Contains(body, "000000010000000000000007")
 	})
-	if _, m := scrape(t, h, "/metrics"); !strings.Contains(m, "synbak_drill_last_ok 0") || !strings.Contains(m, "synbak_drill_last_success_timestamp_seconds 0") {
-		t.Errorf("metrics after a failed drill:\n%s", grep(m, "synbak_drill"))
+	if _, m := scrape(t, h, "/metrics"); !strings.Contains(m, "synbak_drill_last_ok 0") || !strings.Contains(m, "synbak_drill_last_success_timestamp_seconds 0") ||
+		!strings.Contains(m, `synbak_component_errors_total{component="drill"} `) || strings.Contains(m, `synbak_component_errors_total{component="drill"} 0`) {
+		t.Errorf("metrics after a failed drill (counted as the drill component's error):\n%s", grep(m, "synbak_drill")+"\n"+grep(m, "component_errors"))
 	}
 	pass.Store(true)
 	waitFor(t, "a passing drill", func() bool { code, _ := scrape(t, h, "/healthz"); return code == 200 })

@@ -34,6 +34,9 @@ type DrillSchedule struct {
 	// Drill runs one drill; an error means it could not run at all.
 	Drill func(ctx context.Context) (DrillResult, error)
 	Log   *slog.Logger
+	// OnFailure is called after each failed drill (the agent counts it in
+	// synbak_component_errors_total{component="drill"}).
+	OnFailure func()
 
 	mu     sync.Mutex
 	status DrillStatus
@@ -82,6 +85,9 @@ func (d *DrillSchedule) Run(ctx context.Context) error {
 			d.Log.Info("restore drill passed", "rto_seconds", res.Seconds)
 		} else {
 			d.Log.Error("restore drill FAILED", "problems", res.Problems)
+			if d.OnFailure != nil {
+				d.OnFailure()
+			}
 		}
 	}
 }

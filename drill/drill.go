@@ -97,7 +97,7 @@ func Run(ctx context.Context, opts Options) (Report, error) {
 		Repo: opts.Repo, Prefetch: opts.Prefetch, Target: restore.Point{Latest: true},
 		PGData: filepath.Join(dir, "data"), WorkDir: filepath.Join(dir, "work"),
 		Executable: opts.Executable, BinDir: opts.BinDir, Log: opts.Log, Progress: opts.Progress,
-		KeepFailed: opts.Keep,
+		KeepFailed: opts.Keep, KeepHint: "run synbak drill --keep",
 		Check: func(ctx context.Context, s restore.Running) error {
 			rep.Checks = checks(ctx, s, opts.Tables)
 			return nil
@@ -201,7 +201,11 @@ func (r Report) String() string {
 		}
 		fmt.Fprintf(&sb, "  %s %s: %s\n", mark, c.Name, c.Detail)
 	}
-	fmt.Fprintf(&sb, "RTO (restore and checks): %.1fs\n", r.RTOSeconds)
+	if r.OK {
+		fmt.Fprintf(&sb, "RTO (restore and checks): %.1fs\n", r.RTOSeconds)
+	} else {
+		fmt.Fprintf(&sb, "FAILED after %.1fs (no RTO: the drill did not pass)\n", r.RTOSeconds)
+	}
 	for _, p := range r.Problems {
 		fmt.Fprintf(&sb, "PROBLEM: %s\n", p)
 	}

@@ -70,6 +70,9 @@ type Options struct {
 	// LeaveRunning keeps the restored server running (with the restore's
 	// private settings) after the restore.
 	LeaveRunning bool
+	// KeepHint is what the error of a failed restore says to run to keep
+	// what it wrote (default: the restore command's --keep-failed).
+	KeepHint string
 	// KeepFailed keeps what a failed restore wrote (the data directory,
 	// the work directory with the server log) for inspection; by default
 	// a failed restore removes it, leaving the directories as they were.
@@ -573,7 +576,11 @@ func Run(ctx context.Context, opts Options) (rep Report, err error) {
 				_ = os.RemoveAll(d)
 			}
 		}
-		err = fmt.Errorf("%w\n(the restore removed what it had written; run it with --keep-failed to keep the data directory and server log)", err)
+		hint := opts.KeepHint
+		if hint == "" {
+			hint = "run it with --keep-failed"
+		}
+		err = fmt.Errorf("%w\n(the restore removed what it had written; %s to keep the data directory and server log)", err, hint)
 	}()
 
 	// The work directory is the restore's own (the server's user never
