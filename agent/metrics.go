@@ -51,6 +51,13 @@ func (a *Agent) registerMetrics() {
 			defer a.mu.Unlock()
 			return unix(a.archivedAt)
 		})
+		gauge("synbak_wal_stored_lsn", "All acknowledged WAL before this position is in the repository (as a number).", func() float64 { return float64(w.Status().Stored) })
+		gauge("synbak_wal_unstored_bytes", "WAL acknowledged to PostgreSQL as flushed but not yet in the repository.", func() float64 { return float64(w.Status().UnstoredBytes()) })
+		gauge("synbak_wal_unstored_seconds", "Age of the oldest acknowledged WAL byte not yet in the repository (0: none); bounded by wal.partial_interval plus an upload while the repository works.", func() float64 {
+			return unstoredAge(w.Status(), time.Now()).Seconds()
+		})
+		gauge("synbak_wal_spooled_files", "Finished WAL files waiting in the spool for upload.", func() float64 { return float64(w.Status().Spooled) })
+		gauge("synbak_wal_upload_failing", "1 while the last WAL upload to the repository failed.", func() float64 { return boolf(w.Status().UploadError != "") })
 		gauge("synbak_wal_last_message_server_timestamp_seconds", "Server time of the last message received (WAL or keepalive).", func() float64 { return unix(w.Status().ServerTime) })
 		gauge("synbak_wal_lag_seconds", "Seconds since the last message from the server when streaming; since the agent started or last streamed otherwise.", func() float64 {
 			st := w.Status()
