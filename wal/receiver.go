@@ -409,8 +409,21 @@ func (r *Receiver) recoverSpool(sp *spool, up *uploader) error {
 		r.mu.Lock()
 		r.noteAckLocked(seg.StartLSN()+pglogrepl.LSN(valid), now)
 		r.mu.Unlock()
+		t := sp.readTimes(seg.Name() + ".partial")
+		if t.Last == "" {
+			// Killed before it recorded any: the file's last write is
+			// the best estimate there is.
+			if fi, err := f.Stat(); err == nil {
+				t.Last = fi.ModTime().UTC().Format(time.RFC3339Nano)
+				if t.First == "" {
+					t.First = t.Last
+				}
+			}
+		}
 		if valid == sp.segSize {
 			sf := &segmentFile{seg: seg, f: f, dir: sp.dir, written: valid}
+			sf.first, _ = time.Parse(time.RFC3339Nano, t.First)
+			sf.last, _ = time.Parse(time.RFC3339Nano, t.Last)
 			if err := sp.finish(sf, seg.Name()); err != nil {
 				return err
 			}
@@ -422,8 +435,8 @@ func (r *Receiver) recoverSpool(sp *spool, up *uploader) error {
 			return err
 		}
 		f.Close()
-		r.log.Info("storing the open segment left in the spool as a partial object", "segment", seg.Name(), "bytes", valid)
-		r.requestPartial(up, seg, valid, segTimes{})
+		r.log.Info("storing the open segment left in the spool as a partial object", "segment", seg.Name(), "bytes", valid, "last_time", t.Last)
+		r.requestPartial(up, nil, seg, valid, t)
 	}
 	return nil
 }
@@ -462,11 +475,18 @@ func writtenLength(f *os.File, size uint64) (uint64, error) {
 
 // requestPartial asks the uploader to store the open segment's first valid
 // (durable) bytes, unless a request of as many bytes was made already.
-func (r *Receiver) requestPartial(up *uploader, seg Segment, valid uint64, t segTimes) {
+func (r *Receiver) requestPartial(up *uploader, sp *spool, seg Segment, valid uint64, t segTimes) {
 	if valid == 0 || (seg == r.partialSeg && valid <= r.partialStored) {
 		return
 	}
 	r.partialSeg, r.partialStored = seg, valid
+	if sp != nil && t.Last != "" {
+		// For a later run that finds the file without a server
+		// (recoverSpool); best effort.
+		if err := sp.writeTimes(seg.Name()+".partial", t); err != nil {
+			r.log.Warn("recording the open segment's times failed", "segment", seg.Name(), "err", err)
+		}
+	}
 	up.storePartial(seg, valid, t)
 }
 
@@ -714,7 +734,7 @@ func (r *Receiver) stream(ctx context.Context, conn *pgconn.PgConn, sp *spool, u
 			// Whatever ended the stream (a dropped connection, an error,
 			// shutdown), the durable bytes of the open segment go to the
 			// repository now, not when a server comes back.
-			r.requestPartial(up, st.cur.seg, st.cur.synced, st.cur.times())
+			r.requestPartial(up, sp, st.cur.seg, st.cur.synced, st.cur.times())
 		}
 	}()
 	// Data before start is durable by construction (archived or in the spool).
@@ -735,7 +755,7 @@ func (r *Receiver) stream(ctx context.Context, conn *pgconn.PgConn, sp *spool, u
 				if err := r.flushAndReport(ctx, conn, st, false); err != nil {
 					return nil, err
 				}
-				r.requestPartial(up, st.cur.seg, st.cur.synced, st.cur.times())
+				r.requestPartial(up, sp, st.cur.seg, st.cur.synced, st.cur.times())
 			}
 			lastPartial = time.Now()
 		}
@@ -826,7 +846,7 @@ func (r *Receiver) shutdown(conn *pgconn.PgConn, st *streamState) error {
 		r.log.Warn("final status update failed", "err", err)
 	}
 	if st.cur != nil {
-		r.requestPartial(st.up, st.cur.seg, st.cur.synced, st.cur.times())
+		r.requestPartial(st.up, st.sp, st.cur.seg, st.cur.synced, st.cur.times())
 	}
 	_, _ = pglogrepl.SendStandbyCopyDone(ctx, conn)
 	r.log.Info("WAL streaming stopped", "flushed", st.flushed)

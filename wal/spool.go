@@ -24,6 +24,8 @@ import (
 //	<SEGMENT>.partial.<OFFSET>       the last, incomplete segment of an ended timeline,
 //	                                 waiting for upload as a partial object
 //	<SEGMENT>.json                   server times of a finished file (optional)
+//	<SEGMENT>.partial.json           server times of the open segment, recorded with
+//	                                 each partial object (for a restart without a server)
 //	conflicts/                       segments that differed from the repository's copy
 //	lock                             flock held by the running receiver
 type spool struct {
@@ -267,6 +269,7 @@ func (s *spool) finish(sf *segmentFile, final string) error {
 	if err := os.Rename(sf.f.Name(), s.path(final)); err != nil {
 		return err
 	}
+	_ = os.Remove(s.path(sf.seg.Name() + ".partial.json")) // the open file's times
 	return syncDir(s.dir)
 }
 
