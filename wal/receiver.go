@@ -109,6 +109,7 @@ type Receiver struct {
 	// sessions: a new session rewrites the segment from its start).
 	partialSeg    Segment
 	partialStored uint64
+	streamed      bool // the current session reached START_REPLICATION
 }
 
 // ackMark says that WAL up to lsn was acknowledged at (or before) t.
@@ -257,6 +258,7 @@ func (r *Receiver) Run(ctx context.Context) (err error) {
 	slotBusySince := time.Time{}
 	for {
 		started := time.Now()
+		r.streamed = false
 		err := r.session(ctx, sp, up)
 		if ctx.Err() != nil {
 			return nil
@@ -277,7 +279,9 @@ func (r *Receiver) Run(ctx context.Context) (err error) {
 			r.update(func(s *Status) { s.LastError = err.Error(); s.Streaming = false })
 			return err
 		}
-		if time.Since(started) > time.Minute {
+		if r.streamed || time.Since(started) > time.Minute {
+			// A connection that streamed and then dropped is a new
+			// failure, not a repeated one.
 			backoff = time.Second
 		}
 		r.update(func(s *Status) { s.LastError = err.Error(); s.Streaming = false })
@@ -722,6 +726,7 @@ func (r *Receiver) stream(ctx context.Context, conn *pgconn.PgConn, sp *spool, u
 		}
 		return nil, startError(err, r.opts.Slot, start)
 	}
+	r.streamed = true
 	r.log.Info("streaming", "lsn", start, "timeline", tli)
 	r.update(func(s *Status) { s.Timeline = tli; s.Streaming = true; s.LastError = "" })
 
