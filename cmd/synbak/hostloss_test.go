@@ -23,16 +23,22 @@ type commitLog struct {
 	mu   sync.Mutex
 	ids  []int
 	err  error
+	stop chan struct{}
 	done chan struct{}
 }
 
 func startCommits(t *testing.T, c *pgtest.Cluster) *commitLog {
 	t.Helper()
 	conn := c.Conn(t, "synapse")
-	l := &commitLog{done: make(chan struct{})}
+	l := &commitLog{stop: make(chan struct{}), done: make(chan struct{})}
 	go func() {
 		defer close(l.done)
 		for n := 1; ; n++ {
+			select {
+			case <-l.stop:
+				return
+			default:
+			}
 			ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 			_, err := conn.Exec(ctx, "INSERT INTO acks VALUES ($1)", n)
 			cancel()
@@ -64,6 +70,18 @@ func (l *commitLog) ended(t *testing.T) []int {
 	case <-l.done:
 	case <-time.After(time.Minute):
 		t.Fatal("the client's commit did not fail within a minute of the host's loss")
+	}
+	return l.ids
+}
+
+// end stops the client (which must not have failed) and returns the
+// acknowledged ids.
+func (l *commitLog) end(t *testing.T) []int {
+	t.Helper()
+	close(l.stop)
+	<-l.done
+	if l.err != nil {
+		t.Fatalf("client: %v", l.err)
 	}
 	return l.ids
 }
