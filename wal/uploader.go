@@ -171,6 +171,7 @@ func (u *uploader) run(ctx context.Context) error {
 	draining := false
 	var drainErr error
 	retry := time.Second
+	var highest pglogrepl.LSN // the highest end of WAL stored by this run
 	var retryTimer <-chan time.Time // set while waiting to retry after a failure
 	for {
 		idle := true
@@ -284,14 +285,18 @@ func (u *uploader) run(ctx context.Context) error {
 			} else {
 				end = r.partial.seg.StartLSN() + pglogrepl.LSN(r.partial.valid)
 			}
-			// Everything before end is stored unless an older finished
-			// file still waits.
+			// Everything before the highest end stored so far is in the
+			// repository, except finished files that still wait (uploads
+			// complete out of order; a segment is finished, in order,
+			// before any later byte is acknowledged or stored).
+			highest = max(highest, end)
 			if entries, err := u.sp.pending(); err == nil {
 				u.obs.spooled(len(entries))
-				if len(entries) > 0 && entries[0].seg.StartLSN() < end {
-					end = entries[0].seg.StartLSN()
+				stored := highest
+				if len(entries) > 0 && entries[0].seg.StartLSN() < stored {
+					stored = entries[0].seg.StartLSN()
 				}
-				u.obs.stored(end)
+				u.obs.stored(stored)
 			}
 		}
 	}
