@@ -171,7 +171,7 @@ func (u *uploader) run(ctx context.Context) error {
 	draining := false
 	var drainErr error
 	retry := time.Second
-	var highest pglogrepl.LSN // the highest end of WAL stored by this run
+	var highest pglogrepl.LSN       // the highest end of WAL stored by this run
 	var retryTimer <-chan time.Time // set while waiting to retry after a failure
 	for {
 		idle := true
