@@ -411,7 +411,12 @@ func (r *Receiver) recoverSpool(sp *spool, up *uploader) error {
 		}
 		r.noteStoredFloor(seg.StartLSN())
 		r.mu.Lock()
-		r.noteAckLocked(seg.StartLSN()+pglogrepl.LSN(valid), now)
+		// Durable, and maybe acknowledged by the earlier run.
+		end := seg.StartLSN() + pglogrepl.LSN(valid)
+		if end > r.status.Flushed {
+			r.status.Flushed = end
+		}
+		r.noteAckLocked(end, now)
 		r.mu.Unlock()
 		t := sp.readTimes(seg.Name() + ".partial")
 		if t.Last == "" {

@@ -148,7 +148,7 @@ func hostLossTrial(t *testing.T, mode string, minCommits int) hostLossResult {
 	// acknowledged byte and everything finished in its spool.
 	storedWhileDisconnected := func() bool {
 		w := s.status(t).WAL
-		return w != nil && !w.Streaming && w.LastError != "" && w.Stored != "0/0" && w.UnstoredBytes == 0 && w.Spooled == 0
+		return w != nil && !w.Streaming && w.LastError != "" && w.Stored != "0/0" && w.UnstoredBytes == 0 && w.UnstoredSeconds == 0 && w.Spooled == 0
 	}
 	switch mode {
 	case "running":
