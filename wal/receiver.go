@@ -13,6 +13,7 @@ import (
 	"math/rand/v2"
 	"os"
 	"path/filepath"
+	"sort"
 	"strconv"
 	"strings"
 	"sync"
@@ -381,16 +382,27 @@ func (r *Receiver) identify(ctx context.Context) (string, uint64, error) {
 }
 
 // recoverSpool makes what an earlier run left in the spool's open segment
-// files reach the repository now, without a server: a file that holds a
-// whole segment is finished for upload, the others are stored as partial
-// objects of their written bytes (the file was pre-sized with zeros, so
-// its written length is where its zeros begin; a trailing zero of WAL cut
-// off this way is restored as the zero padding of the partial segment).
+// files reach the repository now, without a server: each is stored as a
+// partial object of its written bytes (the file was pre-sized with zeros,
+// so its written length is where its zeros begin; a trailing zero of WAL
+// cut off this way is restored as the zero padding of the partial segment).
+// The files stay where they are: streaming resumes at the oldest of them
+// and rewrites it from the server, and only a segment finished by a
+// session (fsynced, then renamed) is ever stored as complete. (Renaming a
+// whole-looking file here would be wrong after an operating system crash,
+// whose unsynced pages read as zeros, and would move the resume point past
+// older open files.)
 func (r *Receiver) recoverSpool(sp *spool, up *uploader) error {
 	segs, err := sp.openPartials()
 	if err != nil {
 		return err
 	}
+	sort.Slice(segs, func(i, j int) bool {
+		if segs[i].TLI != segs[j].TLI {
+			return segs[i].TLI < segs[j].TLI
+		}
+		return segs[i].No < segs[j].No
+	})
 	if pend, err := sp.pending(); err == nil && len(pend) > 0 {
 		r.noteStoredFloor(pend[0].seg.StartLSN())
 	}
@@ -401,12 +413,18 @@ func (r *Receiver) recoverSpool(sp *spool, up *uploader) error {
 			return err
 		}
 		valid, err := writtenLength(f, sp.segSize)
+		if err == nil && valid > 0 {
+			err = f.Sync()
+		}
+		var fi os.FileInfo
+		if err == nil {
+			fi, err = f.Stat()
+		}
+		f.Close()
 		if err != nil {
-			f.Close()
 			return err
 		}
 		if valid == 0 {
-			f.Close()
 			continue
 		}
 		r.noteStoredFloor(seg.StartLSN())
@@ -422,29 +440,12 @@ func (r *Receiver) recoverSpool(sp *spool, up *uploader) error {
 		if t.Last == "" {
 			// Killed before it recorded any: the file's last write is
 			// the best estimate there is.
-			if fi, err := f.Stat(); err == nil {
-				t.Last = fi.ModTime().UTC().Format(time.RFC3339Nano)
-				if t.First == "" {
-					t.First = t.Last
-				}
+			t.Last = fi.ModTime().UTC().Format(time.RFC3339Nano)
+			if t.First == "" {
+				t.First = t.Last
 			}
 		}
-		if valid == sp.segSize {
-			sf := &segmentFile{seg: seg, f: f, dir: sp.dir, written: valid}
-			sf.first, _ = time.Parse(time.RFC3339Nano, t.First)
-			sf.last, _ = time.Parse(time.RFC3339Nano, t.Last)
-			if err := sp.finish(sf, seg.Name()); err != nil {
-				return err
-			}
-			r.log.Info("finished a complete segment left in the spool", "segment", seg.Name())
-			continue
-		}
-		if err := f.Sync(); err != nil {
-			f.Close()
-			return err
-		}
-		f.Close()
-		r.log.Info("storing the open segment left in the spool as a partial object", "segment", seg.Name(), "bytes", valid, "last_time", t.Last)
+		r.log.Info("storing an open segment left in the spool as a partial object", "segment", seg.Name(), "bytes", valid, "last_time", t.Last)
 		r.requestPartial(up, nil, seg, valid, t)
 	}
 	return nil
