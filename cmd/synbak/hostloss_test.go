@@ -31,6 +31,10 @@ func startCommits(t *testing.T, c *pgtest.Cluster) *commitLog {
 	t.Helper()
 	conn := c.Conn(t, "synapse")
 	l := &commitLog{stop: make(chan struct{}), done: make(chan struct{})}
+	base, cancelAll := context.WithCancel(context.Background())
+	// Before the connection is closed (cleanups run last first): a test
+	// that fails midway must not close it under the client.
+	t.Cleanup(func() { cancelAll(); <-l.done })
 	go func() {
 		defer close(l.done)
 		for n := 1; ; n++ {
@@ -39,7 +43,7 @@ func startCommits(t *testing.T, c *pgtest.Cluster) *commitLog {
 				return
 			default:
 			}
-			ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+			ctx, cancel := context.WithTimeout(base, 2*time.Minute)
 			_, err := conn.Exec(ctx, "INSERT INTO acks VALUES ($1)", n)
 			cancel()
 			if err != nil {
