@@ -66,6 +66,10 @@ type HealthOptions struct {
 	// MediaFailure: a media file that has failed to copy for longer is
 	// unhealthy, named with its error (default 1 min: a dozen retries).
 	MediaFailure time.Duration
+	// WALBacklog: WAL acknowledged to PostgreSQL but not in the repository
+	// for longer, or finished segments waiting in the spool while nothing
+	// is archived for longer, is unhealthy (default 2 min).
+	WALBacklog time.Duration
 }
 
 // Options are the agent's parts.
@@ -154,6 +158,9 @@ func New(opts Options) *Agent {
 	}
 	if h.MediaFailure <= 0 {
 		h.MediaFailure = time.Minute
+	}
+	if h.WALBacklog <= 0 {
+		h.WALBacklog = 2 * time.Minute
 	}
 	a := &Agent{opts: opts, started: time.Now(), hist: newHistory(opts.Page.HistoryInterval, opts.Page.HistoryKeep)}
 	a.errs = prometheus.NewCounterVec(prometheus.CounterOpts{
@@ -318,6 +325,15 @@ type WALStatus struct {
 	// ArchivedAt is when the archived position last moved (this agent's
 	// clock).
 	ArchivedAt time.Time `json:"archived_at,omitzero"`
+	// Stored: all acknowledged WAL before it is in the repository.
+	Stored string `json:"stored_lsn"`
+	// UnstoredBytes and UnstoredSeconds: acknowledged WAL not yet in the
+	// repository, and the age of its oldest byte.
+	UnstoredBytes   uint64  `json:"unstored_bytes"`
+	UnstoredSeconds float64 `json:"unstored_seconds"`
+	// Spooled is how many finished files wait in the spool for upload.
+	Spooled     int    `json:"spooled_files"`
+	UploadError string `json:"upload_error,omitempty"`
 }
 
 // Status returns the agent's state and health now.
@@ -336,11 +352,14 @@ func (a *Agent) Status() Status {
 	if a.opts.WAL != nil {
 		w := a.opts.WAL.Status()
 		ws := &WALStatus{Timeline: w.Timeline, Streaming: w.Streaming, Received: w.Received.String(), Flushed: w.Flushed.String(),
-			Archived: w.Archived.String(), LastMsg: w.ServerTime, LastError: w.LastError, ArchivedAt: archivedAt}
+			Archived: w.Archived.String(), LastMsg: w.ServerTime, LastError: w.LastError, ArchivedAt: archivedAt,
+			Stored: w.Stored.String(), UnstoredBytes: w.UnstoredBytes(), UnstoredSeconds: unstoredAge(w, now).Seconds(),
+			Spooled: w.Spooled, UploadError: w.UploadError}
 		if probe != nil && probe.Up && probe.ServerLSN > uint64(w.Flushed) {
 			ws.LagBytes = int64(probe.ServerLSN - uint64(w.Flushed))
 		}
 		st.WAL = ws
+		st.Problems = append(st.Problems, a.archiveProblems(w, archivedAt, now)...)
 		if !w.Streaming {
 			since := lastStreaming
 			if since.IsZero() {
@@ -417,6 +436,42 @@ func (a *Agent) Status() Status {
 	}
 	st.Healthy = len(st.Problems) == 0
 	return st
+}
+
+// unstoredAge is the age of the oldest acknowledged byte not yet in the
+// repository (0: none).
+func unstoredAge(w wal.Status, now time.Time) time.Duration {
+	if w.UnstoredSince.IsZero() {
+		return 0
+	}
+	return max(now.Sub(w.UnstoredSince), 0)
+}
+
+// archiveProblems watches the WAL moving into the repository, not only the
+// receiver running: acknowledged WAL must reach the repository within
+// WALBacklog, and finished segments must not wait while nothing is
+// archived. Each names the last upload error (a full disk, an unreachable
+// or failing repository).
+func (a *Agent) archiveProblems(w wal.Status, archivedAt, now time.Time) []string {
+	var out []string
+	cause := ""
+	if w.UploadError != "" {
+		cause = "; last upload error: " + w.UploadError
+	}
+	limit := a.opts.Health.WALBacklog
+	if age := unstoredAge(w, now); age > limit {
+		out = append(out, fmt.Sprintf("wal: acknowledged WAL (%d bytes from %s) has not reached the repository for %s (more than health.wal_backlog %s)%s",
+			w.UnstoredBytes(), w.Stored, age.Round(time.Second), limit, cause))
+	}
+	since := archivedAt
+	if since.IsZero() {
+		since = a.started
+	}
+	if w.Spooled > 0 && now.Sub(since) > limit {
+		out = append(out, fmt.Sprintf("wal: %d finished files wait in the spool and the archived position (%s) has not moved for %s%s",
+			w.Spooled, w.Archived, now.Sub(since).Round(time.Second), cause))
+	}
+	return out
 }
 
 // Handler serves /metrics, /healthz, /status and the status page (/),

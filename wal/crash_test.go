@@ -43,6 +43,13 @@ func TestKill9UnderLoad(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer logFile.Close()
+	t.Cleanup(func() {
+		if t.Failed() {
+			b, _ := os.ReadFile(logFile.Name())
+			_ = os.WriteFile(filepath.Join(os.TempDir(), "synbak-kill9-failed.log"), b, 0o600)
+			t.Logf("synbak's log: %s", filepath.Join(os.TempDir(), "synbak-kill9-failed.log"))
+		}
+	})
 	start := func() *exec.Cmd {
 		cmd := exec.Command(bin, "-c", "/dev/null", "wal", "stream")
 		cmd.Env = env

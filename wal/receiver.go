@@ -11,7 +11,9 @@ import (
 	"fmt"
 	"log/slog"
 	"math/rand/v2"
+	"os"
 	"path/filepath"
+	"sort"
 	"strconv"
 	"strings"
 	"sync"
@@ -46,6 +48,10 @@ type Options struct {
 	PartialInterval time.Duration
 	// MaxBackoff caps the reconnection delay (default 30s).
 	MaxBackoff time.Duration
+	// YieldSpool makes Run return an error satisfying IsSpoolLocked at
+	// once when another synbak process holds the spool (synbak backup
+	// then relies on that process); without it Run waits for the lock.
+	YieldSpool bool
 }
 
 // ErrPermanent marks errors that reconnecting cannot fix; Run returns them.
@@ -64,6 +70,27 @@ type Status struct {
 	ServerTime time.Time     // server time of the last message received
 	Streaming  bool
 	LastError  string
+	// Stored: all WAL acknowledged before it is in the repository
+	// (complete segments and partial objects).
+	Stored pglogrepl.LSN
+	// UnstoredSince is when the oldest acknowledged byte not yet in the
+	// repository was acknowledged (zero: everything acknowledged is
+	// stored). Its age is bounded by wal.partial_interval plus the
+	// upload's duration while the repository works.
+	UnstoredSince time.Time
+	// Spooled is how many finished files wait in the spool for upload.
+	Spooled int
+	// UploadError is the last failed upload's error, cleared by the next
+	// success.
+	UploadError string
+}
+
+// UnstoredBytes is how much acknowledged WAL is not in the repository yet.
+func (s Status) UnstoredBytes() uint64 {
+	if s.Flushed > s.Stored && !s.UnstoredSince.IsZero() {
+		return uint64(s.Flushed - s.Stored)
+	}
+	return 0
 }
 
 // Receiver streams WAL from one PostgreSQL cluster into the repository.
@@ -75,8 +102,91 @@ type Receiver struct {
 
 	mu     sync.Mutex
 	status Status
+	acks   []ackMark // acknowledged positions not yet stored, oldest first
 
-	up *uploader
+	sysid   string
+	segSize uint64
+	// The newest partial object requested for the open segment (across
+	// sessions: a new session rewrites the segment from its start).
+	partialSeg    Segment
+	partialStored uint64
+	streamed      bool // the current session reached START_REPLICATION
+}
+
+// ackMark says that WAL up to lsn was acknowledged at (or before) t.
+type ackMark struct {
+	lsn pglogrepl.LSN
+	t   time.Time
+}
+
+// noteFlushed records WAL acknowledged to the server as flushed.
+func (r *Receiver) noteFlushed(lsn pglogrepl.LSN) {
+	now := time.Now()
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.status.Flushed = lsn
+	r.noteAckLocked(lsn, now)
+}
+
+func (r *Receiver) noteAckLocked(lsn pglogrepl.LSN, now time.Time) {
+	if lsn <= r.status.Stored {
+		return
+	}
+	if n := len(r.acks); n > 0 {
+		last := &r.acks[n-1]
+		if lsn <= last.lsn {
+			return
+		}
+		// Coalesce (keeping the older time: the age is never understated).
+		if now.Sub(last.t) < 100*time.Millisecond || n >= 4096 {
+			last.lsn = lsn
+			return
+		}
+	}
+	r.acks = append(r.acks, ackMark{lsn: lsn, t: now})
+	if r.status.UnstoredSince.IsZero() {
+		r.status.UnstoredSince = r.acks[0].t
+	}
+}
+
+// The uploader reports to the receiver (uploadObserver).
+func (r *Receiver) archived(end pglogrepl.LSN) {
+	r.update(func(s *Status) {
+		if end > s.Archived {
+			s.Archived = end
+		}
+	})
+}
+
+func (r *Receiver) spooled(n int) { r.update(func(s *Status) { s.Spooled = n }) }
+
+func (r *Receiver) uploadResult(err error) {
+	r.update(func(s *Status) {
+		if err != nil {
+			s.UploadError = err.Error()
+		} else {
+			s.UploadError = ""
+		}
+	})
+}
+
+// noteStored records that all WAL before lsn is in the repository.
+func (r *Receiver) stored(lsn pglogrepl.LSN) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if lsn > r.status.Stored {
+		r.status.Stored = lsn
+	}
+	i := 0
+	for i < len(r.acks) && r.acks[i].lsn <= r.status.Stored {
+		i++
+	}
+	r.acks = r.acks[i:]
+	if len(r.acks) == 0 {
+		r.status.UnstoredSince = time.Time{}
+	} else {
+		r.status.UnstoredSince = r.acks[0].t
+	}
 }
 
 // NewReceiver returns a receiver; Run starts it.
@@ -108,13 +218,49 @@ func (r *Receiver) update(f func(*Status)) {
 
 // Run streams until ctx is cancelled (then returns nil after making the open
 // segment durable and stored) or a permanent error occurs. Transient errors
-// (connection lost, server restart) reconnect with backoff.
-func (r *Receiver) Run(ctx context.Context) error {
+// (connection lost, server restart, server unreachable at start) reconnect
+// with backoff. The spool, its lock and the uploader belong to Run for its
+// whole life: whatever the connection's state, acknowledged WAL reaches the
+// repository (the open segment as a partial object when the connection
+// drops, at start, and when Run ends).
+func (r *Receiver) Run(ctx context.Context) (err error) {
+	sp, err := r.acquireSpool(ctx)
+	if sp == nil {
+		return err
+	}
+	defer sp.close()
+
+	up := newUploader(r.repo, sp, r.sysid, r.log, r)
+	upCtx, upCancel := context.WithCancel(context.WithoutCancel(ctx))
+	upDone := make(chan error, 1)
+	go func() { upDone <- up.run(upCtx) }()
+	defer func() {
+		// Let the uploader store what is finished and the open segment's
+		// last partial (bounded), then stop it.
+		up.drain()
+		select {
+		case uerr := <-upDone:
+			if uerr != nil {
+				r.log.Error("not everything in the spool could be stored in the repository; it stays in the spool and is stored at the next start", "dir", sp.dir, "err", uerr)
+			}
+			upCancel()
+		case <-time.After(2 * time.Minute):
+			r.log.Error("uploader did not finish within 2 minutes; the spool keeps what is not stored", "dir", sp.dir)
+			upCancel()
+			<-upDone
+		}
+	}()
+	if err := r.recoverSpool(sp, up); err != nil {
+		r.log.Error("recovering the spool's open segment failed; it is stored when streaming resumes", "err", err)
+	}
+	up.kick()
+
 	backoff := time.Second
 	slotBusySince := time.Time{}
 	for {
 		started := time.Now()
-		err := r.session(ctx)
+		r.streamed = false
+		err := r.session(ctx, sp, up)
 		if ctx.Err() != nil {
 			return nil
 		}
@@ -134,12 +280,14 @@ func (r *Receiver) Run(ctx context.Context) error {
 			r.update(func(s *Status) { s.LastError = err.Error(); s.Streaming = false })
 			return err
 		}
-		if time.Since(started) > time.Minute {
+		if r.streamed || time.Since(started) > time.Minute {
+			// A connection that streamed and then dropped is a new
+			// failure, not a repeated one.
 			backoff = time.Second
 		}
 		r.update(func(s *Status) { s.LastError = err.Error(); s.Streaming = false })
 		wait := backoff/2 + rand.N(backoff/2+1)
-		r.log.Warn("WAL streaming interrupted; reconnecting", "err", err, "retry_in", wait.Round(time.Millisecond))
+		r.log.Warn("WAL streaming interrupted; reconnecting (the spool is being stored in the repository meanwhile)", "err", err, "retry_in", wait.Round(time.Millisecond))
 		select {
 		case <-ctx.Done():
 			return nil
@@ -147,6 +295,209 @@ func (r *Receiver) Run(ctx context.Context) error {
 		}
 		backoff = min(backoff*2, r.opts.MaxBackoff)
 	}
+}
+
+// acquireSpool learns the system identifier and segment size (from the
+// repository's wal/settings.json, else from the server) and opens and locks
+// the spool, retrying until it can. It returns a nil spool when ctx ends
+// (with a nil error) or on a permanent error, and, with YieldSpool, an
+// error satisfying IsSpoolLocked when another process holds the spool.
+func (r *Receiver) acquireSpool(ctx context.Context) (*spool, error) {
+	backoff := time.Second
+	waitingForLock := false
+	for {
+		sysid, segSize, err := r.identify(ctx)
+		if err == nil {
+			sp, serr := openSpool(filepath.Join(r.opts.SpoolDir, sysid), segSize)
+			if serr == nil {
+				r.sysid, r.segSize = sysid, segSize
+				r.update(func(s *Status) { s.SystemID = sysid; s.LastError = "" })
+				if waitingForLock {
+					r.log.Info("got the WAL spool's lock")
+				}
+				return sp, nil
+			}
+			err = serr
+		}
+		if ctx.Err() != nil {
+			return nil, nil
+		}
+		if IsPermanent(err) {
+			r.update(func(s *Status) { s.LastError = err.Error() })
+			return nil, err
+		}
+		wait := backoff/2 + rand.N(backoff/2+1)
+		if IsSpoolLocked(err) {
+			if r.opts.YieldSpool {
+				return nil, err
+			}
+			// Another process (a synbak backup) streams meanwhile; poll
+			// often so that the acknowledgements move here quickly.
+			wait = 500 * time.Millisecond
+			if !waitingForLock {
+				r.log.Warn("waiting for the WAL spool's lock", "err", err)
+				waitingForLock = true
+			}
+		} else {
+			r.log.Warn("WAL receiver cannot start yet; retrying", "err", err, "retry_in", wait.Round(time.Millisecond))
+			backoff = min(backoff*2, r.opts.MaxBackoff)
+		}
+		r.update(func(s *Status) { s.LastError = err.Error() })
+		select {
+		case <-ctx.Done():
+			return nil, nil
+		case <-time.After(wait):
+		}
+	}
+}
+
+// identify returns the system identifier and segment size the repository
+// records, or, in a repository that records none yet, the server's (binding
+// the repository to it).
+func (r *Receiver) identify(ctx context.Context) (string, uint64, error) {
+	set, serr := LoadSettings(ctx, r.repo)
+	if serr == nil {
+		return set.SystemID, set.SegmentSize, nil
+	}
+	conn, err := r.src.ConnectReplication(ctx, r.opts.Slot)
+	if err != nil {
+		if pgsource.IsPrivilege(err) {
+			return "", 0, fmt.Errorf("%w: %w", ErrPermanent, err)
+		}
+		return "", 0, fmt.Errorf("the repository's WAL settings are unreadable (%v) and the server is unreachable: %w", serr, err)
+	}
+	defer conn.Close(context.Background())
+	sysid, err := BindRepository(ctx, conn, r.repo)
+	if err != nil {
+		return "", 0, err
+	}
+	segSize, err := showSegmentSize(ctx, conn)
+	if err != nil {
+		return "", 0, err
+	}
+	if err := storeSettings(ctx, r.repo, sysid, segSize); err != nil {
+		return "", 0, err
+	}
+	return sysid, segSize, nil
+}
+
+// recoverSpool makes what an earlier run left in the spool's open segment
+// files reach the repository now, without a server: each is stored as a
+// partial object of its written bytes (the file was pre-sized with zeros,
+// so its written length is where its zeros begin; a trailing zero of WAL
+// cut off this way is restored as the zero padding of the partial segment).
+// The files stay where they are: streaming resumes at the oldest of them
+// and rewrites it from the server, and only a segment finished by a
+// session (fsynced, then renamed) is ever stored as complete. (Renaming a
+// whole-looking file here would be wrong after an operating system crash,
+// whose unsynced pages read as zeros, and would move the resume point past
+// older open files.)
+func (r *Receiver) recoverSpool(sp *spool, up *uploader) error {
+	segs, err := sp.openPartials()
+	if err != nil {
+		return err
+	}
+	sort.Slice(segs, func(i, j int) bool {
+		if segs[i].TLI != segs[j].TLI {
+			return segs[i].TLI < segs[j].TLI
+		}
+		return segs[i].No < segs[j].No
+	})
+	if pend, err := sp.pending(); err == nil && len(pend) > 0 {
+		r.noteStoredFloor(pend[0].seg.StartLSN())
+	}
+	now := time.Now()
+	for _, seg := range segs {
+		f, err := os.OpenFile(sp.path(seg.Name()+".partial"), os.O_RDWR, 0)
+		if err != nil {
+			return err
+		}
+		valid, err := writtenLength(f, sp.segSize)
+		if err == nil && valid > 0 {
+			err = f.Sync()
+		}
+		var fi os.FileInfo
+		if err == nil {
+			fi, err = f.Stat()
+		}
+		f.Close()
+		if err != nil {
+			return err
+		}
+		if valid == 0 {
+			continue
+		}
+		r.noteStoredFloor(seg.StartLSN())
+		r.mu.Lock()
+		// Durable, and maybe acknowledged by the earlier run.
+		end := seg.StartLSN() + pglogrepl.LSN(valid)
+		if end > r.status.Flushed {
+			r.status.Flushed = end
+		}
+		r.noteAckLocked(end, now)
+		r.mu.Unlock()
+		t := sp.readTimes(seg.Name() + ".partial")
+		if t.Last == "" {
+			// Killed before it recorded any: the file's last write is
+			// the best estimate there is.
+			t.Last = fi.ModTime().UTC().Format(time.RFC3339Nano)
+			if t.First == "" {
+				t.First = t.Last
+			}
+		}
+		r.log.Info("storing an open segment left in the spool as a partial object", "segment", seg.Name(), "bytes", valid, "last_time", t.Last)
+		r.requestPartial(up, nil, seg, valid, t)
+	}
+	return nil
+}
+
+// noteStoredFloor sets the stored position when nothing is known yet.
+func (r *Receiver) noteStoredFloor(lsn pglogrepl.LSN) {
+	r.mu.Lock()
+	if r.status.Stored == 0 {
+		r.status.Stored = lsn
+	}
+	r.mu.Unlock()
+}
+
+// writtenLength is the length of f without its trailing zeros.
+func writtenLength(f *os.File, size uint64) (uint64, error) {
+	fi, err := f.Stat()
+	if err != nil {
+		return 0, err
+	}
+	end := min(uint64(fi.Size()), size)
+	buf := make([]byte, 64<<10)
+	for end > 0 {
+		n := min(end, uint64(len(buf)))
+		if _, err := f.ReadAt(buf[:n], int64(end-n)); err != nil {
+			return 0, err
+		}
+		for i := int(n) - 1; i >= 0; i-- {
+			if buf[i] != 0 {
+				return end - n + uint64(i) + 1, nil
+			}
+		}
+		end -= n
+	}
+	return 0, nil
+}
+
+// requestPartial asks the uploader to store the open segment's first valid
+// (durable) bytes, unless a request of as many bytes was made already.
+func (r *Receiver) requestPartial(up *uploader, sp *spool, seg Segment, valid uint64, t segTimes) {
+	if valid == 0 || (seg == r.partialSeg && valid <= r.partialStored) {
+		return
+	}
+	r.partialSeg, r.partialStored = seg, valid
+	if sp != nil && t.Last != "" {
+		// For a later run that finds the file without a server
+		// (recoverSpool); best effort.
+		if err := sp.writeTimes(seg.Name()+".partial", t); err != nil {
+			r.log.Warn("recording the open segment's times failed", "segment", seg.Name(), "err", err)
+		}
+	}
+	up.storePartial(seg, valid, t)
 }
 
 // BindRepository identifies the server and binds the repository to its
@@ -166,7 +517,7 @@ func BindRepository(ctx context.Context, conn *pgconn.PgConn, rp *repo.Repo) (st
 }
 
 // session is one connection's worth of streaming.
-func (r *Receiver) session(ctx context.Context) (err error) {
+func (r *Receiver) session(ctx context.Context, sp *spool, up *uploader) (err error) {
 	conn, err := r.src.ConnectReplication(ctx, r.opts.Slot)
 	if err != nil {
 		if pgsource.IsPrivilege(err) || pgsource.IsUnsupportedVersion(err) {
@@ -186,6 +537,9 @@ func (r *Receiver) session(ctx context.Context) (err error) {
 		}
 		return err
 	}
+	if sys.SystemID != r.sysid {
+		return fmt.Errorf("%w: the server's system identifier %s differs from the repository's WAL settings (%s)", ErrPermanent, sys.SystemID, r.sysid)
+	}
 	segSize, err := showSegmentSize(ctx, conn)
 	if err != nil {
 		return err
@@ -193,40 +547,9 @@ func (r *Receiver) session(ctx context.Context) (err error) {
 	if err := storeSettings(ctx, r.repo, sys.SystemID, segSize); err != nil {
 		return err
 	}
-	r.update(func(s *Status) { s.SystemID = sys.SystemID })
-
-	sp, err := openSpool(filepath.Join(r.opts.SpoolDir, sys.SystemID), segSize)
-	if err != nil {
-		return err
+	if segSize != sp.segSize {
+		return fmt.Errorf("%w: the server's wal_segment_size %d differs from the repository's (%d)", ErrPermanent, segSize, sp.segSize)
 	}
-	defer sp.close()
-
-	up := newUploader(r.repo, sp, sys.SystemID, r.log, func(end pglogrepl.LSN) {
-		r.update(func(s *Status) {
-			if end > s.Archived {
-				s.Archived = end
-			}
-		})
-	})
-	upCtx, upCancel := context.WithCancel(context.WithoutCancel(ctx))
-	upDone := make(chan error, 1)
-	go func() { upDone <- up.run(upCtx) }()
-	defer func() {
-		// Let the uploader store what is finished (bounded), then stop it.
-		up.drain()
-		select {
-		case uerr := <-upDone:
-			if err == nil && uerr != nil {
-				err = uerr
-			}
-			upCancel()
-		case <-time.After(2 * time.Minute):
-			r.log.Error("uploader did not finish within 2 minutes; the spool keeps what is not stored", "dir", sp.dir)
-			upCancel()
-			<-upDone
-		}
-	}()
-	up.kick()
 
 	if err := r.ensureSlot(ctx, conn); err != nil {
 		return err
@@ -240,6 +563,9 @@ func (r *Receiver) session(ctx context.Context) (err error) {
 	tli, start, err := r.startPoint(ctx, conn, sp, uint32(sys.Timeline))
 	if err != nil {
 		return err
+	}
+	if pend, err := sp.pending(); err == nil && len(pend) == 0 {
+		r.noteStoredFloor(start)
 	}
 	for {
 		next, err := r.stream(ctx, conn, sp, up, tli, start)
@@ -406,6 +732,7 @@ func (r *Receiver) stream(ctx context.Context, conn *pgconn.PgConn, sp *spool, u
 		}
 		return nil, startError(err, r.opts.Slot, start)
 	}
+	r.streamed = true
 	r.log.Info("streaming", "lsn", start, "timeline", tli)
 	r.update(func(s *Status) { s.Timeline = tli; s.Streaming = true; s.LastError = "" })
 
@@ -415,13 +742,15 @@ func (r *Receiver) stream(ctx context.Context, conn *pgconn.PgConn, sp *spool, u
 		if st.cur != nil {
 			_ = st.cur.sync()
 			st.cur.f.Close()
+			// Whatever ended the stream (a dropped connection, an error,
+			// shutdown), the durable bytes of the open segment go to the
+			// repository now, not when a server comes back.
+			r.requestPartial(up, sp, st.cur.seg, st.cur.synced, st.cur.times())
 		}
 	}()
 	// Data before start is durable by construction (archived or in the spool).
 	nextStatus := time.Now()
 	lastPartial := time.Now()
-	var partialStored uint64
-	var partialSeg Segment
 	rd := &receiveDeadline{parent: ctx}
 	defer rd.stop()
 	for {
@@ -432,13 +761,12 @@ func (r *Receiver) stream(ctx context.Context, conn *pgconn.PgConn, sp *spool, u
 			nextStatus = time.Now().Add(r.opts.StatusInterval)
 		}
 		if r.opts.PartialInterval > 0 && time.Since(lastPartial) >= r.opts.PartialInterval {
-			if st.cur != nil && st.cur.written > 0 && (st.cur.seg != partialSeg || st.cur.written != partialStored) {
+			if st.cur != nil && st.cur.written > 0 && (st.cur.seg != r.partialSeg || st.cur.written > r.partialStored) {
 				// Only durable bytes go into a partial object.
 				if err := r.flushAndReport(ctx, conn, st, false); err != nil {
 					return nil, err
 				}
-				up.storePartial(st.cur.seg, st.cur.synced, st.cur.times())
-				partialSeg, partialStored = st.cur.seg, st.cur.synced
+				r.requestPartial(up, sp, st.cur.seg, st.cur.synced, st.cur.times())
 			}
 			lastPartial = time.Now()
 		}
@@ -528,8 +856,8 @@ func (r *Receiver) shutdown(conn *pgconn.PgConn, st *streamState) error {
 	if err := r.flushAndReport(ctx, conn, st, false); err != nil {
 		r.log.Warn("final status update failed", "err", err)
 	}
-	if st.cur != nil && st.cur.synced > 0 {
-		st.up.storePartial(st.cur.seg, st.cur.synced, st.cur.times())
+	if st.cur != nil {
+		r.requestPartial(st.up, st.sp, st.cur.seg, st.cur.synced, st.cur.times())
 	}
 	_, _ = pglogrepl.SendStandbyCopyDone(ctx, conn)
 	r.log.Info("WAL streaming stopped", "flushed", st.flushed)
@@ -551,7 +879,7 @@ func (r *Receiver) flushAndReport(ctx context.Context, conn *pgconn.PgConn, st *
 	} else {
 		st.flushed = st.pos
 	}
-	r.update(func(s *Status) { s.Flushed = st.flushed })
+	r.noteFlushed(st.flushed)
 	return sendStatus(ctx, conn, st.pos, st.flushed, reply)
 }
 

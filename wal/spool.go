@@ -24,6 +24,8 @@ import (
 //	<SEGMENT>.partial.<OFFSET>       the last, incomplete segment of an ended timeline,
 //	                                 waiting for upload as a partial object
 //	<SEGMENT>.json                   server times of a finished file (optional)
+//	<SEGMENT>.partial.json           server times of the open segment, recorded with
+//	                                 each partial object (for a restart without a server)
 //	conflicts/                       segments that differed from the repository's copy
 //	lock                             flock held by the running receiver
 type spool struct {
@@ -48,10 +50,19 @@ func openSpool(dir string, segSize uint64) (*spool, error) {
 	}
 	if err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB); err != nil {
 		f.Close()
-		return nil, fmt.Errorf("%w: WAL spool %s is locked by another synbak process (an agent or a `wal stream`): stop it first", ErrPermanent, dir)
+		return nil, fmt.Errorf("%w: WAL spool %s is locked by another synbak process (an agent, a `wal stream` or a `backup`)", ErrSpoolLocked, dir)
 	}
 	return &spool{dir: dir, segSize: segSize, lock: f}, nil
 }
+
+// ErrSpoolLocked says that another process holds the spool's lock: a
+// receiver runs there (it holds the lock for its whole life). It is never
+// permanent: Run waits for the lock unless Options.YieldSpool is set.
+var ErrSpoolLocked = errors.New("WAL spool locked")
+
+// IsSpoolLocked reports whether err says that another process holds the
+// spool.
+func IsSpoolLocked(err error) bool { return errors.Is(err, ErrSpoolLocked) }
 
 func (s *spool) close() error {
 	if s.lock == nil {
@@ -183,16 +194,21 @@ func (sf *segmentFile) times() segTimes {
 	return t
 }
 
-// create makes a fresh, pre-sized <SEGMENT>.partial (replacing any left by
-// an earlier run: streaming restarts at the segment start and rewrites it).
+// create makes a pre-sized <SEGMENT>.partial, or opens the one an earlier
+// session or run left (streaming restarts at the segment start and rewrites
+// it with the same bytes; it is not truncated, because the uploader may be
+// storing its durable bytes as a partial object meanwhile).
 // It does not fsync: nothing in the file is reported as flushed before sync
 // (which also makes the directory entry durable) or finish, and a file lost
 // in a crash is rewritten from the segment start.
 func (s *spool) create(seg Segment) (*segmentFile, error) {
 	p := s.path(seg.Name() + ".partial")
-	f, err := os.OpenFile(p, os.O_CREATE|os.O_RDWR|os.O_TRUNC, 0o600)
+	f, err := os.OpenFile(p, os.O_CREATE|os.O_RDWR, 0o600)
 	if err != nil {
 		return nil, fmt.Errorf("create %s: %w", p, err)
+	}
+	if fi, err := f.Stat(); err == nil && uint64(fi.Size()) == s.segSize {
+		return &segmentFile{seg: seg, f: f, dir: s.dir}, nil
 	}
 	if err := unix.Fallocate(int(f.Fd()), 0, 0, int64(s.segSize)); err != nil {
 		// File systems without fallocate: zero-fill like pg_receivewal.
@@ -253,6 +269,7 @@ func (s *spool) finish(sf *segmentFile, final string) error {
 	if err := os.Rename(sf.f.Name(), s.path(final)); err != nil {
 		return err
 	}
+	_ = os.Remove(s.path(sf.seg.Name() + ".partial.json")) // the open file's times
 	return syncDir(s.dir)
 }
 

@@ -90,11 +90,11 @@ const (
 // uploader moves finished spool files (and snapshots of the open segment)
 // into the repository.
 type uploader struct {
-	repo       *repo.Repo
-	sp         *spool
-	sysid      string
-	log        *slog.Logger
-	onArchived func(pglogrepl.LSN)
+	repo  *repo.Repo
+	sp    *spool
+	sysid string
+	log   *slog.Logger
+	obs   uploadObserver
 
 	kickCh  chan struct{}
 	drainCh chan struct{}
@@ -105,7 +105,19 @@ type uploader struct {
 	encoders *repo.EncoderCache
 
 	mu      sync.Mutex
-	partial *partialReq
+	partial map[Segment]*partialReq // the newest request per open segment
+}
+
+// uploadObserver hears of the uploader's progress (the Receiver).
+type uploadObserver interface {
+	// archived: a complete segment ending at end is stored.
+	archived(end pglogrepl.LSN)
+	// stored: all WAL before lsn is in the repository.
+	stored(lsn pglogrepl.LSN)
+	// uploadResult: the outcome of the last upload (nil: success).
+	uploadResult(err error)
+	// spooled: how many finished files wait in the spool.
+	spooled(n int)
 }
 
 type partialReq struct {
@@ -114,8 +126,8 @@ type partialReq struct {
 	times segTimes
 }
 
-func newUploader(rp *repo.Repo, sp *spool, sysid string, log *slog.Logger, onArchived func(pglogrepl.LSN)) *uploader {
-	return &uploader{repo: rp, sp: sp, sysid: sysid, log: log, onArchived: onArchived,
+func newUploader(rp *repo.Repo, sp *spool, sysid string, log *slog.Logger, obs uploadObserver) *uploader {
+	return &uploader{repo: rp, sp: sp, sysid: sysid, log: log, obs: obs, partial: map[Segment]*partialReq{},
 		kickCh: make(chan struct{}, 1), drainCh: make(chan struct{}),
 		encoders: repo.NewEncoderCache(compressParallelism)}
 }
@@ -133,7 +145,9 @@ func (u *uploader) drain() { u.once.Do(func() { close(u.drainCh) }) }
 // storePartial asks for a snapshot of the open segment's first valid bytes.
 func (u *uploader) storePartial(seg Segment, valid uint64, t segTimes) {
 	u.mu.Lock()
-	u.partial = &partialReq{seg: seg, valid: valid, times: t}
+	if old := u.partial[seg]; old == nil || old.valid < valid {
+		u.partial[seg] = &partialReq{seg: seg, valid: valid, times: t}
+	}
 	u.mu.Unlock()
 	u.kick()
 }
@@ -157,11 +171,15 @@ func (u *uploader) run(ctx context.Context) error {
 	draining := false
 	var drainErr error
 	retry := time.Second
+	var highest pglogrepl.LSN       // the highest end of WAL stored by this run
 	var retryTimer <-chan time.Time // set while waiting to retry after a failure
 	for {
 		idle := true
 		if retryTimer == nil && drainErr == nil && ctx.Err() == nil {
 			entries, err := u.sp.pending()
+			if err == nil {
+				u.obs.spooled(len(entries))
+			}
 			if err != nil {
 				if draining {
 					drainErr = err
@@ -184,8 +202,15 @@ func (u *uploader) run(ctx context.Context) error {
 			}
 			if idle && busy < uploadParallelism && !partialBusy {
 				u.mu.Lock()
-				req := u.partial
-				u.partial = nil
+				var req *partialReq
+				for _, p := range u.partial {
+					if req == nil || p.seg.TLI < req.seg.TLI || (p.seg.TLI == req.seg.TLI && p.seg.No < req.seg.No) {
+						req = p
+					}
+				}
+				if req != nil {
+					delete(u.partial, req.seg)
+				}
 				u.mu.Unlock()
 				if req != nil {
 					partialBusy = true
@@ -200,7 +225,7 @@ func (u *uploader) run(ctx context.Context) error {
 			}
 			if draining && (idle || drainErr != nil) {
 				u.mu.Lock()
-				more := u.partial != nil
+				more := len(u.partial) > 0
 				u.mu.Unlock()
 				if !more || drainErr != nil {
 					return drainErr
@@ -228,10 +253,11 @@ func (u *uploader) run(ctx context.Context) error {
 				delete(inflight, r.e.file)
 			}
 			if r.err != nil {
+				u.obs.uploadResult(r.err)
 				if r.partial != nil {
 					u.mu.Lock()
-					if u.partial == nil {
-						u.partial = r.partial
+					if _, ok := u.partial[r.partial.seg]; !ok {
+						u.partial[r.partial.seg] = r.partial
 					}
 					u.mu.Unlock()
 				}
@@ -248,11 +274,29 @@ func (u *uploader) run(ctx context.Context) error {
 				}
 				continue
 			}
+			u.obs.uploadResult(nil)
+			retry = time.Second
+			var end pglogrepl.LSN
 			if r.partial == nil {
-				retry = time.Second
 				if r.e.valid == u.sp.segSize {
-					u.onArchived(r.e.seg.EndLSN())
+					u.obs.archived(r.e.seg.EndLSN())
 				}
+				end = r.e.seg.StartLSN() + pglogrepl.LSN(r.e.valid)
+			} else {
+				end = r.partial.seg.StartLSN() + pglogrepl.LSN(r.partial.valid)
+			}
+			// Everything before the highest end stored so far is in the
+			// repository, except finished files that still wait (uploads
+			// complete out of order; a segment is finished, in order,
+			// before any later byte is acknowledged or stored).
+			highest = max(highest, end)
+			if entries, err := u.sp.pending(); err == nil {
+				u.obs.spooled(len(entries))
+				stored := highest
+				if len(entries) > 0 && entries[0].seg.StartLSN() < stored {
+					stored = entries[0].seg.StartLSN()
+				}
+				u.obs.stored(stored)
 			}
 		}
 	}

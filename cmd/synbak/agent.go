@@ -133,6 +133,7 @@ func runAgent(ctx context.Context, cfg *config.Config) error {
 		Health: agent.HealthOptions{
 			BackupInterval: cfg.Basebackup.Interval.D(), Disconnected: cfg.Health.Disconnected.D(),
 			SlotLag: int64(cfg.Health.SlotLagMB) << 20, MediaBacklog: cfg.Health.MediaBacklog.D(),
+			WALBacklog: cfg.Health.WALBacklog.D(),
 		},
 		Components: []agent.Component{
 			{Name: "wal", Run: rcv.Run},

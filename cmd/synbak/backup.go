@@ -149,13 +149,18 @@ func (b *backupReceiver) stop() error {
 func startBackupReceiver(ctx context.Context, cancelBackup context.CancelCauseFunc, src pgsource.Source, r *repo.Repo, cfg *config.Config, log *slog.Logger) (*backupReceiver, error) {
 	rctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	br := &backupReceiver{cancel: cancel, done: make(chan struct{})}
-	rcv := wal.NewReceiver(src, r, walOptions(cfg), log.With("component", "wal"))
+	opts := walOptions(cfg)
+	// An agent or a wal stream holds the spool for its whole life: then it
+	// archives the backup's WAL, and this receiver steps aside at once
+	// (never taking the spool from it).
+	opts.YieldSpool = true
+	rcv := wal.NewReceiver(src, r, opts, log.With("component", "wal"))
 	go func() {
 		defer close(br.done)
 		err := rcv.Run(rctx)
 		switch {
 		case err == nil:
-		case wal.IsPermanent(err) && strings.Contains(err.Error(), "is locked by another synbak process"):
+		case wal.IsSpoolLocked(err):
 			log.Info("another synbak process (agent or wal stream) is archiving WAL; the backup waits for it to archive the backup's WAL")
 		default:
 			br.err = err

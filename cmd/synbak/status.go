@@ -143,6 +143,14 @@ func printStatus(out io.Writer, rep statusReport) {
 				fmt.Fprintf(out, "; %s behind the server", humanBytes(w.LagBytes))
 			}
 			fmt.Fprintln(out)
+			if w.UnstoredBytes > 0 || w.Spooled > 0 || w.UploadError != "" {
+				fmt.Fprintf(out, "  not yet in the repository: %s acknowledged (oldest %s ago), %d finished files in the spool",
+					humanBytes(int64(w.UnstoredBytes)), (time.Duration(w.UnstoredSeconds * float64(time.Second))).Round(time.Second), w.Spooled)
+				if w.UploadError != "" {
+					fmt.Fprintf(out, "; last upload error: %s", w.UploadError)
+				}
+				fmt.Fprintln(out)
+			}
 		}
 		if p := a.Postgres; p != nil {
 			if p.Up {

@@ -26,7 +26,15 @@ the replication slot postgres.slot (created with RESERVE_WAL if missing),
 writes WAL to a durable spool under state_dir, reports it flushed only after
 fsync, and stores every completed segment (and, every wal.partial_interval,
 the open one) in the repository. It runs until interrupted (SIGINT/SIGTERM),
-reconnecting after transient errors.`,
+reconnecting after transient errors.
+
+It holds the spool (and its lock) for its whole life: when the connection
+drops, or the server cannot be reached at start, it stores the spool's open
+segment as a partial object at once and uploads the finished segments left
+in the spool, so that what PostgreSQL was told is flushed reaches the
+repository even if the server never comes back. SIGTERM stores the open
+segment whatever the connection state. A synbak backup started meanwhile
+leaves the WAL to it.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			cfg, err := st.load()

@@ -209,6 +209,10 @@ type Health struct {
 	// MediaBacklog: media pending for longer without the backlog shrinking
 	// is unhealthy.
 	MediaBacklog Duration `mapstructure:"media_backlog"`
+	// WALBacklog: acknowledged WAL not in the repository for longer (or
+	// finished segments waiting in the spool while nothing is archived for
+	// longer) is unhealthy.
+	WALBacklog Duration `mapstructure:"wal_backlog"`
 }
 
 // Drill configures the agent's restore drills.
@@ -267,6 +271,7 @@ func Defaults() map[string]any {
 		"health.disconnected":   "1m",
 		"health.slot_lag_mb":    1024,
 		"health.media_backlog":  "10m",
+		"health.wal_backlog":    "2m",
 		"drill.interval":        "0",
 		"drill.scratch_dir":     "",
 
@@ -350,8 +355,8 @@ func (c *Config) Validate() error {
 	if c.Health.ProbeInterval.D() < 100*time.Millisecond {
 		add(invalid("health.probe_interval %s: must be at least 100ms", c.Health.ProbeInterval))
 	}
-	if c.Health.Disconnected.D() <= 0 || c.Health.MediaBacklog.D() <= 0 || c.Health.SlotLagMB <= 0 {
-		add(invalid("health.disconnected, health.media_backlog and health.slot_lag_mb must be positive"))
+	if c.Health.Disconnected.D() <= 0 || c.Health.MediaBacklog.D() <= 0 || c.Health.SlotLagMB <= 0 || c.Health.WALBacklog.D() <= 0 {
+		add(invalid("health.disconnected, health.media_backlog, health.wal_backlog and health.slot_lag_mb must be positive"))
 	}
 	if c.Drill.Interval.D() < 0 {
 		add(invalid("drill.interval %s: must not be negative (0 turns drills off)", c.Drill.Interval))

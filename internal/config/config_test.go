@@ -47,7 +47,7 @@ func valid() Config {
 		Dump:       Dump{PartSizeMB: 1024},
 		Log:        Log{Level: "info", Format: "text"},
 		Media:      Media{Thumbnails: "auto"},
-		Health:     Health{ProbeInterval: Duration(10 * time.Second), Disconnected: Duration(time.Minute), SlotLagMB: 1024, MediaBacklog: Duration(10 * time.Minute)},
+		Health:     Health{ProbeInterval: Duration(10 * time.Second), Disconnected: Duration(time.Minute), SlotLagMB: 1024, MediaBacklog: Duration(10 * time.Minute), WALBacklog: Duration(2 * time.Minute)},
 	}
 }
 
