@@ -67,6 +67,9 @@ type HealthOptions struct {
 	// for longer, or finished segments waiting in the spool while nothing
 	// is archived for longer, is unhealthy (default 2 min).
 	WALBacklog time.Duration
+	// MediaFailure: a media file that has failed to copy for longer is
+	// unhealthy, named with its error (default 1 min: a dozen retries).
+	MediaFailure time.Duration
 }
 
 // Options are the agent's parts.
@@ -88,6 +91,10 @@ type Options struct {
 	Config     ConfigSource
 	Probe      *Probe
 	Drills     *DrillSchedule
+	// BuildInfo labels synbak_build_info (e.g. version, commit).
+	BuildInfo map[string]string
+	// RetentionWindow is retention.window, exported for alert rules.
+	RetentionWindow time.Duration
 	// Dumps is the logical-dump schedule (nil: dump.interval is 0); its
 	// health rule uses its Interval.
 	Dumps  *DumpSchedule
@@ -101,6 +108,9 @@ type Options struct {
 	// Registry receives the agent's metrics and serves /metrics; nil
 	// makes a new one.
 	Registry *prometheus.Registry
+	// Page is what the status page (/) shows beyond the status, and the
+	// HTTP endpoint's authentication (page.go).
+	Page PageOptions
 }
 
 // Agent runs the parts.
@@ -118,6 +128,8 @@ type Agent struct {
 	archivedAt    time.Time
 	pendingSince  time.Time
 	pendingAtMark int64
+
+	hist *history
 }
 
 // New returns an agent; Run starts it.
@@ -147,7 +159,10 @@ func New(opts Options) *Agent {
 	if h.WALBacklog <= 0 {
 		h.WALBacklog = 2 * time.Minute
 	}
-	a := &Agent{opts: opts, started: time.Now()}
+	if h.MediaFailure <= 0 {
+		h.MediaFailure = time.Minute
+	}
+	a := &Agent{opts: opts, started: time.Now(), hist: newHistory(opts.Page.HistoryInterval, opts.Page.HistoryKeep)}
 	a.errs = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "synbak_component_errors_total", Help: "Errors returned by each agent component (each is retried with backoff).",
 	}, []string{"component"})
@@ -244,6 +259,7 @@ func (a *Agent) sample(ctx context.Context) {
 	defer t.Stop()
 	for {
 		a.sampleOnce(time.Now())
+		a.recordHistory(time.Now())
 		select {
 		case <-ctx.Done():
 			return
@@ -388,6 +404,9 @@ func (a *Agent) Status() Status {
 		if !pendingSince.IsZero() && now.Sub(pendingSince) > a.opts.Health.MediaBacklog {
 			st.Problems = append(st.Problems, fmt.Sprintf("media: %d files pending and the backlog has not shrunk for %s", m.Pending, now.Sub(pendingSince).Round(time.Second)))
 		}
+		if p := mediaFailureProblem(m, now, a.opts.Health.MediaFailure); p != "" {
+			st.Problems = append(st.Problems, p)
+		}
 	}
 	if a.opts.Config != nil {
 		c := a.opts.Config.ConfigStatus()
@@ -450,9 +469,11 @@ func (a *Agent) archiveProblems(w wal.Status, archivedAt, now time.Time) []strin
 	return out
 }
 
-// Handler serves /metrics, /healthz and /status.
+// Handler serves /metrics, /healthz, /status and the status page (/),
+// behind the configured authentication.
 func (a *Agent) Handler() http.Handler {
 	mux := http.NewServeMux()
+	a.handlePage(mux)
 	mux.Handle("/metrics", promhttpHandler(a.opts.Registry))
 	mux.HandleFunc("/healthz", func(w http.ResponseWriter, r *http.Request) {
 		st := a.Status()
@@ -472,5 +493,26 @@ func (a *Agent) Handler() http.Handler {
 		enc.SetIndent("", "  ")
 		_ = enc.Encode(a.Status())
 	})
-	return mux
+	return a.opts.Page.Auth.Wrap(mux)
+}
+
+// mediaFailureProblem names the media files that have failed to copy for
+// longer than limit, with the error, or returns "".
+func mediaFailureProblem(m mediawatch.Stats, now time.Time, limit time.Duration) string {
+	if m.FailingFiles == 0 || len(m.Failing) == 0 || now.Sub(m.Failing[0].Since) < limit {
+		return ""
+	}
+	f := m.Failing[0]
+	msg := fmt.Sprintf("media: %s cannot be copied (failing for %s, %d attempts): %s", f.Path, now.Sub(f.Since).Round(time.Second), f.Attempts, f.Err)
+	if more := m.FailingFiles - 1; more > 0 {
+		msg += fmt.Sprintf("; %d more %s failing", more, plural(int(more), "file", "files"))
+	}
+	return msg + " — make the media store readable by the agent's user (see the README's service section), or check the repository"
+}
+
+func plural(n int, one, many string) string {
+	if n == 1 {
+		return one
+	}
+	return many
 }

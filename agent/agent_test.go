@@ -7,11 +7,16 @@ import (
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
+	"os"
+	"regexp"
 	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus/testutil/promlint"
+
+	"github.com/synbak/synbak/mediawatch"
 	"github.com/synbak/synbak/wal"
 )
 
@@ -195,3 +200,97 @@ func TestDrillScheduleHealthAndMetrics(t *testing.T) {
 }
 
 func slogDiscard() *slog.Logger { return slog.New(slog.DiscardHandler) }
+
+type fakeMedia struct{ st mediawatch.Stats }
+
+func (f *fakeMedia) Stats() mediawatch.Stats { return f.st }
+
+// A media file failing to copy for longer than the limit turns health red,
+// naming the file and the error; shorter, or once copied, it does not.
+func TestHealthNamesAFailingMediaFile(t *testing.T) {
+	m := &fakeMedia{}
+	a := New(Options{Media: m, Health: HealthOptions{MediaFailure: time.Minute}})
+	now := time.Now()
+	m.st = mediawatch.Stats{FailingFiles: 3, Failing: []mediawatch.FileFailure{
+		{Path: "local_content/ab/cd/efgh", Err: "open …: input/output error", Since: now.Add(-30 * time.Second), Attempts: 6},
+	}}
+	if st := a.Status(); !st.Healthy {
+		t.Fatalf("failing for 30s, limit 1m: unhealthy: %v", st.Problems)
+	}
+	m.st.Failing[0].Since = now.Add(-2 * time.Minute)
+	st := a.Status()
+	p := strings.Join(st.Problems, "\n")
+	if st.Healthy || !strings.Contains(p, "local_content/ab/cd/efgh cannot be copied") || !strings.Contains(p, "input/output error") || !strings.Contains(p, "2 more files failing") {
+		t.Fatalf("failing for 2m: %v", st.Problems)
+	}
+	m.st = mediawatch.Stats{}
+	if st := a.Status(); !st.Healthy {
+		t.Fatalf("no failing file: %v", st.Problems)
+	}
+}
+
+// Every documented series is present, zero-valued, in an agent without any
+// part (drills off, no dumps ...), and the exposition is promlint-clean.
+func TestMetricsAlwaysPresentAndLintClean(t *testing.T) {
+	a := New(Options{BuildInfo: map[string]string{"version": "1.2.3", "commit": "abc"},
+		Components: []Component{{Name: "wal", Run: func(ctx context.Context) error { <-ctx.Done(); return nil }}}})
+	h := a.Handler()
+	_, m := scrape(t, h, "/metrics")
+	for _, name := range []string{
+		"synbak_healthy", "synbak_wal_streaming", "synbak_wal_archived_lsn", "synbak_wal_lag_bytes",
+		"synbak_postgres_up", "synbak_basebackups", "synbak_basebackup_last_success_timestamp_seconds",
+		"synbak_media_pending_files", "synbak_media_failing_files", "synbak_media_added_files_total",
+		"synbak_drill_last_ok", "synbak_drill_runs_total", "synbak_drill_last_success_timestamp_seconds",
+		"synbak_dumps", "synbak_dump_last_failed", "synbak_config_last_snapshot_timestamp_seconds",
+		"synbak_component_errors_total", "synbak_media_copy_latency_seconds_count",
+	} {
+		if !strings.Contains(m, "\n"+name+" ") && !strings.Contains(m, "\n"+name+"{") {
+			t.Errorf("%s missing from /metrics", name)
+		}
+	}
+	if !strings.Contains(m, `synbak_build_info{commit="abc",goversion="go`) || !strings.Contains(m, `version="1.2.3"} 1`) {
+		t.Errorf("build info:\n%s", grep(m, "build_info"))
+	}
+	problems, err := promlint.New(strings.NewReader(m)).Lint()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range problems {
+		t.Errorf("promlint: %s: %s", p.Metric, p.Text)
+	}
+}
+
+// The example alert rules and Grafana dashboard name only metrics the agent
+// exports (a renamed metric must not silently break an admin's alerts).
+func TestExamplesUseExportedMetrics(t *testing.T) {
+	a := New(Options{Components: []Component{{Name: "wal", Run: func(ctx context.Context) error { <-ctx.Done(); return nil }}}})
+	_, m := scrape(t, a.Handler(), "/metrics")
+	exported := map[string]bool{}
+	for _, l := range strings.Split(m, "\n") {
+		if strings.HasPrefix(l, "# TYPE ") {
+			f := strings.Fields(l)
+			exported[f[2]] = true
+			if f[3] == "histogram" {
+				for _, s := range []string{"_bucket", "_sum", "_count"} {
+					exported[f[2]+s] = true
+				}
+			}
+		}
+	}
+	name := regexp.MustCompile(`\b(synbak_[a-z0-9_]+|process_[a-z0-9_]+)\b`)
+	for _, file := range []string{"../examples/prometheus/alerts.yml", "../examples/grafana/synbak.json"} {
+		data, err := os.ReadFile(file)
+		if err != nil {
+			t.Fatal(err)
+		}
+		used := name.FindAllString(string(data), -1)
+		if len(used) < 5 {
+			t.Fatalf("%s names only %d metrics", file, len(used))
+		}
+		for _, n := range used {
+			if !exported[n] {
+				t.Errorf("%s uses %s, which the agent does not export", file, n)
+			}
+		}
+	}
+}

@@ -72,9 +72,10 @@
 //	dir/<original absolute path>
 //
 // so /etc/matrix-synapse/conf.d/x.yaml becomes dir/etc/matrix-synapse/conf.d/x.yaml
-// and copying dir/ back to / puts everything in place. Secret files
-// are written 0600, others 0644, directories 0700; owners are not changed
-// (the manifest has them). dir must be missing or empty; the files are
+// and copying dir/ back to / puts everything in place. Files get their
+// recorded mode and, when the restore runs as root, their recorded owner;
+// otherwise they belong to whoever restored them, secret files without
+// group and other bits. Directories are 0700. dir must be missing or empty; the files are
 // written into a temporary directory inside dir first and moved into place
 // at the end, so a failed restore leaves dir as it was. Files missing at
 // the time are listed in Manifest.Missing and not written. A time before
@@ -99,14 +100,15 @@
 //
 // In the agent (one goroutine of its group):
 //
-//	load := func() ([]synapse.File, error) {
+//	pg := confsnap.NewPostgresFiles(settings, r, log, 0) // PostgreSQL's own files (see below)
+//	load := func(ctx context.Context) ([]synapse.File, error) {
 //		hs, err := synapse.Load(paths, workdir)
 //		if err != nil {
 //			return nil, err
 //		}
-//		return hs.BackupFiles(), nil
+//		return confsnap.WithPostgresFiles(hs.BackupFiles(), pg.Files(ctx)), nil
 //	}
-//	files, err := load()
+//	files, err := load(ctx)
 //	w := confsnap.NewWatcher(r, confsnap.Options{Files: files, Refresh: load, Logger: log})
 //	err = w.Run(ctx) // nil after ctx ends; w.Status() for status and metrics
 //
@@ -116,6 +118,23 @@
 //	m, err := confsnap.Restore(ctx, r, target, dir) // confsnap.IsNoSnapshot(err): none that early
 //	ch, err := confsnap.NewSigningKey(dir, confsnap.KeyOptions{}) // only if a new key is wanted
 //
-// A one-shot snapshot (e.g. in `synbak backup`) is confsnap.Snapshot(ctx, r,
+// A one-shot snapshot (e.g. in `synbak dump`) is confsnap.Snapshot(ctx, r,
 // files, log, nil).
+//
+// # PostgreSQL's own settings files
+//
+// Where postgresql.conf, pg_hba.conf and pg_ident.conf live outside the data
+// directory (Debian: /etc/postgresql/<version>/<cluster>/), no base backup
+// holds them, so snapshots do: PostgresFileList lists config_file,
+// hba_file, ident_file (roles RolePGConfig, RolePGHba, RolePGIdent), the
+// files postgresql.conf includes, recursively (include, include_if_exists,
+// include_dir; RolePGInclude) and Debian's start.conf, pg_ctl.conf and
+// environment beside it (RolePGCluster), each only when outside the data
+// directory. PostgresFiles asks the server (ServerSettings: SHOW
+// config_file, hba_file, ident_file, data_directory, which needs superuser
+// or pg_read_all_settings) at most every 5 minutes and follows the
+// includes at every call; it keeps the last known list when the server
+// cannot be asked (at start, the newest snapshot's), and lists nothing for
+// a server on another machine. They are restored like every other file;
+// ServerFiles(manifest) names the restored config_file and hba_file.
 package confsnap

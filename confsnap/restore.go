@@ -126,8 +126,9 @@ type ManifestFile struct {
 	Secret bool   `json:"secret"`
 	SHA256 string `json:"sha256,omitempty"`
 	Size   int64  `json:"size"`
-	// Mode, UID and GID are the original file's (the restored file is
-	// 0600 when Secret, else 0644, owned by whoever restored it).
+	// Mode, UID and GID are the original file's. The restored file gets
+	// them when the restore runs as root; otherwise it belongs to whoever
+	// restored it, with Mode (without group and other bits when Secret).
 	Mode string `json:"mode,omitempty"`
 	UID  int    `json:"uid"`
 	GID  int    `json:"gid"`
@@ -280,11 +281,17 @@ func restoreFile(ctx context.Context, r *repo.Repo, dst string, f Record) error 
 		return fmt.Errorf("object %s holds %d bytes with sha256 %s, the index says %d bytes: the repository is damaged",
 			ObjectName(f.SHA256), len(data), got, f.Size)
 	}
-	mode := os.FileMode(0o644)
-	if f.Secret {
-		mode = 0o600
+	if err := writeFileSync(dst, data, 0o600, true); err != nil {
+		return err
 	}
-	if err := writeFileSync(dst, data, mode, true); err != nil {
+	owned := false
+	if os.Geteuid() == 0 {
+		if err := os.Lchown(dst, f.UID, f.GID); err != nil {
+			return fmt.Errorf("give %s its recorded owner %d:%d: %w", dst, f.UID, f.GID, err)
+		}
+		owned = true
+	}
+	if err := os.Chmod(dst, restoredMode(f, owned)); err != nil {
 		return err
 	}
 	if !f.MTime.IsZero() {
@@ -293,6 +300,34 @@ func restoreFile(ctx context.Context, r *repo.Repo, dst string, f Record) error 
 		}
 	}
 	return nil
+}
+
+// restoredMode is the mode a restored file gets: its recorded mode, except
+// that a secret file whose recorded owner could not be given (not run as
+// root) is readable by its owner alone, since the owner and group are the
+// restorer's. Without a recorded mode: 0600 for secrets, else 0644.
+func restoredMode(f Record, owned bool) os.FileMode {
+	var m uint64
+	if _, err := fmt.Sscanf(f.Mode, "%o", &m); err != nil || f.Mode == "" {
+		if f.Secret {
+			return 0o600
+		}
+		return 0o644
+	}
+	mode := os.FileMode(m & 0o777)
+	if m&0o4000 != 0 {
+		mode |= os.ModeSetuid
+	}
+	if m&0o2000 != 0 {
+		mode |= os.ModeSetgid
+	}
+	if m&0o1000 != 0 {
+		mode |= os.ModeSticky
+	}
+	if f.Secret && !owned {
+		mode &^= 0o077 | os.ModeSetuid | os.ModeSetgid
+	}
+	return mode
 }
 
 // writeFileSync writes data to path with exactly mode (whatever the umask)

@@ -122,7 +122,7 @@ func observe(path string) (observation, error) {
 		return observation{missing: true}, nil
 	}
 	if errors.Is(err, fs.ErrPermission) {
-		return observation{}, fmt.Errorf("%w (synbak must be able to read it: run the agent as Synapse's user or give its user read access)", err)
+		return observation{}, fmt.Errorf("%w (synbak must be able to read it: run the agent as root, or give its user read access, e.g. as a member of Synapse's group for Synapse's files or of the postgres group for PostgreSQL's)", err)
 	}
 	if err != nil {
 		return observation{}, err

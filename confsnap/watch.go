@@ -26,7 +26,7 @@ type Options struct {
 	// (e.g. synapse.Load(...).BackupFiles()), so that files the
 	// configuration starts or stops naming are followed. On error the
 	// previous list is kept and the error logged once.
-	Refresh func() ([]synapse.File, error)
+	Refresh func(ctx context.Context) ([]synapse.File, error)
 	// Debounce is how long the watched files must be quiet after an event
 	// before a check (default 1 s). A check happens at the latest 10
 	// debounce periods after the first event, however busy the directory.
@@ -227,7 +227,7 @@ func (w *Watcher) Run(ctx context.Context) error {
 // how soon to check again (0: at the next event or tick).
 func (w *Watcher) check(ctx context.Context) time.Duration {
 	if w.opts.Refresh != nil {
-		files, err := w.opts.Refresh()
+		files, err := w.opts.Refresh(ctx)
 		if err != nil {
 			if msg := err.Error(); msg != w.refreshErr {
 				w.refreshErr = msg
@@ -348,5 +348,7 @@ func (w *Watcher) relevant(ev fsnotify.Event) bool {
 	if strings.HasPrefix(base, "..") {
 		return true // Kubernetes' atomic writer swaps a ..data symlink
 	}
-	return w.opts.Refresh != nil && strings.HasSuffix(base, ".yaml")
+	// A new file of a conf.d directory (Synapse's *.yaml, PostgreSQL's
+	// include_dir *.conf): the refreshed list may name it.
+	return w.opts.Refresh != nil && (strings.HasSuffix(base, ".yaml") || strings.HasSuffix(base, ".conf"))
 }

@@ -65,6 +65,13 @@ func NewID(t time.Time) string {
 	return t.UTC().Format(idLayout) + "-" + hex.EncodeToString(b[:])
 }
 
+// FactMedia is the fact that says how current the repository's media were
+// when the dump started: "synced <RFC 3339 time>" (`synbak dump` copied the
+// media store first), "watched" (the agent's media watcher keeps them
+// current), or "not synced (<why>)"; a restore with --media-dir warns about
+// the last.
+const FactMedia = "media"
+
 // Dump is a dump's metadata (dumps/<ID>/dump.json).
 type Dump struct {
 	ID string `json:"id"`
@@ -76,7 +83,7 @@ type Dump struct {
 	// Databases are the dumped databases, the one holding Synapse's main
 	// data store first.
 	Databases []Database `json:"databases"`
-	// Facts are what the caller recorded (server name ...).
+	// Facts are what the caller recorded (server name ...; FactMedia).
 	Facts map[string]string `json:"facts,omitempty"`
 }
 

@@ -110,6 +110,12 @@ type RestorePlan struct {
 	// ConfigSnapshot is the config snapshot restored (nil without
 	// ConfigDir).
 	ConfigSnapshot *time.Time `json:"config_snapshot,omitempty"`
+	// MediaFiles is how many media files the media set as of AsOf holds
+	// (with MediaDir).
+	MediaFiles int `json:"media_files,omitempty"`
+	// Warnings say what the restore will not bring back, e.g. media the
+	// repository does not hold.
+	Warnings []string `json:"warnings,omitempty"`
 }
 
 // DatabaseReport is what the restore did to one database.
@@ -189,6 +195,17 @@ func PlanRestore(ctx context.Context, r *repo.Repo, d Dump, opts RestoreOptions)
 	if opts.MediaDir != "" {
 		if err := restore.CheckEmpty("media directory", opts.MediaDir); err != nil {
 			return p, err
+		}
+		present, _, err := mediawatch.Set(ctx, r, p.AsOf)
+		if err != nil {
+			return p, fmt.Errorf("media as of the dump's time %s: %w", p.AsOf.Format(time.RFC3339), err)
+		}
+		p.MediaFiles = len(present)
+		if len(present) == 0 {
+			p.Warnings = append(p.Warnings, fmt.Sprintf("the repository holds no media files as of the dump's time (%s): --media-dir %s will stay empty. Media reach the repository through the agent's media watcher or `synbak media sync` (which `synbak dump` runs first unless --skip-media)", p.AsOf.UTC().Format(time.RFC3339), opts.MediaDir))
+		}
+		if note := d.Facts[FactMedia]; strings.HasPrefix(note, "not synced") {
+			p.Warnings = append(p.Warnings, "the dump's media "+note+": files uploaded after the repository's last media copy before the dump are missing from --media-dir")
 		}
 	}
 	if opts.ConfigDir != "" {

@@ -12,6 +12,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"sort"
 	"strings"
 	"sync"
 	"syscall"
@@ -121,18 +122,67 @@ func (o Options) withDefaults() Options {
 // Stats count what a Watcher or Sync did.
 type Stats struct {
 	// Scanned is the number of files looked at by scans.
-	Scanned int64
+	Scanned int64 `json:"scanned"`
 	// Pending is the number of files waiting to be complete or copied.
-	Pending int64
+	Pending int64 `json:"pending"`
 	// Added and Deleted count index events recorded.
-	Added, Deleted int64
+	Added   int64 `json:"added"`
+	Deleted int64 `json:"deleted"`
 	// Uploaded counts objects written; Deduplicated files whose content
 	// was in the repository already.
-	Uploaded, Deduplicated int64
+	Uploaded     int64 `json:"uploaded"`
+	Deduplicated int64 `json:"deduplicated"`
 	// Bytes is the plaintext size of the files added.
-	Bytes int64
+	Bytes int64 `json:"bytes"`
 	// ScanDone is true once the first full scan has finished.
-	ScanDone bool
+	ScanDone bool `json:"scan_done"`
+	// FailingFiles counts the files that cannot be read or copied (each is
+	// retried); Failing names the longest-failing few, with their errors.
+	FailingFiles int64         `json:"failing_files"`
+	Failing      []FileFailure `json:"failing,omitempty"`
+}
+
+// FileFailure is a media file synbak keeps failing to read or copy.
+type FileFailure struct {
+	// Path is relative to the media store.
+	Path string `json:"path"`
+	// Err is the last error; Since when the file first failed; Attempts
+	// how many times in a row.
+	Err      string    `json:"error"`
+	Since    time.Time `json:"since"`
+	Attempts int       `json:"attempts"`
+}
+
+// failingShown is how many failing files Stats names.
+const failingShown = 5
+
+// failureLogEvery is how often a file that keeps failing is logged again
+// (its first failure always is).
+const failureLogEvery = 10 * time.Minute
+
+// fileFailure is the engine's record of a failing file.
+type fileFailure struct {
+	err      string
+	since    time.Time
+	lastLog  time.Time
+	attempts int
+}
+
+// failed records that path failed with err and reports whether to log it
+// (the first time, then every failureLogEvery). e.mu must be held.
+func (e *engine) failed(path string, err error, now time.Time) (logIt bool) {
+	f := e.failing[path]
+	if f == nil {
+		f = &fileFailure{since: now}
+		e.failing[path] = f
+	}
+	f.err = err.Error()
+	f.attempts++
+	if f.lastLog.IsZero() || now.Sub(f.lastLog) >= failureLogEvery {
+		f.lastLog = now
+		return true
+	}
+	return false
 }
 
 // entry is the backed-up state of one path.
@@ -172,6 +222,7 @@ type engine struct {
 	state    map[string]*entry
 	pending  map[string]pend
 	inflight map[string]bool
+	failing  map[string]*fileFailure
 	gen      uint32
 	seq      uint64 // next index batch
 	loose    int    // index batches not in a snapshot (see Compact)
@@ -198,7 +249,7 @@ func newEngine(r *repo.Repo, store string, opts Options) *engine {
 	opts = opts.withDefaults()
 	return &engine{
 		r: r, store: store, opts: opts, log: opts.Logger.With("component", "mediawatch"),
-		state: map[string]*entry{}, pending: map[string]pend{}, inflight: map[string]bool{},
+		state: map[string]*entry{}, pending: map[string]pend{}, inflight: map[string]bool{}, failing: map[string]*fileFailure{},
 		wake: make(chan struct{}, 1), jobs: make(chan job, 64), results: make(chan Event, 256),
 		objects: r.NewSyncGroup(), bigSlots: make(chan struct{}, bigBuffers),
 	}
@@ -443,16 +494,20 @@ func (e *engine) checkPending(ctx context.Context) (more bool) {
 		switch {
 		case errors.Is(err, fs.ErrNotExist) || errors.Is(err, syscall.ENOTDIR):
 			delete(e.pending, p)
+			delete(e.failing, p)
 			if st != nil && !st.deleted {
 				e.inflight[p] = true
 				ready = append(ready, job{path: p, firstSeen: pd.firstSeen, deleted: true})
 			}
 		case err != nil:
-			e.log.Warn("cannot stat media file; retrying", "file", p, "err", err)
+			if e.failed(p, err, now) {
+				e.log.Warn("cannot stat media file; retrying every 5s (logged again in 10m if it still fails)", "file", p, "err", err)
+			}
 			pd.notBefore = now.Add(5 * time.Second)
 			e.pending[p] = pd
 		case !fi.Mode().IsRegular():
 			delete(e.pending, p)
+			delete(e.failing, p)
 		case st != nil && !st.deleted && st.size == fi.Size() && st.mtime == fi.ModTime().UnixNano():
 			delete(e.pending, p)
 		case now.Sub(fi.ModTime()) < e.opts.QuietPeriod && e.dbEligible(p):
@@ -595,7 +650,9 @@ func (e *engine) runWorker(ctx context.Context) {
 					if e.failFast && e.firstErr == nil {
 						e.firstErr = err
 					}
-					e.log.Warn("media copy failed; retrying", "file", j.path, "err", err)
+					if e.failed(j.path, err, time.Now()) {
+						e.log.Warn("media copy failed; retrying every 5s (logged again in 10m if it still fails)", "file", j.path, "err", err)
+					}
 				}
 				e.pending[j.path] = pend{firstSeen: j.firstSeen, notBefore: time.Now().Add(5 * time.Second)}
 			} else {
@@ -605,6 +662,12 @@ func (e *engine) runWorker(ctx context.Context) {
 			e.mu.Unlock()
 			continue
 		}
+		e.mu.Lock()
+		if f := e.failing[j.path]; f != nil {
+			delete(e.failing, j.path)
+			e.log.Info("media file copied after failing", "file", j.path, "attempts", f.attempts, "failing_seconds", time.Since(f.since).Seconds())
+		}
+		e.mu.Unlock()
 		select {
 		case e.results <- ev:
 		case <-ctx.Done():
@@ -901,6 +964,17 @@ func (e *engine) Stats() Stats {
 	defer e.mu.Unlock()
 	s := e.stats
 	s.Pending = int64(len(e.pending) + len(e.inflight))
+	s.FailingFiles = int64(len(e.failing))
+	for p, f := range e.failing {
+		s.Failing = append(s.Failing, FileFailure{Path: p, Err: f.err, Since: f.since, Attempts: f.attempts})
+	}
+	sort.Slice(s.Failing, func(i, j int) bool {
+		a, b := s.Failing[i], s.Failing[j]
+		return a.Since.Before(b.Since) || (a.Since.Equal(b.Since) && a.Path < b.Path)
+	})
+	if len(s.Failing) > failingShown {
+		s.Failing = s.Failing[:failingShown]
+	}
 	return s
 }
 

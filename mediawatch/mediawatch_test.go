@@ -10,6 +10,7 @@ import (
 	"io"
 	"math/rand/v2"
 	"os"
+	"path"
 	"path/filepath"
 	"sort"
 	"strings"
@@ -562,4 +563,46 @@ func TestSyncTreesAndIdempotence(t *testing.T) {
 		}
 		checkRepo(t, r, want)
 	})
+}
+
+// TestFailingFileIsNamed: a file that cannot be copied (here: the
+// repository has a file where the object's directory must go, which fails
+// for root too) is retried, counted and named with its error in Stats —
+// what the agent's health and /status show — while the other files are
+// copied; once the cause is gone it is copied and no longer failing.
+func TestFailingFileIsNamed(t *testing.T) {
+	t.Parallel()
+	store, repoDir := t.TempDir(), t.TempDir()
+	r := repotest.New(t, repoDir, repo.Options{})
+	rng := rand.New(rand.NewPCG(7, 8))
+	good, bad := contentPath(mediaID(rng)), contentPath(mediaID(rng))
+	goodData, badData := randomContent(rng, 3000), randomContent(rng, 4000)
+	sum := sha256.Sum256(badData)
+	blocker := filepath.Join(repoDir, filepath.FromSlash(path.Dir(ObjectName(hex.EncodeToString(sum[:])))))
+	if err := os.MkdirAll(filepath.Dir(blocker), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(blocker, []byte("in the way"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	writeLikeSynapse(t, store, good, goodData)
+	writeLikeSynapse(t, store, bad, badData)
+	rw := startWatcher(t, r, store, testOptions(t))
+
+	waitFor(t, 30*time.Second, "the unreadable file reported as failing", func() bool {
+		st := rw.w.Stats()
+		return st.FailingFiles == 1 && len(st.Failing) == 1 && st.Failing[0].Attempts >= 2
+	})
+	st := rw.w.Stats()
+	f := st.Failing[0]
+	if f.Path != bad || !strings.Contains(f.Err, "not a directory") || f.Since.IsZero() {
+		t.Fatalf("failing file: %+v, want %s with its error", f, bad)
+	}
+	waitFor(t, 30*time.Second, "the good file copied", hasAll(t, r, map[string][]byte{good: goodData}))
+
+	if err := os.Remove(blocker); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 30*time.Second, "the file copied once the cause is gone", func() bool { return rw.w.Stats().FailingFiles == 0 })
+	waitFor(t, 30*time.Second, "both files in the index", hasAll(t, r, map[string][]byte{good: goodData, bad: badData}))
 }

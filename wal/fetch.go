@@ -92,7 +92,7 @@ func (f *Fetcher) Fetch(ctx context.Context, file, dest string) error {
 		}
 	}
 
-	err = f.copyObject(ctx, seg.ObjectName(), dest)
+	err = f.copySegment(ctx, seg, dest)
 	if !repo.IsNotExist(err) {
 		return err
 	}
@@ -132,7 +132,7 @@ func (f *Fetcher) fetchPartial(ctx context.Context, seg Segment, dest string) er
 	defer rd.Close()
 	// Partial objects hold the valid bytes only; PostgreSQL wants a
 	// segment of full size, zero-padded like pg_receivewal's .partial.
-	body := &countReader{r: rd}
+	body := &countReader{r: f.checked(seg, rd, true)}
 	padded := io.MultiReader(body, &zeros{n: int64(f.settings.SegmentSize - valid)})
 	if err := writeAtomic(dest, padded); err != nil {
 		return err
@@ -185,6 +185,58 @@ func (f *Fetcher) laterTimelineHas(ctx context.Context, seg Segment) (bool, erro
 		return nil
 	})
 	return found, err
+}
+
+// copySegment is copyObject for a complete segment, whose first page
+// header must match its name and the archive (CheckSegmentHeader).
+func (f *Fetcher) copySegment(ctx context.Context, seg Segment, dest string) error {
+	rd, err := f.repo.Get(ctx, seg.ObjectName())
+	if err != nil {
+		if repo.IsNotExist(err) {
+			return fmt.Errorf("%s: %w: %w", seg.ObjectName(), ErrNotFound, err)
+		}
+		return err
+	}
+	defer rd.Close()
+	if err := writeAtomic(dest, f.checked(seg, rd, false)); err != nil {
+		return fmt.Errorf("object %s: %w", seg.ObjectName(), err)
+	}
+	return nil
+}
+
+// checked returns a reader of seg's bytes from r that fails with a
+// SegmentMismatchError as soon as the first page header is read and does
+// not match seg and the archive. short allows fewer bytes than the header
+// (a partial segment that small is passed unchecked).
+func (f *Fetcher) checked(seg Segment, r io.Reader, short bool) io.Reader {
+	return &headerCheck{r: r, seg: seg, st: f.settings, short: short}
+}
+
+type headerCheck struct {
+	r     io.Reader
+	seg   Segment
+	st    Settings
+	short bool
+	buf   []byte
+	done  bool
+}
+
+func (h *headerCheck) Read(p []byte) (int, error) {
+	n, err := h.r.Read(p)
+	if !h.done {
+		need := LongPageHeaderSize - len(h.buf)
+		h.buf = append(h.buf, p[:min(n, need)]...)
+		if len(h.buf) == LongPageHeaderSize {
+			h.done = true
+			if cerr := CheckSegmentHeader(h.buf, h.seg, h.st); cerr != nil {
+				return 0, cerr
+			}
+		} else if err == io.EOF && !h.short {
+			h.done = true
+			return 0, CheckSegmentHeader(h.buf, h.seg, h.st)
+		}
+	}
+	return n, err
 }
 
 // copyObject streams an object to dest through a temp file, verifying its
@@ -244,7 +296,8 @@ func (f *Fetcher) fromCache(seg Segment, dest string) error {
 		os.Remove(p)
 		return fmt.Errorf("bad cache entry %s", p)
 	}
-	if err := writeAtomic(dest, in); err != nil {
+	if err := writeAtomic(dest, f.checked(seg, in, false)); err != nil {
+		os.Remove(p)
 		return err
 	}
 	os.Remove(p)
@@ -267,7 +320,7 @@ func (f *Fetcher) prefetchOne(ctx context.Context, seg Segment) {
 	if err != nil {
 		return
 	}
-	_, err = io.Copy(out, rd)
+	_, err = io.Copy(out, f.checked(seg, rd, false))
 	if cerr := out.Close(); err == nil {
 		err = cerr
 	}

@@ -520,7 +520,7 @@ func BindRepository(ctx context.Context, conn *pgconn.PgConn, rp *repo.Repo) (st
 func (r *Receiver) session(ctx context.Context, sp *spool, up *uploader) (err error) {
 	conn, err := r.src.ConnectReplication(ctx, r.opts.Slot)
 	if err != nil {
-		if pgsource.IsPrivilege(err) {
+		if pgsource.IsPrivilege(err) || pgsource.IsUnsupportedVersion(err) {
 			return fmt.Errorf("%w: %w", ErrPermanent, err)
 		}
 		return err

@@ -41,7 +41,8 @@ func newAgentCommand(st *rootState) *cobra.Command {
   media    the media watcher over local_content (and local_thumbnails unless
            dynamic_thumbnails), when homeserver.yaml is readable
   config   snapshots of homeserver.yaml, its log config, appservice files,
-           the signing key and secret files, whenever one changes
+           the signing key and secret files, and PostgreSQL's own settings
+           files outside its data directory, whenever one changes
   probe    asks PostgreSQL for its WAL position and the slot's lag
   dumps    with dump.interval, a logical dump (pg_dump) when the repository
            has none recent, then every dump.interval after the newest ended
@@ -54,9 +55,14 @@ A part that fails is logged, counted and run again with backoff; it never
 stops the others. On SIGTERM the agent stops taking new work, stores the open
 partial WAL segment, sends a last status update to PostgreSQL and exits 0.
 
-http.listen serves /metrics (Prometheus), /healthz (200, or 503 with the
-problems) and /status (JSON, which 'synbak status' reads). With port 0 a free
-port is picked and recorded in state_dir/agent.addr.`,
+http.listen serves / (a status page for people: health, the recovery window
+on a time axis, lag, drills, sizes), /metrics (Prometheus), /healthz (200, or
+503 with the problems) and /status (JSON, which 'synbak status' reads). With
+port 0 a free port is picked and recorded in state_dir/agent.addr.
+http.auth_token_file / http.basic_auth_file put them behind a token or a
+password. With notify.* set, the agent posts to a Matrix room and/or a
+webhook when health turns red and back, a backup, dump or drill fails, or a
+drill exceeds notify.rto_bound.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			cfg, err := st.load()
@@ -113,8 +119,11 @@ func runAgent(ctx context.Context, cfg *config.Config) error {
 		Slot: cfg.Postgres.Slot, Interval: cfg.Health.ProbeInterval.D(),
 		Connect: func(ctx context.Context) (*pgconn.PgConn, error) { return src.Connect(ctx, "") },
 	}
+	build := currentBuild()
 	opts := agent.Options{
 		Log: log, Listen: cfg.HTTP.Listen,
+		BuildInfo:       map[string]string{"version": build.Version, "commit": build.Commit},
+		RetentionWindow: cfg.Retention.Window.D(),
 		// Record the address (port 0 picks one) for `synbak status`.
 		OnListen: func(addr string) {
 			if err := writeFileAtomic(agentAddrFile(cfg), []byte(addr+"\n")); err != nil {
@@ -147,7 +156,7 @@ func runAgent(ctx context.Context, cfg *config.Config) error {
 		opts.Components = append(opts.Components, agent.Component{Name: "media", Run: mw.Run})
 	}
 	if hs != nil {
-		cw := newAgentConfig(cfg, hs, r, log.With("component", "config"))
+		cw := newAgentConfig(cfg, hs, src, r, log.With("component", "config"))
 		opts.Config = cw
 		opts.Components = append(opts.Components, agent.Component{Name: "config", Run: cw.Run})
 	}
@@ -166,10 +175,19 @@ func runAgent(ctx context.Context, cfg *config.Config) error {
 	if iv := cfg.Dump.Interval.D(); iv > 0 {
 		dlog := log.With("component", "dumps")
 		opts.Dumps = &agent.DumpSchedule{Repo: r, Interval: iv, Log: dlog,
-			Take:      func(ctx context.Context) (dump.Dump, error) { return takeDump(ctx, cfg, hs, r, nil, dlog) },
+			Take: func(ctx context.Context) (dump.Dump, error) {
+				return takeDump(ctx, cfg, hs, r, nil, dlog, mediaWatched(cfg))
+			},
 			AfterDump: func(ctx context.Context, _ dump.Dump) string { return prune(ctx) },
 		}
 		opts.Components = append(opts.Components, agent.Component{Name: "dumps", Run: opts.Dumps.Run})
+	}
+	server := ""
+	if hs != nil {
+		server = hs.ServerName
+	}
+	if err := addPageAndNotify(cfg, &opts, r, server, func() agent.Status { return ag.Status() }, log); err != nil {
+		return err
 	}
 	a := agent.New(opts)
 	ag = a
@@ -317,17 +335,19 @@ func (c agentConfig) ConfigStatus() agent.ConfigStatus {
 }
 
 // newAgentConfig returns the config snapshot watcher: homeserver.yaml and
-// every file it depends on, re-read at each check so that files the
-// configuration starts naming are followed.
-func newAgentConfig(cfg *config.Config, hs *synapse.Homeserver, r *repo.Repo, log *slog.Logger) agentConfig {
+// every file it depends on, and PostgreSQL's own settings files where
+// they live outside its data directory, re-read at each check so that
+// files the configuration starts naming are followed.
+func newAgentConfig(cfg *config.Config, hs *synapse.Homeserver, src pgsource.Source, r *repo.Repo, log *slog.Logger) agentConfig {
+	pg := postgresFiles(src, r, log)
 	return agentConfig{w: confsnap.NewWatcher(r, confsnap.Options{
 		Files: hs.BackupFiles(),
-		Refresh: func() ([]synapse.File, error) {
+		Refresh: func(ctx context.Context) ([]synapse.File, error) {
 			h, err := loadHomeserver(cfg)
 			if err != nil {
 				return nil, err
 			}
-			return h.BackupFiles(), nil
+			return confsnap.WithPostgresFiles(h.BackupFiles(), pg.Files(ctx)), nil
 		},
 		Logger: log,
 	})}

@@ -25,6 +25,7 @@ import (
 
 	"filippo.io/age"
 	"github.com/jackc/pglogrepl"
+	"github.com/prometheus/client_golang/prometheus/testutil/promlint"
 
 	"github.com/synbak/synbak/agent"
 	"github.com/synbak/synbak/basebackup"
@@ -613,13 +614,26 @@ func TestAgentHealthFollowsTheDatabase(t *testing.T) {
 	s := newAgentSite(t)
 	p := s.startAgent(t)
 	waitFor(t, 2*time.Minute, "healthy", func() bool { code, _ := s.get(t, "/healthz"); return code == 200 })
-	for name, want := range map[string]string{"synbak_postgres_up": "1", "synbak_wal_streaming": "1", "synbak_healthy": "1", "synbak_basebackup_count": "1"} {
+	for name, want := range map[string]string{"synbak_postgres_up": "1", "synbak_wal_streaming": "1", "synbak_healthy": "1", "synbak_basebackups": "1"} {
 		if got := s.metric(t, name); got != want {
 			t.Errorf("%s = %q while healthy, want %s", name, got, want)
 		}
 	}
 	if got := s.metric(t, "synbak_basebackup_last_success_timestamp_seconds"); got == "" || got == "0" {
 		t.Errorf("synbak_basebackup_last_success_timestamp_seconds = %q", got)
+	}
+	// The real scrape is clean by Prometheus's own linter, and says which
+	// synbak runs.
+	_, scraped := s.get(t, "/metrics")
+	problems, err := promlint.New(strings.NewReader(scraped)).Lint()
+	if err != nil {
+		t.Fatalf("promlint: %v", err)
+	}
+	for _, p := range problems {
+		t.Errorf("promlint: %s: %s", p.Metric, p.Text)
+	}
+	if !strings.Contains(scraped, "synbak_build_info{commit=") {
+		t.Errorf("no synbak_build_info in the scrape")
 	}
 
 	s.c.Stop(t)

@@ -6,12 +6,12 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"math"
 	"os"
 	"strings"
 	"time"
 
 	"github.com/spf13/cobra"
-	"golang.org/x/sys/unix"
 
 	"github.com/synbak/synbak/basebackup"
 	"github.com/synbak/synbak/internal/config"
@@ -97,8 +97,22 @@ func runBackup(ctx context.Context, cfg *config.Config, stdout io.Writer) error 
 	if err := rcv.stop(); err != nil {
 		log.Warn("WAL receiver", "err", err)
 	}
+	stderrConsole.Println(backupSummary(b, time.Since(prog.start)))
 	fmt.Fprintln(stdout, b.ID)
 	return nil
+}
+
+// backupSummary is the closing line of `synbak backup` on standard error:
+// what was read, what was stored, the WAL the backup needs and how long it
+// took.
+func backupSummary(b *basebackup.Backup, took time.Duration) string {
+	stored := b.StoredSize()
+	ratio := ""
+	if stored > 0 {
+		ratio = fmt.Sprintf(" (%.1f:1)", float64(b.Size())/float64(stored))
+	}
+	return fmt.Sprintf("backup %s complete: %s read, %s stored%s; needs WAL %s to %s (timeline %d); took %s",
+		b.ID, humanBytes(b.Size()), humanBytes(stored), ratio, b.StartLSN, b.EndLSN, b.EndTimeline, took.Round(100*time.Millisecond))
 }
 
 // backupSource finds PostgreSQL and the Synapse facts recorded with the
@@ -191,13 +205,6 @@ func newProgressPrinter(w *os.File, log *slog.Logger) *progressPrinter {
 	return &progressPrinter{w: w, log: log, tty: isTerminal(w), start: time.Now()}
 }
 
-// isTerminal reports whether f is a terminal (progress lines are drawn
-// only there).
-func isTerminal(f *os.File) bool {
-	_, err := unix.IoctlGetTermios(int(f.Fd()), unix.TCGETS)
-	return err == nil
-}
-
 func (p *progressPrinter) update(pr basebackup.Progress) {
 	p.p = pr
 	now := time.Now()
@@ -206,13 +213,7 @@ func (p *progressPrinter) update(pr basebackup.Progress) {
 			return
 		}
 		p.last = now
-		line := p.line(now)
-		pad := ""
-		if n := p.lastLine - len(line); n > 0 {
-			pad = strings.Repeat(" ", n)
-		}
-		p.lastLine = len(line)
-		fmt.Fprintf(p.w, "\r%s%s", line, pad)
+		stderrConsole.Draw(p.line(now))
 		return
 	}
 	if now.Sub(p.last) < 10*time.Second && pr.Phase == "streaming" {
@@ -220,7 +221,7 @@ func (p *progressPrinter) update(pr basebackup.Progress) {
 	}
 	p.last = now
 	rate := float64(pr.Done) / max(now.Sub(p.start).Seconds(), 0.001)
-	p.log.Info("backup progress", "phase", pr.Phase, "done", pr.Done, "estimated_total", pr.Total, "rate_mb_s", fmt.Sprintf("%.1f", rate/1e6), "archive", pr.Archive)
+	p.log.Info("backup progress", "phase", pr.Phase, "done", pr.Done, "estimated_total", pr.Total, "rate_bytes_per_second", math.Round(rate), "archive", pr.Archive)
 }
 
 func (p *progressPrinter) line(now time.Time) string {
@@ -248,8 +249,8 @@ func (p *progressPrinter) line(now time.Time) string {
 }
 
 func (p *progressPrinter) finish() {
-	if p.tty && p.lastLine > 0 {
-		fmt.Fprintln(p.w)
+	if p.tty {
+		stderrConsole.Done()
 	}
 }
 

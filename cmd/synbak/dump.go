@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"strings"
 	"syscall"
 	"time"
 
@@ -22,6 +23,7 @@ import (
 
 func newDumpCommand(st *rootState) *cobra.Command {
 	var pgBinDir string
+	var skipMedia bool
 	cmd := &cobra.Command{
 		Use:   "dump [--pg-bindir DIR]",
 		Short: "Take a logical dump (pg_dump -Fc, one-time-key data excluded), as Synapse's docs describe",
@@ -40,8 +42,10 @@ tables pg_dump reads; postgres.dsn is often a replication-only role), or with
 postgres.dsn when homeserver.yaml is unreadable. pg_dump is the server's major
 version under /usr/lib/postgresql (or a newer one), or the one in --pg-bindir
 / dump.pg_bindir. With homeserver.yaml
-readable it also takes a config snapshot, so that restore --from-dump
---config-dir has the config files of the dump's time.
+readable it also takes a config snapshot and, with media.enabled, copies the
+media store first (one media sync pass; --skip-media leaves that to the
+agent), so that restore --from-dump --media-dir and --config-dir have the
+media and config files of the dump's time.
 
 A dump is the backup that survives a PostgreSQL major-version upgrade or a
 move to another server; continuous protection (WAL + base backups) gives
@@ -58,14 +62,15 @@ dump's id on standard output.`,
 			if pgBinDir != "" {
 				cfg.Dump.PgBindir = pgBinDir
 			}
-			return runDump(cmd.Context(), cfg, cmd.OutOrStdout())
+			return runDump(cmd.Context(), cfg, cmd.OutOrStdout(), !skipMedia)
 		},
 	}
+	cmd.Flags().BoolVar(&skipMedia, "skip-media", false, "do not copy the media store first (the agent's media watcher keeps it current)")
 	cmd.Flags().StringVar(&pgBinDir, "pg-bindir", "", "directory holding pg_dump (default: the server's major version under /usr/lib/postgresql, or dump.pg_bindir)")
 	return cmd
 }
 
-func runDump(ctx context.Context, cfg *config.Config, stdout io.Writer) error {
+func runDump(ctx context.Context, cfg *config.Config, stdout io.Writer, syncMedia bool) error {
 	log := newLogger(cfg, os.Stderr)
 	ctx, stop := signal.NotifyContext(ctx, os.Interrupt, syscall.SIGTERM)
 	defer stop()
@@ -94,32 +99,78 @@ func runDump(ctx context.Context, cfg *config.Config, stdout io.Writer) error {
 			rp.draw(fmt.Sprintf("dumping %s (%d/%d): %s written, %s/s (database size %s)", p.Database, p.Index, p.Count, humanBytes(p.Done), humanBytes(int64(rate)), humanBytes(p.DatabaseSize)))
 		}
 	}
-	d, err := takeDump(ctx, cfg, hs, r, prog, log)
+	mediaFact := "not synced (--skip-media)"
+	switch {
+	case !cfg.Media.Enabled:
+		mediaFact = "not synced (media.enabled is false)"
+	case hs == nil:
+		mediaFact = "not synced (homeserver.yaml unreadable: the media store is unknown)"
+	case syncMedia:
+		st, err := syncMediaStore(ctx, cfg, hs, r, log)
+		if err != nil {
+			if ctx.Err() != nil {
+				return err
+			}
+			log.Warn("media sync before the dump failed; the dump records it and restore --from-dump --media-dir will warn", "err", err)
+			mediaFact = "not synced (the media sync before the dump failed: " + err.Error() + ")"
+		} else {
+			stderrConsole.Println(mediaSummary(hs.MediaStorePath, st))
+			mediaFact = "synced " + time.Now().UTC().Format(time.RFC3339)
+		}
+	}
+	d, err := takeDump(ctx, cfg, hs, r, prog, log, mediaFact)
 	if err != nil {
 		return err
 	}
+	stderrConsole.Println(dumpSummary(d))
 	fmt.Fprintln(stdout, d.ID)
 	return nil
+}
+
+// dumpSummary is the closing line of `synbak dump` on standard error.
+func dumpSummary(d dump.Dump) string {
+	var size, stored int64
+	names := make([]string, 0, len(d.Databases))
+	for _, db := range d.Databases {
+		size += db.Size
+		stored += db.StoredSize
+		names = append(names, db.Name)
+	}
+	ratio := ""
+	if stored > 0 {
+		ratio = fmt.Sprintf(" (%.1f:1)", float64(size)/float64(stored))
+	}
+	return fmt.Sprintf("dump %s complete: %s (%s) of pg_dump output, %s stored%s; took %s",
+		d.ID, strings.Join(names, ", "), humanBytes(size), humanBytes(stored), ratio, d.EndTime.Sub(d.StartTime).Round(100*time.Millisecond))
 }
 
 // takeDump takes one dump of the Synapse database(s) (hs may be nil when
 // postgres.dsn is set) and, with hs, a config snapshot first. The agent's
 // dump schedule calls it too.
-func takeDump(ctx context.Context, cfg *config.Config, hs *synapse.Homeserver, r *repo.Repo, prog func(dump.Progress), log *slog.Logger) (dump.Dump, error) {
+func takeDump(ctx context.Context, cfg *config.Config, hs *synapse.Homeserver, r *repo.Repo, prog func(dump.Progress), log *slog.Logger, mediaFact string) (dump.Dump, error) {
 	srcs, err := dumpSources(cfg, hs)
 	if err != nil {
 		return dump.Dump{}, err
 	}
 	if hs != nil {
-		if _, err := confsnap.Snapshot(ctx, r, hs.BackupFiles(), log.With("component", "config"), nil); err != nil {
+		files := hs.BackupFiles()
+		if src, err := postgresSource(cfg, hs); err == nil {
+			files = confsnap.WithPostgresFiles(files, postgresFiles(src, r, log.With("component", "config")).Files(ctx))
+		}
+		if _, err := confsnap.Snapshot(ctx, r, files, log.With("component", "config"), nil); err != nil {
 			log.Warn("config snapshot before the dump failed; restore --from-dump --config-dir gets the newest earlier snapshot", "err", err)
 		}
 	}
+	facts := homeserverFacts(hs)
+	if facts == nil {
+		facts = map[string]string{}
+	}
+	facts[dump.FactMedia] = mediaFact
 	return dump.Take(ctx, r, dump.Options{
 		Sources:  srcs,
 		BinDir:   cfg.Dump.PgBindir,
 		PartSize: int64(cfg.Dump.PartSizeMB) << 20,
-		Facts:    homeserverFacts(hs),
+		Facts:    facts,
 		Progress: prog,
 	}, log)
 }
@@ -243,6 +294,9 @@ func runDumpRestore(ctx context.Context, cfg *config.Config, f restoreFlags, out
 		return printJSON(out, rep)
 	}
 	printDumpPlan(out, rep.Plan)
+	for _, w := range rep.Plan.Warnings {
+		log.Warn(w)
+	}
 	for _, db := range rep.Databases {
 		how := "restored into the existing empty database"
 		if db.Created {
@@ -277,7 +331,7 @@ func printDumpPlan(out io.Writer, p dump.RestorePlan) {
 	fmt.Fprintf(out, "  work directory %s (needs %s while pg_restore runs)\n", p.WorkDir, humanBytes(p.WorkBytes))
 	asOf := p.AsOf.UTC().Format(time.RFC3339)
 	if p.MediaDir != "" {
-		fmt.Fprintf(out, "  media as of %s → %s\n", asOf, p.MediaDir)
+		fmt.Fprintf(out, "  media as of %s (%d files) → %s\n", asOf, p.MediaFiles, p.MediaDir)
 	}
 	if p.ConfigDir != "" {
 		snap := ""
@@ -285,5 +339,8 @@ func printDumpPlan(out io.Writer, p dump.RestorePlan) {
 			snap = " (snapshot of " + p.ConfigSnapshot.UTC().Format(time.RFC3339) + ")"
 		}
 		fmt.Fprintf(out, "  config files as of %s%s → %s\n", asOf, snap, p.ConfigDir)
+	}
+	for _, w := range p.Warnings {
+		fmt.Fprintf(out, "  warning: %s\n", w)
 	}
 }

@@ -101,10 +101,8 @@ databases:
 		return code, out, errs
 	}
 
+	// No media sync of its own: `dump` copies the media store first.
 	first := upload()
-	if code, _, errs := cli("media", "sync"); code != 0 {
-		t.Fatalf("media sync: %d %s", code, errs)
-	}
 	code, out, errs := cli("dump")
 	if code != 0 {
 		t.Fatalf("dump: %d\n%s", code, errs)
@@ -117,9 +115,6 @@ databases:
 		t.Fatal(err)
 	}
 	writeHS(2)
-	if code, _, errs := cli("media", "sync"); code != 0 {
-		t.Fatalf("media sync: %d %s", code, errs)
-	}
 	events := src.Int64(t, "synapse", "SELECT count(*) FROM events")
 	src.FillSynapse(t, "synapse", 50)
 	code, out, errs = cli("dump")
@@ -221,6 +216,18 @@ databases:
 	}
 	if code, out, errs := cli("verify"); code != 0 {
 		t.Errorf("verify: %d\n%s\n%s", code, out, errs)
+	}
+
+	// A dump with --skip-media into a repository that holds no media: the
+	// restore's plan says --media-dir will stay empty, and why.
+	env["SYNBAK_REPOSITORY_PATH"] = filepath.Join(dir, "repo-no-media")
+	if code, _, errs := cli("dump", "--skip-media"); code != 0 {
+		t.Fatalf("dump --skip-media: %d %s", code, errs)
+	}
+	code, out, errs = cli("restore", "--from-dump", "latest", "--target-dsn", target("synapse3"), "--target-state-dsn", target("synapse_state3"),
+		"--dry-run", "--media-dir", filepath.Join(dir, "rm3"))
+	if code != 0 || !strings.Contains(out, "warning: the repository holds no media files") || !strings.Contains(out, "warning: the dump's media not synced (--skip-media)") {
+		t.Fatalf("dry run of a dump without media: %d\n%s\n%s", code, out, errs)
 	}
 }
 

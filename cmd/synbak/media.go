@@ -11,6 +11,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/synbak/synbak/internal/config"
+	"github.com/synbak/synbak/internal/repo"
 	"github.com/synbak/synbak/internal/synapse"
 	"github.com/synbak/synbak/mediawatch"
 )
@@ -70,6 +71,33 @@ func runMediaSync(ctx context.Context, cfg *config.Config, stdout io.Writer) err
 	if err != nil {
 		return err
 	}
+	start := time.Now()
+	st, err := syncMediaStore(ctx, cfg, hs, r, log)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(stdout, "media sync of %s: %d files scanned, %d added (%s, %d uploaded, %d already in the repository), %d deleted, in %s\n",
+		hs.MediaStorePath, st.Scanned, st.Added, humanBytes(st.Bytes), st.Uploaded, st.Deduplicated, st.Deleted, time.Since(start).Round(time.Millisecond))
+	return nil
+}
+
+// mediaSummary is the closing line of a media sync on standard error.
+func mediaSummary(store string, st mediawatch.Stats) string {
+	return fmt.Sprintf("media sync of %s: %d files scanned, %d added (%s), %d deleted", store, st.Scanned, st.Added, humanBytes(st.Bytes), st.Deleted)
+}
+
+// mediaWatched is the dump fact for dumps the agent takes: its media
+// watcher keeps the repository's media current.
+func mediaWatched(cfg *config.Config) string {
+	if !cfg.Media.Enabled {
+		return "not synced (media.enabled is false)"
+	}
+	return "watched"
+}
+
+// syncMediaStore runs one full media sync pass (`media sync`, and `dump`
+// before it dumps), with a progress line on a terminal.
+func syncMediaStore(ctx context.Context, cfg *config.Config, hs *synapse.Homeserver, r *repo.Repo, log *slog.Logger) (mediawatch.Stats, error) {
 	opts := mediaOptions(cfg, hs, log)
 	if src, err := postgresSource(cfg, hs); err == nil {
 		cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
@@ -84,15 +112,12 @@ func runMediaSync(ctx context.Context, cfg *config.Config, stdout io.Writer) err
 	}
 	p := newMediaProgress(os.Stderr, log)
 	opts.Progress = p.update
-	start := time.Now()
 	st, err := mediawatch.Sync(ctx, r, hs.MediaStorePath, opts)
 	p.finish()
 	if err != nil {
-		return fmt.Errorf("media sync of %s: %w", hs.MediaStorePath, err)
+		return st, fmt.Errorf("media sync of %s: %w", hs.MediaStorePath, err)
 	}
-	fmt.Fprintf(stdout, "media sync of %s: %d files scanned, %d added (%s, %d uploaded, %d already in the repository), %d deleted, in %s\n",
-		hs.MediaStorePath, st.Scanned, st.Added, humanBytes(st.Bytes), st.Uploaded, st.Deduplicated, st.Deleted, time.Since(start).Round(time.Millisecond))
-	return nil
+	return st, nil
 }
 
 // mediaProgress draws a progress line on a terminal, or logs every 10 s.
@@ -114,8 +139,8 @@ func (p *mediaProgress) update(st mediawatch.Stats) {
 	now := time.Now()
 	if p.tty {
 		rate := float64(st.Added) / max(now.Sub(p.started).Seconds(), 0.001)
-		fmt.Fprintf(p.w, "\r\x1b[Kmedia: %d scanned%s, %d added (%s, %.0f files/s), %d pending, %d deleted",
-			st.Scanned, map[bool]string{false: " (scanning)", true: ""}[st.ScanDone], st.Added, humanBytes(st.Bytes), rate, st.Pending, st.Deleted)
+		stderrConsole.Draw(fmt.Sprintf("media: %d scanned%s, %d added (%s, %.0f files/s), %d pending, %d deleted",
+			st.Scanned, map[bool]string{false: " (scanning)", true: ""}[st.ScanDone], st.Added, humanBytes(st.Bytes), rate, st.Pending, st.Deleted))
 		p.drawn = true
 		return
 	}
@@ -127,6 +152,6 @@ func (p *mediaProgress) update(st mediawatch.Stats) {
 
 func (p *mediaProgress) finish() {
 	if p.drawn {
-		fmt.Fprintln(p.w)
+		stderrConsole.Done()
 	}
 }

@@ -64,6 +64,7 @@ func openS3(ctx context.Context, cfg *config.Config) (storage.Backend, error) {
 		SecretAccessKey: secret,
 		Insecure:        s.Insecure,
 		PathStyle:       s.PathStyle,
+		RetryTimeout:    s.RetryTimeout.D(),
 		Logger:          log,
 	})
 	if err != nil {
@@ -74,7 +75,14 @@ func openS3(ctx context.Context, cfg *config.Config) (storage.Backend, error) {
 	if err := b.Check(cctx); err != nil {
 		return nil, fmt.Errorf("open repository: %w", err)
 	}
+	retryFor := s.RetryTimeout.D()
+	if retryFor == 0 {
+		retryFor = s3.DefaultRetryTimeout
+	}
 	return storage.WithRetry(b, storage.RetryOptions{
+		// Outages up to repository.s3.retry_timeout cost time, not the
+		// operation (a base backup, a WAL upload).
+		MaxElapsed: retryFor,
 		OnRetry: func(op, name string, attempt int, wait time.Duration, err error) {
 			log.Warn("storage operation failed; retrying", "op", op, "object", name, "attempt", attempt, "wait", wait, "err", err)
 		},

@@ -244,6 +244,34 @@ type restoreProgress struct {
 	start    time.Time
 	last     time.Time
 	lastLine int
+	rate     rateMeter
+}
+
+// rateMeter turns successive positions of one phase into a throughput and
+// an ETA, over the phase so far (restarted when the phase changes).
+type rateMeter struct {
+	phase    string
+	since    time.Time
+	from     int64
+	lastRate float64
+}
+
+// line returns ", 85.3 MiB/s, ETA 12s" for position done of total.
+func (m *rateMeter) line(now time.Time, phase string, done, total int64) string {
+	if phase != m.phase {
+		m.phase, m.since, m.from, m.lastRate = phase, now, done, 0
+		return ""
+	}
+	el := now.Sub(m.since).Seconds()
+	if el < 0.5 || done <= m.from {
+		return ""
+	}
+	rate := float64(done-m.from) / el
+	s := fmt.Sprintf(", %s/s", humanBytes(int64(rate)))
+	if total > done {
+		s += ", ETA " + time.Duration(float64(total-done)/rate*float64(time.Second)).Round(time.Second).String()
+	}
+	return s
 }
 
 func (p *restoreProgress) update(pr restore.Progress) {
@@ -260,10 +288,12 @@ func (p *restoreProgress) update(pr restore.Progress) {
 			frac = min(float64(pr.Done)/float64(pr.Total), 1)
 		}
 		line = fmt.Sprintf("extracting: %s of %s (%3.0f%%)", humanBytes(pr.Done), humanBytes(pr.Total), 100*frac)
+		line += p.rate.line(now, pr.Phase, pr.Done, pr.Total)
 	default:
 		line = fmt.Sprintf("replaying WAL: %s of %s", pr.ReplayLSN, pr.EndLSN)
 		if pr.EndLSN > 0 && pr.ReplayLSN <= pr.EndLSN {
 			line += fmt.Sprintf(" (%s to go)", humanBytes(int64(pr.EndLSN-pr.ReplayLSN)))
+			line += p.rate.line(now, pr.Phase, int64(pr.ReplayLSN), int64(pr.EndLSN))
 		}
 		if pr.LastCommit != nil {
 			line += ", last commit " + pr.LastCommit.UTC().Format("2006-01-02 15:04:05Z")
@@ -275,16 +305,12 @@ func (p *restoreProgress) update(pr restore.Progress) {
 // draw replaces the line on the terminal by line and the elapsed time.
 func (p *restoreProgress) draw(line string) {
 	line += fmt.Sprintf(" [%s]", time.Since(p.start).Round(time.Second))
-	pad := ""
-	if n := p.lastLine - len(line); n > 0 {
-		pad = strings.Repeat(" ", n)
-	}
 	p.lastLine = len(line)
-	fmt.Fprintf(p.w, "\r%s%s", line, pad)
+	stderrConsole.Draw(line)
 }
 
 func (p *restoreProgress) finish() {
 	if p.lastLine > 0 {
-		fmt.Fprintln(p.w)
+		stderrConsole.Done()
 	}
 }

@@ -6,14 +6,17 @@ import (
 	"io"
 	"io/fs"
 	"log/slog"
+	"math"
 	"os"
 	"path/filepath"
 	"reflect"
 	"regexp"
 	"sort"
 	"strings"
+	"time"
 
 	"github.com/go-viper/mapstructure/v2"
+	"github.com/jackc/pglogrepl"
 	"github.com/spf13/cobra"
 	"github.com/spf13/viper"
 	"go.yaml.in/yaml/v3"
@@ -79,7 +82,45 @@ restored as of any point in time.`,
 		newVerifyCommand(st),
 		newDrillCommand(st),
 	)
+	cmd.AddCommand(newGenDocsCommand(cmd))
+	strictArgs(cmd)
 	return cmd, st
+}
+
+// strictArgs makes every wrong positional argument a usage error (exit 2):
+// an unknown command under a command that only groups others (cobra would
+// print the help and exit 0 for "synbak wal foo", or exit 1 for "synbak
+// foo"), and a surplus argument of any command. Exit codes a command's own
+// validator chose (wal-fetch: 255) stay.
+func strictArgs(c *cobra.Command) {
+	for _, sub := range c.Commands() {
+		strictArgs(sub)
+	}
+	if c.HasSubCommands() && c.Run == nil && c.RunE == nil {
+		c.Args = cobra.ArbitraryArgs
+		c.SuggestionsMinimumDistance = 2
+		c.RunE = func(cmd *cobra.Command, args []string) error {
+			if len(args) == 0 {
+				return cmd.Help()
+			}
+			msg := fmt.Sprintf("unknown command %q for %q", args[0], cmd.CommandPath())
+			if s := cmd.SuggestionsFor(args[0]); len(s) > 0 {
+				msg += fmt.Sprintf("; did you mean %q?", s[0])
+			}
+			return usageError{fmt.Errorf("%s (see %s --help)", msg, cmd.CommandPath())}
+		}
+		return
+	}
+	inner := c.Args
+	if inner == nil {
+		inner = cobra.NoArgs
+	}
+	c.Args = func(cmd *cobra.Command, args []string) error {
+		if err := inner(cmd, args); err != nil {
+			return usageError{fmt.Errorf("%w (see %s --help)", err, cmd.CommandPath())}
+		}
+		return nil
+	}
 }
 
 // load resolves the configuration: defaults, then synbak.yaml, then SYNBAK_*
@@ -287,11 +328,25 @@ func decodeErrorText(err error) string {
 	return strings.Join(parts, "; ")
 }
 
+// logValue keeps the log's units the same everywhere, in text and JSON:
+// durations in seconds (a number, not Go's nanoseconds or "1.5s"), LSNs as
+// PostgreSQL writes them (X/X, never an integer).
+func logValue(_ []string, a slog.Attr) slog.Attr {
+	switch v := a.Value.Any().(type) {
+	case time.Duration:
+		return slog.Float64(a.Key, math.Round(v.Seconds()*1000)/1000)
+	case pglogrepl.LSN:
+		return slog.String(a.Key, v.String())
+	}
+	return a
+}
+
 // newLogger builds the slog logger the configuration asks for.
 func newLogger(cfg *config.Config, w io.Writer) *slog.Logger {
 	var level slog.Level
 	_ = level.UnmarshalText([]byte(cfg.Log.Level))
-	opts := &slog.HandlerOptions{Level: level}
+	opts := &slog.HandlerOptions{Level: level, ReplaceAttr: logValue}
+	w = logWriter(w)
 	if cfg.Log.Format == "json" {
 		return slog.New(slog.NewJSONHandler(w, opts))
 	}

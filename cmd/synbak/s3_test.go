@@ -204,7 +204,7 @@ func TestS3WALFetchExitCodes(t *testing.T) {
 		t.Fatal(err)
 	}
 	const seg = "000000010000000000000003"
-	content := bytes.Repeat([]byte("synbak-wal-"), (1<<20)/11+1)[:1<<20]
+	content := fakeSegment(t, seg)
 	if _, err := r.Put(ctx, "wal/settings.json", strings.NewReader(`{"system_id":"1","segment_size":1048576}`), nil); err != nil {
 		t.Fatal(err)
 	}

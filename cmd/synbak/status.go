@@ -63,13 +63,14 @@ func agentAddr(cfg *config.Config) string {
 	return cfg.HTTP.Listen
 }
 
-func fetchAgentStatus(ctx context.Context, addr string) (*agent.Status, error) {
+func fetchAgentStatus(ctx context.Context, cfg *config.Config, addr string) (*agent.Status, error) {
 	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+addr+"/status", nil)
 	if err != nil {
 		return nil, err
 	}
+	setAgentAuth(cfg, req)
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
 		return nil, err
@@ -87,7 +88,7 @@ func fetchAgentStatus(ctx context.Context, addr string) (*agent.Status, error) {
 
 func runStatus(ctx context.Context, cfg *config.Config, out io.Writer, asJSON bool) error {
 	rep := statusReport{AgentAddr: agentAddr(cfg)}
-	st, err := fetchAgentStatus(ctx, rep.AgentAddr)
+	st, err := fetchAgentStatus(ctx, cfg, rep.AgentAddr)
 	if err != nil {
 		rep.AgentError = err.Error()
 	} else {
@@ -159,15 +160,18 @@ func printStatus(out io.Writer, rep statusReport) {
 			}
 		}
 		if b := a.Backups; b != nil {
-			if b.Count == 0 {
-				fmt.Fprintf(out, "Base backups: none yet")
-			} else {
-				fmt.Fprintf(out, "Base backups: %d; newest %s ended %s (%s, %.0f s)", b.Count, b.LastID, b.LastEnd.UTC().Format(time.RFC3339), humanBytes(b.LastSize), b.LastDuration)
+			// What the repository holds is printed below, read now; the
+			// agent's part says what its schedule does.
+			switch {
+			case b.Running:
+				fmt.Fprintf(out, "Base backup schedule: one running")
+			case !b.Next.IsZero():
+				fmt.Fprintf(out, "Base backup schedule: next at %s", b.Next.UTC().Format(time.RFC3339))
+			default:
+				fmt.Fprintf(out, "Base backup schedule: off (basebackup.interval is 0)")
 			}
-			if b.Running {
-				fmt.Fprintf(out, "; one running")
-			} else if !b.Next.IsZero() {
-				fmt.Fprintf(out, "; next at %s", b.Next.UTC().Format(time.RFC3339))
+			if b.LastError != "" {
+				fmt.Fprintf(out, "; last attempt failed: %s", b.LastError)
 			}
 			fmt.Fprintln(out)
 		}
@@ -199,11 +203,13 @@ func printStatus(out io.Writer, rep statusReport) {
 		fmt.Fprintf(out, "Repository: %s\n", rep.RepoError)
 	case rep.Repository != nil:
 		l := rep.Repository
-		fmt.Fprintf(out, "Repository: %d complete base backups", len(l.Backups))
-		if n := len(l.Backups); n > 0 {
-			fmt.Fprintf(out, ", newest %s", l.Backups[n-1].ID)
+		switch n := len(l.Backups); n {
+		case 0:
+			fmt.Fprintln(out, "Base backups: none complete")
+		default:
+			nb := l.Backups[n-1]
+			fmt.Fprintf(out, "Base backups: %d complete, newest %s ended %s\n", n, nb.ID, nb.EndTime.UTC().Format(time.RFC3339))
 		}
-		fmt.Fprintln(out)
 		if l.RecoveryWindow == nil {
 			fmt.Fprintln(out, "Recovery window: none (a complete base backup and archived WAL are needed)")
 		} else {

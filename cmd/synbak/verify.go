@@ -110,6 +110,7 @@ func runVerify(ctx context.Context, cfg *config.Config, f verifyFlags, out io.Wr
 		}
 	}
 	if len(vr.Problems) > 0 {
+		notifyVerifyFailure(ctx, cfg, vr.Problems, log)
 		return withCode(1, fmt.Errorf("verify found %d problem%s", len(vr.Problems), plural(len(vr.Problems))))
 	}
 	return nil
@@ -135,12 +136,12 @@ func (p *verifyProgress) update(n, total int) {
 	}
 	p.last = time.Now()
 	p.drew = true
-	fmt.Fprintf(p.w, "\r\x1b[Kverify: %d of %d objects checked", n, total)
+	stderrConsole.Draw(fmt.Sprintf("verify: %d of %d objects checked", n, total))
 }
 
 func (p *verifyProgress) finish() {
 	if p != nil && p.drew {
-		fmt.Fprintln(p.w)
+		stderrConsole.Done()
 	}
 }
 

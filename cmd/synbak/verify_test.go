@@ -1,8 +1,10 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
+	"fmt"
 	"net"
 	"os"
 	"os/exec"
@@ -16,6 +18,9 @@ import (
 	"github.com/synbak/synbak/basebackup"
 	"github.com/synbak/synbak/confsnap"
 	"github.com/synbak/synbak/internal/pgtest"
+	"github.com/synbak/synbak/internal/repo"
+	"github.com/synbak/synbak/internal/repo/repotest"
+	"github.com/synbak/synbak/internal/storage/local"
 	"github.com/synbak/synbak/internal/synapse"
 	"github.com/synbak/synbak/mediawatch"
 	"github.com/synbak/synbak/wal"
@@ -139,6 +144,7 @@ func TestVerifyFindsEachProblem(t *testing.T) {
 	}
 	f := newVerifyFixture(t)
 	part := basebackup.PartName(f.backup.ID, f.backup.Archives[0].Name, 0)
+	foreign := foreignSegment(t, f.walSeg)
 
 	t.Run("list and status show the window and the sizes by kind", func(t *testing.T) {
 		env := map[string]string{"SYNBAK_REPOSITORY_PATH": f.repoDir, "SYNBAK_STATE_DIR": t.TempDir(), "SYNBAK_HTTP_LISTEN": unusedAddr(t)}
@@ -173,9 +179,54 @@ func TestVerifyFindsEachProblem(t *testing.T) {
 		name   string
 		break_ func(t *testing.T, dir string)
 		want   []string // substrings of one problem line
+		more   []string // substrings of another problem line
 		quick  bool     // also found by --quick
+		fetch  []string // segment files wal-fetch must refuse with 255
 	}{
 		{name: "healthy"},
+		{name: "two WAL segment objects swapped", break_: func(t *testing.T, dir string) {
+			a, b := filepath.Join(dir, f.midSeg.ObjectName()), filepath.Join(dir, f.walSeg.ObjectName())
+			tmp := a + ".swap"
+			for _, mv := range [][2]string{{a, tmp}, {b, a}, {tmp, b}} {
+				if err := os.Rename(mv[0], mv[1]); err != nil {
+					t.Fatal(err)
+				}
+			}
+		}, want: []string{f.midSeg.ObjectName(), "corrupt", "binding", "restores that replay this WAL"},
+			more: []string{f.walSeg.ObjectName(), "corrupt", "binding"}, quick: true,
+			fetch: []string{f.midSeg.Name(), f.walSeg.Name()}},
+		{name: "WAL segment of another cluster stored under the name", break_: func(t *testing.T, dir string) {
+			// A well-formed object (checksum and binding valid), its
+			// content from another cluster's pg_wal.
+			r := openLocalRepo(t, dir)
+			info, err := r.Stat(context.Background(), f.walSeg.ObjectName())
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := os.Remove(filepath.Join(dir, f.walSeg.ObjectName())); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := r.Put(context.Background(), f.walSeg.ObjectName(), bytes.NewReader(foreign), info.Attrs); err != nil {
+				t.Fatal(err)
+			}
+		}, want: []string{f.walSeg.ObjectName(), "another cluster", "restores that replay this WAL"}, quick: true,
+			fetch: []string{f.walSeg.Name()}},
+		{name: "one bit of a WAL object's attributes", break_: func(t *testing.T, dir string) {
+			p := filepath.Join(dir, f.walSeg.ObjectName())
+			b, err := os.ReadFile(p)
+			if err != nil {
+				t.Fatal(err)
+			}
+			i := bytes.Index(b, []byte(`"start_lsn":"`))
+			if i < 0 || i > 4096 {
+				t.Fatalf("no start_lsn attribute in the header of %s", p)
+			}
+			b[i+len(`"start_lsn":"`)] ^= 1 // "0/..." -> "1/..."
+			if err := os.WriteFile(p, b, 0o600); err != nil {
+				t.Fatal(err)
+			}
+		}, want: []string{f.walSeg.ObjectName(), "corrupt", "binding"}, quick: true,
+			fetch: []string{f.walSeg.Name()}},
 		{name: "flipped byte in a WAL object", break_: func(t *testing.T, dir string) {
 			flipByte(t, filepath.Join(dir, f.walSeg.ObjectName()))
 		}, want: []string{f.walSeg.ObjectName(), "corrupt", "restores that replay this WAL"}},
@@ -197,7 +248,8 @@ func TestVerifyFindsEachProblem(t *testing.T) {
 			if err := os.WriteFile(filepath.Join(dir, mediawatch.ObjectName(f.mediaSHA)), b, 0o600); err != nil {
 				t.Fatal(err)
 			}
-		}, want: []string{"media file local_content/ab/cd/efghijklmnopqrstuvwx", mediawatch.ObjectName(f.mediaSHA), "does not match its index"}, quick: true},
+			// The binding of name and content catches it even with --quick.
+		}, want: []string{mediawatch.ObjectName(f.mediaSHA), "binding", "media restores lack this file"}, quick: true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			dir := f.copyRepo(t)
@@ -230,9 +282,85 @@ func TestVerifyFindsEachProblem(t *testing.T) {
 				if !found {
 					t.Errorf("%v: no problem line with %q in:\n%s%s", args, tc.want, stdout, stderr)
 				}
+				if tc.more != nil && !hasProblem(stdout, tc.more) {
+					t.Errorf("%v: no problem line with %q in:\n%s%s", args, tc.more, stdout, stderr)
+				}
+			}
+			for _, seg := range tc.fetch {
+				dest := filepath.Join(t.TempDir(), "RECOVERYXLOG")
+				code, _, stderr := runCLI(t, map[string]string{"SYNBAK_REPOSITORY_PATH": dir, "SYNBAK_STATE_DIR": t.TempDir()}, "wal-fetch", seg, dest)
+				if code != 255 {
+					t.Errorf("wal-fetch %s: exit %d, want 255\n%s", seg, code, stderr)
+				}
+				if _, err := os.Stat(dest); err == nil {
+					t.Errorf("wal-fetch %s wrote a mismatching segment to DEST", seg)
+				}
+				// The real binary, as PostgreSQL runs it.
+				cmd := exec.Command(pgtest.SynbakBinary(t), "wal-fetch", seg, dest)
+				cmd.Env = append(os.Environ(), "SYNBAK_CONFIG=/dev/null", "SYNBAK_REPOSITORY_PATH="+dir, "SYNBAK_STATE_DIR="+t.TempDir())
+				out, err := cmd.CombinedOutput()
+				if cmd.ProcessState == nil || cmd.ProcessState.ExitCode() != 255 {
+					t.Errorf("synbak wal-fetch %s (binary): %v, want exit 255\n%s", seg, err, out)
+				}
+				if _, err := os.Stat(dest); err == nil {
+					t.Errorf("synbak wal-fetch %s (binary) wrote a mismatching segment to DEST", seg)
+				}
 			}
 		})
 	}
+}
+
+func hasProblem(stdout string, want []string) bool {
+	for _, l := range strings.Split(stdout, "\n") {
+		ok := strings.HasPrefix(l, "PROBLEM: ")
+		for _, w := range want {
+			ok = ok && strings.Contains(l, w)
+		}
+		if ok {
+			return true
+		}
+	}
+	return false
+}
+
+func openLocalRepo(t *testing.T, dir string) *repo.Repo {
+	t.Helper()
+	b, err := local.New(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r, err := repo.Open(context.Background(), b, repotest.Zstd)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return r
+}
+
+// foreignSegment returns segment seg (its number, timeline 1) as another,
+// new cluster wrote it into its pg_wal.
+func foreignSegment(t *testing.T, seg wal.Segment) []byte {
+	t.Helper()
+	c := pgtest.Start(t, pgtest.Options{InitdbArgs: []string{"--wal-segsize=1"}, Conf: []string{"max_wal_size = '1GB'", "checkpoint_timeout = '1h'"}})
+	name := wal.Segment{TLI: 1, No: seg.No, Size: seg.Size}.Name()
+	for i := 0; ; i++ {
+		cur := c.Text(t, "postgres", "select pg_walfile_name(pg_current_wal_insert_lsn())")
+		if cur > name {
+			break
+		}
+		if i > 1000 {
+			t.Fatalf("the other cluster did not reach segment %s", name)
+		}
+		c.Exec(t, "postgres", fmt.Sprintf("create table foreign_%d ()", i))
+		c.Exec(t, "postgres", "select pg_switch_wal()")
+	}
+	b, err := os.ReadFile(filepath.Join(c.PgWalDir(), name))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if uint64(len(b)) != seg.Size {
+		t.Fatalf("%s of the other cluster is %d bytes", name, len(b))
+	}
+	return b
 }
 
 // unusedAddr is a loopback address nothing listens on.

@@ -10,6 +10,7 @@ import (
 
 	"github.com/synbak/synbak/internal/repo"
 	"github.com/synbak/synbak/internal/storage/local"
+	"github.com/synbak/synbak/wal"
 )
 
 // TestWALFetchExitCodes checks what PostgreSQL reads from restore_command:
@@ -27,7 +28,7 @@ func TestWALFetchExitCodes(t *testing.T) {
 		t.Fatal(err)
 	}
 	const seg = "000000010000000000000003"
-	content := bytes.Repeat([]byte("synbak-wal-"), (1<<20)/11+1)[:1<<20]
+	content := fakeSegment(t, seg)
 	env := map[string]string{"SYNBAK_STATE_DIR": filepath.Join(dir, "state")}
 	fetch := func(file string) (int, string) {
 		code, _, stderr := runCLI(t, env, "-c", "/dev/null", "--repo", repoDir, "wal-fetch", file, filepath.Join(dir, "out"))
@@ -83,4 +84,18 @@ func TestWALFetchExitCodes(t *testing.T) {
 	if code != 255 {
 		t.Errorf("no repository: exit %d, want 255", code)
 	}
+}
+
+// fakeSegment is a 1 MiB segment named name of the cluster with system
+// identifier 1: a valid first page header (wal.CheckSegmentHeader), then
+// filler.
+func fakeSegment(t *testing.T, name string) []byte {
+	t.Helper()
+	seg, err := wal.ParseSegmentName(name, 1<<20)
+	if err != nil {
+		t.Fatal(err)
+	}
+	content := bytes.Repeat([]byte("synbak-wal-"), (1<<20)/11+1)[:1<<20]
+	copy(content, wal.LongPageHeader(seg, seg.TLI, 1))
+	return content
 }

@@ -30,6 +30,7 @@ type Config struct {
 	Media      Media      `mapstructure:"media"`
 	Health     Health     `mapstructure:"health"`
 	Drill      Drill      `mapstructure:"drill"`
+	Notify     Notify     `mapstructure:"notify"`
 }
 
 // Synapse says where the homeserver's configuration is.
@@ -80,6 +81,11 @@ type S3 struct {
 	// PathStyle addresses buckets as endpoint/bucket (self-hosted servers,
 	// IP endpoints); false selects virtual-hosted bucket.endpoint.
 	PathStyle bool `mapstructure:"path_style"`
+	// RetryTimeout is how long an operation (a part of an upload
+	// included) is retried while the server is unreachable or failing,
+	// counted from its first failure: outages shorter than this pass
+	// unnoticed. 0 means the default (2m).
+	RetryTimeout Duration `mapstructure:"retry_timeout"`
 }
 
 // String describes the settings with the secret redacted, so that printing
@@ -89,8 +95,8 @@ func (s S3) String() string {
 	if s.SecretAccessKey != "" {
 		secret = "REDACTED"
 	}
-	return fmt.Sprintf("{Endpoint:%s Region:%s AccessKeyID:%s AccessKeyIDFile:%s SecretAccessKey:%s SecretAccessKeyFile:%s Insecure:%t PathStyle:%t}",
-		s.Endpoint, s.Region, s.AccessKeyID, s.AccessKeyIDFile, secret, s.SecretAccessKeyFile, s.Insecure, s.PathStyle)
+	return fmt.Sprintf("{Endpoint:%s Region:%s AccessKeyID:%s AccessKeyIDFile:%s SecretAccessKey:%s SecretAccessKeyFile:%s Insecure:%t PathStyle:%t RetryTimeout:%s}",
+		s.Endpoint, s.Region, s.AccessKeyID, s.AccessKeyIDFile, secret, s.SecretAccessKeyFile, s.Insecure, s.PathStyle, s.RetryTimeout)
 }
 
 // GoString is String, for %#v.
@@ -137,6 +143,10 @@ type WAL struct {
 // HTTP configures the agent's HTTP endpoint.
 type HTTP struct {
 	Listen string `mapstructure:"listen"`
+	// AuthTokenFile and BasicAuthFile guard the endpoint (notify.go).
+	AuthTokenFile  string   `mapstructure:"auth_token_file"`
+	BasicAuthFile  string   `mapstructure:"basic_auth_file"`
+	OverviewMaxAge Duration `mapstructure:"overview_max_age"`
 }
 
 // Basebackup configures scheduled base backups.
@@ -223,7 +233,7 @@ type Log struct {
 // Defaults returns every key's default value, keyed by its dotted name. The
 // set of keys is also the set of keys synbak.yaml may contain.
 func Defaults() map[string]any {
-	return map[string]any{
+	d := map[string]any{
 		"synapse.config":                []string{"/etc/matrix-synapse/homeserver.yaml"},
 		"synapse.workdir":               "/var/lib/matrix-synapse",
 		"repository.path":               "",
@@ -275,9 +285,14 @@ func Defaults() map[string]any {
 		"repository.s3.secret_access_key_file": "",
 		"repository.s3.insecure":               false,
 		"repository.s3.path_style":             true,
+		"repository.s3.retry_timeout":          "2m",
 		"repository.encryption.recipients":     []string{},
 		"repository.encryption.identity_file":  "",
 	}
+	for k, v := range notifyDefaults() {
+		d[k] = v
+	}
+	return d
 }
 
 // ErrInvalid marks every validation error, so that cmd can map it to exit
@@ -316,6 +331,9 @@ func (c *Config) Validate() error {
 	}
 	if !validSlotName(c.Postgres.Slot) {
 		add(invalid("postgres.slot %q: a slot name is 1 to 63 lower-case letters, digits and underscores", c.Postgres.Slot))
+	}
+	if c.Repository.S3.RetryTimeout.D() < 0 {
+		add(invalid("repository.s3.retry_timeout %s is negative (default 2m)", c.Repository.S3.RetryTimeout))
 	}
 	if c.WAL.StatusInterval.D() < 100*time.Millisecond {
 		add(invalid("wal.status_interval %s: must be at least 100ms", c.WAL.StatusInterval))
@@ -387,6 +405,7 @@ func (c *Config) Validate() error {
 	default:
 		add(invalid("log.format %q: must be text or json", c.Log.Format))
 	}
+	errs = append(errs, c.validateNotify()...)
 	return errors.Join(errs...)
 }
 

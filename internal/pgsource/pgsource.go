@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"net/url"
 	"regexp"
+	"strconv"
 	"strings"
 
 	"github.com/jackc/pgx/v5/pgconn"
@@ -83,7 +84,41 @@ func (s Source) ConnectReplication(ctx context.Context, appName string) (*pgconn
 	if err != nil {
 		return nil, s.explain(err, c, true)
 	}
+	if err := CheckVersion(conn.ParameterStatus("server_version")); err != nil {
+		_ = conn.Close(ctx)
+		return nil, fmt.Errorf("%s (host=%s port=%d): %w", s.Origin, c.Host, c.Port, err)
+	}
 	return conn, nil
+}
+
+// MinMajor is the oldest PostgreSQL major version synbak works with: its
+// WAL receiver needs READ_REPLICATION_SLOT and its base backups the
+// BASE_BACKUP options, both of PostgreSQL 15.
+const MinMajor = 15
+
+// ErrUnsupportedVersion marks a server older than MinMajor; reconnecting
+// does not help.
+var ErrUnsupportedVersion = errors.New("unsupported PostgreSQL version")
+
+// IsUnsupportedVersion reports whether err is a refusal of the server's
+// version.
+func IsUnsupportedVersion(err error) bool { return errors.Is(err, ErrUnsupportedVersion) }
+
+// CheckVersion refuses a server_version (as the server reports it, e.g.
+// "14.23", "16.4 (Debian 16.4-1)", "18beta1") older than MinMajor. A
+// version it cannot read passes: the commands that need 15 fail on their
+// own.
+func CheckVersion(v string) error {
+	i := 0
+	for i < len(v) && v[i] >= '0' && v[i] <= '9' {
+		i++
+	}
+	major, err := strconv.Atoi(v[:i])
+	if err != nil || major >= MinMajor {
+		return nil
+	}
+	return fmt.Errorf("%w: the server runs PostgreSQL %s; synbak needs PostgreSQL %d or later: upgrade the server (pg_upgrade, or a dump and restore)",
+		ErrUnsupportedVersion, v, MinMajor)
 }
 
 // Connect opens an ordinary connection (to dbname when not empty).

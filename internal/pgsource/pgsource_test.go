@@ -54,3 +54,27 @@ func TestReplicationWithoutPrivilegeSaysWhatToRun(t *testing.T) {
 	}
 	conn.Close(ctx)
 }
+
+func TestCheckVersion(t *testing.T) {
+	for _, tc := range []struct {
+		v    string
+		want bool // refused
+	}{
+		{"14.23", true},
+		{"13.16 (Debian 13.16-1)", true},
+		{"9.6.24", true},
+		{"15.14", false},
+		{"16.4 (Debian 16.4-1.pgdg120+1)", false},
+		{"18beta1", false},
+		{"", false},
+		{"EnterpriseDB", false},
+	} {
+		err := pgsource.CheckVersion(tc.v)
+		if got := pgsource.IsUnsupportedVersion(err); got != tc.want {
+			t.Errorf("CheckVersion(%q) = %v, refused %v, want %v", tc.v, err, got, tc.want)
+		}
+		if tc.want && !strings.Contains(err.Error(), "PostgreSQL 15 or later") {
+			t.Errorf("CheckVersion(%q): %v does not name the version needed", tc.v, err)
+		}
+	}
+}

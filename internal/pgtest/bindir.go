@@ -18,9 +18,11 @@ import (
 	"os/exec"
 	"os/user"
 	"path/filepath"
+	"regexp"
 	"sort"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 )
@@ -28,6 +30,18 @@ import (
 // BinDirEnv names the environment variable that overrides where the
 // PostgreSQL server binaries (initdb, pg_ctl, postgres, ...) are found.
 const BinDirEnv = "SYNBAK_PG_BINDIR"
+
+// BinDirsEnv names the environment variable listing further server bin
+// directories (colon-separated), of other majors, for Options.Major.
+const BinDirsEnv = "SYNBAK_PG_BINDIRS"
+
+// RootEnv names the environment variable holding the directory where
+// .ci/install-pg.sh installs the server binaries of further majors, as
+// <root>/<major>/bin; DefaultRoot when unset.
+const RootEnv = "SYNBAK_PG_ROOT"
+
+// DefaultRoot is where .ci/install-pg.sh installs the npm majors.
+const DefaultRoot = "/opt/synbak-pg"
 
 // installHint is the fix named by every "binaries not found" error.
 const installHint = "install the server with `apt-get install postgresql` (Debian/Ubuntu) " +
@@ -53,6 +67,99 @@ func BinDir() (string, error) {
 	}
 	return "", errors.New("PostgreSQL server binaries (initdb) not found: " + installHint)
 }
+
+// Install is one PostgreSQL server installation the harness can run.
+type Install struct {
+	Major  int    // e.g. 17
+	BinDir string // holds initdb, pg_ctl and postgres
+}
+
+// Installs lists the server installations found, one per major (lowest
+// major first): $SYNBAK_PG_BINDIR, the directories of $SYNBAK_PG_BINDIRS,
+// /usr/lib/postgresql/*/bin and $SYNBAK_PG_ROOT/*/bin (default
+// /opt/synbak-pg), the first one found of each major winning. The major
+// is what the directory's postgres --version says.
+func Installs() []Install {
+	var dirs []string
+	if d := os.Getenv(BinDirEnv); d != "" {
+		dirs = append(dirs, d)
+	}
+	for _, d := range filepath.SplitList(os.Getenv(BinDirsEnv)) {
+		if d != "" {
+			dirs = append(dirs, d)
+		}
+	}
+	root := os.Getenv(RootEnv)
+	if root == "" {
+		root = DefaultRoot
+	}
+	for _, r := range []string{"/usr/lib/postgresql", root} {
+		m, _ := filepath.Glob(filepath.Join(r, "*", "bin"))
+		sort.Strings(m)
+		dirs = append(dirs, m...)
+	}
+	seen := map[int]bool{}
+	var out []Install
+	for _, d := range dirs {
+		if !isFile(filepath.Join(d, "initdb")) {
+			continue
+		}
+		major, err := serverMajor(d)
+		if err != nil || seen[major] {
+			continue
+		}
+		seen[major] = true
+		out = append(out, Install{Major: major, BinDir: d})
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Major < out[j].Major })
+	return out
+}
+
+// BinDirFor returns the server bin directory of major (see Installs).
+func BinDirFor(major int) (string, error) {
+	var have []string
+	for _, in := range Installs() {
+		if in.Major == major {
+			return in.BinDir, nil
+		}
+		have = append(have, strconv.Itoa(in.Major))
+	}
+	return "", fmt.Errorf("PostgreSQL %d server binaries not found (installed: %s): run .ci/install-pg.sh, or add their bin directory to %s",
+		major, strings.Join(have, ", "), BinDirsEnv)
+}
+
+var (
+	majorMu    sync.Mutex
+	majorCache = map[string]int{}
+	versionRE  = regexp.MustCompile(`\(PostgreSQL\) (\d+)`)
+)
+
+// serverMajor runs dir/postgres --version once per directory and returns
+// the major version it prints.
+func serverMajor(dir string) (int, error) {
+	majorMu.Lock()
+	defer majorMu.Unlock()
+	if m, ok := majorCache[dir]; ok {
+		return m, nil
+	}
+	out, err := exec.Command(filepath.Join(dir, "postgres"), "--version").Output()
+	if err != nil {
+		return 0, fmt.Errorf("%s/postgres --version: %w", dir, err)
+	}
+	sm := versionRE.FindSubmatch(out)
+	if sm == nil {
+		return 0, fmt.Errorf("%s/postgres --version: unexpected output %q", dir, out)
+	}
+	m, err := strconv.Atoi(string(sm[1]))
+	if err != nil {
+		return 0, err
+	}
+	majorCache[dir] = m
+	return m, nil
+}
+
+// ServerMajor returns the major version of the server binaries in dir.
+func ServerMajor(dir string) (int, error) { return serverMajor(dir) }
 
 // newestDebianBinDir returns root/<version>/bin with the highest version
 // that holds initdb, or "".
@@ -177,4 +284,49 @@ func GiveToServerUser(t testing.TB, dir string) {
 	if err := u.chownTree(dir); err != nil {
 		t.Fatal(err)
 	}
+}
+
+// MajorsEnv names the environment variable listing the majors the
+// multi-version tests must run on (comma-separated, e.g. "16,17,18").
+const MajorsEnv = "SYNBAK_PG_MAJORS"
+
+// CIMajors are the majors the multi-version tests need in CI (CI set) when
+// SYNBAK_PG_MAJORS is not: the ones .ci/install-pg.sh installs.
+var CIMajors = []int{16, 17, 18}
+
+// MatrixMajors returns the majors a multi-version test runs on:
+// $SYNBAK_PG_MAJORS, else CIMajors in CI, else every installed major from
+// 16 on. A listed or CI major that is not installed fails the test; with
+// none installed outside CI the test is skipped.
+func MatrixMajors(t testing.TB) []int {
+	t.Helper()
+	var want []int
+	if s := os.Getenv(MajorsEnv); s != "" {
+		for _, f := range strings.Split(s, ",") {
+			m, err := strconv.Atoi(strings.TrimSpace(f))
+			if err != nil {
+				t.Fatalf("pgtest: %s=%q: %v", MajorsEnv, s, err)
+			}
+			want = append(want, m)
+		}
+	} else if os.Getenv("CI") != "" {
+		want = CIMajors
+	}
+	if want == nil {
+		for _, in := range Installs() {
+			if in.Major >= 16 {
+				want = append(want, in.Major)
+			}
+		}
+		if len(want) == 0 {
+			t.Skipf("pgtest: no PostgreSQL 16 or newer installed (run .ci/install-pg.sh, or set %s or %s)", BinDirsEnv, MajorsEnv)
+		}
+		return want
+	}
+	for _, m := range want {
+		if _, err := BinDirFor(m); err != nil {
+			t.Fatalf("pgtest: %v", err)
+		}
+	}
+	return want
 }

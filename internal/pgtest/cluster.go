@@ -39,6 +39,27 @@ type Options struct {
 	// InitdbArgs are extra initdb arguments, e.g. "--wal-segsize=1" or
 	// "--data-checksums". Ignored by StartStandby and StartDataDir.
 	InitdbArgs []string
+	// Major picks the server's major version among the installations
+	// Installs finds (e.g. 17); 0 means the default, BinDir(). BinDir, when
+	// set, names the server bin directory itself and wins over Major.
+	// StartStandby uses the primary's binaries whatever these say.
+	Major  int
+	BinDir string
+}
+
+// binDir resolves the server bin directory the options ask for.
+func (o Options) binDir() (string, error) {
+	switch {
+	case o.BinDir != "":
+		if !isFile(filepath.Join(o.BinDir, "initdb")) {
+			return "", fmt.Errorf("Options.BinDir %s holds no initdb", o.BinDir)
+		}
+		return o.BinDir, nil
+	case o.Major != 0:
+		return BinDirFor(o.Major)
+	default:
+		return BinDir()
+	}
 }
 
 // Cluster is a running (or stopped) throwaway PostgreSQL cluster. Its
@@ -72,7 +93,7 @@ type Cluster struct {
 // the test with an install hint, or skip it under testing.Short().
 func Start(t testing.TB, opts Options) *Cluster {
 	t.Helper()
-	c := newCluster(t)
+	c := newCluster(t, opts)
 	c.DataDir = filepath.Join(c.root, "data")
 	args := []string{"-D", c.DataDir, "-U", "postgres", "--auth=trust",
 		"-E", "UTF8", "--locale=C", "--no-sync"}
@@ -109,7 +130,7 @@ func StartDataDir(t testing.TB, dataDir string, opts Options) *Cluster {
 // still fail the test.
 func TryStartDataDir(t testing.TB, dataDir string, opts Options) (*Cluster, error) {
 	t.Helper()
-	c := newCluster(t)
+	c := newCluster(t, opts)
 	abs, err := filepath.Abs(dataDir)
 	if err != nil {
 		t.Fatalf("pgtest: %v", err)
@@ -167,11 +188,11 @@ func makeRoot(u serverUser) (string, error) {
 	return dir, nil
 }
 
-// newCluster finds the binaries and the server user, creates the cluster's
-// directory and socket directory, and registers the cleanup.
-func newCluster(t testing.TB) *Cluster {
+// newCluster finds the binaries opts ask for and the server user, creates
+// the cluster's directory and socket directory, and registers the cleanup.
+func newCluster(t testing.TB, opts Options) *Cluster {
 	t.Helper()
-	bin, err := BinDir()
+	bin, err := opts.binDir()
 	if err != nil {
 		if testing.Short() {
 			t.Skipf("pgtest: %v", err)
@@ -580,16 +601,45 @@ func groupAlive(pgrp int) bool {
 // PgWalDir returns the cluster's pg_wal directory.
 func (c *Cluster) PgWalDir() string { return filepath.Join(c.DataDir, "pg_wal") }
 
+// Tool returns the path of a PostgreSQL program for this cluster: BinDir's
+// when it has one, else the default installation's (BinDir()), else the
+// newest Debian one's (the client tools: the npm server packages of other
+// majors hold only initdb, pg_ctl and postgres), else the bare name for a
+// PATH lookup. A client
+// tool of an older major may refuse a newer server (pg_basebackup,
+// pg_dump, pg_waldump do); Major tells which server this is.
+func (c *Cluster) Tool(name string) string {
+	if strings.Contains(name, "/") {
+		return name
+	}
+	if p := filepath.Join(c.BinDir, name); isFile(p) {
+		return p
+	}
+	def, _ := BinDir()
+	for _, dir := range []string{def, newestDebianBinDir("/usr/lib/postgresql")} {
+		if p := filepath.Join(dir, name); dir != "" && isFile(p) {
+			return p
+		}
+	}
+	return name
+}
+
+// Major returns the major version of the cluster's server binaries.
+func (c *Cluster) Major(t testing.TB) int {
+	t.Helper()
+	m, err := serverMajor(c.BinDir)
+	if err != nil {
+		t.Fatalf("pgtest: %v", err)
+	}
+	return m
+}
+
 // RunAsServerUser returns a command run as the OS user that owns the
 // cluster (postgres when we are root), in the cluster's directory, with an
-// environment free of PG* variables. A bare name found in BinDir (psql,
-// pg_receivewal, ...) runs from there; other names are looked up in PATH.
+// environment free of PG* variables. A bare name runs from where Tool
+// finds it (BinDir, then the default installation, then PATH).
 func (c *Cluster) RunAsServerUser(ctx context.Context, name string, args ...string) *exec.Cmd {
-	path := name
-	if !strings.Contains(name, "/") && isFile(filepath.Join(c.BinDir, name)) {
-		path = filepath.Join(c.BinDir, name)
-	}
-	cmd := exec.CommandContext(ctx, path, args...)
+	cmd := exec.CommandContext(ctx, c.Tool(name), args...)
 	cmd.Dir = c.root
 	cmd.Env = c.user.env()
 	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: c.user.cred}

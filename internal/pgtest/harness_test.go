@@ -398,3 +398,41 @@ func TestTryStartDataDirFails(t *testing.T) {
 		t.Errorf("log tail lacks the reason (error %v):\n%s", err, c.LogTail(20))
 	}
 }
+
+// TestInstalls finds the default server among the installations, one per
+// major, and names the fix for a major that is missing.
+func TestInstalls(t *testing.T) {
+	def, err := BinDir()
+	if err != nil {
+		if testing.Short() {
+			t.Skip(err)
+		}
+		t.Fatal(err)
+	}
+	defMajor, err := ServerMajor(def)
+	if err != nil {
+		t.Fatal(err)
+	}
+	seen := map[int]bool{}
+	found := false
+	for _, in := range Installs() {
+		if seen[in.Major] {
+			t.Errorf("major %d listed twice", in.Major)
+		}
+		seen[in.Major] = true
+		if m, err := ServerMajor(in.BinDir); err != nil || m != in.Major {
+			t.Errorf("%s: major %d, %v; listed as %d", in.BinDir, m, err, in.Major)
+		}
+		found = found || in.Major == defMajor
+		t.Logf("PostgreSQL %d: %s", in.Major, in.BinDir)
+	}
+	if !found {
+		t.Errorf("the default server (%s, PostgreSQL %d) is not among the installations", def, defMajor)
+	}
+	if dir, err := BinDirFor(defMajor); err != nil || dir == "" {
+		t.Errorf("BinDirFor(%d) = %q, %v", defMajor, dir, err)
+	}
+	if _, err := BinDirFor(9); err == nil || !strings.Contains(err.Error(), BinDirsEnv) {
+		t.Errorf("BinDirFor(9) = %v, want an error naming %s", err, BinDirsEnv)
+	}
+}

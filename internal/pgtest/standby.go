@@ -11,25 +11,33 @@ import (
 	"github.com/jackc/pgx/v5"
 )
 
-// StartStandby makes a streaming standby of primary: pg_basebackup -R into
-// a new directory, started on its own port. It returns once the standby's
-// WAL receiver is streaming. A t.Cleanup stops and removes it (before the
-// primary, which was started earlier).
+// StartStandby makes a streaming standby of primary, with the primary's
+// server binaries: pg_basebackup -R into a new directory, started on its
+// own port. When no pg_basebackup of the primary's major or newer is
+// installed (the npm packages of 16+ hold none, and Debian's 15 refuses
+// newer servers), it copies the data directory between pg_backup_start and
+// pg_backup_stop instead (PostgreSQL's low-level base backup). It returns
+// once the standby's WAL receiver is streaming. A t.Cleanup stops and
+// removes it (before the primary, which was started earlier).
 func StartStandby(t testing.TB, primary *Cluster, opts Options) *Cluster {
 	t.Helper()
-	c := newCluster(t)
+	c := newCluster(t, Options{BinDir: primary.BinDir})
 	c.DataDir = filepath.Join(c.root, "data")
-	out, err := c.run(context.Background(), "pg_basebackup", "-D", c.DataDir,
-		"-h", "127.0.0.1", "-p", strconv.Itoa(primary.Port), "-U", "postgres",
-		"-R", "-X", "stream", "-c", "fast", "--no-sync")
-	if err != nil {
-		t.Fatalf("pgtest: standby base backup: %v\n%s", err, out)
+	if primary.hasClientTool(t, "pg_basebackup") {
+		out, err := c.run(context.Background(), "pg_basebackup", "-D", c.DataDir,
+			"-h", "127.0.0.1", "-p", strconv.Itoa(primary.Port), "-U", "postgres",
+			"-R", "-X", "stream", "-c", "fast", "--no-sync")
+		if err != nil {
+			t.Fatalf("pgtest: standby base backup: %v\n%s", err, out)
+		}
+	} else if err := primary.copyBackup(c); err != nil {
+		t.Fatalf("pgtest: standby base backup (pg_backup_start and a copy): %v", err)
 	}
 	c.configure(t, opts)
 	if err := c.start(true); err != nil {
 		t.Fatalf("pgtest: start standby: %v\n%s", err, c.logSection())
 	}
-	err = c.poll(startTimeout, func(ctx context.Context, conn *pgx.Conn) (bool, error) {
+	err := c.poll(startTimeout, func(ctx context.Context, conn *pgx.Conn) (bool, error) {
 		var n int
 		err := conn.QueryRow(ctx, "select count(*) from pg_stat_wal_receiver where status = 'streaming'").Scan(&n)
 		return n == 1, err

@@ -18,6 +18,10 @@ var (
 	ErrWrongCluster = errors.New("repository belongs to another PostgreSQL cluster")
 	// ErrNotInitialized says that the repository has no metadata yet.
 	ErrNotInitialized = errors.New("repository is not initialized")
+	// ErrMetadataMissing says that the repository holds objects but no
+	// metadata: an existing repository whose metadata was deleted, never a
+	// new one. Init refuses to create metadata over it.
+	ErrMetadataMissing = errors.New("repository holds objects but no metadata")
 	// ErrUnexpectedContent says that a Put with WantSHA256 read another
 	// plaintext than the expected one (a file that changed while it was
 	// copied); nothing was stored.
@@ -45,6 +49,10 @@ func IsWrongCluster(err error) bool { return errors.Is(err, ErrWrongCluster) }
 // IsNotInitialized reports whether err says that the repository has not been
 // initialized.
 func IsNotInitialized(err error) bool { return errors.Is(err, ErrNotInitialized) }
+
+// IsMetadataMissing reports whether err says that the repository holds
+// objects but no metadata (Init refuses to create a repository over them).
+func IsMetadataMissing(err error) bool { return errors.Is(err, ErrMetadataMissing) }
 
 // corruptError builds an IsCorrupt error naming the object and the reason.
 func (r *Repo) corrupt(name string, reason error) error {

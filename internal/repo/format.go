@@ -2,6 +2,7 @@ package repo
 
 import (
 	"bytes"
+	"crypto/sha256"
 	"encoding/binary"
 	"encoding/hex"
 	"encoding/json"
@@ -15,7 +16,7 @@ import (
 // checksum and can be written as a stream of unknown length:
 //
 //	offset  size  field
-//	0       8     magic "SYNBAK\x00\x01" (the last byte is the format version)
+//	0       8     magic "SYNBAK\x00\x02" (the last byte is the format version)
 //	8       1     codec: 0 = none, 1 = zstd, 2 = s2; | 0x80 when the payload is
 //	              age-encrypted (after compression; see crypt.go)
 //	9       4     A = length of the attributes block, big-endian uint32 (at most 1 MiB)
@@ -24,26 +25,50 @@ import (
 //	              none and no encryption, the plaintext itself
 //	13+A+P  32    sha256 of the plaintext
 //	45+A+P  8     plaintext length, big-endian uint64
-//	53+A+P  8     magic "SYNBKEND"
+//	53+A+P  32    binding: sha256 of "synbak object v2\x00", the object's name
+//	              and the attributes block (each preceded by its length, a
+//	              big-endian uint32), the plaintext sha256 and the plaintext
+//	              length (big-endian uint64)
+//	85+A+P  8     magic "SYNBKEND"
 //
-// The trailer (the last 48 bytes) is written after the payload, so a writer
+// The trailer (the last 80 bytes) is written after the payload, so a writer
 // needs neither the length nor the checksum in advance; a reader that knows
 // the stored size reads header and trailer with two ranged reads, and a
-// streaming reader holds back the last 48 bytes until the end. "Identical
-// content" means the same plaintext sha256 (and length), whatever the codec.
+// streaming reader holds back the trailer until the end.
+//
+// The binding ties an object to its name and attributes: an object renamed
+// or copied to another name (two WAL segments swapped), or one whose
+// attributes changed by one bit (a WAL object's LSNs, a backup's kind),
+// fails its check like a damaged payload. It covers nothing the codec or
+// the encryption changes, so Stat checks it from header and trailer alone
+// (verify --quick), and two stores of one plaintext under one name with one
+// set of attributes carry the same binding whatever codec stored them.
+// "Identical content" (a Put over an existing name) means the same plaintext
+// sha256 and length, whatever the codec; the existing object, with its
+// attributes, is kept.
+//
+// Version 1 (magic "SYNBAK\x00\x01", written before the binding existed)
+// has the same header and a 48-byte trailer without the binding: its
+// payload is checked, its name and attributes are not. It stays readable, so
+// old repositories stay restorable; new objects are always version 2.
 
 const (
-	headerMagic  = "SYNBAK\x00\x01"
-	trailerMagic = "SYNBKEND"
+	headerMagic   = "SYNBAK\x00\x02"
+	headerMagicV1 = "SYNBAK\x00\x01"
+	trailerMagic  = "SYNBKEND"
 	// fixedHeaderSize is magic, codec and attributes length.
 	fixedHeaderSize = 8 + 1 + 4
-	// trailerSize is the size of the trailer at the end of every object.
-	trailerSize = 32 + 8 + 8
+	// trailerSize is the size of the trailer of a version 2 object.
+	trailerSize = 32 + 8 + 32 + 8
+	// trailerSizeV1 is the size of the trailer of a version 1 object.
+	trailerSizeV1 = 32 + 8 + 8
+	// bindDomain starts the binding digest's input.
+	bindDomain = "synbak object v2\x00"
 	// maxAttrsSize bounds the attributes block.
 	maxAttrsSize = 1 << 20
 	// minObjectSize is the smallest well-formed object ("{}" attributes,
 	// empty payload is possible only with codec none).
-	minObjectSize = fixedHeaderSize + trailerSize
+	minObjectSize = fixedHeaderSize + trailerSizeV1
 )
 
 // Codec identifies how the payload encodes the plaintext.
@@ -92,34 +117,59 @@ func encodeHeader(c Codec, attrs map[string]string) ([]byte, error) {
 
 // header is a parsed object header.
 type header struct {
+	version   int // 1 or 2
 	codec     Codec
 	encrypted bool
 	attrs     map[string]string
-	size      int64 // bytes the header occupies
+	raw       []byte // the attributes block as stored
+	size      int64  // bytes the header occupies
+}
+
+// trailerLen returns the size of the trailer of an object of this version.
+func (h header) trailerLen() int {
+	if h.version == 1 {
+		return trailerSizeV1
+	}
+	return trailerSize
+}
+
+// fixedHeader is the parsed fixed part of a header.
+type fixedHeader struct {
+	version   int
+	codec     Codec
+	encrypted bool
+	attrsLen  int
 }
 
 // parseFixedHeader checks the first fixedHeaderSize bytes and returns the
-// codec and the length of the attributes block. The returned error is a
-// reason for a corruption error.
-func parseFixedHeader(b []byte) (Codec, bool, int, error) {
+// version, codec and the length of the attributes block. The returned error
+// is a reason for a corruption error.
+func parseFixedHeader(b []byte) (fixedHeader, error) {
 	if len(b) < fixedHeaderSize {
-		return 0, false, 0, fmt.Errorf("header truncated (%d bytes)", len(b))
+		return fixedHeader{}, fmt.Errorf("header truncated (%d bytes)", len(b))
 	}
-	if string(b[:8]) != headerMagic {
+	var f fixedHeader
+	switch string(b[:8]) {
+	case headerMagic:
+		f.version = 2
+	case headerMagicV1:
+		f.version = 1
+	default:
 		if string(b[:6]) == headerMagic[:6] {
-			return 0, false, 0, fmt.Errorf("unsupported object format version %d (this synbak reads version %d; upgrade synbak)", b[7], headerMagic[7])
+			return fixedHeader{}, fmt.Errorf("unsupported object format version %d (this synbak reads versions 1 and %d; upgrade synbak)", b[7], headerMagic[7])
 		}
-		return 0, false, 0, fmt.Errorf("bad header magic %q", b[:8])
+		return fixedHeader{}, fmt.Errorf("bad header magic %q", b[:8])
 	}
-	c, encrypted := Codec(b[8]&^flagEncrypted), b[8]&flagEncrypted != 0
-	if c != CodecNone && c != CodecZstd && c != CodecS2 {
-		return 0, false, 0, fmt.Errorf("unknown codec %d", b[8])
+	f.codec, f.encrypted = Codec(b[8]&^flagEncrypted), b[8]&flagEncrypted != 0
+	if f.codec != CodecNone && f.codec != CodecZstd && f.codec != CodecS2 {
+		return fixedHeader{}, fmt.Errorf("unknown codec %d", b[8])
 	}
 	n := binary.BigEndian.Uint32(b[9:13])
 	if n > maxAttrsSize {
-		return 0, false, 0, fmt.Errorf("attributes block of %d bytes exceeds the limit of %d", n, maxAttrsSize)
+		return fixedHeader{}, fmt.Errorf("attributes block of %d bytes exceeds the limit of %d", n, maxAttrsSize)
 	}
-	return c, encrypted, int(n), nil
+	f.attrsLen = int(n)
+	return f, nil
 }
 
 func parseAttrs(b []byte) (map[string]string, error) {
@@ -136,11 +186,11 @@ func readHeader(r io.Reader) (header, error) {
 	if _, err := io.ReadFull(r, fixed[:]); err != nil {
 		return header{}, noEOF(err)
 	}
-	c, encrypted, n, err := parseFixedHeader(fixed[:])
+	f, err := parseFixedHeader(fixed[:])
 	if err != nil {
 		return header{}, err
 	}
-	a := make([]byte, n)
+	a := make([]byte, f.attrsLen)
 	if _, err := io.ReadFull(r, a); err != nil {
 		return header{}, noEOF(err)
 	}
@@ -148,7 +198,7 @@ func readHeader(r io.Reader) (header, error) {
 	if err != nil {
 		return header{}, err
 	}
-	return header{codec: c, encrypted: encrypted, attrs: attrs, size: int64(fixedHeaderSize + n)}, nil
+	return header{version: f.version, codec: f.codec, encrypted: f.encrypted, attrs: attrs, raw: a, size: int64(fixedHeaderSize + f.attrsLen)}, nil
 }
 
 // noEOF turns an end of stream into io.ErrUnexpectedEOF.
@@ -163,20 +213,50 @@ func noEOF(err error) error {
 type trailer struct {
 	sum  [32]byte
 	size int64
+	bind [32]byte // version 2 only
 }
 
-func encodeTrailer(sum [32]byte, size int64) []byte {
+// bindDigest returns the binding of a version 2 object: its name, its
+// attributes block as stored, and its plaintext's sha256 and length.
+func bindDigest(name string, rawAttrs []byte, sum [32]byte, size int64) [32]byte {
+	h := sha256.New()
+	h.Write([]byte(bindDomain))
+	var n [8]byte
+	binary.BigEndian.PutUint32(n[:4], uint32(len(name)))
+	h.Write(n[:4])
+	h.Write([]byte(name))
+	binary.BigEndian.PutUint32(n[:4], uint32(len(rawAttrs)))
+	h.Write(n[:4])
+	h.Write(rawAttrs)
+	h.Write(sum[:])
+	binary.BigEndian.PutUint64(n[:], uint64(size))
+	h.Write(n[:])
+	var b [32]byte
+	h.Sum(b[:0])
+	return b
+}
+
+// encodeTrailer returns a version 2 trailer for an object named name whose
+// attributes block is rawAttrs.
+func encodeTrailer(name string, rawAttrs []byte, sum [32]byte, size int64) []byte {
 	t := make([]byte, 0, trailerSize)
 	t = append(t, sum[:]...)
 	t = binary.BigEndian.AppendUint64(t, uint64(size))
+	bind := bindDigest(name, rawAttrs, sum, size)
+	t = append(t, bind[:]...)
 	return append(t, trailerMagic...)
 }
 
-func parseTrailer(b []byte) (trailer, error) {
-	if len(b) != trailerSize {
+// parseTrailer parses the trailer of an object of the given version.
+func parseTrailer(version int, b []byte) (trailer, error) {
+	want := trailerSize
+	if version == 1 {
+		want = trailerSizeV1
+	}
+	if len(b) != want {
 		return trailer{}, fmt.Errorf("trailer truncated (%d bytes)", len(b))
 	}
-	if !bytes.Equal(b[40:], []byte(trailerMagic)) {
+	if !bytes.Equal(b[want-8:], []byte(trailerMagic)) {
 		return trailer{}, fmt.Errorf("bad trailer magic (object truncated?)")
 	}
 	var t trailer
@@ -186,7 +266,22 @@ func parseTrailer(b []byte) (trailer, error) {
 		return trailer{}, fmt.Errorf("implausible plaintext length %d in trailer", size)
 	}
 	t.size = int64(size)
+	if version != 1 {
+		copy(t.bind[:], b[40:72])
+	}
 	return t, nil
+}
+
+// checkBinding checks a version 2 object's binding against its name and
+// attributes block; version 1 objects have none.
+func checkBinding(version int, name string, rawAttrs []byte, t trailer) error {
+	if version == 1 {
+		return nil
+	}
+	if bindDigest(name, rawAttrs, t.sum, t.size) != t.bind {
+		return fmt.Errorf("its name, attributes or checksum do not match the binding in its trailer (an object renamed, swapped or copied from elsewhere, or attributes changed)")
+	}
+	return nil
 }
 
 func hexSum(s [32]byte) string { return hex.EncodeToString(s[:]) }

@@ -52,7 +52,10 @@ type Meta struct {
 func metaName(seq int) string { return fmt.Sprintf("%s%010d%s", metaPrefix, seq, metaSuffix) }
 
 // Init opens the repository on b, creating its metadata if there is none.
-// created reports whether this call created it. Init is idempotent.
+// created reports whether this call created it. Init is idempotent. It
+// never creates a repository over existing objects: a backend that holds
+// objects but no metadata (deleted or lost) is an error for which
+// IsMetadataMissing is true, and nothing is written.
 func Init(ctx context.Context, b storage.Backend, opts Options) (r *Repo, created bool, err error) {
 	r, err = newRepo(b, opts)
 	if err != nil {
@@ -180,7 +183,7 @@ func (r *Repo) loadMeta(ctx context.Context) (Meta, error) {
 		// A directory listing is not atomic: one that runs while a new
 		// version is linked and the old one deleted can see neither. An
 		// empty listing is believed only when it repeats.
-		if IsNotInitialized(err) && i < 2 {
+		if (IsNotInitialized(err) || IsMetadataMissing(err)) && i < 2 {
 			continue
 		}
 		if !errors.Is(err, errMetaVanished) {
@@ -202,6 +205,21 @@ func (r *Repo) loadMetaOnce(ctx context.Context) (Meta, error) {
 		return Meta{}, fmt.Errorf("read repository metadata in %s: %w", r.b, err)
 	}
 	if len(names) == 0 {
+		n, err := r.countObjects(ctx)
+		if err != nil {
+			return Meta{}, fmt.Errorf("read repository metadata in %s: %w", r.b, err)
+		}
+		if n > 0 {
+			what := fmt.Sprintf("%d objects", n)
+			switch {
+			case n == 1:
+				what = "1 object"
+			case n >= maxCounted:
+				what = fmt.Sprintf("at least %d objects", n)
+			}
+			return Meta{}, fmt.Errorf("repository %s holds %s but no valid metadata (%s*%s): %w. It is an existing repository whose metadata was deleted or lost, not a new one, and synbak never creates a repository over existing objects (it would lose the cluster binding and the encryption setting). Restore %s from a copy of the repository, or point repository.path (or repository.url) at an empty directory or prefix",
+				r.b, what, metaPrefix, metaSuffix, ErrMetadataMissing, strings.TrimSuffix(metaPrefix, "repo."))
+		}
 		return Meta{}, fmt.Errorf("%s: %w: run synbak init (or start the agent) to create it", r.b, ErrNotInitialized)
 	}
 	var firstErr error
@@ -227,6 +245,28 @@ func (r *Repo) loadMetaOnce(ctx context.Context) (Meta, error) {
 		return Meta{}, errMetaVanished
 	}
 	return Meta{}, fmt.Errorf("no valid repository metadata in %s: %w", r.b, firstErr)
+}
+
+// maxCounted bounds how many objects countObjects counts.
+const maxCounted = 100000
+
+// errEnough stops countObjects' listing.
+var errEnough = errors.New("counted enough")
+
+// countObjects counts the stored objects (up to maxCounted).
+func (r *Repo) countObjects(ctx context.Context) (int, error) {
+	n := 0
+	err := r.b.List(ctx, "", func(storage.ObjectInfo) error {
+		n++
+		if n >= maxCounted {
+			return errEnough
+		}
+		return nil
+	})
+	if err != nil && !errors.Is(err, errEnough) {
+		return n, err
+	}
+	return n, nil
 }
 
 func parseMetaName(name string) (int, bool) {

@@ -40,7 +40,6 @@ func (r *Repo) Get(ctx context.Context, name string) (*Reader, error) {
 		return nil, fmt.Errorf("get %s: %w", name, err)
 	}
 	track := &trackReader{r: body}
-	hold := &holdback{r: track, track: track}
 	hdr, err := readHeader(track)
 	if err != nil {
 		body.Close()
@@ -49,6 +48,7 @@ func (r *Repo) Get(ctx context.Context, name string) (*Reader, error) {
 		}
 		return nil, r.corrupt(name, err)
 	}
+	hold := &holdback{r: track, track: track, keep: hdr.trailerLen()}
 	rd := &Reader{r: r, name: name, body: body, hdr: hdr, hold: hold, src: hold, h: sha256.New()}
 	var payload io.Reader = hold
 	if hdr.encrypted {
@@ -125,7 +125,7 @@ func (rd *Reader) finish() error {
 		// The decoder stopped before the end of the payload.
 		return rd.r.corrupt(rd.name, errors.New("data after the end of the compressed payload"))
 	}
-	tr, err := parseTrailer(rd.hold.trailer())
+	tr, err := parseTrailer(rd.hdr.version, rd.hold.trailer())
 	if err != nil {
 		return rd.r.corrupt(rd.name, err)
 	}
@@ -137,9 +137,12 @@ func (rd *Reader) finish() error {
 	if sum != tr.sum {
 		return rd.r.corrupt(rd.name, fmt.Errorf("plaintext sha256 %s, trailer says %s", hexSum(sum), hexSum(tr.sum)))
 	}
+	if err := checkBinding(rd.hdr.version, rd.name, rd.hdr.raw, tr); err != nil {
+		return rd.r.corrupt(rd.name, err)
+	}
 	rd.info = Info{
 		Name:       rd.name,
-		StoredSize: rd.hdr.size + rd.hold.passed + trailerSize,
+		StoredSize: rd.hdr.size + rd.hold.passed + int64(rd.hold.keep),
 		Size:       rd.n,
 		SHA256:     hexSum(sum),
 		Codec:      rd.hdr.codec,
@@ -179,9 +182,10 @@ func (t *trackReader) Read(p []byte) (int, error) {
 func (t *trackReader) is(err error) bool { return t.err != nil && errors.Is(err, t.err) }
 
 // holdback passes through everything read from r except the last
-// trailerSize bytes, which it keeps as the trailer.
+// keep bytes, which it keeps as the trailer.
 type holdback struct {
 	r      io.Reader
+	keep   int // the trailer's size
 	track  *trackReader
 	buf    []byte
 	start  int
@@ -197,10 +201,10 @@ func (h *holdback) bodyErr(err error) bool { return h.track.is(err) }
 
 func (h *holdback) Read(p []byte) (int, error) {
 	if h.buf == nil {
-		h.buf = make([]byte, 64<<10+trailerSize)
+		h.buf = make([]byte, 64<<10+h.keep)
 	}
 	for {
-		if avail := h.end - h.start - trailerSize; avail > 0 {
+		if avail := h.end - h.start - h.keep; avail > 0 {
 			n := copy(p, h.buf[h.start:h.start+avail])
 			h.start += n
 			h.passed += int64(n)

@@ -133,6 +133,10 @@ type putConfig struct {
 	want *[32]byte
 	// group, when set (InSyncGroup), defers durability to its Sync.
 	group *SyncGroup
+	// name and rawAttrs are the object's name and attributes block, which
+	// the trailer's binding covers.
+	name     string
+	rawAttrs []byte
 }
 
 // Uncompressed stores the payload as is, for data that is already
@@ -189,6 +193,7 @@ func (r *Repo) put(ctx context.Context, name string, rd io.Reader, c *Content, a
 	if err != nil {
 		return PutResult{}, fmt.Errorf("put %s: %w", name, err)
 	}
+	cfg.name, cfg.rawAttrs = name, hdr[fixedHeaderSize:]
 	backendPut := r.b.Put
 	if cfg.group != nil && cfg.group.g != nil {
 		backendPut = cfg.group.g.Put
@@ -204,7 +209,7 @@ func (r *Repo) put(ctx context.Context, name string, rd io.Reader, c *Content, a
 	if c != nil && cfg.codec == CodecNone && len(cfg.recipients) == 0 {
 		// The object is header, the bytes themselves and trailer: no
 		// pipe, no framing goroutine, no copy.
-		seg := &segments{parts: [][]byte{hdr, c.data, encodeTrailer(c.sum, int64(len(c.data)))}}
+		seg := &segments{parts: [][]byte{hdr, c.data, encodeTrailer(name, cfg.rawAttrs, c.sum, int64(len(c.data)))}}
 		berr = backendPut(ctx, name, seg)
 		res = result{size: int64(len(c.data)), stored: seg.size(), sum: c.sum}
 		if berr == nil && seg.off != seg.size() {
@@ -358,7 +363,7 @@ func frame(ctx context.Context, w io.Writer, rd io.Reader, hdr []byte, cfg putCo
 		// nothing.
 		return n, sum, fmt.Errorf("%w: expected %s, read %s", ErrUnexpectedContent, hexSum(*cfg.want), hexSum(sum))
 	}
-	if _, err := w.Write(encodeTrailer(sum, n)); err != nil {
+	if _, err := w.Write(encodeTrailer(cfg.name, cfg.rawAttrs, sum, n)); err != nil {
 		return n, sum, err
 	}
 	return n, sum, nil
@@ -428,7 +433,9 @@ type Info struct {
 }
 
 // Stat reads an object's header and trailer (not its payload) and returns
-// what they say. It checks the framing but not the checksum; Verify does.
+// what they say. It checks the framing and the binding of name and
+// attributes (format version 2), but not the payload's checksum; Verify
+// does.
 func (r *Repo) Stat(ctx context.Context, name string) (Info, error) {
 	oi, err := r.b.Stat(ctx, name)
 	if err != nil {
@@ -437,26 +444,22 @@ func (r *Repo) Stat(ctx context.Context, name string) (Info, error) {
 	if oi.Size < minObjectSize {
 		return Info{}, r.corrupt(name, fmt.Errorf("only %d bytes stored, less than header and trailer", oi.Size))
 	}
-	tb, err := r.readRange(ctx, name, oi.Size-trailerSize, trailerSize)
-	if err != nil {
-		return Info{}, err
-	}
-	tr, err := parseTrailer(tb)
-	if err != nil {
-		return Info{}, r.corrupt(name, err)
-	}
-	first := min(oi.Size-trailerSize, 4096)
+	first := min(oi.Size, 4096)
 	hb, err := r.readRange(ctx, name, 0, first)
 	if err != nil {
 		return Info{}, err
 	}
-	c, encrypted, alen, err := parseFixedHeader(hb)
+	fh, err := parseFixedHeader(hb)
 	if err != nil {
 		return Info{}, r.corrupt(name, err)
 	}
-	hsize := int64(fixedHeaderSize + alen)
-	if hsize > oi.Size-trailerSize {
-		return Info{}, r.corrupt(name, fmt.Errorf("attributes block of %d bytes runs past the payload", alen))
+	tlen := int64(trailerSizeV1)
+	if fh.version != 1 {
+		tlen = trailerSize
+	}
+	hsize := int64(fixedHeaderSize + fh.attrsLen)
+	if hsize > oi.Size-tlen {
+		return Info{}, r.corrupt(name, fmt.Errorf("attributes block of %d bytes runs past the payload", fh.attrsLen))
 	}
 	if hsize > first {
 		more, err := r.readRange(ctx, name, first, hsize-first)
@@ -465,11 +468,26 @@ func (r *Repo) Stat(ctx context.Context, name string) (Info, error) {
 		}
 		hb = append(hb, more...)
 	}
-	attrs, err := parseAttrs(hb[fixedHeaderSize:hsize])
+	raw := hb[fixedHeaderSize:hsize]
+	attrs, err := parseAttrs(raw)
 	if err != nil {
 		return Info{}, r.corrupt(name, err)
 	}
-	payload := oi.Size - hsize - trailerSize
+	var tb []byte
+	if oi.Size <= first {
+		tb = hb[oi.Size-tlen : oi.Size]
+	} else if tb, err = r.readRange(ctx, name, oi.Size-tlen, tlen); err != nil {
+		return Info{}, err
+	}
+	tr, err := parseTrailer(fh.version, tb)
+	if err != nil {
+		return Info{}, r.corrupt(name, err)
+	}
+	if err := checkBinding(fh.version, name, raw, tr); err != nil {
+		return Info{}, r.corrupt(name, err)
+	}
+	c, encrypted := fh.codec, fh.encrypted
+	payload := oi.Size - hsize - tlen
 	if c == CodecNone && !encrypted && payload != tr.size {
 		return Info{}, r.corrupt(name, fmt.Errorf("payload is %d bytes, trailer says %d", payload, tr.size))
 	}

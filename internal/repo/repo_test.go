@@ -247,8 +247,11 @@ func TestCorruption(t *testing.T) {
 			{"flipped payload byte", func(b []byte) []byte { b[hdr+(int64(len(b))-hdr-trailerSize)/2] ^= 0x40; return b }, false, true},
 			{"flipped first payload byte", func(b []byte) []byte { b[hdr] ^= 1; return b }, false, true},
 			{"flipped last payload byte", func(b []byte) []byte { b[len(b)-trailerSize-1] ^= 1; return b }, false, true},
-			{"flipped checksum", func(b []byte) []byte { b[len(b)-trailerSize] ^= 1; return b }, false, true},
-			{"wrong length", func(b []byte) []byte { b[len(b)-trailerSize+39] ^= 1; return b }, comp == "none", true},
+			// The binding covers checksum and length: Stat notices.
+			{"flipped checksum", func(b []byte) []byte { b[len(b)-trailerSize] ^= 1; return b }, true, true},
+			{"wrong length", func(b []byte) []byte { b[len(b)-trailerSize+39] ^= 1; return b }, true, true},
+			{"flipped binding", func(b []byte) []byte { b[len(b)-trailerSize+40] ^= 1; return b }, true, true},
+			{"flipped attribute value bit", func(b []byte) []byte { b[hdr-3] ^= 1; return b }, true, true},
 			{"bad header magic", func(b []byte) []byte { b[0] = 'X'; return b }, true, false},
 			{"bad codec", func(b []byte) []byte { b[8] = 9; return b }, true, false},
 			{"bad attrs", func(b []byte) []byte { b[13] = '['; return b }, true, false},

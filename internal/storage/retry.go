@@ -57,8 +57,13 @@ func IsPermanent(err error) bool {
 // RetryOptions configure WithRetry. Zero fields take the defaults.
 type RetryOptions struct {
 	// Attempts is the number of tries of one operation, the first included
-	// (default 5).
+	// (default 5), when MaxElapsed is 0.
 	Attempts int
+	// MaxElapsed, when set, replaces Attempts by a time budget: an
+	// operation is tried again until MaxElapsed has passed since its first
+	// failure (the last wait shortened to fit), so that an outage shorter
+	// than MaxElapsed costs time, not the operation.
+	MaxElapsed time.Duration
 	// Backoff is the wait before the first retry (default 250ms); each
 	// further wait doubles it, up to MaxBackoff (default 10s). Every wait
 	// is jittered: a random duration between half of it and all of it.
@@ -123,12 +128,25 @@ func (r *retrying) String() string { return r.b.String() }
 // ctx is done. again reports whether another attempt is possible at all.
 func (r *retrying) do(ctx context.Context, op, name string, again func() bool, fn func() error) error {
 	wait := r.opts.Backoff
+	var first time.Time
 	for attempt := 1; ; attempt++ {
 		err := fn()
-		if err == nil || IsPermanent(err) || ctx.Err() != nil || attempt >= r.opts.Attempts || !again() {
+		if err == nil || IsPermanent(err) || ctx.Err() != nil || !again() {
 			return err
 		}
+		if first.IsZero() {
+			first = time.Now()
+		}
 		d := wait/2 + rand.N(wait/2+1)
+		if r.opts.MaxElapsed > 0 {
+			left := r.opts.MaxElapsed - time.Since(first)
+			if left <= 0 {
+				return fmt.Errorf("%w (gave up after retrying for %s)", err, time.Since(first).Round(time.Second))
+			}
+			d = min(d, left)
+		} else if attempt >= r.opts.Attempts {
+			return err
+		}
 		if r.opts.OnRetry != nil {
 			r.opts.OnRetry(op, name, attempt, d, err)
 		}
@@ -428,7 +446,7 @@ func (g *resuming) Read(p []byte) (int, error) {
 			}
 			return n, err
 		}
-		if IsPermanent(err) || g.ctx.Err() != nil || attempt >= g.r.opts.Attempts {
+		if IsPermanent(err) || g.ctx.Err() != nil || (g.r.opts.MaxElapsed <= 0 && attempt >= g.r.opts.Attempts) || attempt >= 100 {
 			return 0, err
 		}
 		_ = g.rc.Close()

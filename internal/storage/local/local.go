@@ -18,6 +18,7 @@ import (
 	"io/fs"
 	"math/rand/v2"
 	"os"
+	"os/user"
 	"path/filepath"
 	"sort"
 	"strconv"
@@ -47,6 +48,43 @@ type Backend struct {
 	// syncDir fsyncs the directory an object was linked into (a test
 	// records the calls).
 	syncDir func(dir string) error
+	// owner, when not nil, is given every file and directory this process
+	// creates in the repository: root writing into a repository that
+	// belongs to another user (the agent's service user) keeps it that
+	// user's, so that the agent can still read and prune what root wrote.
+	owner *owner
+}
+
+// owner is a uid and gid to give new files and directories.
+type owner struct{ uid, gid int }
+
+// chown gives path to o (nothing when o is nil).
+func (o *owner) chown(path string) error {
+	if o == nil {
+		return nil
+	}
+	if err := os.Lchown(path, o.uid, o.gid); err != nil {
+		return fmt.Errorf("give %s to the repository's owner (uid %d): %w", path, o.uid, err)
+	}
+	return nil
+}
+
+// repoOwner returns the owner new objects must get: the repository
+// directory's owner when this process runs as root and the directory
+// belongs to someone else; nil otherwise (a non-root process can only
+// create files as itself, and root's own repository stays root's).
+func repoOwner(dir string) (*owner, error) {
+	if os.Geteuid() != 0 {
+		return nil, nil
+	}
+	var st unix.Stat_t
+	if err := unix.Stat(dir, &st); err != nil {
+		return nil, &fs.PathError{Op: "stat", Path: dir, Err: err}
+	}
+	if st.Uid == 0 {
+		return nil, nil
+	}
+	return &owner{uid: int(st.Uid), gid: int(st.Gid)}, nil
 }
 
 var _ storage.Backend = (*Backend)(nil)
@@ -62,11 +100,15 @@ func New(dir string) (*Backend, error) {
 	if err != nil {
 		return nil, fmt.Errorf("local repository %s: %w", dir, err)
 	}
-	if err := mkdirAll(abs); err != nil {
+	if err := mkdirAll(abs, nil); err != nil {
 		return nil, fmt.Errorf("local repository %s: %w", abs, err)
 	}
-	b := &Backend{dir: abs, tmp: filepath.Join(abs, tmpDirName), syncDir: syncDir}
-	if err := mkdirAll(b.tmp); err != nil {
+	own, err := repoOwner(abs)
+	if err != nil {
+		return nil, fmt.Errorf("local repository %s: %w", abs, err)
+	}
+	b := &Backend{dir: abs, tmp: filepath.Join(abs, tmpDirName), syncDir: syncDir, owner: own}
+	if err := mkdirAll(b.tmp, own); err != nil {
 		return nil, fmt.Errorf("local repository %s: %w", abs, err)
 	}
 	b.removeStaleTemp(time.Now().Add(-staleAge))
@@ -129,12 +171,12 @@ func (b *Backend) put(ctx context.Context, name string, r io.Reader, g *syncGrou
 	if err != nil {
 		if errors.Is(err, fs.ErrNotExist) {
 			// The temp directory was removed behind our back; recreate it.
-			if err2 := mkdirAll(b.tmp); err2 == nil {
+			if err2 := mkdirAll(b.tmp, b.owner); err2 == nil {
 				f, tmpName, err = b.createTemp()
 			}
 		}
 		if err != nil {
-			return fmt.Errorf("put %s: create temporary file in %s: %w", name, b.tmp, diskFull(b.dir, err))
+			return fmt.Errorf("put %s: create temporary file: %w", name, b.permissionHint(diskFull(b.dir, err)))
 		}
 	}
 	defer func() {
@@ -145,6 +187,11 @@ func (b *Backend) put(ctx context.Context, name string, r io.Reader, g *syncGrou
 	}()
 	if err := f.Chmod(fileMode); err != nil {
 		return fmt.Errorf("put %s: %w", name, err)
+	}
+	if b.owner != nil {
+		if err := f.Chown(b.owner.uid, b.owner.gid); err != nil {
+			return fmt.Errorf("put %s: give the object to the repository's owner (uid %d): %w", name, b.owner.uid, err)
+		}
 	}
 
 	// No checksum on the way: the rare name that exists already is
@@ -186,7 +233,7 @@ func (b *Backend) put(ctx context.Context, name string, r io.Reader, g *syncGrou
 			break
 		}
 		if errors.Is(err, fs.ErrNotExist) && attempt < 10 {
-			if err := mkdirAll(finalDir); err != nil {
+			if err := mkdirAll(finalDir, b.owner); err != nil {
 				return fmt.Errorf("put %s: %w", name, diskFull(b.dir, err))
 			}
 			continue
@@ -397,6 +444,33 @@ func (g *syncGroup) Sync(ctx context.Context) error {
 	return first
 }
 
+// permissionHint adds to a permission error who owns the repository and who
+// is asking, and what to do; other errors are returned as they are.
+func (b *Backend) permissionHint(err error) error {
+	if !errors.Is(err, fs.ErrPermission) {
+		return err
+	}
+	var st unix.Stat_t
+	ownerDesc, ownerRoot := "another user", false
+	if unix.Stat(b.dir, &st) == nil {
+		ownerDesc, ownerRoot = userDesc(int(st.Uid)), st.Uid == 0
+	}
+	fix := "run this command as " + ownerDesc
+	if !ownerRoot {
+		fix += " or as root (root writes as the repository's owner)"
+	}
+	return fmt.Errorf("%w: synbak runs as %s and the repository belongs to %s; the user the agent runs as must own every file in it: %s",
+		err, userDesc(os.Geteuid()), ownerDesc, fix)
+}
+
+// userDesc names a uid: "synbak (uid 998)".
+func userDesc(uid int) string {
+	if u, err := user.LookupId(strconv.Itoa(uid)); err == nil {
+		return fmt.Sprintf("%s (uid %d)", u.Username, uid)
+	}
+	return fmt.Sprintf("uid %d", uid)
+}
+
 // diskFull turns ENOSPC and EDQUOT into an error that says so.
 func diskFull(dir string, err error) error {
 	if errors.Is(err, syscall.ENOSPC) || errors.Is(err, syscall.EDQUOT) {
@@ -454,7 +528,7 @@ func (b *Backend) notExist(op, name string, err error) error {
 	if errors.Is(err, fs.ErrNotExist) || errors.Is(err, syscall.ENOTDIR) {
 		return fmt.Errorf("%s %s in %s: %w", op, name, b.dir, storage.ErrNotExist)
 	}
-	return fmt.Errorf("%s %s: %w", op, name, err)
+	return fmt.Errorf("%s %s: %w", op, name, b.permissionHint(err))
 }
 
 // Stat implements storage.Backend.
@@ -492,7 +566,8 @@ func (b *Backend) listDir(ctx context.Context, rel, prefix string, fn func(stora
 		if rel != "" && (errors.Is(err, fs.ErrNotExist) || errors.Is(err, syscall.ENOTDIR)) {
 			return nil // removed concurrently
 		}
-		return fmt.Errorf("list %s: %w", b.dir, err)
+		// err names the directory (a *fs.PathError); say it once.
+		return fmt.Errorf("list: %w", b.permissionHint(err))
 	}
 	type item struct {
 		key string // full name, with a trailing "/" for directories
@@ -533,7 +608,7 @@ func (b *Backend) listDir(ctx context.Context, rel, prefix string, fn func(stora
 			if errors.Is(err, fs.ErrNotExist) {
 				continue // deleted concurrently
 			}
-			return fmt.Errorf("list %s: %w", b.dir, err)
+			return fmt.Errorf("list: %w", b.permissionHint(err))
 		}
 		if err := fn(storage.ObjectInfo{Name: it.key, Size: fi.Size(), ModTime: fi.ModTime()}); err != nil {
 			return err
@@ -581,21 +656,21 @@ func (b *Backend) Delete(ctx context.Context, name string) error {
 }
 
 // mkdirAll creates dir and its missing parents with mode 0700 (chmod'ed
-// explicitly, so the umask does not matter), fsyncing the parent of each
-// directory it creates. A regular file in the way is reported by name. A
+// explicitly, so the umask does not matter) and, with own not nil, owned by
+// own, fsyncing the parent of each directory it creates. A regular file in the way is reported by name. A
 // concurrent Delete may remove a parent it has just created (Delete removes
 // directories it empties): then it starts again.
-func mkdirAll(dir string) error {
+func mkdirAll(dir string, own *owner) error {
 	var err error
 	for range 100 {
-		if err = mkdirAllOnce(dir); err == nil || !errors.Is(err, fs.ErrNotExist) {
+		if err = mkdirAllOnce(dir, own); err == nil || !errors.Is(err, fs.ErrNotExist) {
 			return err
 		}
 	}
 	return err
 }
 
-func mkdirAllOnce(dir string) error {
+func mkdirAllOnce(dir string, own *owner) error {
 	fi, err := os.Stat(dir)
 	if err == nil {
 		if fi.IsDir() {
@@ -608,7 +683,7 @@ func mkdirAllOnce(dir string) error {
 	}
 	parent := filepath.Dir(dir)
 	if parent != dir {
-		if err := mkdirAllOnce(parent); err != nil {
+		if err := mkdirAllOnce(parent, own); err != nil {
 			return err
 		}
 	}
@@ -622,6 +697,9 @@ func mkdirAllOnce(dir string) error {
 		return fmt.Errorf("create directory: %w", err)
 	}
 	if err := os.Chmod(dir, dirMode); err != nil {
+		return err
+	}
+	if err := own.chown(dir); err != nil {
 		return err
 	}
 	return syncDir(parent)

@@ -8,6 +8,7 @@ import (
 	"io"
 	"io/fs"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"slices"
 	"sort"
@@ -395,5 +396,145 @@ func wantContent(t *testing.T, b *Backend, name string, want []byte) {
 	}
 	if !bytes.Equal(got, want) {
 		t.Fatalf("%s holds %d bytes, want %d", name, len(got), len(want))
+	}
+}
+
+// TestRootWritesAsTheRepositoryOwner: root (an admin running `synbak
+// backup`) writing into a repository that belongs to another user (the
+// agent's service user) creates every file and directory as that user, so
+// that the agent can still read, list and prune them.
+func TestRootWritesAsTheRepositoryOwner(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root: only root can create files for another user")
+	}
+	const uid, gid = 65534, 65534 // nobody:nogroup, standing in for the agent's user
+	dir := filepath.Join(t.TempDir(), "repo")
+	// The agent created the repository: it is its user's, 0700.
+	if err := os.Mkdir(dir, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chown(dir, uid, gid); err != nil {
+		t.Fatal(err)
+	}
+	b, err := New(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	for _, name := range []string{"wal/00000001/000000010000000000000001", "backups/b1/base.tar.0000", "top"} {
+		if err := b.Put(ctx, name, bytes.NewReader([]byte("data of "+name))); err != nil {
+			t.Fatal(err)
+		}
+	}
+	g := b.NewSyncGroup()
+	if err := g.Put(ctx, "media/objects/ab/cd", bytes.NewReader([]byte("m"))); err != nil {
+		t.Fatal(err)
+	}
+	if err := g.Sync(ctx); err != nil {
+		t.Fatal(err)
+	}
+	var checked int
+	err = filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		var st syscall.Stat_t
+		if err := syscall.Lstat(p, &st); err != nil {
+			return err
+		}
+		if st.Uid != uid || st.Gid != gid {
+			t.Errorf("%s: owned by %d:%d, want the repository's owner %d:%d", p, st.Uid, st.Gid, uid, gid)
+		}
+		checked++
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if checked < 12 {
+		t.Fatalf("checked only %d paths", checked)
+	}
+
+	// A repository that is root's own stays root's.
+	own := filepath.Join(t.TempDir(), "rootrepo")
+	b2, err := New(own)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := b2.Put(ctx, "a/b", bytes.NewReader([]byte("x"))); err != nil {
+		t.Fatal(err)
+	}
+	var st syscall.Stat_t
+	if err := syscall.Stat(filepath.Join(own, "a", "b"), &st); err != nil {
+		t.Fatal(err)
+	}
+	if st.Uid != 0 {
+		t.Fatalf("root's own repository: object owned by %d", st.Uid)
+	}
+}
+
+// TestPermissionErrorSaysWhoAndWhat: a repository another user wrote 0700,
+// read by a user who cannot: the error names the path once, both users and
+// what to run. (Root ignores modes, so the reader here is a non-root
+// process: the test binary re-run as nobody.)
+func TestPermissionErrorSaysWhoAndWhat(t *testing.T) {
+	if os.Getenv("SYNBAK_LOCAL_PERM_CHILD") != "" {
+		b := &Backend{dir: os.Getenv("SYNBAK_LOCAL_PERM_CHILD"), syncDir: syncDir}
+		err := b.List(context.Background(), "", func(storage.ObjectInfo) error { return nil })
+		fmt.Print(err)
+		os.Exit(0)
+	}
+	if os.Geteuid() != 0 {
+		t.Skip("needs root to run a child as another user")
+	}
+	dir := filepath.Join(t.TempDir(), "repo")
+	b, err := New(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := b.Put(context.Background(), "backups/x/backup.json", bytes.NewReader([]byte("{}"))); err != nil {
+		t.Fatal(err)
+	}
+	// The test's temp dirs must be traversable by nobody to reach dir.
+	for p := filepath.Dir(dir); p != "/"; p = filepath.Dir(p) {
+		fi, err := os.Stat(p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if fi.Mode().Perm()&0o001 == 0 {
+			if err := os.Chmod(p, fi.Mode().Perm()|0o001); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	self, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	// go test's build directory is root's 0700: run a copy nobody can reach.
+	bin, err := os.ReadFile(self)
+	if err != nil {
+		t.Fatal(err)
+	}
+	exe := filepath.Join(filepath.Dir(dir), "local.test")
+	if err := os.WriteFile(exe, bin, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(exe, "-test.run=^TestPermissionErrorSaysWhoAndWhat$")
+	cmd.Env = append(os.Environ(), "SYNBAK_LOCAL_PERM_CHILD="+dir)
+	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: 65534, Gid: 65534}}
+	out, err := cmd.Output()
+	if err != nil {
+		t.Fatalf("child: %v", err)
+	}
+	msg := string(out)
+	t.Logf("error: %s", msg)
+	for _, want := range []string{"permission denied", "uid 65534", "root (uid 0)", "run this command as root (uid 0)"} {
+		if !strings.Contains(msg, want) {
+			t.Errorf("error %q lacks %q", msg, want)
+		}
+	}
+	if n := strings.Count(msg, dir); n != 1 {
+		t.Errorf("error names the repository %d times: %q", n, msg)
 	}
 }

@@ -23,6 +23,7 @@ import (
 	"hash"
 	"io"
 	"log/slog"
+	mrand "math/rand/v2"
 	"net"
 	"net/http"
 	"net/url"
@@ -97,6 +98,12 @@ type Options struct {
 	// errors (connection resets, 5xx, throttling) before giving up: 3 when
 	// 0. Whole operations are retried by storage.WithRetry.
 	MaxRetries int
+	// RetryTimeout is how long the pieces of a multipart upload (which
+	// storage.WithRetry cannot repeat: the stream is read once) are retried
+	// while the server is unreachable or failing, from the first failure
+	// of each piece (DefaultRetryTimeout when 0; negative: no retries
+	// beyond minio-go's).
+	RetryTimeout time.Duration
 	// Transport replaces the HTTP transport (tests).
 	Transport http.RoundTripper
 	// Logger receives the one warning about a server without conditional
@@ -113,6 +120,7 @@ type Backend struct {
 	partSize int
 	parallel int
 	logger   *slog.Logger
+	retryFor time.Duration // Options.RetryTimeout
 
 	condMu      sync.Mutex
 	condKnown   bool // the probe ran
@@ -190,7 +198,42 @@ func New(opts Options) (*Backend, error) {
 	if b.logger == nil {
 		b.logger = slog.Default()
 	}
+	b.retryFor = opts.RetryTimeout
+	if b.retryFor == 0 {
+		b.retryFor = DefaultRetryTimeout
+	}
 	return b, nil
+}
+
+// DefaultRetryTimeout is Options.RetryTimeout's default: outages of the S3
+// server up to two minutes do not fail an upload.
+const DefaultRetryTimeout = 2 * time.Minute
+
+// retry runs fn (which returns errors wrapped by b.wrap) until it succeeds,
+// fails permanently, ctx ends, or fn has failed for longer than
+// b.retryFor, waiting 250ms doubling to 10s (jittered) between tries.
+func (b *Backend) retry(ctx context.Context, what string, fn func() error) error {
+	wait := 250 * time.Millisecond
+	var first time.Time
+	for attempt := 1; ; attempt++ {
+		err := fn()
+		if err == nil || storage.IsPermanent(err) || ctx.Err() != nil || b.retryFor < 0 {
+			return err
+		}
+		if first.IsZero() {
+			first = time.Now()
+		}
+		left := b.retryFor - time.Since(first)
+		if left <= 0 {
+			// Permanent: storage.WithRetry must not spend its own
+			// budget on top of this one.
+			return storage.Permanent(fmt.Errorf("%w (gave up after retrying for %s)", err, time.Since(first).Round(time.Second)))
+		}
+		d := min(wait/2+mrand.N(wait/2+1), left)
+		b.logger.Warn("S3 request failed; retrying", "op", what, "attempt", attempt, "wait", d, "err", err)
+		sleepCtx(ctx, d)
+		wait = min(2*wait, 10*time.Second)
+	}
 }
 
 // parseEndpoint accepts host[:port] or an http(s) URL without a path.
@@ -360,7 +403,12 @@ func (b *Backend) Put(ctx context.Context, name string, r io.Reader) error {
 	if err := ctx.Err(); err != nil {
 		return fmt.Errorf("put %s: %w", name, err)
 	}
-	cond, err := b.conditionalWrites(ctx)
+	var cond bool
+	err := b.retry(ctx, "probe conditional writes", func() error {
+		var err error
+		cond, err = b.conditionalWrites(ctx)
+		return err
+	})
 	if err != nil {
 		return fmt.Errorf("put %s: %w", name, err)
 	}
@@ -664,7 +712,8 @@ func (b *Backend) partSizeFor(num int) int64 {
 func (b *Backend) putMultipart(ctx context.Context, name string, r io.Reader, h hash.Hash, first, next *storage.Buffer, cond bool) (err error) {
 	key := b.key(name)
 	// An existing object makes the upload pointless: compare instead.
-	if _, serr := b.Stat(ctx, name); serr == nil {
+	serr := b.retry(ctx, "stat "+name, func() error { _, err := b.Stat(ctx, name); return err })
+	if serr == nil {
 		size := first.Len() + next.Len()
 		next.Each(func(p []byte) { h.Write(p) })
 		first.Release()
@@ -683,11 +732,18 @@ func (b *Backend) putMultipart(ctx context.Context, name string, r io.Reader, h 
 		return fmt.Errorf("put %s: %w", name, serr)
 	}
 
-	uploadID, err := b.core.NewMultipartUpload(ctx, b.bucket, key, minio.PutObjectOptions{})
+	var uploadID string
+	err = b.retry(ctx, "start multipart upload "+name, func() error {
+		var err error
+		if uploadID, err = b.core.NewMultipartUpload(ctx, b.bucket, key, minio.PutObjectOptions{}); err != nil {
+			return b.wrap("put "+name+": start multipart upload", "", err)
+		}
+		return nil
+	})
 	if err != nil {
 		first.Release()
 		next.Release()
-		return b.wrap("put "+name+": start multipart upload", "", err)
+		return err
 	}
 	completed := false
 	defer func() {
@@ -723,11 +779,20 @@ func (b *Backend) putMultipart(ctx context.Context, name string, r io.Reader, h 
 		defer wg.Done()
 		defer func() { <-sem }()
 		defer buf.Release()
-		body := &fenced{rs: buf.Reader(), size: buf.Len()}
-		p, err := b.core.PutObjectPart(uctx, b.bucket, key, uploadID, num, body, buf.Len(), minio.PutObjectPartOptions{})
-		body.close()
+		var p minio.ObjectPart
+		err := b.retry(uctx, fmt.Sprintf("put %s: part %d", name, num), func() error {
+			// A new body each try: the last one may still be read.
+			body := &fenced{rs: buf.Reader(), size: buf.Len()}
+			var err error
+			p, err = b.core.PutObjectPart(uctx, b.bucket, key, uploadID, num, body, buf.Len(), minio.PutObjectPartOptions{})
+			body.close()
+			if err != nil {
+				return b.wrap(fmt.Sprintf("put %s: part %d", name, num), "", err)
+			}
+			return nil
+		})
 		if err != nil {
-			fail(b.wrap(fmt.Sprintf("put %s: part %d", name, num), "", err))
+			fail(err)
 			return
 		}
 		mu.Lock()
@@ -794,6 +859,8 @@ func (b *Backend) putMultipart(ctx context.Context, name string, r io.Reader, h 
 	slices.SortFunc(parts, func(a, b minio.CompletePart) int { return a.PartNumber - b.PartNumber })
 	var sum [sha256.Size]byte
 	h.Sum(sum[:0])
+	var firstFail time.Time
+	wait := 250 * time.Millisecond
 	for attempt := 0; ; attempt++ {
 		var opts minio.PutObjectOptions
 		if cond {
@@ -810,9 +877,35 @@ func (b *Backend) putMultipart(ctx context.Context, name string, r io.Reader, h 
 		case isConditionalConflict(err) && attempt < conflictRetries:
 			sleepCtx(ctx, time.Duration(attempt+1)*50*time.Millisecond)
 			continue
+		case !firstFail.IsZero() && isNoSuchUpload(err):
+			// An earlier try completed the upload but its answer was
+			// lost: the object is there if it holds these bytes.
+			completed = true
+			return b.compareExisting(ctx, name, size, sum)
 		}
-		return b.wrap("put "+name+": complete multipart upload", "", err)
+		werr := b.wrap("put "+name+": complete multipart upload", "", err)
+		if storage.IsPermanent(werr) || ctx.Err() != nil || b.retryFor < 0 {
+			return werr
+		}
+		if firstFail.IsZero() {
+			firstFail = time.Now()
+		}
+		left := b.retryFor - time.Since(firstFail)
+		if left <= 0 {
+			return storage.Permanent(fmt.Errorf("%w (gave up after retrying for %s)", werr, time.Since(firstFail).Round(time.Second)))
+		}
+		d := min(wait/2+mrand.N(wait/2+1), left)
+		b.logger.Warn("S3 request failed; retrying", "op", "complete multipart upload "+name, "err", werr, "wait", d)
+		sleepCtx(ctx, d)
+		wait = min(2*wait, 10*time.Second)
 	}
+}
+
+// isNoSuchUpload reports whether err says the multipart upload is gone
+// (completed or aborted).
+func isNoSuchUpload(err error) bool {
+	var resp minio.ErrorResponse
+	return errors.As(err, &resp) && resp.Code == "NoSuchUpload"
 }
 
 // copyCtx copies r to w, checking ctx between reads.

@@ -76,6 +76,15 @@ func Start(t testing.TB) *Server {
 // Stop stops the server now (to test an unreachable endpoint).
 func (s *Server) Stop() { s.proc.Stop() }
 
+// Restart starts the stopped server again on the same endpoint with the
+// same data (the end of an outage). It may run on any goroutine.
+func (s *Server) Restart() error {
+	if err := s.proc.Restart(context.Background()); err != nil {
+		return fmt.Errorf("s3test: restart: %w", err)
+	}
+	return nil
+}
+
 // Client returns a minio-go client with the root credentials, for setting
 // up buckets.
 func (s *Server) Client(t testing.TB) *minio.Client {

@@ -76,6 +76,7 @@ type Process struct {
 	endpoint string
 	dir      string
 	log      string
+	bin      string
 
 	cmd  *exec.Cmd
 	done <-chan struct{}
@@ -91,7 +92,7 @@ type Process struct {
 func Start(ctx context.Context, bin, dir string) (*Process, error) {
 	var lastErr error
 	for range 3 {
-		p, err := start(ctx, bin, dir)
+		p, err := start(ctx, bin, dir, "")
 		if err == nil {
 			return p, nil
 		}
@@ -100,23 +101,27 @@ func Start(ctx context.Context, bin, dir string) (*Process, error) {
 	return nil, lastErr
 }
 
-func start(ctx context.Context, bin, dir string) (*Process, error) {
+// start runs the server on endpoint ("" picks a free loopback port).
+func start(ctx context.Context, bin, dir, endpoint string) (*Process, error) {
 	data := filepath.Join(dir, "data")
 	if err := os.MkdirAll(data, 0o700); err != nil {
 		return nil, err
 	}
-	l, err := net.Listen("tcp", "127.0.0.1:0") // a free port
-	if err != nil {
-		return nil, err
+	if endpoint == "" {
+		l, err := net.Listen("tcp", "127.0.0.1:0") // a free port
+		if err != nil {
+			return nil, err
+		}
+		endpoint = l.Addr().String()
+		l.Close()
 	}
-	endpoint := l.Addr().String()
-	l.Close()
 	p := &Process{
 		endpoint: endpoint,
 		dir:      data,
 		log:      filepath.Join(dir, "versitygw.log"),
+		bin:      bin,
 	}
-	logf, err := os.Create(p.log)
+	logf, err := os.OpenFile(p.log, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
 	if err != nil {
 		return nil, err
 	}
@@ -161,6 +166,21 @@ func (p *Process) waitReady(ctx context.Context, limit time.Duration) error {
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
+}
+
+// Restart starts the stopped server again on the same port, serving the
+// same data (to end a simulated outage). The port may have been taken
+// meanwhile: then it fails.
+func (p *Process) Restart(ctx context.Context) error {
+	if !p.exited() {
+		return errors.New("versitygw: Restart of a running server")
+	}
+	np, err := start(ctx, p.bin, filepath.Dir(p.dir), p.endpoint)
+	if err != nil {
+		return err
+	}
+	p.cmd, p.done = np.cmd, np.done
+	return nil
 }
 
 // Endpoint is the server's host:port (plain HTTP).
