@@ -107,6 +107,13 @@ func (a *Agent) registerMetrics() {
 	gauge("synbak_wal_received_lsn", "End of WAL received, as a byte position.", func() float64 { return float64(walSt().Received) })
 	gauge("synbak_wal_flushed_lsn", "End of WAL fsynced and reported flushed (the last durable byte position).", func() float64 { return float64(walSt().Flushed) })
 	gauge("synbak_wal_archived_lsn", "End of the newest complete segment stored in the repository, as a byte position.", func() float64 { return float64(walSt().Archived) })
+	gauge("synbak_wal_stored_lsn", "All acknowledged WAL before this byte position is in the repository (complete segments and partial objects).", func() float64 { return float64(walSt().Stored) })
+	gauge("synbak_wal_unstored_bytes", "WAL acknowledged to PostgreSQL as flushed but not yet in the repository.", func() float64 { return float64(walSt().UnstoredBytes()) })
+	gauge("synbak_wal_unstored_seconds", "Age of the oldest acknowledged WAL byte not yet in the repository (0: none); bounded by wal.partial_interval plus an upload while the repository works.", func() float64 {
+		return unstoredAge(walSt(), time.Now()).Seconds()
+	})
+	gauge("synbak_wal_spooled_files", "Finished WAL files waiting in the spool for upload.", func() float64 { return float64(walSt().Spooled) })
+	gauge("synbak_wal_upload_failing", "1 while the last WAL upload to the repository failed.", func() float64 { return boolf(walSt().UploadError != "") })
 	gauge("synbak_wal_last_archive_timestamp_seconds", "When the archived position last moved (0: not since the agent started).", func() float64 {
 		a.mu.Lock()
 		defer a.mu.Unlock()

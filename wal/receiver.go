@@ -361,8 +361,11 @@ func (r *Receiver) identify(ctx context.Context) (string, uint64, error) {
 	}
 	conn, err := r.src.ConnectReplication(ctx, r.opts.Slot)
 	if err != nil {
-		if pgsource.IsPrivilege(err) {
+		if pgsource.IsPrivilege(err) || pgsource.IsUnsupportedVersion(err) {
 			return "", 0, fmt.Errorf("%w: %w", ErrPermanent, err)
+		}
+		if repo.IsNotExist(serr) {
+			return "", 0, fmt.Errorf("the repository records no WAL settings yet and the server is unreachable: %w", err)
 		}
 		return "", 0, fmt.Errorf("the repository's WAL settings are unreadable (%v) and the server is unreachable: %w", serr, err)
 	}
