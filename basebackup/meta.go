@@ -229,7 +229,14 @@ func List(ctx context.Context, r *repo.Repo) ([]Backup, error) {
 		}
 		out = append(out, b)
 	}
-	sort.Slice(out, func(i, j int) bool { return out[i].ID < out[j].ID })
+	// Oldest first by start time: IDs name the second only, so two backups
+	// of one second would otherwise be ordered by their random suffix.
+	sort.Slice(out, func(i, j int) bool {
+		if !out[i].StartTime.Equal(out[j].StartTime) {
+			return out[i].StartTime.Before(out[j].StartTime)
+		}
+		return out[i].ID < out[j].ID
+	})
 	return out, nil
 }
 

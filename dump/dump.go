@@ -232,6 +232,14 @@ func Scan(ctx context.Context, r *repo.Repo) (complete []Dump, incomplete []Inco
 		}
 		complete = append(complete, d)
 	}
+	// Oldest first by start time: IDs name the second only, so two dumps
+	// of one second would otherwise be ordered by their random suffix.
+	sort.SliceStable(complete, func(i, j int) bool {
+		if !complete[i].StartTime.Equal(complete[j].StartTime) {
+			return complete[i].StartTime.Before(complete[j].StartTime)
+		}
+		return complete[i].ID < complete[j].ID
+	})
 	return complete, incomplete, nil
 }
 
