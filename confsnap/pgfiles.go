@@ -258,7 +258,7 @@ func NewPostgresFiles(settings func(ctx context.Context) (ServerSettings, error)
 	if maxAge <= 0 {
 		maxAge = 5 * time.Minute
 	}
-	return &PostgresFiles{settings: settings, r: r, log: log.With("component", "confsnap"), maxAge: maxAge, lastWarn: map[string]bool{}}
+	return &PostgresFiles{settings: settings, r: r, log: log, maxAge: maxAge, lastWarn: map[string]bool{}}
 }
 
 // Files returns PostgreSQL's settings files to snapshot (see

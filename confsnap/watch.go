@@ -109,7 +109,7 @@ type Watcher struct {
 // NewWatcher returns a Watcher that snapshots opts.Files into r.
 func NewWatcher(r *repo.Repo, opts Options) *Watcher {
 	opts = opts.withDefaults()
-	log := opts.Logger.With("component", "confsnap")
+	log := opts.Logger
 	return &Watcher{
 		opts:      opts,
 		s:         newSnapshotter(r, log, opts.Now),

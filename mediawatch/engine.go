@@ -248,7 +248,7 @@ type engine struct {
 func newEngine(r *repo.Repo, store string, opts Options) *engine {
 	opts = opts.withDefaults()
 	return &engine{
-		r: r, store: store, opts: opts, log: opts.Logger.With("component", "mediawatch"),
+		r: r, store: store, opts: opts, log: opts.Logger,
 		state: map[string]*entry{}, pending: map[string]pend{}, inflight: map[string]bool{}, failing: map[string]*fileFailure{},
 		wake: make(chan struct{}, 1), jobs: make(chan job, 64), results: make(chan Event, 256),
 		objects: r.NewSyncGroup(), bigSlots: make(chan struct{}, bigBuffers),

@@ -47,7 +47,6 @@ func Apply(ctx context.Context, r *repo.Repo, p Plan, log *slog.Logger) (Result,
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	log = log.With("component", "retention")
 	var res Result
 	if p.Empty() {
 		return res, nil

@@ -200,7 +200,7 @@ func NewReceiver(src Connector, r *repo.Repo, opts Options, log *slog.Logger) *R
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	return &Receiver{src: src, repo: r, opts: opts, log: log.With("component", "wal", "slot", opts.Slot)}
+	return &Receiver{src: src, repo: r, opts: opts, log: log.With("slot", opts.Slot)}
 }
 
 // Status returns the receiver's progress.

@@ -98,7 +98,7 @@ func newRepo(b storage.Backend, opts Options) (*Repo, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	return &Repo{b: b, codec: c, level: level, log: log.With("component", "repo"), recipients: opts.Recipients, identities: opts.Identities}, nil
+	return &Repo{b: b, codec: c, level: level, log: log, recipients: opts.Recipients, identities: opts.Identities}, nil
 }
 
 // Backend returns the storage backend.

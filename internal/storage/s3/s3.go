@@ -650,7 +650,7 @@ func (b *Backend) conditionalWrites(ctx context.Context) (bool, error) {
 	b.condKnown, b.conditional = true, supported
 	if !supported {
 		b.logger.Warn("the S3 server does not honour conditional writes (If-None-Match); synbak checks before each write instead, which a concurrent writer of the same name can race: run one writer per repository or upgrade the server",
-			"component", "storage", "repository", b.where())
+			"repository", b.where())
 	}
 	return supported, nil
 }
