@@ -119,13 +119,6 @@ func (a *Agent) registerMetrics() {
 		defer a.mu.Unlock()
 		return unix(a.archivedAt)
 	})
-	gauge("synbak_wal_stored_lsn", "All acknowledged WAL before this byte position is in the repository.", func() float64 { return float64(walSt().Stored) })
-	gauge("synbak_wal_unstored_bytes", "WAL acknowledged to PostgreSQL as flushed but not yet in the repository.", func() float64 { return float64(walSt().UnstoredBytes()) })
-	gauge("synbak_wal_unstored_seconds", "Age of the oldest acknowledged WAL byte not yet in the repository (0: none); bounded by wal.partial_interval plus an upload while the repository works.", func() float64 {
-		return unstoredAge(walSt(), time.Now()).Seconds()
-	})
-	gauge("synbak_wal_spooled_files", "Finished WAL files waiting in the spool for upload.", func() float64 { return float64(walSt().Spooled) })
-	gauge("synbak_wal_upload_failing", "1 while the last WAL upload to the repository failed.", func() float64 { return boolf(walSt().UploadError != "") })
 	gauge("synbak_wal_last_message_server_timestamp_seconds", "Server time of the last message received (WAL or keepalive).", func() float64 { return unix(walSt().ServerTime) })
 	gauge("synbak_wal_lag_seconds", "Seconds since the last message from the server when streaming; since the agent started or last streamed otherwise.", func() float64 {
 		st := walSt()

@@ -119,6 +119,9 @@ func TestRestoreAsRepositoryOwner(t *testing.T) {
 	}
 	stopped := false
 	defer func() {
+		if t.Failed() {
+			t.Logf("agent output (tail):\n%s", tail(agentOut.String(), 30))
+		}
 		if !stopped {
 			_ = agentCmd.Process.Kill()
 			_ = agentCmd.Wait()
@@ -128,6 +131,32 @@ func TestRestoreAsRepositoryOwner(t *testing.T) {
 	waitFor(t, 2*time.Minute, "the agent's first backup, media and config snapshot", func() bool {
 		return has("backups/*/backup.json") && has("media/index/*") && has("config/index/*")
 	})
+	// An admin runs `synbak backup` as root with the agent's settings
+	// while the agent runs: every file it leaves, in the repository and in
+	// the state directory, is the agent's user's (the agent keeps reading,
+	// listing and pruning them; the restores below, run as that user, use
+	// this backup).
+	rootBackup := as("backup")
+	rootBackup.SysProcAttr = nil
+	if out, err := rootBackup.CombinedOutput(); err != nil {
+		t.Fatalf("synbak backup as root: %v\n%s", err, out)
+	}
+	for _, dir := range []string{repoDir, filepath.Join(home, "state")} {
+		if err := filepath.Walk(dir, func(p string, fi os.FileInfo, err error) error {
+			if err != nil {
+				return err
+			}
+			if st := fi.Sys().(*syscall.Stat_t); st.Uid != uint32(uid) {
+				t.Errorf("%s: owned by uid %d after root's backup, want the agent's user (%d)", p, st.Uid, uid)
+			}
+			return nil
+		}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if m, _ := filepath.Glob(filepath.Join(repoDir, "backups/*/backup.json")); len(m) != 2 {
+		t.Fatalf("want the agent's and root's backups, found %d", len(m))
+	}
 	c.Exec(t, "synapse", "INSERT INTO markers VALUES (1)")
 	mid := timeAfterCommit(t, c)
 	c.Exec(t, "synapse", "INSERT INTO markers VALUES (2)")
