@@ -451,13 +451,6 @@ func (bn *bench) replay(ctx context.Context, dir, restoreCommand, extraMatch str
 
 // runSynbak runs `synbak restore --latest` and reads its report.
 func (bn *bench) runSynbak(ctx context.Context, r *synbakRepo, dir string) (result, error) {
-	if r.local != "" {
-		// Today's restore_command runs `synbak wal-fetch` as the server's
-		// user, which must read the repository (issue 16 removes that).
-		if err := bn.pg.chownTree(r.local); err != nil {
-			return result{}, err
-		}
-	}
 	parent := dir + ".p"
 	if err := bn.pg.mkdir(parent); err != nil {
 		return result{}, err
