@@ -70,7 +70,16 @@ func TestSpoolLockIsNeverPermanent(t *testing.T) {
 	if second.rcv.Status().Streaming {
 		t.Fatal("two receivers stream into one spool")
 	}
+	// WAL archived by the first: the second says so as soon as it
+	// streams (not 0/0 until its own first segment completes).
+	c.Exec(t, "postgres", "CREATE TABLE IF NOT EXISTS fill AS SELECT g FROM generate_series(1, 50000) g")
+	switched := c.Text(t, "postgres", "SELECT pg_switch_wal()::text")
+	waitFor(t, 30*time.Second, "a segment archived by the first receiver", func() bool { return first.rcv.Status().Archived > 0 })
+	archived := first.rcv.Status().Archived
 	first.stop(t)
 	waitFor(t, 30*time.Second, "the second receiver streaming", func() bool { return second.rcv.Status().Streaming })
+	if got := second.rcv.Status().Archived; got < archived {
+		t.Errorf("the second receiver reports WAL archived to %s; the repository holds it to %s (switched at %s)", got, archived, switched)
+	}
 	second.stop(t)
 }

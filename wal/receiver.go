@@ -609,7 +609,15 @@ func (r *Receiver) ensureSlot(ctx context.Context, conn *pgconn.PgConn) error {
 		}
 		return fmt.Errorf("create replication slot %q: %w", r.opts.Slot, err)
 	}
-	r.log.Info("created physical replication slot (consider max_slot_wal_keep_size so that a stopped agent cannot fill the server's disk)")
+	keep := ""
+	if res, err := conn.Exec(ctx, "SHOW max_slot_wal_keep_size").ReadAll(); err == nil && len(res) == 1 && len(res[0].Rows) == 1 && len(res[0].Rows[0]) == 1 {
+		keep = string(res[0].Rows[0][0])
+	}
+	if keep == "-1" {
+		r.log.Warn("created physical replication slot; max_slot_wal_keep_size is -1 (unlimited): while synbak is stopped the slot keeps WAL until the server's disk is full. Set it (e.g. '20GB', examples/debian/postgresql-synbak.conf)")
+	} else {
+		r.log.Info("created physical replication slot", "max_slot_wal_keep_size", keep)
+	}
 	return nil
 }
 
@@ -677,6 +685,9 @@ func (r *Receiver) startPoint(ctx context.Context, conn *pgconn.PgConn, sp *spoo
 	}
 	if last != nil {
 		consider(last.Next())
+		// What is archived already (synbak status says so from the start,
+		// not "0/0" until the next segment completes).
+		r.archived(last.EndLSN())
 	}
 	// An open file is normally the segment after the newest finished one,
 	// but up to maxFinishing complete ones may have been waiting for their
