@@ -144,7 +144,7 @@ func checks(ctx context.Context, s restore.Running, tables []string) []Check {
 		if err == nil && n == 0 {
 			err = fmt.Errorf("table %s is empty", t)
 		}
-		add("table "+t+" has rows", err, fmt.Sprintf("%d rows", n))
+		add("table "+t+" has rows", err, fmt.Sprintf("%d %s", n, map[bool]string{true: "row", false: "rows"}[n == 1]))
 	}
 	var keys int64
 	err = conn.QueryRow(ctx, "select count(*) from e2e_one_time_keys_json").Scan(&keys)

@@ -141,9 +141,9 @@ func (p Plan) String() string {
 	var sb strings.Builder
 	fmt.Fprintf(&sb, "Restore plan\n")
 	fmt.Fprintf(&sb, "  target:          %s\n", p.Target)
-	fmt.Fprintf(&sb, "  base backup:     %s (ended %s, WAL %s to %s, PostgreSQL %d)\n",
-		p.BackupID, p.BackupEndTime.UTC().Format(time.RFC3339), p.BackupStartLSN, p.BackupEndLSN, p.PGVersion)
-	fmt.Fprintf(&sb, "  WAL replayed:    %s .. %s (%d objects, timeline %d, all present)\n", p.FirstSegment, p.LastSegment, p.Segments, p.Timeline)
+	fmt.Fprintf(&sb, "  base backup:     %s (ended %s, WAL %s to %s, PostgreSQL %s)\n",
+		p.BackupID, p.BackupEndTime.UTC().Format(time.RFC3339), p.BackupStartLSN, p.BackupEndLSN, PGVersionString(p.PGVersion))
+	fmt.Fprintf(&sb, "  WAL replayed:    %s .. %s (%s, timeline %d, all present)\n", p.FirstSegment, p.LastSegment, countOf(p.Segments, "object", "objects"), p.Timeline)
 	fmt.Fprintf(&sb, "  archive:         contiguous to %s, complete to %s\n", p.ArchiveEndLSN, p.ArchiveCompleteTo.UTC().Format(time.RFC3339Nano))
 	fmt.Fprintf(&sb, "  recovery window: %s\n", strings.TrimPrefix(p.Window.String(), "restores are possible "))
 	return sb.String()

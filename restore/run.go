@@ -184,7 +184,7 @@ func (rp Report) String() string {
 	if rp.EndOfArchive {
 		fmt.Fprintf(&sb, "  the target is after the newest archived commit: restored to the end of the archive\n")
 	}
-	fmt.Fprintf(&sb, "  one-time keys:   %d rows removed from e2e_one_time_keys_json in %s\n", rp.OneTimeKeysRemoved, rp.Database)
+	fmt.Fprintf(&sb, "  one-time keys:   %s removed from e2e_one_time_keys_json in %s\n", countOf(int(rp.OneTimeKeysRemoved), "row", "rows"), rp.Database)
 	if rp.MediaSkipped {
 		fmt.Fprintf(&sb, "  media:           skipped (no --media-dir)\n")
 	} else {
@@ -481,7 +481,7 @@ func (o *Options) postgresBinary(p Plan) (string, error) {
 	}
 	bin := filepath.Join(dir, "postgres")
 	if fi, err := os.Stat(bin); err != nil || fi.IsDir() {
-		return "", fmt.Errorf("the backup is of PostgreSQL %d, but %s is missing: install that major version's server (Debian: postgresql-%d) or give its directory with --pg-bindir", p.PGVersion, bin, p.PGVersion/10000)
+		return "", fmt.Errorf("the backup is of PostgreSQL %s, but %s is missing: install that major version's server (Debian: postgresql-%d) or give its directory with --pg-bindir", PGVersionString(p.PGVersion), bin, p.PGVersion/10000)
 	}
 	return bin, nil
 }
@@ -1119,4 +1119,17 @@ func (s *server) fixups(ctx context.Context, rep *Report) error {
 		return fmt.Errorf("truncate e2e_one_time_keys_json in %s: %w", rep.Database, err)
 	}
 	return tx.Commit(ctx)
+}
+
+// countOf is "1 row", "2 rows".
+func countOf(n int, one, many string) string {
+	if n == 1 {
+		return "1 " + one
+	}
+	return fmt.Sprintf("%d %s", n, many)
+}
+
+// PGVersionString turns server_version_num (150018) into "15.18".
+func PGVersionString(num int) string {
+	return fmt.Sprintf("%d.%d", num/10000, num%10000)
 }

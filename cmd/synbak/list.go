@@ -323,7 +323,7 @@ func printListing(out io.Writer, l listing) {
 	for _, t := range l.WAL {
 		fmt.Fprintf(out, "WAL timeline %d:\n", t.Timeline)
 		for _, r := range t.Ranges {
-			fmt.Fprintf(out, "  %s .. %s  (%s to %s, %d segments)\n", r.FirstSegment, r.LastSegment, r.StartLSN, r.EndLSN, r.Segments)
+			fmt.Fprintf(out, "  %s .. %s  (%s to %s, %d %s)\n", r.FirstSegment, r.LastSegment, r.StartLSN, r.EndLSN, r.Segments, map[bool]string{true: "segment", false: "segments"}[r.Segments == 1])
 		}
 		if t.Partial != nil {
 			fmt.Fprintf(out, "  partial %s up to %s\n", t.Partial.Segment, t.Partial.EndLSN)
