@@ -31,15 +31,15 @@ func WALLSN(ctx context.Context, conn *pgx.Conn, expr string) (int64, error) {
 	return v, err
 }
 
-// Pgbench runs Pgbench (as this user, over TCP) and returns its output.
+// Pgbench runs pgbench (as this user, over TCP) and returns its output.
 func Pgbench(ctx context.Context, c *benchpg.Cluster, env []string, args ...string) (string, error) {
 	base := []string{"-h", "127.0.0.1", "-p", strconv.Itoa(c.Port), "-U", "postgres"}
-	cmd := exec.CommandContext(ctx, filepath.Join(c.Bin, "Pgbench"), append(append(base, args...), "postgres")...)
+	cmd := exec.CommandContext(ctx, filepath.Join(c.Bin, "pgbench"), append(append(base, args...), "postgres")...)
 	cmd.Env = benchpg.CleanEnv(env...)
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	out, err := cmd.CombinedOutput()
 	if err != nil {
-		return string(out), fmt.Errorf("Pgbench %s: %w\n%s", strings.Join(args, " "), err, Tail(out, 2000))
+		return string(out), fmt.Errorf("pgbench %s: %w\n%s", strings.Join(args, " "), err, Tail(out, 2000))
 	}
 	return string(out), nil
 }
@@ -64,7 +64,7 @@ type Result struct {
 	SampleZstdRat float64 `json:"synapse_rows_zstd2_ratio,omitempty"`
 }
 
-// Generate writes about total bytes of WAL: Pgbench (init, then timed runs
+// Generate writes about total bytes of WAL: pgbench (init, then timed runs
 // after a checkpoint so that updates log full-page images as in production)
 // and/or Synapse-like event rows, by mode.
 func Generate(ctx context.Context, c *benchpg.Cluster, conn *pgx.Conn, mode string, total int64, scale int) (Result, error) {
@@ -72,7 +72,7 @@ func Generate(ctx context.Context, c *benchpg.Cluster, conn *pgx.Conn, mode stri
 	t0 := time.Now()
 	var pgShare float64
 	switch mode {
-	case "Pgbench":
+	case "pgbench":
 		pgShare = 1
 	case "synapse":
 		pgShare = 0
@@ -86,12 +86,12 @@ func Generate(ctx context.Context, c *benchpg.Cluster, conn *pgx.Conn, mode stri
 	if pgShare > 0 {
 		target := int64(float64(total) * pgShare)
 		if scale <= 0 {
-			// Pgbench -i writes about 16 MB of WAL per scale unit; let the
+			// pgbench -i writes about 16 MB of WAL per scale unit; let the
 			// init produce ~60% of the share and timed runs the rest.
 			scale = max(1, int(float64(target)*0.6/16e6))
 		}
 		res.PgbenchScale = scale
-		Logf("Pgbench -i -s %d", scale)
+		Logf("pgbench -i -s %d", scale)
 		if _, err := Pgbench(ctx, c, nil, "-i", "-q", "-s", strconv.Itoa(scale)); err != nil {
 			return res, err
 		}
@@ -107,7 +107,7 @@ func Generate(ctx context.Context, c *benchpg.Cluster, conn *pgx.Conn, mode stri
 				res.PgbenchBytes = now - start
 				break
 			}
-			Logf("Pgbench timed run: %d / %d MB of WAL", (now-start)>>20, target>>20)
+			Logf("pgbench timed run: %d / %d MB of WAL", (now-start)>>20, target>>20)
 			if _, err := Pgbench(ctx, c, nil, "-n", "-c", "4", "-j", "2", "-T", "10"); err != nil {
 				return res, err
 			}
