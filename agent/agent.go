@@ -24,6 +24,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/synbak/synbak/mediawatch"
+	"github.com/synbak/synbak/verify"
 	"github.com/synbak/synbak/wal"
 )
 
@@ -95,6 +96,9 @@ type Options struct {
 	BuildInfo map[string]string
 	// RetentionWindow is retention.window, exported for alert rules.
 	RetentionWindow time.Duration
+	// StateDir is where `synbak verify` records its newest result
+	// (verify.RecordFile); "" for none.
+	StateDir string
 	// Dumps is the logical-dump schedule (nil: dump.interval is 0); its
 	// health rule uses its Interval.
 	Dumps  *DumpSchedule
@@ -310,6 +314,8 @@ type Status struct {
 	Config     *ConfigStatus     `json:"config,omitempty"`
 	Drills     *DrillStatus      `json:"drills,omitempty"`
 	Dumps      *DumpStatus       `json:"dumps,omitempty"`
+	// Verify is the newest `synbak verify` result (nil: none recorded).
+	Verify *verify.Record `json:"verify,omitempty"`
 }
 
 // WALStatus is the receiver's state with LSNs as text.
@@ -417,6 +423,16 @@ func (a *Agent) Status() Status {
 		c := a.opts.Config.ConfigStatus()
 		st.Config = &c
 	}
+	if rec := a.lastVerify(); rec != nil {
+		st.Verify = rec
+		if !rec.OK {
+			msg := fmt.Sprintf("verify: the last synbak verify (%s) found %d %s", rec.Time.Format(time.RFC3339), rec.Count, plural(rec.Count, "problem", "problems"))
+			if len(rec.Problems) > 0 {
+				msg += ", first: " + rec.Problems[0]
+			}
+			st.Problems = append(st.Problems, msg+" — run synbak verify for the list; a passing run clears this")
+		}
+	}
 	if a.opts.Drills != nil {
 		d := a.opts.Drills.Status()
 		st.Drills = &d
@@ -520,4 +536,16 @@ func plural(n int, one, many string) string {
 		return one
 	}
 	return many
+}
+
+// lastVerify reads the newest `synbak verify` result, if any.
+func (a *Agent) lastVerify() *verify.Record {
+	if a.opts.StateDir == "" {
+		return nil
+	}
+	rec, err := verify.LoadRecord(a.opts.StateDir)
+	if err != nil {
+		return nil
+	}
+	return rec
 }

@@ -17,6 +17,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil/promlint"
 
 	"github.com/synbak/synbak/mediawatch"
+	"github.com/synbak/synbak/verify"
 	"github.com/synbak/synbak/wal"
 )
 
@@ -293,5 +294,38 @@ func TestExamplesUseExportedMetrics(t *testing.T) {
 				t.Errorf("%s uses %s, which the agent does not export", file, n)
 			}
 		}
+	}
+}
+
+// The newest `synbak verify` result, recorded in the state directory,
+// turns health red while it has problems (naming the first) and is
+// exported; a passing run clears it.
+func TestHealthFollowsTheLastVerify(t *testing.T) {
+	dir := t.TempDir()
+	a := New(Options{StateDir: dir})
+	if st := a.Status(); !st.Healthy || st.Verify != nil {
+		t.Fatalf("no verify recorded: %+v", st)
+	}
+	rep := verify.Report{Objects: 10}
+	if err := verify.SaveRecord(dir, verify.NewRecord(rep, []string{"wal/00000001/000000010000000000000003: checksum mismatch", "another"}, time.Now())); err != nil {
+		t.Fatal(err)
+	}
+	st := a.Status()
+	p := strings.Join(st.Problems, "\n")
+	if st.Healthy || !strings.Contains(p, "found 2 problems, first: wal/00000001/000000010000000000000003: checksum mismatch") {
+		t.Fatalf("after a failing verify: %v", st.Problems)
+	}
+	_, m := scrape(t, a.Handler(), "/metrics")
+	if !strings.Contains(m, "synbak_verify_last_ok 0") || !strings.Contains(m, "synbak_verify_last_problems 2") || strings.Contains(m, "synbak_verify_last_run_timestamp_seconds 0\n") {
+		t.Errorf("metrics after a failing verify:\n%s", grep(m, "synbak_verify"))
+	}
+	if err := verify.SaveRecord(dir, verify.NewRecord(rep, nil, time.Now())); err != nil {
+		t.Fatal(err)
+	}
+	if st := a.Status(); !st.Healthy || st.Verify == nil || !st.Verify.OK {
+		t.Fatalf("after a passing verify: %+v", st.Problems)
+	}
+	if _, m := scrape(t, a.Handler(), "/metrics"); !strings.Contains(m, "synbak_verify_last_ok 1") {
+		t.Errorf("metrics after a passing verify:\n%s", grep(m, "synbak_verify"))
 	}
 }

@@ -13,6 +13,7 @@ import (
 
 	"github.com/synbak/synbak/mediawatch"
 	"github.com/synbak/synbak/overview"
+	"github.com/synbak/synbak/verify"
 	"github.com/synbak/synbak/wal"
 )
 
@@ -180,6 +181,16 @@ func (a *Agent) registerMetrics() {
 	gauge("synbak_dump_last_failed", "1 when the last dump attempt failed (cleared by a success).", func() float64 { return boolf(dumpSt().LastError != "") })
 
 	a.registerRepositoryMetrics(reg)
+
+	verifySt := func() verify.Record {
+		if rec := a.lastVerify(); rec != nil {
+			return *rec
+		}
+		return verify.Record{}
+	}
+	gauge("synbak_verify_last_run_timestamp_seconds", "When synbak verify last ran (0: never, as far as this state directory knows).", func() float64 { return unix(verifySt().Time) })
+	gauge("synbak_verify_last_ok", "1 when the last synbak verify found no problem (0 also before the first).", func() float64 { return boolf(verifySt().OK) })
+	gauge("synbak_verify_last_problems", "Problems the last synbak verify found.", func() float64 { return float64(verifySt().Count) })
 
 	gauge("synbak_config_last_snapshot_timestamp_seconds", "When the config files were last checked and stored.", func() float64 { return unix(configSt().LastSnapshot) })
 	gauge("synbak_config_files", "Config files, keys and secrets followed.", func() float64 { return float64(configSt().Files) })

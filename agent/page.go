@@ -139,9 +139,13 @@ func (a *Agent) handlePage(mux *http.ServeMux) {
 		}
 		if a.opts.Page.Verify != nil {
 			d.Verify = a.opts.Page.Verify()
-			if d.Verify != nil && !d.Verify.OK {
-				d.Problems = append(d.Problems, "verify: the last verification ("+fmtTime(d.Verify.Time)+") found problems: "+strings.Join(d.Verify.Problems, "; "))
-			}
+		} else if rec := a.lastVerify(); rec != nil {
+			d.Verify = &VerifyResult{Time: rec.Time, OK: rec.OK, Problems: rec.Problems}
+		}
+		if a.opts.Page.Verify != nil && d.Verify != nil && !d.Verify.OK {
+			// Status() names a failed run it read from the state
+			// directory; one given by the hook is named here.
+			d.Problems = append(d.Problems, "verify: the last verification ("+fmtTime(d.Verify.Time)+") found problems: "+strings.Join(d.Verify.Problems, "; "))
 		}
 		samples := a.hist.samples()
 		if n := len(samples); n > 0 {

@@ -124,6 +124,7 @@ func runAgent(ctx context.Context, cfg *config.Config) error {
 		Log: log, Listen: cfg.HTTP.Listen,
 		BuildInfo:       map[string]string{"version": build.Version, "commit": build.Commit},
 		RetentionWindow: cfg.Retention.Window.D(),
+		StateDir:        cfg.StateDir,
 		// Record the address (port 0 picks one) for `synbak status`.
 		OnListen: func(addr string) {
 			if err := writeFileAtomic(agentAddrFile(cfg), []byte(addr+"\n")); err != nil {

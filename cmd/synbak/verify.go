@@ -109,6 +109,10 @@ func runVerify(ctx context.Context, cfg *config.Config, f verifyFlags, out io.Wr
 			fmt.Fprintln(out, "OK: no problem found.")
 		}
 	}
+	// The agent shows the newest result (health, metrics, status page).
+	if err := verify.SaveRecord(cfg.StateDir, verify.NewRecord(rep, vr.Problems, time.Now())); err != nil {
+		log.Warn("could not record the result for the agent", "state_dir", cfg.StateDir, "err", err)
+	}
 	if len(vr.Problems) > 0 {
 		notifyVerifyFailure(ctx, cfg, vr.Problems, log)
 		return withCode(1, fmt.Errorf("verify found %d problem%s", len(vr.Problems), plural(len(vr.Problems))))
