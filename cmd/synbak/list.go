@@ -18,6 +18,7 @@ import (
 	"github.com/synbak/synbak/internal/config"
 	"github.com/synbak/synbak/internal/repo"
 	"github.com/synbak/synbak/internal/storage"
+	"github.com/synbak/synbak/restore"
 	"github.com/synbak/synbak/wal"
 )
 
@@ -118,6 +119,14 @@ type walPartial struct {
 type window struct {
 	From time.Time `json:"from"`
 	To   time.Time `json:"to"`
+}
+
+// text is the window as restore names it (whole seconds, rounded inwards,
+// so that every time printed can be restored to): list, status and the
+// restore's refusals agree to the second.
+func (w *window) text() string {
+	rw := restore.Window{From: w.From, To: w.To}
+	return strings.TrimPrefix(rw.String(), "restores are possible ")
 }
 
 func runList(ctx context.Context, cfg *config.Config, out io.Writer, asJSON bool) error {
@@ -335,7 +344,7 @@ func printListing(out io.Writer, l listing) {
 		printSizes(out, l.Sizes)
 		return
 	}
-	fmt.Fprintf(out, "Recovery window: %s to %s\n", l.RecoveryWindow.From.Format(time.RFC3339), l.RecoveryWindow.To.Format(time.RFC3339))
+	fmt.Fprintf(out, "Recovery window: %s\n", l.RecoveryWindow.text())
 	printSizes(out, l.Sizes)
 }
 

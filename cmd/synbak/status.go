@@ -213,7 +213,7 @@ func printStatus(out io.Writer, rep statusReport) {
 		if l.RecoveryWindow == nil {
 			fmt.Fprintln(out, "Recovery window: none (a complete base backup and archived WAL are needed)")
 		} else {
-			fmt.Fprintf(out, "Recovery window: %s to %s\n", l.RecoveryWindow.From.Format(time.RFC3339), l.RecoveryWindow.To.Format(time.RFC3339))
+			fmt.Fprintf(out, "Recovery window: %s\n", l.RecoveryWindow.text())
 		}
 		printSizes(out, l.Sizes)
 	}
