@@ -149,8 +149,10 @@ done
 [ "$compared" -gt 0 ] || { echo "demo: no segment left in pg_wal to compare with" >&2; exit 1; }
 first=$(ls "$work/fetched" | head -n 1)
 "$bindir/pg_waldump" --path "$work/fetched" --quiet "$first" "$last"
+echo "demo: checking that wal-fetch of a segment the archive does not hold exits 1 (PostgreSQL's \"end of the archive\"; the message below is expected):"
 set +e; sb wal-fetch 0000000100000000000000FF "$work/fetched/x"; code=$?; set -e
 [ "$code" = 1 ] || { echo "demo: wal-fetch of a missing segment exited $code, want 1" >&2; exit 1; }
+echo "demo: ok, exit 1"
 
 # The repository stays as the agent wrote it (0700, this user's): the
 # restore serves the WAL to the restored server itself.
