@@ -185,11 +185,30 @@ func (s *agentSite) startAgent(t *testing.T) *agentProc {
 	t.Helper()
 	addrFile := filepath.Join(s.stateDir, "agent.addr")
 	_ = os.Remove(addrFile)
-	logf, err := os.CreateTemp(s.dir, "agent-*.log")
+	p := s.startSynbak(t, "agent", 40, "agent")
+	waitFor(t, 30*time.Second, "the agent's address", func() bool {
+		select {
+		case <-p.done:
+			b, _ := os.ReadFile(p.logFile)
+			t.Fatalf("the agent exited: %v\n%s", p.err, b)
+		default:
+		}
+		_, err := os.Stat(addrFile)
+		return err == nil
+	})
+	return p
+}
+
+// startSynbak starts `synbak <args>` with the site's environment, its output
+// in a log file (its last logLines shown when the test fails), killed at
+// cleanup if still running.
+func (s *agentSite) startSynbak(t *testing.T, name string, logLines int, args ...string) *agentProc {
+	t.Helper()
+	logf, err := os.CreateTemp(s.dir, name+"-*.log")
 	if err != nil {
 		t.Fatal(err)
 	}
-	cmd := exec.Command(s.bin, "-c", "/dev/null", "agent")
+	cmd := exec.Command(s.bin, append([]string{"-c", "/dev/null"}, args...)...)
 	cmd.Env = append(append(os.Environ(), s.env...), s.repoEnv...)
 	cmd.Stdout, cmd.Stderr = logf, logf
 	if err := cmd.Start(); err != nil {
@@ -210,18 +229,8 @@ func (s *agentSite) startAgent(t *testing.T) *agentProc {
 		}
 		if t.Failed() {
 			b, _ := os.ReadFile(p.logFile)
-			t.Logf("agent log %s (tail):\n%s", p.logFile, tail(string(b), 40))
+			t.Logf("%s log %s (tail):\n%s", name, p.logFile, tail(string(b), logLines))
 		}
-	})
-	waitFor(t, 30*time.Second, "the agent's address", func() bool {
-		select {
-		case <-p.done:
-			b, _ := os.ReadFile(p.logFile)
-			t.Fatalf("the agent exited: %v\n%s", p.err, b)
-		default:
-		}
-		_, err := os.Stat(addrFile)
-		return err == nil
 	})
 	return p
 }

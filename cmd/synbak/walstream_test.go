@@ -13,35 +13,7 @@ import (
 // startWALStream runs `synbak wal stream` for the site.
 func (s *agentSite) startWALStream(t *testing.T) *agentProc {
 	t.Helper()
-	logf, err := os.CreateTemp(s.dir, "walstream-*.log")
-	if err != nil {
-		t.Fatal(err)
-	}
-	cmd := exec.Command(s.bin, "-c", "/dev/null", "wal", "stream")
-	cmd.Env = append(append(os.Environ(), s.env...), s.repoEnv...)
-	cmd.Stdout, cmd.Stderr = logf, logf
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	p := &agentProc{cmd: cmd, done: make(chan struct{}), logFile: logf.Name()}
-	go func() {
-		p.err = cmd.Wait()
-		logf.Close()
-		close(p.done)
-	}()
-	t.Cleanup(func() {
-		select {
-		case <-p.done:
-		default:
-			_ = cmd.Process.Kill()
-			<-p.done
-		}
-		if t.Failed() {
-			b, _ := os.ReadFile(p.logFile)
-			t.Logf("wal stream log %s (tail):\n%s", p.logFile, tail(string(b), 60))
-		}
-	})
-	return p
+	return s.startSynbak(t, "wal stream", 60, "wal", "stream")
 }
 
 func (p *agentProc) exited() bool {
