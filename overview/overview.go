@@ -11,10 +11,8 @@
 package overview
 
 import (
-	"bufio"
 	"context"
 	"fmt"
-	"io"
 	"sort"
 	"strconv"
 	"strings"
@@ -542,35 +540,16 @@ type span struct {
 	begin pglogrepl.LSN
 }
 
-// readHistory returns the timelines leading to tli, oldest first.
+// readHistory returns the timelines leading to tli, oldest first
+// (wal.ReadHistory).
 func readHistory(ctx context.Context, r *repo.Repo, tli uint32) ([]span, error) {
-	if tli <= 1 {
-		return []span{{tli: max(tli, 1)}}, nil
-	}
-	rd, err := r.Get(ctx, wal.HistoryObjectName(tli))
+	hs, err := wal.ReadHistory(ctx, r, tli)
 	if err != nil {
-		return nil, fmt.Errorf("timeline %d has no readable history file %s: %w", tli, wal.HistoryObjectName(tli), err)
+		return nil, err
 	}
-	defer rd.Close()
-	data, err := io.ReadAll(io.LimitReader(rd, 1<<20))
-	if err != nil {
-		return nil, fmt.Errorf("read %s: %w", wal.HistoryObjectName(tli), err)
+	spans := make([]span, len(hs))
+	for i, h := range hs {
+		spans[i] = span{tli: h.TLI, begin: h.Begin}
 	}
-	var spans []span
-	var begin pglogrepl.LSN
-	sc := bufio.NewScanner(strings.NewReader(string(data)))
-	for sc.Scan() {
-		f := strings.Fields(sc.Text())
-		if len(f) < 2 || strings.HasPrefix(f[0], "#") {
-			continue
-		}
-		parent, err1 := strconv.ParseUint(f[0], 10, 32)
-		sw, err2 := pglogrepl.ParseLSN(f[1])
-		if err1 != nil || err2 != nil {
-			return nil, fmt.Errorf("%s: bad line %q", wal.HistoryObjectName(tli), sc.Text())
-		}
-		spans = append(spans, span{tli: uint32(parent), begin: begin})
-		begin = sw
-	}
-	return append(spans, span{tli: tli, begin: begin}), nil
+	return spans, nil
 }

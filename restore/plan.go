@@ -1,11 +1,9 @@
 package restore
 
 import (
-	"bufio"
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"slices"
 	"strconv"
 	"strings"
@@ -224,38 +222,21 @@ type timelineSpan struct {
 	begin, end pglogrepl.LSN
 }
 
-// readHistory returns the timelines leading to tli, oldest first, from its
-// history file (a single span for timeline 1 or without history).
+// readHistory returns the timelines leading to tli, oldest first
+// (wal.ReadHistory); a missing history file refuses the restore.
 func readHistory(ctx context.Context, r *repo.Repo, tli uint32) ([]timelineSpan, error) {
-	if tli <= 1 {
-		return []timelineSpan{{tli: max(tli, 1)}}, nil
+	hs, err := wal.ReadHistory(ctx, r, tli)
+	if errors.Is(err, wal.ErrNoHistory) {
+		return nil, fmt.Errorf("%w: %v", ErrRefused, err)
 	}
-	rd, err := r.Get(ctx, wal.HistoryObjectName(tli))
 	if err != nil {
-		return nil, fmt.Errorf("%w: timeline %d has no history file %s in the repository (%v)", ErrRefused, tli, wal.HistoryObjectName(tli), err)
+		return nil, err
 	}
-	defer rd.Close()
-	data, err := io.ReadAll(io.LimitReader(rd, 1<<20))
-	if err != nil {
-		return nil, fmt.Errorf("read %s: %w", wal.HistoryObjectName(tli), err)
+	spans := make([]timelineSpan, len(hs))
+	for i, h := range hs {
+		spans[i] = timelineSpan{tli: h.TLI, begin: h.Begin, end: h.End}
 	}
-	var spans []timelineSpan
-	var begin pglogrepl.LSN
-	sc := bufio.NewScanner(strings.NewReader(string(data)))
-	for sc.Scan() {
-		f := strings.Fields(sc.Text())
-		if len(f) < 2 || strings.HasPrefix(f[0], "#") {
-			continue
-		}
-		parent, err1 := strconv.ParseUint(f[0], 10, 32)
-		sw, err2 := pglogrepl.ParseLSN(f[1])
-		if err1 != nil || err2 != nil {
-			return nil, fmt.Errorf("%s: bad line %q", wal.HistoryObjectName(tli), sc.Text())
-		}
-		spans = append(spans, timelineSpan{tli: uint32(parent), begin: begin, end: sw})
-		begin = sw
-	}
-	return append(spans, timelineSpan{tli: tli, begin: begin}), nil
+	return spans, nil
 }
 
 // segmentTimeline returns the timeline whose copy of segment no recovery

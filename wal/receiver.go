@@ -170,7 +170,7 @@ func (r *Receiver) uploadResult(err error) {
 	})
 }
 
-// noteStored records that all WAL before lsn is in the repository.
+// stored records that all WAL before lsn is in the repository.
 func (r *Receiver) stored(lsn pglogrepl.LSN) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
