@@ -37,7 +37,6 @@ import (
 	"github.com/jackc/pgx/v5/pgproto3"
 
 	"github.com/synbak/synbak/internal/repo"
-	"github.com/synbak/synbak/internal/storage"
 	"github.com/synbak/synbak/wal"
 )
 
@@ -516,12 +515,12 @@ func (t *taker) waitWAL() error {
 func (t *taker) segmentStored(s wal.Segment) (bool, error) {
 	for _, tli := range []uint32{s.TLI, t.b.EndTimeline, t.b.Timeline} {
 		s.TLI = tli
-		_, err := t.r.Stat(t.ctx, s.ObjectName())
-		if err == nil {
-			return true, nil
-		}
-		if !repo.IsNotExist(err) {
+		objs, err := wal.ReadSegment(t.ctx, t.r, s)
+		if err != nil {
 			return false, err
+		}
+		if objs.Complete != nil {
+			return true, nil
 		}
 	}
 	return false, nil
@@ -530,19 +529,11 @@ func (t *taker) segmentStored(s wal.Segment) (bool, error) {
 // partialStored reports whether a partial object of s holds every byte up
 // to the backup's end LSN.
 func (t *taker) partialStored(s wal.Segment) (bool, error) {
-	need := uint64(t.b.EndLSN) - uint64(s.StartLSN())
-	found := false
-	err := t.r.List(t.ctx, s.ObjectName()+".partial.", func(oi storage.ObjectInfo) error {
-		_, off, ok := strings.Cut(oi.Name, ".partial.")
-		if !ok {
-			return nil
-		}
-		if valid, err := strconv.ParseUint(off, 16, 64); err == nil && len(off) == 8 && valid >= need {
-			found = true
-		}
-		return nil
-	})
-	return found, err
+	objs, err := wal.ReadSegment(t.ctx, t.r, s)
+	if err != nil {
+		return false, err
+	}
+	return objs.Partial != nil && objs.Partial.EndLSN() >= pglogrepl.LSN(t.b.EndLSN), nil
 }
 
 // cleanup deletes what a failed backup stored (best effort; ctx may be

@@ -14,7 +14,6 @@ import (
 	"context"
 	"fmt"
 	"sort"
-	"strconv"
 	"strings"
 	"time"
 
@@ -171,10 +170,8 @@ func (bd *builder) build(ctx context.Context, r *repo.Repo) (*Overview, error) {
 		k.Bytes += oi.Size
 		switch {
 		case kind == "wal":
-			if tli, ok := strings.CutPrefix(rest, "history/"); ok {
-				if n, ok := wal.ParseHistoryName(tli); ok {
-					history = append(history, n)
-				}
+			if o, ok := wal.ParseObjectName(oi.Name, 0); ok && o.Kind == wal.KindHistory {
+				history = append(history, o.TLI)
 			} else {
 				walNames = append(walNames, oi.Name)
 			}
@@ -251,26 +248,18 @@ func (bd *builder) walCoverage(ctx context.Context, r *repo.Repo, o *Overview, b
 	partials := map[uint32]map[uint64]walObj{}
 	var newest uint32
 	for _, name := range names {
-		parts := strings.Split(name, "/")
-		if len(parts) != 3 || len(parts[1]) != 8 {
+		wo, ok := wal.ParseObjectName(name, segSize)
+		if !ok || wo.Kind == wal.KindHistory {
 			continue
 		}
-		base, off, isPartial := strings.Cut(parts[2], ".partial.")
-		seg, err := wal.ParseSegmentName(base, segSize)
-		if err != nil || fmt.Sprintf("%08X", seg.TLI) != parts[1] {
-			continue
-		}
+		seg, valid := wo.Segment, wo.Valid
 		newest = max(newest, seg.TLI)
-		if !isPartial {
+		if wo.Kind == wal.KindSegment {
 			if complete[seg.TLI] == nil {
 				complete[seg.TLI] = map[uint64]bool{}
 			}
 			complete[seg.TLI][seg.No] = true
 			o.Segments++
-			continue
-		}
-		valid, err := strconv.ParseUint(off, 16, 64)
-		if err != nil || valid > segSize {
 			continue
 		}
 		if partials[seg.TLI] == nil {
@@ -483,8 +472,9 @@ func (bd *builder) walCoverage(ctx context.Context, r *repo.Repo, o *Overview, b
 				if i < len(o.Gaps) && !gapReported[i] { // the hole after this run (gap i follows run i)
 					gapReported[i] = true
 					g := o.Gaps[i]
+					missing, _ := wal.ParseSegmentName(g.Missing, segSize)
 					o.Problems = append(o.Problems, fmt.Sprintf("restores from backup %s to times after %s impossible: WAL segment %s is missing (later WAL exists)",
-						b.ID, to.Format(time.RFC3339), "wal/"+fmt.Sprintf("%08X", g.Timeline)+"/"+g.Missing))
+						b.ID, to.Format(time.RFC3339), missing.ObjectName()))
 				}
 				break
 			}

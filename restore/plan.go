@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"slices"
-	"strconv"
 	"strings"
 	"time"
 
@@ -13,7 +12,6 @@ import (
 
 	"github.com/synbak/synbak/basebackup"
 	"github.com/synbak/synbak/internal/repo"
-	"github.com/synbak/synbak/internal/storage"
 	"github.com/synbak/synbak/wal"
 )
 
@@ -147,72 +145,22 @@ func (p Plan) String() string {
 	return sb.String()
 }
 
-// walObject is one WAL object found in the repository.
-type walObject struct {
-	name  string
-	end   pglogrepl.LSN // end of valid WAL in it
-	isPar bool
-}
-
 // archive is the WAL part of the repository as planning needs it.
 type archive struct {
-	segSize  uint64
-	complete map[uint32]map[uint64]bool
-	partials map[uint32]map[uint64]walObject // newest partial per segment
-	newest   uint32                          // the newest timeline seen
+	*wal.Archive
+	segSize uint64
+	newest  uint32 // the newest timeline seen
 }
 
 func loadArchive(ctx context.Context, r *repo.Repo) (*archive, error) {
-	s, err := wal.LoadSettings(ctx, r)
+	wa, err := wal.ReadArchive(ctx, r)
 	if err != nil {
 		if repo.IsNotExist(err) {
 			return nil, fmt.Errorf("%w: the repository holds no WAL archive (is the agent or `synbak wal stream` running?)", ErrRefused)
 		}
-		return nil, fmt.Errorf("read WAL settings: %w", err)
+		return nil, err
 	}
-	a := &archive{segSize: s.SegmentSize, complete: map[uint32]map[uint64]bool{}, partials: map[uint32]map[uint64]walObject{}}
-	err = r.List(ctx, "wal/", func(oi storage.ObjectInfo) error {
-		parts := strings.Split(oi.Name, "/")
-		if len(parts) != 3 {
-			return nil
-		}
-		if parts[1] == "history" {
-			if tli, ok := wal.ParseHistoryName(parts[2]); ok && tli > a.newest {
-				a.newest = tli
-			}
-			return nil
-		}
-		base, off, isPartial := strings.Cut(parts[2], ".partial.")
-		seg, err := wal.ParseSegmentName(base, s.SegmentSize)
-		if err != nil || fmt.Sprintf("%08X", seg.TLI) != parts[1] {
-			return nil
-		}
-		if seg.TLI > a.newest {
-			a.newest = seg.TLI
-		}
-		if !isPartial {
-			if a.complete[seg.TLI] == nil {
-				a.complete[seg.TLI] = map[uint64]bool{}
-			}
-			a.complete[seg.TLI][seg.No] = true
-			return nil
-		}
-		valid, err := strconv.ParseUint(off, 16, 64)
-		if err != nil || len(off) != 8 || valid > s.SegmentSize {
-			return nil
-		}
-		if a.partials[seg.TLI] == nil {
-			a.partials[seg.TLI] = map[uint64]walObject{}
-		}
-		if p, ok := a.partials[seg.TLI][seg.No]; !ok || seg.StartLSN()+pglogrepl.LSN(valid) > p.end {
-			a.partials[seg.TLI][seg.No] = walObject{name: oi.Name, end: seg.StartLSN() + pglogrepl.LSN(valid), isPar: true}
-		}
-		return nil
-	})
-	if err != nil {
-		return nil, fmt.Errorf("list WAL: %w", err)
-	}
-	return a, nil
+	return &archive{Archive: wa, segSize: wa.Settings.SegmentSize, newest: wa.Newest()}, nil
 }
 
 // timelineSpan is one timeline of the history leading to the newest one:
@@ -251,17 +199,17 @@ func segmentTimeline(spans []timelineSpan, no, segSize uint64) uint32 {
 	return spans[0].tli
 }
 
-// lastTime reads an object's last_time attribute.
-func lastTime(ctx context.Context, r *repo.Repo, name string) (time.Time, error) {
-	info, err := r.Stat(ctx, name)
+// lastTime reads the time up to which the WAL object o is known complete
+// (last_time); cur is o, or what replaced it.
+func (a *archive) lastTime(ctx context.Context, o wal.Object) (cur wal.Object, t time.Time, err error) {
+	cur, tr, err := a.Times(ctx, o)
 	if err != nil {
-		return time.Time{}, err
+		return cur, time.Time{}, err
 	}
-	t, err := time.Parse(time.RFC3339Nano, info.Attrs[wal.AttrLastTime])
-	if err != nil {
-		return time.Time{}, fmt.Errorf("%s: no valid %s attribute (%q)", name, wal.AttrLastTime, info.Attrs[wal.AttrLastTime])
+	if tr.Last.IsZero() {
+		return cur, time.Time{}, fmt.Errorf("%s: no valid %s attribute", cur.Name, wal.AttrLastTime)
 	}
-	return t, nil
+	return cur, tr.Last, nil
 }
 
 // NewPlan picks the base backup for target and proves from the repository
@@ -291,7 +239,7 @@ func NewPlan(ctx context.Context, r *repo.Repo, target Point) (Plan, error) {
 	// The window: from the end of the oldest backup to the time up to
 	// which the archive after the newest backup is known complete.
 	var window *Window
-	if end, err := a.walk(ctx, r, spans, backups[len(backups)-1]); err == nil {
+	if end, err := a.walk(ctx, spans, backups[len(backups)-1]); err == nil {
 		window = &Window{From: backups[0].EndTime.UTC(), To: end.completeTo.UTC()}
 		if window.To.Before(window.From) {
 			window.To = window.From
@@ -316,7 +264,7 @@ func NewPlan(ctx context.Context, r *repo.Repo, target Point) (Plan, error) {
 	if !onPath(spans, b.Timeline) {
 		return Plan{}, fmt.Errorf("%w: backup %s is on timeline %d, which is not an ancestor of the newest timeline %d; restoring to an abandoned timeline is not supported", ErrRefused, b.ID, b.Timeline, a.newest)
 	}
-	end, err := a.walk(ctx, r, spans, b)
+	end, err := a.walk(ctx, spans, b)
 	if err != nil {
 		return Plan{}, fmt.Errorf("%w: %v: %s", ErrRefused, err, window)
 	}
@@ -373,34 +321,37 @@ type walkEnd struct {
 // walk follows the WAL from b's start segment along spans for as long as
 // objects are present, and returns where the contiguous archive ends. It
 // fails when the WAL that makes b consistent is incomplete.
-func (a *archive) walk(ctx context.Context, r *repo.Repo, spans []timelineSpan, b basebackup.Backup) (walkEnd, error) {
+func (a *archive) walk(ctx context.Context, spans []timelineSpan, b basebackup.Backup) (walkEnd, error) {
 	var e walkEnd
-	var lastObj string
+	var lastObj wal.Object
+	found := false
 	no := uint64(b.StartLSN) / a.segSize
 	maxNo := uint64(0)
 	for _, s := range spans {
-		for n := range a.complete[s.tli] {
-			maxNo = max(maxNo, n)
-		}
-		for n := range a.partials[s.tli] {
+		if n, ok := a.Timeline(s.tli).MaxNo(); ok {
 			maxNo = max(maxNo, n)
 		}
 	}
 	for ; ; no++ {
 		tli := segmentTimeline(spans, no, a.segSize)
 		seg := wal.SegmentAt(tli, pglogrepl.LSN(no*a.segSize), a.segSize)
-		if a.complete[tli][no] {
-			lastObj = seg.ObjectName()
-			e.endLSN = seg.EndLSN()
-		} else if p, ok := a.partials[tli][no]; ok {
-			lastObj = p.name
-			e.endLSN = p.end
-			e.count++
-			if e.first == "" {
-				e.first = seg.Name()
+		o, ok := a.Timeline(tli).Object(no)
+		if !ok {
+			if no < maxNo {
+				e.gap = seg.ObjectName()
 			}
-			e.last = seg.Name() + " (partial)"
-			e.names = append(e.names, seg.Name())
+			break
+		}
+		lastObj, found = o, true
+		e.endLSN = o.EndLSN()
+		e.count++
+		if e.first == "" {
+			e.first = seg.Name()
+		}
+		e.last = seg.Name()
+		e.names = append(e.names, seg.Name())
+		if o.Kind == wal.KindPartial {
+			e.last += " (partial)"
 			e.lastPartial = true
 			if no < maxNo {
 				// Later WAL exists, so this segment was completed: the
@@ -409,24 +360,13 @@ func (a *archive) walk(ctx context.Context, r *repo.Repo, spans []timelineSpan, 
 				e.gap = seg.ObjectName()
 			}
 			break
-		} else {
-			if no < maxNo {
-				e.gap = seg.ObjectName()
-			}
-			break
 		}
-		e.count++
-		if e.first == "" {
-			e.first = seg.Name()
-		}
-		e.last = seg.Name()
-		e.names = append(e.names, seg.Name())
 	}
-	if lastObj == "" || e.endLSN < pglogrepl.LSN(b.EndLSN) {
+	if !found || e.endLSN < pglogrepl.LSN(b.EndLSN) {
 		missing := wal.SegmentAt(segmentTimeline(spans, no, a.segSize), pglogrepl.LSN(no*a.segSize), a.segSize)
 		return e, fmt.Errorf("backup %s needs the WAL from %s to %s, but %s is missing from the repository", b.ID, b.StartLSN, b.EndLSN, missing.ObjectName())
 	}
-	t, err := lastTime(ctx, r, lastObj)
+	_, t, err := a.lastTime(ctx, lastObj)
 	if err != nil {
 		return e, err
 	}
@@ -453,22 +393,10 @@ func ArchiveProblems(ctx context.Context, r *repo.Repo) ([]string, error) {
 		return nil, err
 	}
 	var problems []string
-	var tlis []uint32
-	for tli := range a.complete {
-		tlis = append(tlis, tli)
-	}
-	for tli := range a.partials {
-		if a.complete[tli] == nil {
-			tlis = append(tlis, tli)
-		}
-	}
-	slices.Sort(tlis)
+	tlis := a.SegmentTLIs()
 	for _, tli := range tlis {
-		if tli <= 1 {
-			continue
-		}
-		if _, err := r.Stat(ctx, wal.HistoryObjectName(tli)); err != nil {
-			problems = append(problems, fmt.Sprintf("restores onto timeline %d impossible: its history file %s is missing (%v)", tli, wal.HistoryObjectName(tli), err))
+		if tli > 1 && a.Timeline(tli).History == nil {
+			problems = append(problems, fmt.Sprintf("restores onto timeline %d impossible: its history file %s is missing", tli, wal.HistoryObjectName(tli)))
 		}
 	}
 	spans, err := readHistory(ctx, r, a.newest)
@@ -484,7 +412,7 @@ func ArchiveProblems(ctx context.Context, r *repo.Repo) ([]string, error) {
 			problems = append(problems, fmt.Sprintf("backup %s is on timeline %d, which is not an ancestor of the newest timeline %d: it cannot be restored", b.ID, b.Timeline, a.newest))
 			continue
 		}
-		end, err := a.walk(ctx, r, spans, b)
+		end, err := a.walk(ctx, spans, b)
 		if err != nil {
 			problems = append(problems, fmt.Sprintf("backup %s cannot be restored at all: %v", b.ID, err))
 			continue

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"sort"
-	"strconv"
 	"strings"
 	"time"
 
@@ -40,7 +39,6 @@ func DumpMarkerName(id string) string { return dump.ObjectPrefix(id) + markerFil
 
 const (
 	backupsPrefix = "backups/"
-	walPrefix     = "wal/"
 	mediaPrefix   = "media/objects/"
 	configPrefix  = "config/objects/"
 )
@@ -419,33 +417,25 @@ func keepWAL(kept []basebackup.Backup, tli uint32, no, segSize uint64) bool {
 // planWAL lists the WAL archive, picks the objects no kept backup needs
 // and computes the recovery windows.
 func (p *Plan) planWAL(ctx context.Context, r *repo.Repo, kept, complete []basebackup.Backup) error {
-	settings, err := wal.LoadSettings(ctx, r)
+	a, err := wal.ReadArchive(ctx, r)
 	if err != nil {
 		if repo.IsNotExist(err) {
 			return nil // no WAL archived yet
 		}
-		return fmt.Errorf("read WAL settings: %w", err)
+		return err
 	}
-	segSize := settings.SegmentSize
-	newest := map[uint32]walObj{}
+	segSize := a.Settings.SegmentSize
 	ranges := map[uint32]*WALRange{}
 	var tlis []uint32
-	err = r.List(ctx, walPrefix, func(oi storage.ObjectInfo) error {
-		parts := strings.Split(oi.Name, "/")
-		if len(parts) != 3 || len(parts[1]) != 8 || parts[1] == "history" {
-			return nil // settings, history files, anything else: kept
+	for _, o := range a.Objects {
+		if o.Kind == wal.KindHistory {
+			continue // history files are kept
 		}
-		seg, valid, isPartial, ok := parseWALName(parts, segSize)
-		if !ok {
-			return nil
-		}
-		if n, ok := newest[seg.TLI]; !ok || n.olderThan(seg.No, valid, isPartial) {
-			newest[seg.TLI] = walObj{no: seg.No, valid: valid, name: oi.Name, partial: isPartial}
-		}
+		seg := o.Segment
 		if keepWAL(kept, seg.TLI, seg.No, segSize) || len(kept) == 0 {
-			return nil
+			continue
 		}
-		p.walObjs = append(p.walObjs, oi)
+		p.walObjs = append(p.walObjs, storage.ObjectInfo{Name: o.Name, Size: o.Size})
 		rg := ranges[seg.TLI]
 		if rg == nil {
 			rg = &WALRange{Timeline: seg.TLI, First: seg.Name(), Last: seg.Name()}
@@ -454,13 +444,8 @@ func (p *Plan) planWAL(ctx context.Context, r *repo.Repo, kept, complete []baseb
 		}
 		rg.Last = seg.Name()
 		rg.Objects++
-		rg.Bytes += oi.Size
-		return nil
-	})
-	if err != nil {
-		return fmt.Errorf("list WAL: %w", err)
+		rg.Bytes += o.Size
 	}
-	sort.Slice(p.walObjs, func(i, j int) bool { return p.walObjs[i].Name < p.walObjs[j].Name })
 	sort.Slice(tlis, func(i, j int) bool { return tlis[i] < tlis[j] })
 	for _, tli := range tlis {
 		p.WAL = append(p.WAL, *ranges[tli])
@@ -468,31 +453,19 @@ func (p *Plan) planWAL(ctx context.Context, r *repo.Repo, kept, complete []baseb
 
 	// The recovery window: from the end of the oldest complete backup to
 	// the server time of the newest WAL object (on the newest timeline).
-	if len(complete) == 0 || len(newest) == 0 {
+	segTLIs := a.SegmentTLIs()
+	if len(complete) == 0 || len(segTLIs) == 0 {
 		return nil
 	}
-	var top uint32
-	for tli := range newest {
-		top = max(top, tli)
-	}
-	name := newest[top].name
-	var info repo.Info
-	for attempt := 0; ; attempt++ {
-		info, err = r.Stat(ctx, name)
-		if err == nil {
-			break
-		}
-		if !repo.IsNotExist(err) || attempt == 4 {
-			return fmt.Errorf("read the newest WAL object: %w", err)
-		}
-		// The WAL uploader replaced the open segment's partial object
-		// since the listing: look again.
-		if name, err = newestWAL(ctx, r, top, segSize); err != nil {
-			return err
-		}
-	}
-	to, err := time.Parse(time.RFC3339Nano, info.Attrs[wal.AttrLastTime])
+	newest, _ := a.Timeline(segTLIs[len(segTLIs)-1]).Newest()
+	// Times follows the WAL uploader when it replaced the open segment's
+	// partial object since the listing.
+	_, tr, err := a.Times(ctx, newest)
 	if err != nil {
+		return fmt.Errorf("read the newest WAL object: %w", err)
+	}
+	to := tr.Last
+	if to.IsZero() {
 		return nil // no time recorded: no window (as synbak list)
 	}
 	mk := func(from time.Time) *Window {
@@ -506,60 +479,6 @@ func (p *Plan) planWAL(ctx context.Context, r *repo.Repo, kept, complete []baseb
 	p.Before = mk(complete[0].EndTime)
 	p.After = mk(kept[0].EndTime)
 	return nil
-}
-
-// walObj is a WAL object: segment number, valid bytes, name.
-type walObj struct {
-	no, valid uint64
-	name      string
-	partial   bool
-}
-
-// olderThan says whether o holds less WAL than the object of segment no
-// with valid bytes: a complete segment beats a partial one of the same
-// segment, a longer partial a shorter one.
-func (o walObj) olderThan(no, valid uint64, partial bool) bool {
-	return no > o.no || (no == o.no && o.partial && (!partial || valid > o.valid))
-}
-
-// parseWALName parses the parts of wal/<TLI>/<SEG>[.partial.<VALID>].
-func parseWALName(parts []string, segSize uint64) (seg wal.Segment, valid uint64, partial, ok bool) {
-	base, off, partial := strings.Cut(parts[2], ".partial.")
-	seg, err := wal.ParseSegmentName(base, segSize)
-	if err != nil || fmt.Sprintf("%08X", seg.TLI) != parts[1] {
-		return seg, 0, false, false
-	}
-	if !partial {
-		return seg, segSize, false, true
-	}
-	v, err := strconv.ParseUint(off, 16, 64)
-	if err != nil || len(off) != 8 || v > segSize {
-		return seg, 0, false, false
-	}
-	return seg, v, true, true
-}
-
-// newestWAL returns the name of the object holding the newest WAL of
-// timeline tli.
-func newestWAL(ctx context.Context, r *repo.Repo, tli uint32, segSize uint64) (string, error) {
-	var n walObj
-	err := r.List(ctx, fmt.Sprintf("%s%08X/", walPrefix, tli), func(oi storage.ObjectInfo) error {
-		parts := strings.Split(oi.Name, "/")
-		if len(parts) != 3 {
-			return nil
-		}
-		if seg, valid, partial, ok := parseWALName(parts, segSize); ok && (n.name == "" || n.olderThan(seg.No, valid, partial)) {
-			n = walObj{no: seg.No, valid: valid, name: oi.Name, partial: partial}
-		}
-		return nil
-	})
-	if err != nil {
-		return "", fmt.Errorf("list WAL: %w", err)
-	}
-	if n.name == "" {
-		return "", fmt.Errorf("timeline %d has no WAL any more", tli)
-	}
-	return n.name, nil
 }
 
 // mediaName maps a media object's sha256 to its name.

@@ -99,7 +99,7 @@ func Run(ctx context.Context, r *repo.Repo, opts Options) (Report, error) {
 			for oi := range jobs {
 				var info repo.Info
 				var err error
-				isWAL := haveWAL && strings.HasPrefix(oi.Name, "wal/")
+				isWAL := haveWAL && wal.IsObjectName(oi.Name)
 				switch {
 				case opts.Quick:
 					info, err = r.Stat(ctx, oi.Name)
@@ -303,10 +303,11 @@ func isMeta(name string) bool { return strings.HasPrefix(name, "meta/") }
 
 // affects says what a damaged object makes impossible.
 func affects(name string) string {
+	o, _ := wal.ParseObjectName(name, 0)
 	switch {
-	case strings.HasPrefix(name, "wal/history/"):
+	case o.Kind == wal.KindHistory:
 		return "restores onto that timeline are impossible"
-	case strings.HasPrefix(name, "wal/"):
+	case wal.IsObjectName(name):
 		return "restores that replay this WAL are impossible (every target after it, from backups before it)"
 	case strings.HasPrefix(name, "backups/"):
 		id, _, _ := strings.Cut(strings.TrimPrefix(name, "backups/"), "/")

@@ -110,20 +110,14 @@ func (f *Fetcher) fetchPartial(ctx context.Context, seg Segment, dest string) er
 	if later {
 		return fmt.Errorf("%s: %w", seg.Name(), ErrNotFound)
 	}
-	var newest string
-	var valid uint64
-	err = f.repo.List(ctx, seg.ObjectName()+partialMarker, func(oi objectInfo) error {
-		if _, kind, v := parseObjectName(oi.Name, f.settings.SegmentSize); kind == kindPartial {
-			newest, valid = oi.Name, v // names sort by valid length
-		}
-		return nil
-	})
+	objs, err := ReadSegment(ctx, f.repo, seg)
 	if err != nil {
 		return err
 	}
-	if newest == "" {
+	if objs.Partial == nil {
 		return fmt.Errorf("%s: %w", seg.Name(), ErrNotFound)
 	}
+	newest, valid := objs.Partial.Name, objs.Partial.Valid
 	f.log.Info("serving the newest partial segment (end of the archive)", "object", newest)
 	rd, err := f.repo.Get(ctx, newest)
 	if err != nil {

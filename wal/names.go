@@ -112,33 +112,101 @@ func ParseHistoryName(name string) (uint32, bool) {
 	return uint32(tli), true
 }
 
-// objectKind classifies a repository object name under wal/<TLI>/.
-type objectKind int
+// ObjectKind classifies a repository object under wal/.
+type ObjectKind int
 
 const (
-	kindOther objectKind = iota
-	kindSegment
-	kindPartial
+	// KindOther is anything that is not a WAL object (wal/settings.json,
+	// foreign or malformed names).
+	KindOther ObjectKind = iota
+	// KindSegment is a complete segment, wal/<TLI>/<SEGMENT>.
+	KindSegment
+	// KindPartial is a partial copy of the open segment,
+	// wal/<TLI>/<SEGMENT>.partial.<VALID>.
+	KindPartial
+	// KindHistory is a timeline history file, wal/history/<TLI>.history.
+	KindHistory
 )
 
-// parseObjectName parses wal/<TLI>/<SEGMENT>[.partial.<OFFSET>].
-func parseObjectName(name string, segSize uint64) (Segment, objectKind, uint64) {
-	rest, ok := strings.CutPrefix(name, prefix)
-	if !ok || len(rest) < 9 || rest[8] != '/' {
-		return Segment{}, kindOther, 0
+// Object is one parsed WAL archive object name.
+type Object struct {
+	Name string
+	Kind ObjectKind
+	// TLI is the timeline: the segment's, or the history file's.
+	TLI uint32
+	// Segment is the segment a complete or partial object holds.
+	Segment Segment
+	// Valid is how many bytes of WAL the object holds from the segment's
+	// start: the segment size for a complete segment, the name's offset
+	// for a partial one.
+	Valid uint64
+	// Size is the stored size (from the listing; 0 when parsed from a
+	// name alone).
+	Size int64
+}
+
+// EndLSN is the first byte of WAL after what a segment object holds.
+func (o Object) EndLSN() pglogrepl.LSN {
+	return o.Segment.StartLSN() + pglogrepl.LSN(o.Valid)
+}
+
+// holdsMore says whether o holds WAL beyond p: a later segment, the
+// complete segment over a partial of it, a longer partial.
+func (o Object) holdsMore(p Object) bool {
+	if o.Segment.No != p.Segment.No {
+		return o.Segment.No > p.Segment.No
+	}
+	return o.Valid > p.Valid || (o.Kind == KindSegment && p.Kind == KindPartial)
+}
+
+// IsObjectName reports whether name lies in the WAL archive's part of the
+// repository (wal/...), whatever its kind.
+func IsObjectName(name string) bool { return strings.HasPrefix(name, prefix) }
+
+// ParseObjectName parses a repository object name of the WAL archive:
+// wal/<TLI>/<SEGMENT>, wal/<TLI>/<SEGMENT>.partial.<VALID> (VALID 8 hex
+// digits, at most segSize) or wal/history/<TLI>.history. The segment
+// must be on the timeline of its directory. ok is false for anything
+// else; segSize is needed for segment names (not for history files).
+func ParseObjectName(name string, segSize uint64) (o Object, ok bool) {
+	rest, found := strings.CutPrefix(name, prefix)
+	if !found {
+		return Object{}, false
+	}
+	if file, found := strings.CutPrefix(rest, "history/"); found {
+		tli, ok := ParseHistoryName(file)
+		if !ok || file != HistoryFileName(tli) {
+			return Object{}, false
+		}
+		return Object{Name: name, Kind: KindHistory, TLI: tli}, true
+	}
+	if len(rest) < 9 || rest[8] != '/' || segSize == 0 {
+		return Object{}, false
 	}
 	file := rest[9:]
 	base, off, isPartial := strings.Cut(file, partialMarker)
 	seg, err := ParseSegmentName(base, segSize)
 	if err != nil || fmt.Sprintf("%08X", seg.TLI) != rest[:8] {
-		return Segment{}, kindOther, 0
+		return Object{}, false
 	}
+	o = Object{Name: name, Kind: KindSegment, TLI: seg.TLI, Segment: seg, Valid: segSize}
 	if !isPartial {
-		return seg, kindSegment, segSize
+		return o, true
 	}
 	valid, err := strconv.ParseUint(off, 16, 64)
-	if err != nil || len(off) != 8 || valid > segSize {
-		return Segment{}, kindOther, 0
+	if err != nil || len(off) != 8 || strings.ToUpper(off) != off || valid > segSize {
+		return Object{}, false
 	}
-	return seg, kindPartial, valid
+	o.Kind, o.Valid = KindPartial, valid
+	return o, true
+}
+
+// parseObjectName is ParseObjectName for segment objects: the segment,
+// its kind (KindOther for history files too) and its valid bytes.
+func parseObjectName(name string, segSize uint64) (Segment, ObjectKind, uint64) {
+	o, ok := ParseObjectName(name, segSize)
+	if !ok || o.Kind == KindHistory {
+		return Segment{}, KindOther, 0
+	}
+	return o.Segment, o.Kind, o.Valid
 }

@@ -655,11 +655,10 @@ func readSlot(ctx context.Context, conn *pgconn.PgConn, slot string) (slotInfo, 
 	return si, nil
 }
 
-// startPoint decides where streaming resumes: at the open segment in the
-// spool, else after the newest segment stored (spool or repository), else at
-// the slot's restart_lsn; always at a segment boundary.
-func (r *Receiver) startPoint(ctx context.Context, conn *pgconn.PgConn, sp *spool, serverTLI uint32) (uint32, pglogrepl.LSN, error) {
-	var best *Segment
+// resumeSegment returns the segment streaming resumes at, nil when neither
+// the spool nor the repository holds WAL (then the slot decides), and the
+// newest complete segment in the repository (nil: none).
+func resumeSegment(ctx context.Context, rp *repo.Repo, sp *spool) (best, last *Segment, err error) {
 	consider := func(s Segment) {
 		if best == nil || s.TLI > best.TLI || (s.TLI == best.TLI && s.No > best.No) {
 			c := s
@@ -668,26 +667,23 @@ func (r *Receiver) startPoint(ctx context.Context, conn *pgconn.PgConn, sp *spoo
 	}
 	partials, err := sp.openPartials()
 	if err != nil {
-		return 0, 0, err
+		return nil, nil, err
 	}
 	pend, err := sp.pending()
 	if err != nil {
-		return 0, 0, err
+		return nil, nil, err
 	}
 	for _, e := range pend {
 		if e.valid == sp.segSize {
 			consider(e.seg.Next())
 		}
 	}
-	last, err := lastArchivedSegment(ctx, r.repo, sp.segSize)
+	last, err = lastArchivedSegment(ctx, rp, sp.segSize)
 	if err != nil {
-		return 0, 0, err
+		return nil, nil, err
 	}
 	if last != nil {
 		consider(last.Next())
-		// What is archived already (synbak status says so from the start,
-		// not "0/0" until the next segment completes).
-		r.archived(last.EndLSN())
 	}
 	// An open file is normally the segment after the newest finished one,
 	// but up to maxFinishing complete ones may have been waiting for their
@@ -706,6 +702,22 @@ func (r *Receiver) startPoint(ctx context.Context, conn *pgconn.PgConn, sp *spoo
 	}
 	if open != nil {
 		best = open
+	}
+	return best, last, nil
+}
+
+// startPoint decides where streaming resumes: at the open segment in the
+// spool, else after the newest segment stored (spool or repository), else at
+// the slot's restart_lsn; always at a segment boundary.
+func (r *Receiver) startPoint(ctx context.Context, conn *pgconn.PgConn, sp *spool, serverTLI uint32) (uint32, pglogrepl.LSN, error) {
+	best, last, err := resumeSegment(ctx, r.repo, sp)
+	if err != nil {
+		return 0, 0, err
+	}
+	if last != nil {
+		// What is archived already (synbak status says so from the start,
+		// not "0/0" until the next segment completes).
+		r.archived(last.EndLSN())
 	}
 	slot, err := readSlot(ctx, conn, r.opts.Slot)
 	if err != nil {

@@ -125,7 +125,7 @@ func CheckSegmentHeader(page []byte, seg Segment, st Settings) error {
 // which IsSegmentMismatch and repo.IsCorrupt are true.
 func CheckSegmentObject(ctx context.Context, rp *repo.Repo, name string, st Settings) (bool, error) {
 	seg, kind, valid := parseObjectName(name, st.SegmentSize)
-	if kind == kindOther || valid < LongPageHeaderSize {
+	if kind == KindOther || valid < LongPageHeaderSize {
 		return false, nil
 	}
 	rd, err := rp.Get(ctx, name)
@@ -167,7 +167,7 @@ func LongPageHeader(seg Segment, tli uint32, sysid uint64) []byte {
 // header mismatch.
 func VerifySegmentObject(ctx context.Context, rp *repo.Repo, name string, st Settings) (info repo.Info, checked bool, err error) {
 	seg, kind, valid := parseObjectName(name, st.SegmentSize)
-	if kind == kindOther || valid < LongPageHeaderSize {
+	if kind == KindOther || valid < LongPageHeaderSize {
 		info, err = rp.Verify(ctx, name)
 		return info, false, err
 	}

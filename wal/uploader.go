@@ -20,15 +20,6 @@ import (
 
 type objectInfo = storage.ObjectInfo
 
-// settingsObject records what reading the archive needs to know.
-const settingsObject = "wal/settings.json"
-
-// Settings are the archive-wide facts stored in wal/settings.json.
-type Settings struct {
-	SystemID    string `json:"system_id"`
-	SegmentSize uint64 `json:"segment_size"`
-}
-
 func storeSettings(ctx context.Context, rp *repo.Repo, sysid string, segSize uint64) error {
 	b, _ := json.Marshal(Settings{SystemID: sysid, SegmentSize: segSize})
 	if _, err := rp.Put(ctx, settingsObject, bytes.NewReader(b), nil); err != nil {
@@ -38,42 +29,6 @@ func storeSettings(ctx context.Context, rp *repo.Repo, sysid string, segSize uin
 		return fmt.Errorf("store %s: %w", settingsObject, err)
 	}
 	return nil
-}
-
-// LoadSettings reads wal/settings.json.
-func LoadSettings(ctx context.Context, rp *repo.Repo) (Settings, error) {
-	rd, err := rp.Get(ctx, settingsObject)
-	if err != nil {
-		return Settings{}, err
-	}
-	defer rd.Close()
-	var s Settings
-	b, err := io.ReadAll(rd)
-	if err != nil {
-		return Settings{}, err
-	}
-	if err := json.Unmarshal(b, &s); err != nil || s.SegmentSize == 0 {
-		return Settings{}, fmt.Errorf("%s: invalid content", settingsObject)
-	}
-	return s, nil
-}
-
-// lastArchivedSegment returns the newest complete segment in the repository
-// (highest timeline, then highest number), or nil.
-func lastArchivedSegment(ctx context.Context, rp *repo.Repo, segSize uint64) (*Segment, error) {
-	var best *Segment
-	err := rp.List(ctx, prefix, func(oi objectInfo) error {
-		seg, kind, _ := parseObjectName(oi.Name, segSize)
-		if kind != kindSegment {
-			return nil
-		}
-		if best == nil || seg.TLI > best.TLI || (seg.TLI == best.TLI && seg.No > best.No) {
-			s := seg
-			best = &s
-		}
-		return nil
-	})
-	return best, err
 }
 
 // uploadParallelism is how many finished segments are stored at once, and
@@ -395,7 +350,7 @@ func (u *uploader) deleteOlderPartials(ctx context.Context, seg Segment, valid u
 	var old []string
 	err := u.repo.List(ctx, seg.ObjectName()+partialMarker, func(oi objectInfo) error {
 		_, kind, v := parseObjectName(oi.Name, u.sp.segSize)
-		if kind == kindPartial && (all || v < valid) {
+		if kind == KindPartial && (all || v < valid) {
 			old = append(old, oi.Name)
 		}
 		return nil

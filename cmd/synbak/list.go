@@ -4,13 +4,10 @@ import (
 	"context"
 	"fmt"
 	"io"
-	"sort"
-	"strconv"
 	"strings"
 	"text/tabwriter"
 	"time"
 
-	"github.com/jackc/pglogrepl"
 	"github.com/spf13/cobra"
 
 	"github.com/synbak/synbak/basebackup"
@@ -204,91 +201,42 @@ func buildListing(ctx context.Context, r *repo.Repo) (listing, error) {
 		l.IncompleteDump = append(l.IncompleteDump, listIncomplete{ID: i.ID, Objects: i.Objects, StoredSize: i.StoredSize, LastModified: i.LastModified})
 	}
 
-	settings, err := wal.LoadSettings(ctx, r)
+	a, err := wal.ReadArchive(ctx, r)
 	if err != nil {
 		if repo.IsNotExist(err) {
 			return l, nil // no WAL archived yet
 		}
-		return l, fmt.Errorf("read WAL settings: %w", err)
+		return l, err
 	}
-	segs := map[uint32][]uint64{}
-	type partial struct {
-		no, valid uint64
-		name      string
-	}
-	partials := map[uint32]partial{}
-	err = r.List(ctx, "wal/", func(oi storage.ObjectInfo) error {
-		parts := strings.Split(oi.Name, "/")
-		if len(parts) != 3 || len(parts[1]) != 8 {
-			return nil
-		}
-		base, off, isPartial := strings.Cut(parts[2], ".partial.")
-		seg, err := wal.ParseSegmentName(base, settings.SegmentSize)
-		if err != nil {
-			return nil
-		}
-		if !isPartial {
-			segs[seg.TLI] = append(segs[seg.TLI], seg.No)
-			return nil
-		}
-		valid, err := strconv.ParseUint(off, 16, 64)
-		if err != nil {
-			return nil
-		}
-		if p, ok := partials[seg.TLI]; !ok || seg.No > p.no || (seg.No == p.no && valid > p.valid) {
-			partials[seg.TLI] = partial{no: seg.No, valid: valid, name: oi.Name}
-		}
-		return nil
-	})
-	if err != nil {
-		return l, fmt.Errorf("list WAL: %w", err)
-	}
-	var tlis []uint32
-	for tli := range segs {
-		tlis = append(tlis, tli)
-	}
-	for tli := range partials {
-		if _, ok := segs[tli]; !ok {
-			tlis = append(tlis, tli)
-		}
-	}
-	sort.Slice(tlis, func(i, j int) bool { return tlis[i] < tlis[j] })
-	var newest string // the newest WAL object: last timeline's partial or last segment
-	for _, tli := range tlis {
-		nos := segs[tli]
-		sort.Slice(nos, func(i, j int) bool { return nos[i] < nos[j] })
+	var newest wal.Object // the newest WAL object: last timeline's partial or last segment
+	for _, tli := range a.SegmentTLIs() {
+		t := a.Timeline(tli)
+		nos := t.Numbers()
 		wt := walTimeline{Timeline: tli, Ranges: []walRange{}}
-		mk := func(no uint64) wal.Segment {
-			return wal.SegmentAt(tli, pglogrepl.LSN(no*settings.SegmentSize), settings.SegmentSize)
-		}
 		for i := 0; i < len(nos); {
 			j := i
 			for j+1 < len(nos) && nos[j+1] == nos[j]+1 {
 				j++
 			}
-			first, last := mk(nos[i]), mk(nos[j])
+			first, last := t.Segments[nos[i]].Segment, t.Segments[nos[j]].Segment
 			wt.Ranges = append(wt.Ranges, walRange{
 				FirstSegment: first.Name(), LastSegment: last.Name(),
 				StartLSN: first.StartLSN().String(), EndLSN: last.EndLSN().String(), Segments: j - i + 1,
 			})
 			i = j + 1
 		}
-		if len(nos) > 0 {
-			newest = mk(nos[len(nos)-1]).ObjectName()
-		}
-		if p, ok := partials[tli]; ok && (len(nos) == 0 || p.no > nos[len(nos)-1]) {
-			s := mk(p.no)
-			wt.Partial = &walPartial{Segment: s.Name(), EndLSN: (s.StartLSN() + pglogrepl.LSN(p.valid)).String()}
-			newest = p.name
+		newest, _ = t.Newest()
+		if p, ok := t.Partial(); ok {
+			wt.Partial = &walPartial{Segment: p.Segment.Name(), EndLSN: p.EndLSN().String()}
 		}
 		l.WAL = append(l.WAL, wt)
 	}
-	if len(bs) > 0 && newest != "" {
-		info, err := r.Stat(ctx, newest)
+	if len(bs) > 0 && newest.Name != "" {
+		_, tr, err := a.Times(ctx, newest)
 		if err != nil {
 			return l, err
 		}
-		if to, err := time.Parse(time.RFC3339Nano, info.Attrs[wal.AttrLastTime]); err == nil {
+		if to := tr.Last; !to.IsZero() {
 			// A complete backup's WAL is archived up to its end, so the
 			// window reaches at least that far even when the newest WAL's
 			// server time (another clock) reads a little earlier.
