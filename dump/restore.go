@@ -256,10 +256,20 @@ func connect(ctx context.Context, params map[string]string, origin string) (*pgx
 	}
 	conn, err := pgx.ConnectConfig(ctx, cfg)
 	if err != nil {
-		return nil, src.Explain(err)
+		return nil, explained{msg: src.Explain(err), cause: err}
 	}
 	return conn, nil
 }
+
+// explained is a connection error as pgsource explains it, which keeps
+// the server's error (its SQLSTATE) for predicates.
+type explained struct{ msg, cause error }
+
+func (e explained) Error() string   { return e.msg.Error() }
+func (e explained) Unwrap() []error { return []error{e.msg, e.cause} }
+
+// sqlStateInvalidCatalogName: the database does not exist.
+const sqlStateInvalidCatalogName = "3D000"
 
 func pgCode(err error) string {
 	var pe *pgconn.PgError
@@ -280,7 +290,7 @@ func connectMaintenance(ctx context.Context, t Target) (*pgx.Conn, map[string]st
 			return conn, params, nil
 		}
 		lastErr = err
-		if !strings.Contains(err.Error(), "3D000") && !strings.Contains(err.Error(), "does not exist") {
+		if pgCode(err) != sqlStateInvalidCatalogName {
 			break
 		}
 	}

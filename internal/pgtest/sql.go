@@ -2,6 +2,7 @@ package pgtest
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -221,7 +222,8 @@ func (c *Cluster) CreatePasswordRole(t testing.TB, role, password string, attrs 
 	for {
 		conn, err := pgx.Connect(context.Background(), fmt.Sprintf("host=127.0.0.1 port=%d user=%s dbname=postgres sslmode=disable password=wrong-%d", c.Port, role, time.Now().UnixNano()))
 		if err != nil {
-			if strings.Contains(err.Error(), "password authentication failed") {
+			var pe *pgconn.PgError
+			if errors.As(err, &pe) && pe.Code == "28P01" { // invalid_password
 				return
 			}
 		} else {

@@ -383,8 +383,7 @@ func isConditionalConflict(err error) bool {
 // fails with 412 before reading the body, and close. Repeating the
 // conditional PUT is safe: it gets its 412 and the content is compared.
 func isConnReset(err error) bool {
-	return errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.EPIPE) ||
-		strings.Contains(err.Error(), "connection reset by peer") || strings.Contains(err.Error(), "broken pipe")
+	return errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.EPIPE)
 }
 
 // Put implements storage.Backend.
