@@ -361,8 +361,8 @@ func (a *Agent) Status() Status {
 			Archived: w.Archived.String(), LastMsg: w.ServerTime, LastError: w.LastError, ArchivedAt: archivedAt,
 			Stored: w.Stored.String(), UnstoredBytes: w.UnstoredBytes(), UnstoredSeconds: unstoredAge(w, now).Seconds(),
 			Spooled: w.Spooled, UploadError: w.UploadError}
-		if probe != nil && probe.Up && probe.ServerLSN > uint64(w.Flushed) {
-			ws.LagBytes = int64(probe.ServerLSN - uint64(w.Flushed))
+		if probe != nil && probe.Up && probe.ServerLSN > w.Flushed {
+			ws.LagBytes = int64(probe.ServerLSN - w.Flushed)
 		}
 		st.WAL = ws
 		st.Problems = append(st.Problems, a.archiveProblems(w, archivedAt, now)...)

@@ -136,7 +136,7 @@ func (a *Agent) registerMetrics() {
 	})
 	gauge("synbak_wal_lag_bytes", "Bytes of WAL the server has that the agent has not made durable (needs the probe).", func() float64 {
 		p := probeSt()
-		f := uint64(walSt().Flushed)
+		f := walSt().Flushed
 		if !p.Up || p.ServerLSN <= f {
 			return 0
 		}

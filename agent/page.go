@@ -72,8 +72,8 @@ func (a *Agent) recordHistory(now time.Time) {
 			s.BacklogBytes = int64(w.Flushed - w.Archived)
 		}
 		if a.opts.Probe != nil {
-			if p := a.opts.Probe.Status(); p.Up && p.ServerLSN > uint64(w.Flushed) {
-				s.LagBytes = int64(p.ServerLSN - uint64(w.Flushed))
+			if p := a.opts.Probe.Status(); p.Up && p.ServerLSN > w.Flushed {
+				s.LagBytes = int64(p.ServerLSN - w.Flushed)
 			}
 		}
 	}

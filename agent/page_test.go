@@ -96,7 +96,7 @@ func yearRepo(t testing.TB) (*repo.Repo, time.Time, int) {
 			tli = 2
 		}
 		st := segTime(no)
-		bk := basebackup.Backup{ID: basebackup.NewID(st), StartLSN: basebackup.LSN(no*seg + 0x28), EndLSN: basebackup.LSN(no*seg + 0x100),
+		bk := basebackup.Backup{ID: basebackup.NewID(st), StartLSN: pglogrepl.LSN(no*seg + 0x28), EndLSN: pglogrepl.LSN(no*seg + 0x100),
 			Timeline: tli, EndTimeline: tli, StartTime: st, EndTime: st.Add(5 * time.Minute), PGVersion: 170000, SystemID: "7", SegmentSize: seg}
 		meta, _ := json.Marshal(bk)
 		put(basebackup.MetaName(bk.ID), meta, map[string]string{"kind": "basebackup"})

@@ -2,6 +2,7 @@ package agent
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"sync"
 	"time"
@@ -21,8 +22,47 @@ type ProbeStatus struct {
 	// ServerLSN is the server's current WAL position (its receive position
 	// on a standby); SlotLag is how far the slot's restart_lsn is behind
 	// it, in bytes (-1 when the slot does not exist).
-	ServerLSN uint64 `json:"server_lsn"`
-	SlotLag   int64  `json:"slot_lag_bytes"`
+	ServerLSN pglogrepl.LSN `json:"server_lsn"`
+	SlotLag   int64         `json:"slot_lag_bytes"`
+}
+
+// MarshalJSON writes the status with its LSN as X/X.
+func (s ProbeStatus) MarshalJSON() ([]byte, error) {
+	type plain ProbeStatus
+	return json.Marshal(struct {
+		plain
+		ServerLSN string `json:"server_lsn"`
+	}{plain(s), s.ServerLSN.String()})
+}
+
+// UnmarshalJSON reads what MarshalJSON writes, and the integer that agents
+// before it wrote.
+func (s *ProbeStatus) UnmarshalJSON(data []byte) error {
+	type plain ProbeStatus
+	v := struct {
+		*plain
+		ServerLSN json.RawMessage `json:"server_lsn"`
+	}{plain: (*plain)(s)}
+	if err := json.Unmarshal(data, &v); err != nil {
+		return err
+	}
+	s.ServerLSN = 0
+	var text string
+	var n uint64
+	switch {
+	case len(v.ServerLSN) == 0:
+	case json.Unmarshal(v.ServerLSN, &n) == nil:
+		s.ServerLSN = pglogrepl.LSN(n)
+	case json.Unmarshal(v.ServerLSN, &text) == nil:
+		lsn, err := pglogrepl.ParseLSN(text)
+		if err != nil {
+			return fmt.Errorf("server_lsn: %w", err)
+		}
+		s.ServerLSN = lsn
+	default:
+		return fmt.Errorf("server_lsn: %s is not an LSN", v.ServerLSN)
+	}
+	return nil
 }
 
 // Probe asks the server, every Interval, for its WAL position and the
@@ -80,7 +120,7 @@ func (p *Probe) once(ctx context.Context) {
 	p.status = ProbeStatus{Up: true, LastOK: time.Now(), ServerLSN: lsn, SlotLag: lag}
 }
 
-func (p *Probe) query(ctx context.Context) (uint64, int64, error) {
+func (p *Probe) query(ctx context.Context) (pglogrepl.LSN, int64, error) {
 	conn, err := p.Connect(ctx)
 	if err != nil {
 		return 0, 0, err
@@ -100,11 +140,11 @@ func (p *Probe) query(ctx context.Context) (uint64, int64, error) {
 		return 0, 0, err
 	}
 	if res.Rows[0][1] == nil {
-		return uint64(cur), -1, nil
+		return cur, -1, nil
 	}
 	restart, err := pglogrepl.ParseLSN(string(res.Rows[0][1]))
 	if err != nil {
 		return 0, 0, err
 	}
-	return uint64(cur), int64(cur) - int64(restart), nil
+	return cur, int64(cur) - int64(restart), nil
 }

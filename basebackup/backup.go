@@ -207,7 +207,7 @@ func (t *taker) run() error {
 	}
 	t.b.EndTime = time.Now().UTC()
 	t.log.Info("base backup streamed; waiting for its WAL",
-		"start_lsn", t.b.StartLSN, "end_lsn", t.b.EndLSN, "size", t.b.Size(), "stored", t.b.StoredSize())
+		"start_lsn", t.b.StartLSN.String(), "end_lsn", t.b.EndLSN.String(), "size", t.b.Size(), "stored", t.b.StoredSize())
 	t.progress.Phase = "waiting for WAL"
 	t.report(true)
 	if err := t.waitWAL(); err != nil {
@@ -418,7 +418,7 @@ func (t *taker) header(sets [][][]*string) error {
 		t.b.Tablespaces = append(t.b.Tablespaces, ts)
 		t.progress.Total += ts.Size
 	}
-	t.log.Info("backup started", "start_lsn", t.b.StartLSN, "timeline", t.b.Timeline, "estimated_size", t.progress.Total, "tablespaces", len(t.b.Tablespaces))
+	t.log.Info("backup started", "start_lsn", t.b.StartLSN.String(), "timeline", t.b.Timeline, "estimated_size", t.progress.Total, "tablespaces", len(t.b.Tablespaces))
 	t.report(true)
 	return nil
 }
@@ -445,7 +445,7 @@ func (t *taker) tablespaceOID(archive, path string) (uint32, error) {
 	return 0, fmt.Errorf("%w: archive %q for tablespace %q, which is not in the tablespace list", ErrProtocol, archive, path)
 }
 
-func position(row []*string) (LSN, uint32, error) {
+func position(row []*string) (pglogrepl.LSN, uint32, error) {
 	if row[0] == nil || row[1] == nil {
 		return 0, 0, fmt.Errorf("%w: NULL position", ErrProtocol)
 	}
@@ -457,18 +457,18 @@ func position(row []*string) (LSN, uint32, error) {
 	if err != nil {
 		return 0, 0, fmt.Errorf("%w: timeline %q", ErrProtocol, *row[1])
 	}
-	return LSN(lsn), uint32(tli), nil
+	return lsn, uint32(tli), nil
 }
 
 // Segments returns the WAL segments the backup needs, in order: from the
 // one holding StartLSN to the one holding the last byte before EndLSN.
 func (b Backup) Segments() []wal.Segment {
-	first := wal.SegmentAt(b.Timeline, pglogrepl.LSN(b.StartLSN), b.SegmentSize)
+	first := wal.SegmentAt(b.Timeline, b.StartLSN, b.SegmentSize)
 	end := b.EndLSN
 	if end > b.StartLSN {
 		end--
 	}
-	last := wal.SegmentAt(b.EndTimeline, pglogrepl.LSN(end), b.SegmentSize)
+	last := wal.SegmentAt(b.EndTimeline, end, b.SegmentSize)
 	var out []wal.Segment
 	for s := first; s.No <= last.No; s = s.Next() {
 		if s.No == last.No {
@@ -533,7 +533,7 @@ func (t *taker) partialStored(s wal.Segment) (bool, error) {
 	if err != nil {
 		return false, err
 	}
-	return objs.Partial != nil && objs.Partial.EndLSN() >= pglogrepl.LSN(t.b.EndLSN), nil
+	return objs.Partial != nil && objs.Partial.EndLSN() >= t.b.EndLSN, nil
 }
 
 // cleanup deletes what a failed backup stored (best effort; ctx may be

@@ -50,22 +50,37 @@ func NewID(t time.Time) string {
 	return t.UTC().Format(idLayout) + "-" + hex.EncodeToString(b[:])
 }
 
-// LSN is a WAL position that reads and writes itself as PostgreSQL's X/X.
-type LSN uint64
+// MarshalJSON writes the backup's metadata with its LSNs as PostgreSQL's
+// X/X (pglogrepl.LSN has no text marshalling): the outer fields shadow the
+// embedded ones of the same name, every other field is written as is.
+func (b Backup) MarshalJSON() ([]byte, error) {
+	type plain Backup
+	return json.Marshal(struct {
+		plain
+		StartLSN string `json:"start_lsn"`
+		EndLSN   string `json:"end_lsn"`
+	}{plain(b), b.StartLSN.String(), b.EndLSN.String()})
+}
 
-// String formats the LSN as X/X.
-func (l LSN) String() string { return pglogrepl.LSN(l).String() }
-
-// MarshalText implements encoding.TextMarshaler.
-func (l LSN) MarshalText() ([]byte, error) { return []byte(l.String()), nil }
-
-// UnmarshalText implements encoding.TextUnmarshaler.
-func (l *LSN) UnmarshalText(b []byte) error {
-	v, err := pglogrepl.ParseLSN(string(b))
-	if err != nil {
+// UnmarshalJSON reads what MarshalJSON writes (and what every earlier
+// version wrote).
+func (b *Backup) UnmarshalJSON(data []byte) error {
+	type plain Backup
+	v := struct {
+		*plain
+		StartLSN string `json:"start_lsn"`
+		EndLSN   string `json:"end_lsn"`
+	}{plain: (*plain)(b)}
+	if err := json.Unmarshal(data, &v); err != nil {
 		return err
 	}
-	*l = LSN(v)
+	var err error
+	if b.StartLSN, err = pglogrepl.ParseLSN(v.StartLSN); err != nil {
+		return fmt.Errorf("start_lsn: %w", err)
+	}
+	if b.EndLSN, err = pglogrepl.ParseLSN(v.EndLSN); err != nil {
+		return fmt.Errorf("end_lsn: %w", err)
+	}
 	return nil
 }
 
@@ -76,8 +91,8 @@ type Backup struct {
 	// StartLSN is where recovery starts (the checkpoint's redo point);
 	// EndLSN is the minimum recovery point: WAL from StartLSN to EndLSN is
 	// needed to make the restored cluster consistent.
-	StartLSN LSN `json:"start_lsn"`
-	EndLSN   LSN `json:"end_lsn"`
+	StartLSN pglogrepl.LSN `json:"start_lsn"`
+	EndLSN   pglogrepl.LSN `json:"end_lsn"`
 	// Timeline is the timeline at the start, EndTimeline at the end.
 	// StartTime is when the backup started, EndTime when the server had
 	// sent everything (before the wait for the WAL), both client clock.

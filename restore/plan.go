@@ -2,6 +2,7 @@ package restore
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"slices"
@@ -21,9 +22,43 @@ type Point struct {
 	// Time: every transaction committed at or before it (server clock).
 	Time time.Time `json:"time,omitzero"`
 	// LSN: every transaction committed at or before this WAL position.
-	LSN basebackup.LSN `json:"lsn,omitempty"`
+	LSN pglogrepl.LSN `json:"lsn,omitempty"`
 	// Latest: the end of the archive.
 	Latest bool `json:"latest,omitempty"`
+}
+
+// MarshalJSON writes the point with its LSN as X/X.
+func (p Point) MarshalJSON() ([]byte, error) {
+	type plain Point
+	v := struct {
+		plain
+		LSN string `json:"lsn,omitempty"`
+	}{plain: plain(p)}
+	if p.LSN != 0 {
+		v.LSN = p.LSN.String()
+	}
+	return json.Marshal(v)
+}
+
+// UnmarshalJSON reads what MarshalJSON writes.
+func (p *Point) UnmarshalJSON(data []byte) error {
+	type plain Point
+	v := struct {
+		*plain
+		LSN string `json:"lsn,omitempty"`
+	}{plain: (*plain)(p)}
+	if err := json.Unmarshal(data, &v); err != nil {
+		return err
+	}
+	p.LSN = 0
+	if v.LSN != "" {
+		lsn, err := pglogrepl.ParseLSN(v.LSN)
+		if err != nil {
+			return fmt.Errorf("lsn: %w", err)
+		}
+		p.LSN = lsn
+	}
+	return nil
 }
 
 func (p Point) validate() error {
@@ -102,11 +137,11 @@ func IsRefused(err error) bool { return errors.Is(err, ErrRefused) }
 type Plan struct {
 	Target Point `json:"target"`
 	// Backup is the base backup restored.
-	BackupID       string    `json:"backup_id"`
-	BackupStartLSN string    `json:"backup_start_lsn"`
-	BackupEndLSN   string    `json:"backup_end_lsn"`
-	BackupEndTime  time.Time `json:"backup_end_time"`
-	PGVersion      int       `json:"pg_version_num"`
+	BackupID       string        `json:"backup_id"`
+	BackupStartLSN pglogrepl.LSN `json:"backup_start_lsn"`
+	BackupEndLSN   pglogrepl.LSN `json:"backup_end_lsn"`
+	BackupEndTime  time.Time     `json:"backup_end_time"`
+	PGVersion      int           `json:"pg_version_num"`
 	// Timeline is the timeline recovery follows to the target.
 	Timeline uint32 `json:"timeline"`
 	// FirstSegment..LastSegment are the WAL objects replay needs (proved
@@ -116,9 +151,9 @@ type Plan struct {
 	Segments     int    `json:"segments"`
 	// ArchiveEndLSN is the end of the contiguous WAL in the repository and
 	// ArchiveCompleteTo the server time up to which it is known complete.
-	ArchiveEndLSN     string    `json:"archive_end_lsn"`
-	ArchiveCompleteTo time.Time `json:"archive_complete_to"`
-	Window            *Window   `json:"recovery_window"`
+	ArchiveEndLSN     pglogrepl.LSN `json:"archive_end_lsn"`
+	ArchiveCompleteTo time.Time     `json:"archive_complete_to"`
+	Window            *Window       `json:"recovery_window"`
 
 	backup basebackup.Backup
 	// segments are the names PostgreSQL asks restore_command for, in
@@ -127,6 +162,17 @@ type Plan struct {
 	segments    []string
 	lastPartial bool
 	segSize     uint64
+}
+
+// MarshalJSON writes the plan with its LSNs as X/X.
+func (p Plan) MarshalJSON() ([]byte, error) {
+	type plain Plan
+	return json.Marshal(struct {
+		plain
+		BackupStartLSN string `json:"backup_start_lsn"`
+		BackupEndLSN   string `json:"backup_end_lsn"`
+		ArchiveEndLSN  string `json:"archive_end_lsn"`
+	}{plain(p), p.BackupStartLSN.String(), p.BackupEndLSN.String(), p.ArchiveEndLSN.String()})
 }
 
 // Backup returns the backup the plan restores.
@@ -271,7 +317,7 @@ func NewPlan(ctx context.Context, r *repo.Repo, target Point) (Plan, error) {
 	if end.gap != "" && !target.Latest {
 		// WAL exists beyond a hole: a target past the hole cannot be
 		// reached; one before it is fine if the WAL before is complete.
-		if (!target.Time.IsZero() && target.Time.After(end.completeTo)) || (target.LSN != 0 && target.LSN > basebackup.LSN(end.endLSN)) {
+		if (!target.Time.IsZero() && target.Time.After(end.completeTo)) || (target.LSN != 0 && target.LSN > end.endLSN) {
 			return Plan{}, fmt.Errorf("%w: WAL segment %s is missing from the repository, so the archive after it cannot be replayed; %s", ErrRefused, end.gap, window)
 		}
 	}
@@ -282,16 +328,16 @@ func NewPlan(ctx context.Context, r *repo.Repo, target Point) (Plan, error) {
 		return Plan{}, fmt.Errorf("%w: target %s is after %s, the time up to which the archived WAL is known complete: %s",
 			ErrRefused, target, end.completeTo.UTC().Format(time.RFC3339Nano), window)
 	}
-	if target.LSN != 0 && target.LSN > basebackup.LSN(end.endLSN) {
+	if target.LSN != 0 && target.LSN > end.endLSN {
 		return Plan{}, fmt.Errorf("%w: target %s is after the end of the archived WAL (%s): %s", ErrRefused, target, end.endLSN, window)
 	}
 	return Plan{
 		Target:   target,
-		BackupID: b.ID, BackupStartLSN: b.StartLSN.String(), BackupEndLSN: b.EndLSN.String(),
+		BackupID: b.ID, BackupStartLSN: b.StartLSN, BackupEndLSN: b.EndLSN,
 		BackupEndTime: b.EndTime.UTC(), PGVersion: b.PGVersion,
 		Timeline:     spans[len(spans)-1].tli,
 		FirstSegment: end.first, LastSegment: end.last, Segments: end.count,
-		ArchiveEndLSN: end.endLSN.String(), ArchiveCompleteTo: end.completeTo.UTC(),
+		ArchiveEndLSN: end.endLSN, ArchiveCompleteTo: end.completeTo.UTC(),
 		Window: window,
 		backup: b, segments: end.names, lastPartial: end.lastPartial, segSize: a.segSize,
 	}, nil
@@ -362,7 +408,7 @@ func (a *archive) walk(ctx context.Context, spans []timelineSpan, b basebackup.B
 			break
 		}
 	}
-	if !found || e.endLSN < pglogrepl.LSN(b.EndLSN) {
+	if !found || e.endLSN < b.EndLSN {
 		missing := wal.SegmentAt(segmentTimeline(spans, no, a.segSize), pglogrepl.LSN(no*a.segSize), a.segSize)
 		return e, fmt.Errorf("backup %s needs the WAL from %s to %s, but %s is missing from the repository", b.ID, b.StartLSN, b.EndLSN, missing.ObjectName())
 	}

@@ -81,7 +81,7 @@ func TestPlanFollowsTimelines(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if p.Timeline != 2 || p.FirstSegment != "000000010000000000000002" || p.LastSegment != "000000020000000000000007 (partial)" || p.Segments != 6 || p.ArchiveEndLSN != "0/701000" {
+	if p.Timeline != 2 || p.FirstSegment != "000000010000000000000002" || p.LastSegment != "000000020000000000000007 (partial)" || p.Segments != 6 || p.ArchiveEndLSN.String() != "0/701000" {
 		t.Errorf("plan %+v", p)
 	}
 	if !p.ArchiveCompleteTo.Equal(f.t0.Add(7*time.Minute)) || !p.Window.From.Equal(f.t0) || !p.Window.To.Equal(f.t0.Add(7*time.Minute)) {

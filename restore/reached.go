@@ -38,7 +38,7 @@ func (s *server) checkReached(ctx context.Context, p Plan, endOfArchive bool, ws
 	}
 	logText, _ := os.ReadFile(s.logFile)
 	if !p.Target.Latest && !endOfArchive {
-		if p.Target.LSN != 0 && reached >= pglogrepl.LSN(p.Target.LSN) {
+		if p.Target.LSN != 0 && reached >= p.Target.LSN {
 			return nil
 		}
 		if strings.Contains(string(logText), "LOG:  recovery stopping ") {

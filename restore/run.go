@@ -669,7 +669,7 @@ func Run(ctx context.Context, opts Options) (rep Report, err error) {
 	}()
 	rep.Running = true
 	if opts.Progress != nil {
-		endLSN, _ := pglogrepl.ParseLSN(plan.ArchiveEndLSN)
+		endLSN := plan.ArchiveEndLSN
 		srv.progress = func(replay pglogrepl.LSN, commit *time.Time) {
 			opts.Progress(Progress{Phase: "recovery", ReplayLSN: replay, EndLSN: endLSN, LastCommit: commit})
 		}

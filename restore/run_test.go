@@ -332,7 +332,7 @@ func TestRestore(t *testing.T) {
 		if n := rc.Int64(t, "synapse", "select count(*) from markers"); n != 0 {
 			t.Errorf("restored to the backup's end LSN: %d markers, want 0", n)
 		}
-		if _, err := restore.NewPlan(ctx, r, restore.Point{LSN: basebackup.LSN(endLSN) + 1<<24}); !restore.IsRefused(err) {
+		if _, err := restore.NewPlan(ctx, r, restore.Point{LSN: endLSN + 1<<24}); !restore.IsRefused(err) {
 			t.Errorf("LSN after the archive: %v, want refused", err)
 		}
 	})

@@ -578,7 +578,7 @@ func (r *Receiver) session(ctx context.Context, sp *spool, up *uploader) (err er
 		if err := storeHistory(ctx, conn, r.repo, next.tli); err != nil {
 			return err
 		}
-		r.log.Info("following timeline switch", "timeline", next.tli, "lsn", next.switchLSN)
+		r.log.Info("following timeline switch", "timeline", next.tli, "lsn", next.switchLSN.String())
 		tli = next.tli
 		start = SegmentAt(tli, next.switchLSN, segSize).StartLSN()
 	}
@@ -735,16 +735,16 @@ func (r *Receiver) startPoint(ctx context.Context, conn *pgconn.PgConn, sp *spoo
 			tli = serverTLI
 		}
 		s := SegmentAt(tli, slot.restartLSN, sp.segSize)
-		r.log.Info("starting at the slot's restart_lsn", "lsn", s.StartLSN(), "timeline", tli)
+		r.log.Info("starting at the slot's restart_lsn", "lsn", s.StartLSN().String(), "timeline", tli)
 		return tli, s.StartLSN(), nil
 	}
 	if best.StartLSN() < SegmentAt(best.TLI, slot.restartLSN, sp.segSize).StartLSN() {
 		// The slot does not protect this WAL (it was dropped and
 		// recreated); the server may still have it. If not, START_REPLICATION
 		// says so and startError reports the gap.
-		r.log.Warn("the archive ends before the slot's restart_lsn; trying to stream the WAL in between", "lsn", best.StartLSN(), "restart_lsn", slot.restartLSN)
+		r.log.Warn("the archive ends before the slot's restart_lsn; trying to stream the WAL in between", "lsn", best.StartLSN().String(), "restart_lsn", slot.restartLSN.String())
 	}
-	r.log.Info("resuming after the archived WAL", "lsn", best.StartLSN(), "timeline", best.TLI)
+	r.log.Info("resuming after the archived WAL", "lsn", best.StartLSN().String(), "timeline", best.TLI)
 	return best.TLI, best.StartLSN(), nil
 }
 
@@ -759,7 +759,7 @@ func (r *Receiver) stream(ctx context.Context, conn *pgconn.PgConn, sp *spool, u
 		return nil, startError(err, r.opts.Slot, start)
 	}
 	r.streamed = true
-	r.log.Info("streaming", "lsn", start, "timeline", tli)
+	r.log.Info("streaming", "lsn", start.String(), "timeline", tli)
 	r.update(func(s *Status) { s.Timeline = tli; s.Streaming = true; s.LastError = "" })
 
 	st := &streamState{sp: sp, up: up, tli: tli, pos: start, flushed: start, fin: newFinisher(sp, up)}
@@ -886,7 +886,7 @@ func (r *Receiver) shutdown(conn *pgconn.PgConn, st *streamState) error {
 		r.requestPartial(st.up, st.sp, st.cur.seg, st.cur.synced, st.cur.times())
 	}
 	_, _ = pglogrepl.SendStandbyCopyDone(ctx, conn)
-	r.log.Info("WAL streaming stopped", "flushed", st.flushed)
+	r.log.Info("WAL streaming stopped", "flushed", st.flushed.String())
 	return nil
 }
 

@@ -13,7 +13,6 @@ import (
 	"github.com/jackc/pglogrepl"
 	"github.com/spf13/cobra"
 
-	"github.com/synbak/synbak/basebackup"
 	"github.com/synbak/synbak/internal/config"
 	"github.com/synbak/synbak/restore"
 )
@@ -172,7 +171,7 @@ func (f restoreFlags) target() (restore.Point, error) {
 		if err != nil || l == 0 {
 			return restore.Point{}, fmt.Errorf("--target-lsn %q: an LSN is written X/X in hex, like 0/3000060", f.targetLSN)
 		}
-		return restore.Point{LSN: basebackup.LSN(l)}, nil
+		return restore.Point{LSN: l}, nil
 	default:
 		t, err := parseTargetTime(f.targetTime)
 		if err != nil {

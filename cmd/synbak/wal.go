@@ -82,7 +82,7 @@ func runWALStream(ctx context.Context, cfg *config.Config) error {
 				return
 			case <-t.C:
 				st := rcv.Status()
-				log.Info("WAL progress", "timeline", st.Timeline, "received", st.Received, "flushed", st.Flushed, "archived", st.Archived, "streaming", st.Streaming)
+				log.Info("WAL progress", "timeline", st.Timeline, "received", st.Received.String(), "flushed", st.Flushed.String(), "archived", st.Archived.String(), "streaming", st.Streaming)
 			}
 		}
 	}()

@@ -148,7 +148,7 @@ func New(t testing.TB, t0 time.Time) *World {
 		st := w.D(float64(i))
 		bk := basebackup.Backup{
 			ID:       id(st, i),
-			StartLSN: basebackup.LSN(s.seg*SegSize + 0x28), EndLSN: basebackup.LSN(s.seg*SegSize + 0x100),
+			StartLSN: pglogrepl.LSN(s.seg*SegSize + 0x28), EndLSN: pglogrepl.LSN(s.seg*SegSize + 0x100),
 			Timeline: s.tli, EndTimeline: s.tli, StartTime: st, EndTime: st.Add(10 * time.Minute),
 			PGVersion: 170000, SystemID: "7", SegmentSize: SegSize,
 		}

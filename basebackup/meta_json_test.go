@@ -1,0 +1,87 @@
+package basebackup
+
+import (
+	"bytes"
+	"encoding/json"
+	"flag"
+	"os"
+	"path/filepath"
+	"testing"
+
+	"github.com/google/go-cmp/cmp"
+	"github.com/jackc/pglogrepl"
+)
+
+var update = flag.Bool("update", false, "rewrite the golden files in testdata/")
+
+// golden compares got with testdata/name, or rewrites it with -update.
+func golden(t *testing.T, name string, got []byte) {
+	t.Helper()
+	path := filepath.Join("testdata", name)
+	if *update {
+		if err := os.WriteFile(path, got, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		return
+	}
+	want, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatalf("%v (run go test -update to create it)", err)
+	}
+	if d := cmp.Diff(string(want), string(got)); d != "" {
+		t.Errorf("%s differs (-want +got; go test -update rewrites it):\n%s", path, d)
+	}
+}
+
+// TestBackupJSON: a backup.json written by earlier versions (LSNs as X/X
+// text) loads into pglogrepl.LSN fields, and writing it again keeps every
+// field it had, LSNs still as X/X.
+func TestBackupJSON(t *testing.T) {
+	old, err := os.ReadFile(filepath.Join("testdata", "backup-v1.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var b Backup
+	if err := json.Unmarshal(old, &b); err != nil {
+		t.Fatal(err)
+	}
+	if b.StartLSN != pglogrepl.LSN(0x2000028) || b.EndLSN != pglogrepl.LSN(0x1_A0000100) {
+		t.Errorf("LSNs %s, %s; want 0/2000028, 1/A0000100", b.StartLSN, b.EndLSN)
+	}
+	if b.ID != "20261124T100000Z-a1b2c3" || b.EndTimeline != 2 || b.SegmentSize != 16<<20 || len(b.Archives) != 2 ||
+		b.Archives[1].TablespaceOID != 16385 || b.Manifest.Size != 181234 || b.Facts["server_name"] != "example.org" {
+		t.Errorf("fields lost: %+v", b)
+	}
+
+	out, err := json.MarshalIndent(b, "", "  ")
+	if err != nil {
+		t.Fatal(err)
+	}
+	golden(t, "backup.golden.json", append(out, '\n'))
+	// Every field of the old file survives a rewrite unchanged.
+	var was, now map[string]any
+	if err := json.Unmarshal(old, &was); err != nil {
+		t.Fatal(err)
+	}
+	if err := json.Unmarshal(out, &now); err != nil {
+		t.Fatal(err)
+	}
+	for k, v := range was {
+		if d := cmp.Diff(v, now[k]); d != "" {
+			t.Errorf("field %s changed on rewrite (-old +new):\n%s", k, d)
+		}
+	}
+	var again Backup
+	if err := json.Unmarshal(out, &again); err != nil || !cmp.Equal(again, b) {
+		t.Errorf("round trip: %v\n%s", err, cmp.Diff(b, again))
+	}
+
+	for _, bad := range []string{`{"start_lsn":"x","end_lsn":"0/1"}`, `{"start_lsn":"0/1","end_lsn":12}`, `{"start_lsn":"0/1"}`} {
+		if err := json.Unmarshal([]byte(bad), new(Backup)); err == nil {
+			t.Errorf("%s: accepted", bad)
+		}
+	}
+	if !bytes.Contains(out, []byte(`"end_lsn": "1/A0000100"`)) {
+		t.Errorf("LSN not written as X/X:\n%s", out)
+	}
+}
