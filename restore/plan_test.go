@@ -158,3 +158,31 @@ func TestPlanRefusesAGap(t *testing.T) {
 		t.Errorf("backup WAL missing: %v", err)
 	}
 }
+
+// TestPlanGolden: the plan's text (--dry-run) and JSON over the fixed
+// archive, for each kind of target.
+func TestPlanGolden(t *testing.T) {
+	ctx := context.Background()
+	f := newFakeArchive(t)
+	for _, c := range []struct {
+		name string
+		p    restore.Point
+	}{
+		{"latest", restore.Point{Latest: true}},
+		{"time", restore.Point{Time: f.t0.Add(5*time.Minute + 30*time.Second)}},
+		{"lsn", restore.Point{LSN: 0x5A0000}},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			p, err := restore.NewPlan(ctx, f.r, c.p)
+			if err != nil {
+				t.Fatal(err)
+			}
+			restore.Golden(t, "plan."+c.name+".txt", []byte(p.String()))
+			js, err := json.MarshalIndent(p, "", "  ")
+			if err != nil {
+				t.Fatal(err)
+			}
+			restore.Golden(t, "plan."+c.name+".json", append(js, '\n'))
+		})
+	}
+}

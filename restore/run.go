@@ -888,21 +888,27 @@ func (o *Options) configure(p Plan, owner *Owner, restoreCommand, sock string) (
 	if err != nil && !errors.Is(err, os.ErrNotExist) {
 		return nil, err
 	}
-	var sb strings.Builder
-	sb.WriteString(privateHeader)
-	sb.WriteString(setting("listen_addresses", "127.0.0.1"))
-	sb.WriteString(fmt.Sprintf("port = %d\n", s.port))
-	sb.WriteString(setting("unix_socket_directories", s.sockDir))
-	sb.WriteString(setting("hba_file", hba))
-	sb.WriteString("archive_mode = off\n")
-	sb.WriteString(setting("synchronous_standby_names", ""))
-	// The restore reads the server's log: messages in English.
-	sb.WriteString(setting("lc_messages", "C"))
-	s.private = sb.String()
+	s.private = privateSettings(s.port, s.sockDir, hba)
 	if err := s.writeAuto(p.Target.recoveryTarget()); err != nil {
 		return nil, err
 	}
 	return s, nil
+}
+
+// privateSettings are the settings the restored server runs with during
+// the restore: reachable only by the restore, archiving off, messages in
+// English (the restore reads the server's log).
+func privateSettings(port int, sockDir, hbaFile string) string {
+	var sb strings.Builder
+	sb.WriteString(privateHeader)
+	sb.WriteString(setting("listen_addresses", "127.0.0.1"))
+	sb.WriteString(fmt.Sprintf("port = %d\n", port))
+	sb.WriteString(setting("unix_socket_directories", sockDir))
+	sb.WriteString(setting("hba_file", hbaFile))
+	sb.WriteString("archive_mode = off\n")
+	sb.WriteString(setting("synchronous_standby_names", ""))
+	sb.WriteString(setting("lc_messages", "C"))
+	return sb.String()
 }
 
 // writeAuto rewrites postgresql.auto.conf: the backup's content, the

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"slices"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -164,9 +165,12 @@ func buildListing(ctx context.Context, r *repo.Repo) (listing, error) {
 			delete(sizes, kind)
 		}
 	}
+	rest := make([]kindSize, 0, len(sizes))
 	for _, k := range sizes {
-		l.Sizes = append(l.Sizes, *k)
+		rest = append(rest, *k)
 	}
+	slices.SortFunc(rest, func(a, b kindSize) int { return strings.Compare(a.Kind, b.Kind) })
+	l.Sizes = append(l.Sizes, rest...)
 	bs, err := basebackup.List(ctx, r)
 	if err != nil {
 		return l, err
