@@ -94,7 +94,7 @@ func TestListGolden(t *testing.T) {
 	seg(2, 9, 0, 100)
 	seg(2, 10, 0, 110)
 	seg(2, 11, 0x1000, 121)
-	seg(2, 11, 0x2000, 122) // the open segment, newest partial
+	seg(2, 11, 0x2000, 122)                                        // the open segment, newest partial
 	put("wal/00000002/000000010000000000000005", []byte("x"), nil) // a segment in another timeline's directory
 	put("wal/00000002/junk", []byte("x"), nil)
 
