@@ -150,14 +150,7 @@ func (o Object) EndLSN() pglogrepl.LSN {
 	return o.Segment.StartLSN() + pglogrepl.LSN(o.Valid)
 }
 
-// holdsMore says whether o holds WAL beyond p: a later segment, the
-// complete segment over a partial of it, a longer partial.
-func (o Object) holdsMore(p Object) bool {
-	if o.Segment.No != p.Segment.No {
-		return o.Segment.No > p.Segment.No
-	}
-	return o.Valid > p.Valid || (o.Kind == KindSegment && p.Kind == KindPartial)
-}
+func (o Object) String() string { return o.Name }
 
 // IsObjectName reports whether name lies in the WAL archive's part of the
 // repository (wal/...), whatever its kind.
