@@ -1,13 +1,16 @@
 package restore
 
 import (
+	"encoding/json"
 	"flag"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
 	"github.com/google/go-cmp/cmp"
+	"github.com/jackc/pglogrepl"
 )
 
 var update = flag.Bool("update", false, "rewrite the golden files in testdata/")
@@ -64,5 +67,22 @@ func TestRecoverySettingsGolden(t *testing.T) {
 			}
 			Golden(t, "recovery."+c.name+".conf", got)
 		})
+	}
+}
+
+// TestReportJSON: the report writes its LSN as X/X ("" when none was read)
+// and keeps the plan's LSNs as X/X inside it.
+func TestReportJSON(t *testing.T) {
+	for _, c := range []struct {
+		lsn  pglogrepl.LSN
+		want string
+	}{{0x1_0200_0028, `"recovery_lsn":"1/2000028"`}, {0, `"recovery_lsn":""`}} {
+		b, err := json.Marshal(Report{Plan: Plan{ArchiveEndLSN: 0x701000}, RecoveryLSN: c.lsn})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !strings.Contains(string(b), c.want) || !strings.Contains(string(b), `"archive_end_lsn":"0/701000"`) {
+			t.Errorf("report JSON %s lacks %s", b, c.want)
+		}
 	}
 }

@@ -3,6 +3,7 @@ package restore
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -134,8 +135,8 @@ type Report struct {
 	PGData string `json:"pgdata"`
 	// RecoveryLSN and RecoveryTime are the recovery point reached: the last
 	// replayed WAL position and the last replayed commit's time.
-	RecoveryLSN  string     `json:"recovery_lsn"`
-	RecoveryTime *time.Time `json:"recovery_time,omitempty"`
+	RecoveryLSN  pglogrepl.LSN `json:"recovery_lsn"`
+	RecoveryTime *time.Time    `json:"recovery_time,omitempty"`
 	// EndOfArchive is set when the target lay after the newest archived
 	// commit and the restore recovered to the end of the archive instead.
 	EndOfArchive bool `json:"end_of_archive"`
@@ -170,6 +171,20 @@ type Report struct {
 	Chown    []string `json:"chown,omitempty"`
 	Warnings []string `json:"warnings,omitempty"`
 	Phases   []Phase  `json:"phases"`
+}
+
+// MarshalJSON writes the report with its LSN as X/X ("" when none was
+// read).
+func (rp Report) MarshalJSON() ([]byte, error) {
+	type plain Report
+	v := struct {
+		plain
+		RecoveryLSN string `json:"recovery_lsn"`
+	}{plain: plain(rp)}
+	if rp.RecoveryLSN != 0 {
+		v.RecoveryLSN = rp.RecoveryLSN.String()
+	}
+	return json.Marshal(v)
 }
 
 // String renders the report for the terminal.
@@ -1086,7 +1101,9 @@ func (s *server) fixups(ctx context.Context, rep *Report) error {
 		return fmt.Errorf("read the recovery point: %w", err)
 	}
 	if lsn != nil {
-		rep.RecoveryLSN = *lsn
+		if rep.RecoveryLSN, err = pglogrepl.ParseLSN(*lsn); err != nil {
+			return fmt.Errorf("read the recovery point %q: %w", *lsn, err)
+		}
 	}
 	if ts != nil {
 		t := ts.UTC()
