@@ -84,5 +84,9 @@ func TestReportJSON(t *testing.T) {
 		if !strings.Contains(string(b), c.want) || !strings.Contains(string(b), `"archive_end_lsn":"0/701000"`) {
 			t.Errorf("report JSON %s lacks %s", b, c.want)
 		}
+		var back Report
+		if err := json.Unmarshal(b, &back); err != nil || back.RecoveryLSN != c.lsn || back.Plan.ArchiveEndLSN != 0x701000 {
+			t.Errorf("read back %+v, %v", back, err)
+		}
 	}
 }

@@ -50,15 +50,9 @@ func (p *Point) UnmarshalJSON(data []byte) error {
 	if err := json.Unmarshal(data, &v); err != nil {
 		return err
 	}
-	p.LSN = 0
-	if v.LSN != "" {
-		lsn, err := pglogrepl.ParseLSN(v.LSN)
-		if err != nil {
-			return fmt.Errorf("lsn: %w", err)
-		}
-		p.LSN = lsn
-	}
-	return nil
+	var err error
+	p.LSN, err = parseLSN("lsn", v.LSN)
+	return err
 }
 
 func (p Point) validate() error {
@@ -173,6 +167,42 @@ func (p Plan) MarshalJSON() ([]byte, error) {
 		BackupEndLSN   string `json:"backup_end_lsn"`
 		ArchiveEndLSN  string `json:"archive_end_lsn"`
 	}{plain(p), p.BackupStartLSN.String(), p.BackupEndLSN.String(), p.ArchiveEndLSN.String()})
+}
+
+// UnmarshalJSON reads what MarshalJSON writes.
+func (p *Plan) UnmarshalJSON(data []byte) error {
+	type plain Plan
+	v := struct {
+		*plain
+		BackupStartLSN string `json:"backup_start_lsn"`
+		BackupEndLSN   string `json:"backup_end_lsn"`
+		ArchiveEndLSN  string `json:"archive_end_lsn"`
+	}{plain: (*plain)(p)}
+	if err := json.Unmarshal(data, &v); err != nil {
+		return err
+	}
+	var err error
+	for _, f := range []struct {
+		name, text string
+		to         *pglogrepl.LSN
+	}{{"backup_start_lsn", v.BackupStartLSN, &p.BackupStartLSN}, {"backup_end_lsn", v.BackupEndLSN, &p.BackupEndLSN}, {"archive_end_lsn", v.ArchiveEndLSN, &p.ArchiveEndLSN}} {
+		if *f.to, err = parseLSN(f.name, f.text); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// parseLSN reads an LSN written as X/X ("": none).
+func parseLSN(field, text string) (pglogrepl.LSN, error) {
+	if text == "" {
+		return 0, nil
+	}
+	lsn, err := pglogrepl.ParseLSN(text)
+	if err != nil {
+		return 0, fmt.Errorf("%s: %w", field, err)
+	}
+	return lsn, nil
 }
 
 // Backup returns the backup the plan restores.

@@ -183,6 +183,13 @@ func TestPlanGolden(t *testing.T) {
 				t.Fatal(err)
 			}
 			restore.Golden(t, "plan."+c.name+".json", append(js, '\n'))
+			var back restore.Plan
+			if err := json.Unmarshal(js, &back); err != nil {
+				t.Fatal(err)
+			}
+			if again, err := json.MarshalIndent(back, "", "  "); err != nil || !bytes.Equal(again, js) {
+				t.Errorf("the plan's JSON does not read back: %v\n%s", err, again)
+			}
 		})
 	}
 }

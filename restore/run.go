@@ -187,6 +187,21 @@ func (rp Report) MarshalJSON() ([]byte, error) {
 	return json.Marshal(v)
 }
 
+// UnmarshalJSON reads what MarshalJSON writes.
+func (rp *Report) UnmarshalJSON(data []byte) error {
+	type plain Report
+	v := struct {
+		*plain
+		RecoveryLSN string `json:"recovery_lsn"`
+	}{plain: (*plain)(rp)}
+	if err := json.Unmarshal(data, &v); err != nil {
+		return err
+	}
+	var err error
+	rp.RecoveryLSN, err = parseLSN("recovery_lsn", v.RecoveryLSN)
+	return err
+}
+
 // String renders the report for the terminal.
 func (rp Report) String() string {
 	var sb strings.Builder
