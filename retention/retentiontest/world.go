@@ -108,7 +108,7 @@ func New(t testing.TB, t0 time.Time) *World {
 			t.Fatal(err)
 		}
 	}
-	put("wal/settings.json", []byte(`{"system_id":"7","segment_size":1048576}`), nil)
+	put(wal.SettingsObjectName, []byte(`{"system_id":"7","segment_size":1048576}`), nil)
 
 	// WAL.
 	segTime := func(tli uint32, no uint64) time.Time {
