@@ -50,46 +50,46 @@ func (a *Agent) registerMetrics() {
 		reg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{Name: name, Help: help}, f))
 	}
 	walSt := func() wal.Status {
-		if a.opts.WAL == nil {
+		if a.wal == nil {
 			return wal.Status{}
 		}
-		return a.opts.WAL.Status()
+		return a.wal.Status()
 	}
 	probeSt := func() ProbeStatus {
-		if a.opts.Probe == nil {
+		if a.probe == nil {
 			return ProbeStatus{}
 		}
-		return a.opts.Probe.Status()
+		return a.probe.Status()
 	}
 	backupSt := func() BackupStatus {
-		if a.opts.Backups == nil {
+		if a.backups == nil {
 			return BackupStatus{}
 		}
-		return a.opts.Backups.Status()
+		return a.backups.Status()
 	}
 	mediaSt := func() mediawatch.Stats {
-		if a.opts.Media == nil {
+		if a.media == nil {
 			return mediawatch.Stats{}
 		}
-		return a.opts.Media.Stats()
+		return a.media.Stats()
 	}
 	drillSt := func() DrillStatus {
-		if a.opts.Drills == nil {
+		if a.drills == nil {
 			return DrillStatus{}
 		}
-		return a.opts.Drills.Status()
+		return a.drills.Status()
 	}
 	dumpSt := func() DumpStatus {
-		if a.opts.Dumps == nil {
+		if a.dumps == nil {
 			return DumpStatus{}
 		}
-		return a.opts.Dumps.Status()
+		return a.dumps.Status()
 	}
 	configSt := func() ConfigStatus {
-		if a.opts.Config == nil {
+		if a.config == nil {
 			return ConfigStatus{}
 		}
-		return a.opts.Config.ConfigStatus()
+		return a.config.ConfigStatus()
 	}
 
 	reg.MustRegister(a.errs, a.latency)

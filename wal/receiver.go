@@ -25,6 +25,7 @@ import (
 
 	"github.com/synbak/synbak/internal/pgsource"
 	"github.com/synbak/synbak/internal/repo"
+	"github.com/synbak/synbak/internal/shutdown"
 )
 
 // Connector opens physical replication connections (pgsource.Source does).
@@ -53,6 +54,15 @@ type Options struct {
 	// then relies on that process); without it Run waits for the lock.
 	YieldSpool bool
 }
+
+// DefaultDrain bounds how long Run's uploader goes on storing the spool
+// after ctx is cancelled, when ctx carries no shutdown budget
+// (shutdown.WithBudget; the agent and `wal stream` give theirs).
+const DefaultDrain = 2 * time.Minute
+
+// finalReportTimeout bounds the last status update to the server at
+// shutdown (within the shutdown budget).
+const finalReportTimeout = 10 * time.Second
 
 // ErrPermanent marks errors that reconnecting cannot fix; Run returns them.
 var ErrPermanent = errors.New("permanent error")
@@ -231,23 +241,31 @@ func (r *Receiver) Run(ctx context.Context) (err error) {
 	defer sp.close()
 
 	up := newUploader(r.repo, sp, r.sysid, r.log, r)
-	upCtx, upCancel := context.WithCancel(context.WithoutCancel(ctx))
+	// The uploader outlives ctx by the shutdown budget (what the caller's
+	// shutdown.WithBudget leaves, else DefaultDrain): after ctx ends it
+	// stores what is finished and the open segment's last partial, and is
+	// stopped when the budget is spent. What it has not stored by then is
+	// fsynced in the spool and stored at the next start.
+	upCtx, upCancel := shutdown.Grace(ctx, DefaultDrain)
 	upDone := make(chan error, 1)
 	go func() { upDone <- up.run(upCtx) }()
 	defer func() {
-		// Let the uploader store what is finished and the open segment's
-		// last partial (bounded), then stop it.
+		if ctx.Err() == nil {
+			// Run ends by itself (a permanent error): the drain is
+			// bounded all the same.
+			t := time.AfterFunc(DefaultDrain, upCancel)
+			defer t.Stop()
+		}
 		up.drain()
-		select {
-		case uerr := <-upDone:
-			if uerr != nil {
-				r.log.Error("not everything in the spool could be stored in the repository; it stays in the spool and is stored at the next start", "dir", sp.dir, "err", uerr)
-			}
-			upCancel()
-		case <-time.After(2 * time.Minute):
-			r.log.Error("uploader did not finish within 2 minutes; the spool keeps what is not stored", "dir", sp.dir)
-			upCancel()
-			<-upDone
+		uerr := <-upDone
+		budgetSpent := upCtx.Err() != nil
+		upCancel()
+		left := r.Status().Spooled
+		switch {
+		case uerr != nil:
+			r.log.Error("not everything in the spool could be stored in the repository; it stays in the spool and is stored at the next start", "dir", sp.dir, "err", uerr)
+		case budgetSpent:
+			r.log.Warn("the shutdown budget ended before the spool was stored; what is left is durable in the spool and stored at the next start", "dir", sp.dir, "spooled_files", left)
 		}
 	}()
 	if err := r.recoverSpool(sp, up); err != nil {
@@ -793,7 +811,7 @@ func (r *Receiver) stream(ctx context.Context, conn *pgconn.PgConn, sp *spool, u
 		msg, err := conn.ReceiveMessage(rd.at(deadline))
 		if err != nil {
 			if ctx.Err() != nil {
-				return nil, r.shutdown(conn, st)
+				return nil, r.shutdown(ctx, conn, st)
 			}
 			if pgconn.Timeout(err) {
 				continue
@@ -864,8 +882,10 @@ func (r *Receiver) stream(ctx context.Context, conn *pgconn.PgConn, sp *spool, u
 
 // shutdown makes what was received durable, reports it, stores the open
 // segment as a partial object and ends the replication.
-func (r *Receiver) shutdown(conn *pgconn.PgConn, st *streamState) error {
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+func (r *Receiver) shutdown(ctx context.Context, conn *pgconn.PgConn, st *streamState) error {
+	g, gcancel := shutdown.Grace(ctx, finalReportTimeout)
+	defer gcancel()
+	ctx, cancel := context.WithTimeout(g, finalReportTimeout)
 	defer cancel()
 	if err := r.flushAndReport(ctx, conn, st, false); err != nil {
 		r.log.Warn("final status update failed", "err", err)
