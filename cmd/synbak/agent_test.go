@@ -57,6 +57,7 @@ type agentSite struct {
 	// secrets must never be in a file the restored server's user could
 	// read (the S3 secret key, the age identity's lines).
 	secrets []string
+	s3      *s3test.Server // set by useS3
 }
 
 func newAgentSite(t *testing.T) *agentSite {
@@ -107,6 +108,7 @@ func newAgentSite(t *testing.T) *agentSite {
 func (s *agentSite) useS3(t *testing.T) string {
 	t.Helper()
 	srv := s3test.Start(t)
+	s.s3 = srv
 	bucket := srv.NewBucket(t)
 	id, err := age.GenerateX25519Identity()
 	if err != nil {
