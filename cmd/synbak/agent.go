@@ -54,7 +54,9 @@ applied, as 'synbak prune' would.
 
 A part that fails is logged, counted and run again with backoff; it never
 stops the others. On SIGTERM the agent stops taking new work, stores the open
-partial WAL segment, sends a last status update to PostgreSQL and exits 0.
+partial WAL segment, sends a last status update to PostgreSQL, stores what
+it can of the WAL spool within shutdown_timeout (what is left is fsynced in
+the spool and stored at the next start) and exits 0.
 
 http.listen serves / (a status page for people: health, the recovery window
 on a time axis, lag, drills, sizes), /metrics (Prometheus), /healthz (200, or

@@ -14,6 +14,8 @@ import (
 	"time"
 
 	"github.com/jackc/pglogrepl"
+
+	"github.com/synbak/synbak/internal/config"
 )
 
 // TestAgentSIGTERMWithABacklog: the repository stalls (its S3 server
@@ -213,4 +215,29 @@ func walCovered(t *testing.T, s *agentSite) pglogrepl.LSN {
 		}
 	}
 	return end
+}
+
+// TestServiceStopsLaterThanTheAgent: the packaged unit's TimeoutStopSec is
+// longer than the agent's default shutdown budget, so that systemd never
+// SIGKILLs an agent that is still within it.
+func TestServiceStopsLaterThanTheAgent(t *testing.T) {
+	b, err := os.ReadFile("../../examples/debian/synbak.service")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var stop time.Duration
+	for _, l := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(strings.TrimSpace(l), "TimeoutStopSec="); ok {
+			if stop, err = time.ParseDuration(v); err != nil {
+				t.Fatalf("TimeoutStopSec=%s: %v", v, err)
+			}
+		}
+	}
+	budget, err := time.ParseDuration(config.Defaults()["shutdown_timeout"].(string))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if stop <= budget {
+		t.Fatalf("TimeoutStopSec %s is not longer than the default shutdown_timeout %s", stop, budget)
+	}
 }
