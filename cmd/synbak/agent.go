@@ -22,6 +22,7 @@ import (
 	"github.com/synbak/synbak/drill"
 	"github.com/synbak/synbak/dump"
 	"github.com/synbak/synbak/internal/config"
+	"github.com/synbak/synbak/internal/durable"
 	"github.com/synbak/synbak/internal/pgsource"
 	"github.com/synbak/synbak/internal/repo"
 	"github.com/synbak/synbak/internal/synapse"
@@ -303,26 +304,9 @@ func (m *agentMedia) Run(ctx context.Context) error {
 	return w.Run(ctx)
 }
 
-// writeFileAtomic writes a small state file: temp file, fsync, rename.
-func writeFileAtomic(path string, b []byte) error {
-	tmp := path + ".tmp"
-	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
-	if err != nil {
-		return err
-	}
-	if _, err := f.Write(b); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Sync(); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Close(); err != nil {
-		return err
-	}
-	return os.Rename(tmp, path)
-}
+// writeFileAtomic writes a small state file durably, readable by its owner
+// only.
+func writeFileAtomic(path string, b []byte) error { return durable.WriteFile(path, b, 0o600) }
 
 // agentConfig is the config snapshot watcher as the agent sees it.
 type agentConfig struct{ w *confsnap.Watcher }

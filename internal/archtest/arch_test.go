@@ -28,7 +28,7 @@ const module = "github.com/synbak/synbak/"
 var layers = map[string]int{
 	// Foundations: no synbak imports.
 	"internal/storage": 0, "internal/proc": 0, "internal/synapse": 0, "internal/pgsource": 0, "internal/config": 0,
-	"internal/shutdown": 0,
+	"internal/shutdown": 0, "internal/durable": 0,
 	// Storage backends and the repository layer on top of them.
 	"internal/storage/local": 1, "internal/storage/s3": 1, "internal/storage/storagetest": 1, "internal/storage/s3/versitygw": 1,
 	"internal/repo": 2,
