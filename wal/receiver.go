@@ -787,7 +787,7 @@ func (r *Receiver) stream(ctx context.Context, conn *pgconn.PgConn, sp *spool, u
 	defer rd.stop()
 	for {
 		if time.Now().After(nextStatus) {
-			if err := r.flushAndReport(ctx, conn, st, false); err != nil {
+			if err := r.flushAndReport(ctx, conn, st); err != nil {
 				return nil, err
 			}
 			nextStatus = time.Now().Add(r.opts.StatusInterval)
@@ -795,7 +795,7 @@ func (r *Receiver) stream(ctx context.Context, conn *pgconn.PgConn, sp *spool, u
 		if r.opts.PartialInterval > 0 && time.Since(lastPartial) >= r.opts.PartialInterval {
 			if st.cur != nil && st.cur.written > 0 && (st.cur.seg != r.partialSeg || st.cur.written > r.partialStored) {
 				// Only durable bytes go into a partial object.
-				if err := r.flushAndReport(ctx, conn, st, false); err != nil {
+				if err := r.flushAndReport(ctx, conn, st); err != nil {
 					return nil, err
 				}
 				r.requestPartial(up, sp, st.cur.seg, st.cur.synced, st.cur.times())
@@ -834,7 +834,7 @@ func (r *Receiver) stream(ctx context.Context, conn *pgconn.PgConn, sp *spool, u
 				}
 				r.update(func(s *Status) { s.Received = st.pos; s.ServerTime = xld.ServerTime })
 				if r.opts.Synchronous {
-					if err := r.flushAndReport(ctx, conn, st, false); err != nil {
+					if err := r.flushAndReport(ctx, conn, st); err != nil {
 						return nil, err
 					}
 				}
@@ -848,7 +848,7 @@ func (r *Receiver) stream(ctx context.Context, conn *pgconn.PgConn, sp *spool, u
 				}
 				r.update(func(s *Status) { s.ServerTime = ka.ServerTime })
 				if ka.ReplyRequested {
-					if err := r.flushAndReport(ctx, conn, st, false); err != nil {
+					if err := r.flushAndReport(ctx, conn, st); err != nil {
 						return nil, err
 					}
 					nextStatus = time.Now().Add(r.opts.StatusInterval)
@@ -858,7 +858,7 @@ func (r *Receiver) stream(ctx context.Context, conn *pgconn.PgConn, sp *spool, u
 			}
 		case *pgproto3.CopyDone:
 			// End of the timeline: keep its last segment as a partial.
-			if err := r.flushAndReport(ctx, conn, st, false); err != nil {
+			if err := r.flushAndReport(ctx, conn, st); err != nil {
 				return nil, err
 			}
 			if err := st.finishTimeline(); err != nil {
@@ -887,7 +887,7 @@ func (r *Receiver) shutdown(ctx context.Context, conn *pgconn.PgConn, st *stream
 	defer gcancel()
 	ctx, cancel := context.WithTimeout(g, finalReportTimeout)
 	defer cancel()
-	if err := r.flushAndReport(ctx, conn, st, false); err != nil {
+	if err := r.flushAndReport(ctx, conn, st); err != nil {
 		r.log.Warn("final status update failed", "err", err)
 	}
 	if st.cur != nil {
@@ -900,7 +900,7 @@ func (r *Receiver) shutdown(ctx context.Context, conn *pgconn.PgConn, st *stream
 
 // flushAndReport fsyncs the open segment and tells the server how far WAL is
 // written and durable. Apply is reported as 0 (invalid), like pg_receivewal.
-func (r *Receiver) flushAndReport(ctx context.Context, conn *pgconn.PgConn, st *streamState, reply bool) error {
+func (r *Receiver) flushAndReport(ctx context.Context, conn *pgconn.PgConn, st *streamState) error {
 	// Segments handed to the finisher come first: flush is contiguous.
 	if err := st.fin.wait(); err != nil {
 		return fmt.Errorf("%w (streaming stops acknowledging WAL until this is fixed)", err)
@@ -914,7 +914,7 @@ func (r *Receiver) flushAndReport(ctx context.Context, conn *pgconn.PgConn, st *
 		st.flushed = st.pos
 	}
 	r.noteFlushed(st.flushed)
-	return sendStatus(ctx, conn, st.pos, st.flushed, reply)
+	return sendStatus(ctx, conn, st.pos, st.flushed, false)
 }
 
 // sendStatus writes the 34-byte standby status update itself, because
