@@ -494,27 +494,46 @@ func (a *Agent) Status() Status {
 			st.Problems = append(st.Problems, fmt.Sprintf("postgres: slot %s is %d MiB behind the server (more than %d MiB)", a.probe.Slot, probe.SlotLag>>20, a.opts.Health.SlotLag>>20))
 		}
 	}
-	if a.backups != nil {
-		b := a.backups.Status()
-		st.Backups = &b
-		switch {
-		case b.Count == 0:
-			msg := "base backups: none complete yet (no restore is possible)"
-			if b.Running {
-				msg += "; the first one is running"
-			}
-			if b.LastError != "" {
-				msg += "; last error: " + b.LastError
-			}
-			st.Problems = append(st.Problems, msg)
-		case a.opts.Health.BackupInterval > 0 && now.Sub(b.LastEnd) > 2*a.opts.Health.BackupInterval:
-			msg := fmt.Sprintf("base backups: the newest (%s) ended %s ago, more than twice basebackup.interval (%s)", b.LastID, now.Sub(b.LastEnd).Round(time.Second), a.opts.Health.BackupInterval)
-			if b.LastError != "" {
-				msg += "; last error: " + b.LastError
-			}
-			st.Problems = append(st.Problems, msg)
+	a.backupHealth(&st, now)
+	a.mediaHealth(&st, pendingSince, now)
+	a.scheduleHealth(&st, now)
+	for _, c := range st.Components {
+		if !c.Running && !c.RetryAt.IsZero() {
+			st.Problems = append(st.Problems, fmt.Sprintf("%s: failed %d times, retrying at %s: %s", c.Name, c.Failures, c.RetryAt.UTC().Format(time.RFC3339), c.LastError))
 		}
 	}
+	st.Healthy = len(st.Problems) == 0
+	return st
+}
+
+// backupHealth adds the base-backup schedule's state and problems.
+func (a *Agent) backupHealth(st *Status, now time.Time) {
+	if a.backups == nil {
+		return
+	}
+	b := a.backups.Status()
+	st.Backups = &b
+	switch {
+	case b.Count == 0:
+		msg := "base backups: none complete yet (no restore is possible)"
+		if b.Running {
+			msg += "; the first one is running"
+		}
+		if b.LastError != "" {
+			msg += "; last error: " + b.LastError
+		}
+		st.Problems = append(st.Problems, msg)
+	case a.opts.Health.BackupInterval > 0 && now.Sub(b.LastEnd) > 2*a.opts.Health.BackupInterval:
+		msg := fmt.Sprintf("base backups: the newest (%s) ended %s ago, more than twice basebackup.interval (%s)", b.LastID, now.Sub(b.LastEnd).Round(time.Second), a.opts.Health.BackupInterval)
+		if b.LastError != "" {
+			msg += "; last error: " + b.LastError
+		}
+		st.Problems = append(st.Problems, msg)
+	}
+}
+
+// mediaHealth adds the media watcher's state and problems.
+func (a *Agent) mediaHealth(st *Status, pendingSince, now time.Time) {
 	if a.media != nil {
 		m := a.media.Stats()
 		st.Media = &m
@@ -525,6 +544,11 @@ func (a *Agent) Status() Status {
 			st.Problems = append(st.Problems, p)
 		}
 	}
+}
+
+// scheduleHealth adds the config watcher's state, the last verify, and the
+// drill and dump schedules' state and problems.
+func (a *Agent) scheduleHealth(st *Status, now time.Time) {
 	if a.config != nil {
 		c := a.config.ConfigStatus()
 		st.Config = &c
@@ -551,13 +575,6 @@ func (a *Agent) Status() Status {
 		st.Dumps = &d
 		st.Problems = append(st.Problems, dumpProblems(d, a.dumps.Interval, a.started, now)...)
 	}
-	for _, c := range st.Components {
-		if !c.Running && !c.RetryAt.IsZero() {
-			st.Problems = append(st.Problems, fmt.Sprintf("%s: failed %d times, retrying at %s: %s", c.Name, c.Failures, c.RetryAt.UTC().Format(time.RFC3339), c.LastError))
-		}
-	}
-	st.Healthy = len(st.Problems) == 0
-	return st
 }
 
 // unstoredAge is the age of the oldest acknowledged byte not yet in the

@@ -240,34 +240,8 @@ func (r *Receiver) Run(ctx context.Context) (err error) {
 	}
 	defer sp.close()
 
-	up := newUploader(r.repo, sp, r.sysid, r.log, r)
-	// The uploader outlives ctx by the shutdown budget (what the caller's
-	// shutdown.WithBudget leaves, else DefaultDrain): after ctx ends it
-	// stores what is finished and the open segment's last partial, and is
-	// stopped when the budget is spent. What it has not stored by then is
-	// fsynced in the spool and stored at the next start.
-	upCtx, upCancel := shutdown.Grace(ctx, DefaultDrain)
-	upDone := make(chan error, 1)
-	go func() { upDone <- up.run(upCtx) }()
-	defer func() {
-		if ctx.Err() == nil {
-			// Run ends by itself (a permanent error): the drain is
-			// bounded all the same.
-			t := time.AfterFunc(DefaultDrain, upCancel)
-			defer t.Stop()
-		}
-		up.drain()
-		uerr := <-upDone
-		budgetSpent := upCtx.Err() != nil
-		upCancel()
-		left := r.Status().Spooled
-		switch {
-		case uerr != nil:
-			r.log.Error("not everything in the spool could be stored in the repository; it stays in the spool and is stored at the next start", "dir", sp.dir, "err", uerr)
-		case budgetSpent:
-			r.log.Warn("the shutdown budget ended before the spool was stored; what is left is durable in the spool and stored at the next start", "dir", sp.dir, "spooled_files", left)
-		}
-	}()
+	up, stopUploader := r.startUploader(ctx, sp)
+	defer stopUploader()
 	if err := r.recoverSpool(sp, up); err != nil {
 		r.log.Error("recovering the spool's open segment failed; it is stored when streaming resumes", "err", err)
 	}
@@ -312,6 +286,37 @@ func (r *Receiver) Run(ctx context.Context) (err error) {
 		case <-time.After(wait):
 		}
 		backoff = min(backoff*2, r.opts.MaxBackoff)
+	}
+}
+
+// startUploader starts the spool's uploader. It outlives ctx by the
+// shutdown budget (what the caller's shutdown.WithBudget leaves, else
+// DefaultDrain): after ctx ends it stores what is finished and the open
+// segment's last partial, and is stopped when the budget is spent. What it
+// has not stored by then is fsynced in the spool and stored at the next
+// start. stop drains it and returns when it has returned.
+func (r *Receiver) startUploader(ctx context.Context, sp *spool) (up *uploader, stop func()) {
+	up = newUploader(r.repo, sp, r.sysid, r.log, r)
+	upCtx, upCancel := shutdown.Grace(ctx, DefaultDrain)
+	upDone := make(chan error, 1)
+	go func() { upDone <- up.run(upCtx) }()
+	return up, func() {
+		if ctx.Err() == nil {
+			// Run ends by itself (a permanent error): the drain is
+			// bounded all the same.
+			t := time.AfterFunc(DefaultDrain, upCancel)
+			defer t.Stop()
+		}
+		up.drain()
+		uerr := <-upDone
+		budgetSpent := upCtx.Err() != nil
+		upCancel()
+		switch {
+		case uerr != nil:
+			r.log.Error("not everything in the spool could be stored in the repository; it stays in the spool and is stored at the next start", "dir", sp.dir, "err", uerr)
+		case budgetSpent:
+			r.log.Warn("the shutdown budget ended before the spool was stored; what is left is durable in the spool and stored at the next start", "dir", sp.dir, "spooled_files", r.Status().Spooled)
+		}
 	}
 }
 
