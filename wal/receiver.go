@@ -823,66 +823,91 @@ func (r *Receiver) stream(ctx context.Context, conn *pgconn.PgConn, sp *spool, u
 			}
 			return nil, fmt.Errorf("receive WAL: %w", err)
 		}
-		switch m := msg.(type) {
-		case *pgproto3.CopyData:
-			if len(m.Data) == 0 {
-				continue
-			}
-			switch m.Data[0] {
-			case pglogrepl.XLogDataByteID:
-				xld, err := pglogrepl.ParseXLogData(m.Data[1:])
-				if err != nil {
-					return nil, fmt.Errorf("parse XLogData: %w", err)
-				}
-				if err := st.write(xld); err != nil {
-					return nil, err
-				}
-				r.update(func(s *Status) { s.Received = st.pos; s.ServerTime = xld.ServerTime })
-				if r.opts.Synchronous {
-					if err := r.flushAndReport(ctx, conn, st); err != nil {
-						return nil, err
-					}
-				}
-			case pglogrepl.PrimaryKeepaliveMessageByteID:
-				ka, err := pglogrepl.ParsePrimaryKeepaliveMessage(m.Data[1:])
-				if err != nil {
-					return nil, fmt.Errorf("parse keepalive: %w", err)
-				}
-				if ka.ServerWALEnd <= st.pos && st.cur != nil {
-					st.cur.last = ka.ServerTime
-				}
-				r.update(func(s *Status) { s.ServerTime = ka.ServerTime })
-				if ka.ReplyRequested {
-					if err := r.flushAndReport(ctx, conn, st); err != nil {
-						return nil, err
-					}
-					nextStatus = time.Now().Add(r.opts.StatusInterval)
-				}
-			default:
-				return nil, fmt.Errorf("unexpected replication message type %q", m.Data[0])
-			}
-		case *pgproto3.CopyDone:
-			// End of the timeline: keep its last segment as a partial.
-			if err := r.flushAndReport(ctx, conn, st); err != nil {
-				return nil, err
-			}
-			if err := st.finishTimeline(); err != nil {
-				return nil, err
-			}
-			res, err := pglogrepl.SendStandbyCopyDone(ctx, conn)
-			if err != nil {
-				return nil, fmt.Errorf("end of timeline %d: %w", tli, err)
-			}
-			if res == nil {
-				return nil, fmt.Errorf("end of timeline %d: the server sent no next timeline", tli)
-			}
-			return &timelineSwitch{tli: uint32(res.Timeline), switchLSN: res.LSN}, nil
-		case *pgproto3.ErrorResponse:
-			return nil, startError(pgconn.ErrorResponseToPgError(m), r.opts.Slot, start)
-		default:
-			// NoticeResponse and the like.
+		sw, replied, err := r.handle(ctx, conn, st, msg, start)
+		if err != nil || sw != nil {
+			return sw, err
+		}
+		if replied {
+			nextStatus = time.Now().Add(r.opts.StatusInterval)
 		}
 	}
+}
+
+// handle takes one message of the stream: WAL, a keepalive, the end of the
+// timeline (returned as the switch to the next one) or an error. replied
+// says that it sent a status update the server asked for.
+func (r *Receiver) handle(ctx context.Context, conn *pgconn.PgConn, st *streamState, msg pgproto3.BackendMessage, start pglogrepl.LSN) (sw *timelineSwitch, replied bool, err error) {
+	switch m := msg.(type) {
+	case *pgproto3.CopyData:
+		if len(m.Data) == 0 {
+			return nil, false, nil
+		}
+		replied, err := r.copyData(ctx, conn, st, m.Data)
+		return nil, replied, err
+	case *pgproto3.CopyDone:
+		sw, err := r.endTimeline(ctx, conn, st)
+		return sw, false, err
+	case *pgproto3.ErrorResponse:
+		return nil, false, startError(pgconn.ErrorResponseToPgError(m), r.opts.Slot, start)
+	default:
+		// NoticeResponse and the like.
+		return nil, false, nil
+	}
+}
+
+// copyData writes XLogData to the spool (fsynced and reported at once when
+// synchronous) and notes a keepalive's server time, answering it when the
+// server asks.
+func (r *Receiver) copyData(ctx context.Context, conn *pgconn.PgConn, st *streamState, data []byte) (replied bool, err error) {
+	switch data[0] {
+	case pglogrepl.XLogDataByteID:
+		xld, err := pglogrepl.ParseXLogData(data[1:])
+		if err != nil {
+			return false, fmt.Errorf("parse XLogData: %w", err)
+		}
+		if err := st.write(xld); err != nil {
+			return false, err
+		}
+		r.update(func(s *Status) { s.Received = st.pos; s.ServerTime = xld.ServerTime })
+		if r.opts.Synchronous {
+			return false, r.flushAndReport(ctx, conn, st)
+		}
+		return false, nil
+	case pglogrepl.PrimaryKeepaliveMessageByteID:
+		ka, err := pglogrepl.ParsePrimaryKeepaliveMessage(data[1:])
+		if err != nil {
+			return false, fmt.Errorf("parse keepalive: %w", err)
+		}
+		if ka.ServerWALEnd <= st.pos && st.cur != nil {
+			st.cur.last = ka.ServerTime
+		}
+		r.update(func(s *Status) { s.ServerTime = ka.ServerTime })
+		if !ka.ReplyRequested {
+			return false, nil
+		}
+		return true, r.flushAndReport(ctx, conn, st)
+	default:
+		return false, fmt.Errorf("unexpected replication message type %q", data[0])
+	}
+}
+
+// endTimeline ends the stream at the end of its timeline: the last segment
+// is kept as a partial, and the server names the next timeline.
+func (r *Receiver) endTimeline(ctx context.Context, conn *pgconn.PgConn, st *streamState) (*timelineSwitch, error) {
+	if err := r.flushAndReport(ctx, conn, st); err != nil {
+		return nil, err
+	}
+	if err := st.finishTimeline(); err != nil {
+		return nil, err
+	}
+	res, err := pglogrepl.SendStandbyCopyDone(ctx, conn)
+	if err != nil {
+		return nil, fmt.Errorf("end of timeline %d: %w", st.tli, err)
+	}
+	if res == nil {
+		return nil, fmt.Errorf("end of timeline %d: the server sent no next timeline", st.tli)
+	}
+	return &timelineSwitch{tli: uint32(res.Timeline), switchLSN: res.LSN}, nil
 }
 
 // shutdown makes what was received durable, reports it, stores the open
