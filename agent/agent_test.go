@@ -18,6 +18,7 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/synbak/synbak/internal/shutdown"
+	"github.com/synbak/synbak/internal/wait"
 	"github.com/synbak/synbak/mediawatch"
 	"github.com/synbak/synbak/verify"
 	"github.com/synbak/synbak/wal"
@@ -41,17 +42,6 @@ func (f *fakeWAL) Run(ctx context.Context) error {
 
 // idle is a part that waits for the end.
 func idle(ctx context.Context) error { <-ctx.Done(); return nil }
-
-func waitFor(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
-}
 
 func scrape(t *testing.T, h http.Handler, path string) (int, string) {
 	t.Helper()
@@ -88,14 +78,14 @@ func TestFailingComponentIsRetriedWithoutStoppingOthers(t *testing.T) {
 	go func() { done <- a.Run(ctx) }()
 	h := a.Handler()
 
-	waitFor(t, "four failures", func() bool { return runs.Load() >= 4 })
+	wait.For(t, 10*time.Second, "four failures", func() bool { return runs.Load() >= 4 })
 	if w.runs.Load() != 1 || !w.streaming.Load() {
 		t.Errorf("the WAL component ran %d times (streaming %v) while backups failed; want once, still running", w.runs.Load(), w.streaming.Load())
 	}
 	// Between two runs (not while one runs) the failure is a problem.
 	var code int
 	var body string
-	waitFor(t, "/healthz to report the failing part", func() bool {
+	wait.For(t, 10*time.Second, "/healthz to report the failing part", func() bool {
 		code, body = scrape(t, h, "/healthz")
 		return code == 503
 	})
@@ -120,7 +110,7 @@ func TestFailingComponentIsRetriedWithoutStoppingOthers(t *testing.T) {
 	}
 
 	failing.Store(false)
-	waitFor(t, "healthy after the component recovered", func() bool { code, _ := scrape(t, h, "/healthz"); return code == 200 })
+	wait.For(t, 10*time.Second, "healthy after the component recovered", func() bool { code, _ := scrape(t, h, "/healthz"); return code == 200 })
 
 	cancel()
 	select {
@@ -144,7 +134,7 @@ func TestShutdownIsBounded(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- a.Run(ctx) }()
-	waitFor(t, "running", func() bool { return a.Status().Components[0].Running })
+	wait.For(t, 10*time.Second, "running", func() bool { return a.Status().Components[0].Running })
 	cancel()
 	select {
 	case err := <-done:
@@ -203,7 +193,7 @@ func TestDrillScheduleHealthAndMetrics(t *testing.T) {
 	defer cancel()
 	go a.Run(ctx)
 	h := a.Handler()
-	waitFor(t, "a failed drill reported", func() bool {
+	wait.For(t, 10*time.Second, "a failed drill reported", func() bool {
 		code, body := scrape(t, h, "/healthz")
 		return code == 503 && strings.Contains(body, "drill: the last restore drill") && strings.Contains(body, "000000010000000000000007")
 	})
@@ -212,7 +202,7 @@ func TestDrillScheduleHealthAndMetrics(t *testing.T) {
 		t.Errorf("metrics after a failed drill (counted as the drill component's error):\n%s", grep(m, "synbak_drill")+"\n"+grep(m, "component_errors"))
 	}
 	pass.Store(true)
-	waitFor(t, "a passing drill", func() bool { code, _ := scrape(t, h, "/healthz"); return code == 200 })
+	wait.For(t, 10*time.Second, "a passing drill", func() bool { code, _ := scrape(t, h, "/healthz"); return code == 200 })
 	if _, m := scrape(t, h, "/metrics"); !strings.Contains(m, "synbak_drill_duration_seconds 12.5") || !strings.Contains(m, "synbak_drill_last_ok 1") {
 		t.Errorf("metrics after a passing drill:\n%s", grep(m, "synbak_drill"))
 	}
@@ -372,7 +362,7 @@ func TestPartsStopWithinTheNestedBudget(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- a.Run(ctx) }()
-	waitFor(t, "running", func() bool { return a.Addr() != "" && a.Status().Components[0].Running })
+	wait.For(t, 10*time.Second, "running", func() bool { return a.Addr() != "" && a.Status().Components[0].Running })
 	cancel()
 	start := time.Now()
 	select {

@@ -38,6 +38,7 @@ import (
 	"github.com/synbak/synbak/internal/storage/local"
 	"github.com/synbak/synbak/internal/storage/s3/s3test"
 	"github.com/synbak/synbak/internal/synapse"
+	"github.com/synbak/synbak/internal/wait"
 	"github.com/synbak/synbak/wal"
 )
 
@@ -287,16 +288,7 @@ func (s *agentSite) metric(t *testing.T, name string) string {
 	return ""
 }
 
-func waitFor(t *testing.T, timeout time.Duration, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %s waiting for %s", timeout, what)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-}
+var waitFor = wait.For
 
 // stop sends sig and waits at most limit for the agent to exit.
 func (p *agentProc) stop(t *testing.T, sig syscall.Signal, limit time.Duration) (time.Duration, error) {
