@@ -1,12 +1,17 @@
 // Package agent joins synbak's parts into one long-running process: the WAL
 // receiver, the base-backup schedule, the media watcher, the config watcher,
-// a database probe and, when configured, the dump and drill schedules run side by side under a supervisor that restarts a
+// a database probe and, when configured, the dump and drill schedules run
+// side by side as one list of parts under a supervisor that restarts a
 // failed part with backoff (a failing base backup never stops WAL
 // streaming), and an HTTP endpoint serves /metrics (Prometheus), /healthz
 // and /status.
 //
 // The package composes; it knows no configuration file. cmd/synbak builds
-// the parts from the configuration and hands them over in Options.
+// the parts from the configuration and hands them over in Options.Parts.
+//
+// Logging: whoever builds a part's logger adds component=<the part's name>
+// (cmd/synbak, once per part); the parts and the packages they come from
+// never add it themselves, so that every key appears once per line.
 package agent
 
 import (
@@ -23,10 +28,40 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/synbak/synbak/internal/shutdown"
 	"github.com/synbak/synbak/mediawatch"
 	"github.com/synbak/synbak/verify"
 	"github.com/synbak/synbak/wal"
 )
+
+// Runner is what every part of the agent is: Run works until ctx is
+// cancelled and returns nil then. An error makes the supervisor report it
+// and run the part again after a backoff; nil before ctx is cancelled
+// means the part has nothing (more) to do. The work that stops a part
+// cleanly after ctx is cancelled (a final flush, an upload queue's drain)
+// runs within the shutdown budget ctx carries: see shutdown.Grace.
+type Runner interface {
+	Run(ctx context.Context) error
+}
+
+// RunFunc makes a function a Runner.
+type RunFunc func(ctx context.Context) error
+
+// Run calls f.
+func (f RunFunc) Run(ctx context.Context) error { return f(ctx) }
+
+// Part is one named part of the agent: the WAL receiver, the base-backup
+// schedule, the media watcher, the config watcher, the database probe, ...
+// The supervisor reports every part's state (running, failures, restarts)
+// under its name; what else a part reports is found by the interfaces its
+// Runner implements: WALSource, MediaSource, ConfigSource, or the agent's
+// own *Probe, *BackupSchedule, *DrillSchedule and *DumpSchedule (at most one
+// part of each). A part that needs the agent itself implements
+// StatusReader or LatencyReporter and is handed it by New.
+type Part struct {
+	Name string
+	Runner
+}
 
 // WALSource is the WAL receiver as the agent sees it.
 type WALSource interface {
@@ -48,6 +83,19 @@ type ConfigStatus struct {
 // ConfigSource is the config watcher as the agent sees it.
 type ConfigSource interface {
 	ConfigStatus() ConfigStatus
+}
+
+// StatusReader is a part that reads the agent's own status (the
+// notifier's watch); New hands it the agent's Status before anything runs.
+type StatusReader interface {
+	ReadStatusFrom(status func() Status)
+}
+
+// LatencyReporter is a part that reports how long new media files took to
+// reach the repository (the media watcher); New hands it the agent's
+// histogram (synbak_media_copy_latency_seconds) before anything runs.
+type LatencyReporter interface {
+	ReportLatencyTo(observe func(time.Duration))
 }
 
 // Health thresholds; zero values mean the defaults.
@@ -82,16 +130,8 @@ type Options struct {
 	// OnListen, when set, is called with the address once the endpoint
 	// listens (cmd records it for `synbak status`).
 	OnListen func(addr string)
-	// Components run under the supervisor. WAL, Backups, Media, Config
-	// and Probe are the same parts seen for status and metrics; any may
-	// be nil.
-	Components []Component
-	WAL        WALSource
-	Backups    *BackupSchedule
-	Media      MediaSource
-	Config     ConfigSource
-	Probe      *Probe
-	Drills     *DrillSchedule
+	// Parts run under the supervisor, side by side, in this order.
+	Parts []Part
 	// BuildInfo labels synbak_build_info (e.g. version, commit).
 	BuildInfo map[string]string
 	// RetentionWindow is retention.window, exported for alert rules.
@@ -99,12 +139,12 @@ type Options struct {
 	// StateDir is where `synbak verify` records its newest result
 	// (verify.RecordFile); "" for none.
 	StateDir string
-	// Dumps is the logical-dump schedule (nil: dump.interval is 0); its
-	// health rule uses its Interval.
-	Dumps  *DumpSchedule
-	Health HealthOptions
-	// ShutdownTimeout bounds the wait for the components after ctx is
-	// cancelled (default 8 s).
+	Health   HealthOptions
+	// ShutdownTimeout is the agent's shutdown budget: how long Run waits
+	// for the parts after ctx is cancelled (default DefaultShutdownTimeout).
+	// The parts get a budget shorter by PartsReserve (shutdown.WithBudget):
+	// the receiver's final status update and its uploader's drain use what
+	// is left of it, so that they end before Run stops waiting.
 	ShutdownTimeout time.Duration
 	// MinBackoff and MaxBackoff bound the restart delay of a failed
 	// component (defaults 1 s and 5 min).
@@ -117,9 +157,26 @@ type Options struct {
 	Page PageOptions
 }
 
+// DefaultShutdownTimeout is the agent's shutdown budget when
+// Options.ShutdownTimeout is 0; systemd's TimeoutStopSec in the packaged
+// unit is longer.
+const DefaultShutdownTimeout = 90 * time.Second
+
+// PartsReserve is the share of the shutdown budget the agent keeps for
+// itself (joining the parts, the HTTP endpoint): a tenth, at most 5 s.
+func PartsReserve(budget time.Duration) time.Duration { return min(budget/10, 5*time.Second) }
+
 // Agent runs the parts.
 type Agent struct {
-	opts    Options
+	opts Options
+	// The parts seen as status sources (nil: no such part).
+	wal     WALSource
+	media   MediaSource
+	config  ConfigSource
+	probe   *Probe
+	backups *BackupSchedule
+	drills  *DrillSchedule
+	dumps   *DumpSchedule
 	sup     *supervisor
 	errs    *prometheus.CounterVec
 	latency prometheus.Histogram
@@ -142,7 +199,7 @@ func New(opts Options) *Agent {
 		opts.Log = slog.New(slog.DiscardHandler)
 	}
 	if opts.ShutdownTimeout <= 0 {
-		opts.ShutdownTimeout = 8 * time.Second
+		opts.ShutdownTimeout = DefaultShutdownTimeout
 	}
 	if opts.MaxBackoff <= 0 {
 		opts.MaxBackoff = 5 * time.Minute
@@ -170,10 +227,11 @@ func New(opts Options) *Agent {
 	a.errs = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "synbak_component_errors_total", Help: "Errors returned by each agent component (each is retried with backoff).",
 	}, []string{"component"})
-	for _, c := range opts.Components {
-		a.errs.WithLabelValues(c.Name) // export 0 from the start
+	for _, p := range opts.Parts {
+		a.errs.WithLabelValues(p.Name) // export 0 from the start
+		a.addSource(p)
 	}
-	if d := opts.Drills; d != nil && d.OnFailure == nil {
+	if d := a.drills; d != nil && d.OnFailure == nil {
 		// A drill that fails is the drill component failing, although
 		// its loop goes on.
 		d.OnFailure = func() { a.errs.WithLabelValues("drill").Inc() }
@@ -184,14 +242,52 @@ func New(opts Options) *Agent {
 		Buckets: []float64{0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 300},
 	})
 	a.sup = newSupervisor(opts.Log, opts.MinBackoff, opts.MaxBackoff, func(name string) { a.errs.WithLabelValues(name).Inc() })
-	a.sup.register(opts.Components)
+	a.sup.register(opts.Parts)
 	a.registerMetrics()
+	for _, p := range opts.Parts {
+		if r, ok := p.Runner.(StatusReader); ok {
+			r.ReadStatusFrom(a.Status)
+		}
+		if r, ok := p.Runner.(LatencyReporter); ok {
+			r.ReportLatencyTo(a.observeMediaLatency)
+		}
+	}
 	return a
 }
 
-// ObserveMediaLatency records how long a new media file took from its
+// addSource notes what p reports beyond the supervisor's state. Two parts
+// of one kind are a wiring mistake.
+func (a *Agent) addSource(p Part) {
+	set := func(kind string, isSet bool, f func()) {
+		if isSet {
+			panic(fmt.Sprintf("agent: part %q is a second %s", p.Name, kind))
+		}
+		f()
+	}
+	switch r := p.Runner.(type) {
+	case *Probe:
+		set("probe", a.probe != nil, func() { a.probe = r })
+	case *BackupSchedule:
+		set("base-backup schedule", a.backups != nil, func() { a.backups = r })
+	case *DrillSchedule:
+		set("drill schedule", a.drills != nil, func() { a.drills = r })
+	case *DumpSchedule:
+		set("dump schedule", a.dumps != nil, func() { a.dumps = r })
+	}
+	if w, ok := p.Runner.(WALSource); ok {
+		set("WAL source", a.wal != nil, func() { a.wal = w })
+	}
+	if m, ok := p.Runner.(MediaSource); ok {
+		set("media source", a.media != nil, func() { a.media = m })
+	}
+	if c, ok := p.Runner.(ConfigSource); ok {
+		set("config source", a.config != nil, func() { a.config = c })
+	}
+}
+
+// observeMediaLatency records how long a new media file took from its
 // completion to its durable copy.
-func (a *Agent) ObserveMediaLatency(d time.Duration) { a.latency.Observe(d.Seconds()) }
+func (a *Agent) observeMediaLatency(d time.Duration) { a.latency.Observe(d.Seconds()) }
 
 // Addr is the HTTP endpoint's address once Run has started listening.
 func (a *Agent) Addr() string {
@@ -200,13 +296,17 @@ func (a *Agent) Addr() string {
 	return a.addr
 }
 
-// Run runs the components and the HTTP endpoint until ctx is cancelled,
-// then waits (at most ShutdownTimeout) for the components to finish: the
-// WAL receiver stores its open partial segment and sends a last status
-// update. It returns an error only when the endpoint cannot listen or the
-// components do not stop in time.
+// Run runs the parts and the HTTP endpoint until ctx is cancelled, then
+// waits at most ShutdownTimeout for the parts to finish: the WAL receiver
+// makes what it received durable, sends a last status update and stores
+// what it can of the spool within the parts' budget (ShutdownTimeout less
+// PartsReserve; what is left stays fsynced in the spool for the next
+// start). Every goroutine Run starts has returned when it returns, unless
+// a part ignores its budget: then Run returns an error naming it. It also
+// returns an error when the endpoint cannot listen.
 func (a *Agent) Run(ctx context.Context) error {
-	var srv *http.Server
+	var wg sync.WaitGroup
+	defer wg.Wait()
 	if a.opts.Listen != "" {
 		l, err := net.Listen("tcp", a.opts.Listen)
 		if err != nil {
@@ -215,10 +315,17 @@ func (a *Agent) Run(ctx context.Context) error {
 		a.mu.Lock()
 		a.addr = l.Addr().String()
 		a.mu.Unlock()
-		srv = &http.Server{Handler: a.Handler(), ReadHeaderTimeout: 10 * time.Second}
-		go func() {
+		srv := &http.Server{Handler: a.Handler(), ReadHeaderTimeout: 10 * time.Second}
+		wg.Go(func() {
 			if err := srv.Serve(l); err != nil && !errors.Is(err, http.ErrServerClosed) {
 				a.opts.Log.Error("http endpoint", "err", err)
+			}
+		})
+		defer func() {
+			sh, cancel := context.WithTimeout(context.Background(), time.Second)
+			defer cancel()
+			if err := srv.Shutdown(sh); err != nil {
+				_ = srv.Close()
 			}
 		}()
 		a.opts.Log.Info("http endpoint", "addr", "http://"+a.Addr(), "paths", "/metrics /healthz /status")
@@ -228,37 +335,36 @@ func (a *Agent) Run(ctx context.Context) error {
 	}
 
 	sctx, stopSampler := context.WithCancel(context.Background())
-	go a.sample(sctx)
+	defer stopSampler()
+	wg.Go(func() { a.sample(sctx) })
+
+	budget := a.opts.ShutdownTimeout
+	pctx, release := shutdown.WithBudget(ctx, budget-PartsReserve(budget))
+	defer release()
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		a.sup.run(ctx, a.opts.Components)
+		a.sup.run(pctx, a.opts.Parts)
 	}()
 
-	var err error
 	select {
 	case <-done:
+		return nil
 	case <-ctx.Done():
-		a.opts.Log.Info("stopping")
-		select {
-		case <-done:
-		case <-time.After(a.opts.ShutdownTimeout):
-			var running []string
-			for _, c := range a.sup.snapshot() {
-				if c.Running {
-					running = append(running, c.Name)
-				}
-			}
-			err = fmt.Errorf("components %v did not stop within %s", running, a.opts.ShutdownTimeout)
+	}
+	a.opts.Log.Info("stopping", "budget", budget)
+	select {
+	case <-done:
+		return nil
+	case <-time.After(budget):
+	}
+	var running []string
+	for _, c := range a.sup.snapshot() {
+		if c.Running {
+			running = append(running, c.Name)
 		}
 	}
-	stopSampler()
-	if srv != nil {
-		sh, cancel := context.WithTimeout(context.Background(), time.Second)
-		_ = srv.Shutdown(sh)
-		cancel()
-	}
-	return err
+	return fmt.Errorf("parts %v did not stop within the shutdown budget (%s)", running, budget)
 }
 
 // sample tracks what health needs over time: since when the receiver is
@@ -280,8 +386,8 @@ func (a *Agent) sample(ctx context.Context) {
 func (a *Agent) sampleOnce(now time.Time) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	if a.opts.WAL != nil {
-		st := a.opts.WAL.Status()
+	if a.wal != nil {
+		st := a.wal.Status()
 		if st.Streaming {
 			a.lastStreaming = now
 		}
@@ -289,8 +395,8 @@ func (a *Agent) sampleOnce(now time.Time) {
 			a.lastArchived, a.archivedAt = uint64(st.Archived), now
 		}
 	}
-	if a.opts.Media != nil {
-		p := a.opts.Media.Stats().Pending
+	if a.media != nil {
+		p := a.media.Stats().Pending
 		switch {
 		case p == 0:
 			a.pendingSince = time.Time{}
@@ -347,16 +453,16 @@ func (a *Agent) Status() Status {
 	now := time.Now()
 	st := Status{Started: a.started, Components: a.sup.snapshot()}
 	var probe *ProbeStatus
-	if a.opts.Probe != nil {
-		p := a.opts.Probe.Status()
+	if a.probe != nil {
+		p := a.probe.Status()
 		probe = &p
 		st.Postgres = probe
 	}
 	a.mu.Lock()
 	lastStreaming, archivedAt, pendingSince := a.lastStreaming, a.archivedAt, a.pendingSince
 	a.mu.Unlock()
-	if a.opts.WAL != nil {
-		w := a.opts.WAL.Status()
+	if a.wal != nil {
+		w := a.wal.Status()
 		ws := &WALStatus{Timeline: w.Timeline, Streaming: w.Streaming, Received: w.Received.String(), Flushed: w.Flushed.String(),
 			Archived: w.Archived.String(), LastMsg: w.ServerTime, LastError: w.LastError, ArchivedAt: archivedAt,
 			Stored: w.Stored.String(), UnstoredBytes: w.UnstoredBytes(), UnstoredSeconds: unstoredAge(w, now).Seconds(),
@@ -385,32 +491,51 @@ func (a *Agent) Status() Status {
 			st.Problems = append(st.Problems, "postgres: unreachable: "+probe.LastError)
 		}
 		if probe.Up && probe.SlotLag > a.opts.Health.SlotLag {
-			st.Problems = append(st.Problems, fmt.Sprintf("postgres: slot %s is %d MiB behind the server (more than %d MiB)", a.opts.Probe.Slot, probe.SlotLag>>20, a.opts.Health.SlotLag>>20))
+			st.Problems = append(st.Problems, fmt.Sprintf("postgres: slot %s is %d MiB behind the server (more than %d MiB)", a.probe.Slot, probe.SlotLag>>20, a.opts.Health.SlotLag>>20))
 		}
 	}
-	if a.opts.Backups != nil {
-		b := a.opts.Backups.Status()
-		st.Backups = &b
-		switch {
-		case b.Count == 0:
-			msg := "base backups: none complete yet (no restore is possible)"
-			if b.Running {
-				msg += "; the first one is running"
-			}
-			if b.LastError != "" {
-				msg += "; last error: " + b.LastError
-			}
-			st.Problems = append(st.Problems, msg)
-		case a.opts.Health.BackupInterval > 0 && now.Sub(b.LastEnd) > 2*a.opts.Health.BackupInterval:
-			msg := fmt.Sprintf("base backups: the newest (%s) ended %s ago, more than twice basebackup.interval (%s)", b.LastID, now.Sub(b.LastEnd).Round(time.Second), a.opts.Health.BackupInterval)
-			if b.LastError != "" {
-				msg += "; last error: " + b.LastError
-			}
-			st.Problems = append(st.Problems, msg)
+	a.backupHealth(&st, now)
+	a.mediaHealth(&st, pendingSince, now)
+	a.scheduleHealth(&st, now)
+	for _, c := range st.Components {
+		if !c.Running && !c.RetryAt.IsZero() {
+			st.Problems = append(st.Problems, fmt.Sprintf("%s: failed %d times, retrying at %s: %s", c.Name, c.Failures, c.RetryAt.UTC().Format(time.RFC3339), c.LastError))
 		}
 	}
-	if a.opts.Media != nil {
-		m := a.opts.Media.Stats()
+	st.Healthy = len(st.Problems) == 0
+	return st
+}
+
+// backupHealth adds the base-backup schedule's state and problems.
+func (a *Agent) backupHealth(st *Status, now time.Time) {
+	if a.backups == nil {
+		return
+	}
+	b := a.backups.Status()
+	st.Backups = &b
+	switch {
+	case b.Count == 0:
+		msg := "base backups: none complete yet (no restore is possible)"
+		if b.Running {
+			msg += "; the first one is running"
+		}
+		if b.LastError != "" {
+			msg += "; last error: " + b.LastError
+		}
+		st.Problems = append(st.Problems, msg)
+	case a.opts.Health.BackupInterval > 0 && now.Sub(b.LastEnd) > 2*a.opts.Health.BackupInterval:
+		msg := fmt.Sprintf("base backups: the newest (%s) ended %s ago, more than twice basebackup.interval (%s)", b.LastID, now.Sub(b.LastEnd).Round(time.Second), a.opts.Health.BackupInterval)
+		if b.LastError != "" {
+			msg += "; last error: " + b.LastError
+		}
+		st.Problems = append(st.Problems, msg)
+	}
+}
+
+// mediaHealth adds the media watcher's state and problems.
+func (a *Agent) mediaHealth(st *Status, pendingSince, now time.Time) {
+	if a.media != nil {
+		m := a.media.Stats()
 		st.Media = &m
 		if !pendingSince.IsZero() && now.Sub(pendingSince) > a.opts.Health.MediaBacklog {
 			st.Problems = append(st.Problems, fmt.Sprintf("media: %d files pending and the backlog has not shrunk for %s", m.Pending, now.Sub(pendingSince).Round(time.Second)))
@@ -419,8 +544,13 @@ func (a *Agent) Status() Status {
 			st.Problems = append(st.Problems, p)
 		}
 	}
-	if a.opts.Config != nil {
-		c := a.opts.Config.ConfigStatus()
+}
+
+// scheduleHealth adds the config watcher's state, the last verify, and the
+// drill and dump schedules' state and problems.
+func (a *Agent) scheduleHealth(st *Status, now time.Time) {
+	if a.config != nil {
+		c := a.config.ConfigStatus()
 		st.Config = &c
 	}
 	if rec := a.lastVerify(); rec != nil {
@@ -433,25 +563,18 @@ func (a *Agent) Status() Status {
 			st.Problems = append(st.Problems, msg+" — run synbak verify for the list; a passing run clears this")
 		}
 	}
-	if a.opts.Drills != nil {
-		d := a.opts.Drills.Status()
+	if a.drills != nil {
+		d := a.drills.Status()
 		st.Drills = &d
 		if d.Runs > 0 && !d.LastOK {
 			st.Problems = append(st.Problems, "drill: the last restore drill ("+d.LastRun.UTC().Format(time.RFC3339)+") failed: "+strings.Join(d.LastProblems, "; "))
 		}
 	}
-	if a.opts.Dumps != nil {
-		d := a.opts.Dumps.Status()
+	if a.dumps != nil {
+		d := a.dumps.Status()
 		st.Dumps = &d
-		st.Problems = append(st.Problems, dumpProblems(d, a.opts.Dumps.Interval, a.started, now)...)
+		st.Problems = append(st.Problems, dumpProblems(d, a.dumps.Interval, a.started, now)...)
 	}
-	for _, c := range st.Components {
-		if !c.Running && !c.RetryAt.IsZero() {
-			st.Problems = append(st.Problems, fmt.Sprintf("%s: failed %d times, retrying at %s: %s", c.Name, c.Failures, c.RetryAt.UTC().Format(time.RFC3339), c.LastError))
-		}
-	}
-	st.Healthy = len(st.Problems) == 0
-	return st
 }
 
 // unstoredAge is the age of the oldest acknowledged byte not yet in the

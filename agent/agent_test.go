@@ -15,26 +15,33 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus/testutil/promlint"
+	"go.uber.org/goleak"
 
+	"github.com/synbak/synbak/internal/shutdown"
+	"github.com/synbak/synbak/internal/wait"
 	"github.com/synbak/synbak/mediawatch"
 	"github.com/synbak/synbak/verify"
 	"github.com/synbak/synbak/wal"
 )
 
-type fakeWAL struct{ streaming atomic.Bool }
+// fakeWAL is a part that reports WAL status; it streams while it runs.
+type fakeWAL struct {
+	streaming atomic.Bool
+	runs      atomic.Int32
+}
 
 func (f *fakeWAL) Status() wal.Status { return wal.Status{Streaming: f.streaming.Load(), Timeline: 1} }
 
-func waitFor(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
+func (f *fakeWAL) Run(ctx context.Context) error {
+	f.runs.Add(1)
+	f.streaming.Store(true)
+	<-ctx.Done()
+	f.streaming.Store(false)
+	return nil
 }
+
+// idle is a part that waits for the end.
+func idle(ctx context.Context) error { <-ctx.Done(); return nil }
 
 func scrape(t *testing.T, h http.Handler, path string) (int, string) {
 	t.Helper()
@@ -48,28 +55,22 @@ func scrape(t *testing.T, h http.Handler, path string) (int, string) {
 // reported, while the others keep running; a component that recovers
 // clears the problem.
 func TestFailingComponentIsRetriedWithoutStoppingOthers(t *testing.T) {
-	var runs, walRuns atomic.Int32
+	var runs atomic.Int32
 	var failing atomic.Bool
 	failing.Store(true)
 	w := &fakeWAL{}
 	a := New(Options{
-		MinBackoff: 20 * time.Millisecond, MaxBackoff: 80 * time.Millisecond, WAL: w,
-		Components: []Component{
-			{Name: "wal", Run: func(ctx context.Context) error {
-				walRuns.Add(1)
-				w.streaming.Store(true)
-				<-ctx.Done()
-				w.streaming.Store(false)
-				return nil
-			}},
-			{Name: "backups", Run: func(ctx context.Context) error {
+		MinBackoff: 20 * time.Millisecond, MaxBackoff: 80 * time.Millisecond,
+		Parts: []Part{
+			{Name: "wal", Runner: w},
+			{Name: "backups", Runner: RunFunc(func(ctx context.Context) error {
 				runs.Add(1)
 				if failing.Load() {
 					return errors.New("base backup: disk full")
 				}
 				<-ctx.Done()
 				return nil
-			}},
+			})},
 		},
 	})
 	ctx, cancel := context.WithCancel(context.Background())
@@ -77,12 +78,18 @@ func TestFailingComponentIsRetriedWithoutStoppingOthers(t *testing.T) {
 	go func() { done <- a.Run(ctx) }()
 	h := a.Handler()
 
-	waitFor(t, "four failures", func() bool { return runs.Load() >= 4 })
-	if walRuns.Load() != 1 || !w.streaming.Load() {
-		t.Errorf("the WAL component ran %d times (streaming %v) while backups failed; want once, still running", walRuns.Load(), w.streaming.Load())
+	wait.For(t, 10*time.Second, "four failures", func() bool { return runs.Load() >= 4 })
+	if w.runs.Load() != 1 || !w.streaming.Load() {
+		t.Errorf("the WAL component ran %d times (streaming %v) while backups failed; want once, still running", w.runs.Load(), w.streaming.Load())
 	}
-	code, body := scrape(t, h, "/healthz")
-	if code != 503 || !strings.Contains(body, "backups: failed") || !strings.Contains(body, "disk full") {
+	// Between two runs (not while one runs) the failure is a problem.
+	var code int
+	var body string
+	wait.For(t, 10*time.Second, "/healthz to report the failing part", func() bool {
+		code, body = scrape(t, h, "/healthz")
+		return code == 503
+	})
+	if !strings.Contains(body, "backups: failed") || !strings.Contains(body, "disk full") {
 		t.Errorf("/healthz while failing: %d %q", code, body)
 	}
 	_, metrics := scrape(t, h, "/metrics")
@@ -103,7 +110,7 @@ func TestFailingComponentIsRetriedWithoutStoppingOthers(t *testing.T) {
 	}
 
 	failing.Store(false)
-	waitFor(t, "healthy after the component recovered", func() bool { code, _ := scrape(t, h, "/healthz"); return code == 200 })
+	wait.For(t, 10*time.Second, "healthy after the component recovered", func() bool { code, _ := scrape(t, h, "/healthz"); return code == 200 })
 
 	cancel()
 	select {
@@ -121,13 +128,13 @@ func TestFailingComponentIsRetriedWithoutStoppingOthers(t *testing.T) {
 func TestShutdownIsBounded(t *testing.T) {
 	block := make(chan struct{})
 	defer close(block)
-	a := New(Options{ShutdownTimeout: 100 * time.Millisecond, Components: []Component{
-		{Name: "stuck", Run: func(ctx context.Context) error { <-block; return nil }},
+	a := New(Options{ShutdownTimeout: 100 * time.Millisecond, Parts: []Part{
+		{Name: "stuck", Runner: RunFunc(func(ctx context.Context) error { <-block; return nil })},
 	}})
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- a.Run(ctx) }()
-	waitFor(t, "running", func() bool { return a.Status().Components[0].Running })
+	wait.For(t, 10*time.Second, "running", func() bool { return a.Status().Components[0].Running })
 	cancel()
 	select {
 	case err := <-done:
@@ -143,13 +150,13 @@ func TestShutdownIsBounded(t *testing.T) {
 // a shorter gap is not.
 func TestHealthDisconnected(t *testing.T) {
 	w := &fakeWAL{}
-	a := New(Options{WAL: w, Health: HealthOptions{Disconnected: time.Hour}})
+	a := New(Options{Parts: []Part{{Name: "wal", Runner: w}}, Health: HealthOptions{Disconnected: time.Hour}})
 	now := time.Now()
 	a.sampleOnce(now)
 	if st := a.Status(); !st.Healthy {
 		t.Errorf("unhealthy right after start: %v", st.Problems)
 	}
-	a = New(Options{WAL: w, Health: HealthOptions{Disconnected: time.Nanosecond}})
+	a = New(Options{Parts: []Part{{Name: "wal", Runner: w}}, Health: HealthOptions{Disconnected: time.Nanosecond}})
 	time.Sleep(time.Millisecond)
 	if st := a.Status(); st.Healthy || !strings.Contains(strings.Join(st.Problems, "\n"), "not been streaming") {
 		t.Errorf("not streaming past the limit: %v", st.Problems)
@@ -181,12 +188,12 @@ func TestDrillScheduleHealthAndMetrics(t *testing.T) {
 		}
 		return DrillResult{Problems: []string{"restore failed: WAL segment wal/00000001/000000010000000000000007 is missing"}, Seconds: 3}, nil
 	}}
-	a := New(Options{Drills: d, Components: []Component{{Name: "drill", Run: d.Run}}})
+	a := New(Options{Parts: []Part{{Name: "drill", Runner: d}}})
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	go a.Run(ctx)
 	h := a.Handler()
-	waitFor(t, "a failed drill reported", func() bool {
+	wait.For(t, 10*time.Second, "a failed drill reported", func() bool {
 		code, body := scrape(t, h, "/healthz")
 		return code == 503 && strings.Contains(body, "drill: the last restore drill") && strings.Contains(body, "000000010000000000000007")
 	})
@@ -195,7 +202,7 @@ func TestDrillScheduleHealthAndMetrics(t *testing.T) {
 		t.Errorf("metrics after a failed drill (counted as the drill component's error):\n%s", grep(m, "synbak_drill")+"\n"+grep(m, "component_errors"))
 	}
 	pass.Store(true)
-	waitFor(t, "a passing drill", func() bool { code, _ := scrape(t, h, "/healthz"); return code == 200 })
+	wait.For(t, 10*time.Second, "a passing drill", func() bool { code, _ := scrape(t, h, "/healthz"); return code == 200 })
 	if _, m := scrape(t, h, "/metrics"); !strings.Contains(m, "synbak_drill_duration_seconds 12.5") || !strings.Contains(m, "synbak_drill_last_ok 1") {
 		t.Errorf("metrics after a passing drill:\n%s", grep(m, "synbak_drill"))
 	}
@@ -207,11 +214,13 @@ type fakeMedia struct{ st mediawatch.Stats }
 
 func (f *fakeMedia) Stats() mediawatch.Stats { return f.st }
 
+func (f *fakeMedia) Run(ctx context.Context) error { return idle(ctx) }
+
 // A media file failing to copy for longer than the limit turns health red,
 // naming the file and the error; shorter, or once copied, it does not.
 func TestHealthNamesAFailingMediaFile(t *testing.T) {
 	m := &fakeMedia{}
-	a := New(Options{Media: m, Health: HealthOptions{MediaFailure: time.Minute}})
+	a := New(Options{Parts: []Part{{Name: "media", Runner: m}}, Health: HealthOptions{MediaFailure: time.Minute}})
 	now := time.Now()
 	m.st = mediawatch.Stats{FailingFiles: 3, Failing: []mediawatch.FileFailure{
 		{Path: "local_content/ab/cd/efgh", Err: "open …: input/output error", Since: now.Add(-30 * time.Second), Attempts: 6},
@@ -235,7 +244,7 @@ func TestHealthNamesAFailingMediaFile(t *testing.T) {
 // part (drills off, no dumps ...), and the exposition is promlint-clean.
 func TestMetricsAlwaysPresentAndLintClean(t *testing.T) {
 	a := New(Options{BuildInfo: map[string]string{"version": "1.2.3", "commit": "abc"},
-		Components: []Component{{Name: "wal", Run: func(ctx context.Context) error { <-ctx.Done(); return nil }}}})
+		Parts: []Part{{Name: "wal", Runner: RunFunc(idle)}}})
 	h := a.Handler()
 	_, m := scrape(t, h, "/metrics")
 	for _, name := range []string{
@@ -265,7 +274,7 @@ func TestMetricsAlwaysPresentAndLintClean(t *testing.T) {
 // The example alert rules and Grafana dashboard name only metrics the agent
 // exports (a renamed metric must not silently break an admin's alerts).
 func TestExamplesUseExportedMetrics(t *testing.T) {
-	a := New(Options{Components: []Component{{Name: "wal", Run: func(ctx context.Context) error { <-ctx.Done(); return nil }}}})
+	a := New(Options{Parts: []Part{{Name: "wal", Runner: RunFunc(idle)}}})
 	_, m := scrape(t, a.Handler(), "/metrics")
 	exported := map[string]bool{}
 	for _, l := range strings.Split(m, "\n") {
@@ -328,4 +337,46 @@ func TestHealthFollowsTheLastVerify(t *testing.T) {
 	if _, m := scrape(t, a.Handler(), "/metrics"); !strings.Contains(m, "synbak_verify_last_ok 1") {
 		t.Errorf("metrics after a passing verify:\n%s", grep(m, "synbak_verify"))
 	}
+}
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+
+// A part given a budget uses what the agent leaves it: Run gives the parts
+// ShutdownTimeout less PartsReserve, a part whose clean stop takes longer
+// is cut off by its grace (not by the agent's wait), and Run returns nil
+// with every goroutine joined.
+func TestPartsStopWithinTheNestedBudget(t *testing.T) {
+	budget := 600 * time.Millisecond
+	var graceTook atomic.Int64
+	slow := RunFunc(func(ctx context.Context) error {
+		<-ctx.Done()
+		start := time.Now()
+		g, cancel := shutdown.Grace(ctx, time.Hour)
+		defer cancel()
+		<-g.Done() // a drain that would take longer than the budget
+		graceTook.Store(int64(time.Since(start)))
+		return nil
+	})
+	ignore := goleak.IgnoreCurrent()
+	a := New(Options{ShutdownTimeout: budget, Listen: "127.0.0.1:0", Parts: []Part{{Name: "wal", Runner: slow}, {Name: "probe", Runner: RunFunc(idle)}}})
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- a.Run(ctx) }()
+	wait.For(t, 10*time.Second, "running", func() bool { return a.Addr() != "" && a.Status().Components[0].Running })
+	cancel()
+	start := time.Now()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("Run: %v", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("Run hung")
+	}
+	took := time.Since(start)
+	want := budget - PartsReserve(budget)
+	if g := time.Duration(graceTook.Load()); g < want-50*time.Millisecond || took > budget {
+		t.Errorf("the part's grace lasted %s (want about %s), Run returned after %s (budget %s)", g, want, took, budget)
+	}
+	goleak.VerifyNone(t, ignore)
 }

@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"context"
 	"strings"
 	"sync"
 	"testing"
@@ -22,6 +23,8 @@ func (f *statusWAL) Status() wal.Status {
 	return f.st
 }
 
+func (f *statusWAL) Run(ctx context.Context) error { return idle(ctx) }
+
 func (f *statusWAL) set(g func(*wal.Status)) {
 	f.mu.Lock()
 	g(&f.st)
@@ -33,7 +36,7 @@ func (f *statusWAL) set(g func(*wal.Status)) {
 // problems naming the last upload error; both clear when uploads resume.
 func TestHealthArchiveStalled(t *testing.T) {
 	w := &statusWAL{st: wal.Status{Streaming: true, Timeline: 1, Flushed: 0x3000000, Stored: 0x3000000, Archived: 0x3000000}}
-	a := New(Options{WAL: w, Health: HealthOptions{WALBacklog: time.Second}})
+	a := New(Options{Parts: []Part{{Name: "wal", Runner: w}}, Health: HealthOptions{WALBacklog: time.Second}})
 	now := time.Now()
 	a.sampleOnce(now)
 	if st := a.Status(); !st.Healthy {

@@ -191,7 +191,7 @@ func TestDumpScheduleFailure(t *testing.T) {
 	s.Take = func(ctx context.Context) (dump.Dump, error) {
 		return dump.Dump{}, errors.New("pg_dump: connection refused")
 	}
-	a := New(Options{Dumps: s})
+	a := New(Options{Parts: []Part{{Name: "dumps", Runner: s}}})
 	err := s.Run(context.Background())
 	if err == nil || !strings.Contains(err.Error(), "dump: pg_dump: connection refused") {
 		t.Fatalf("Run: %v, want the dump's error", err)

@@ -58,21 +58,21 @@ var pageTmpl = template.Must(template.New("page").Funcs(template.FuncMap{
 
 // recordHistory takes a sample when one is due and notes new drills.
 func (a *Agent) recordHistory(now time.Time) {
-	if a.opts.Drills != nil {
-		a.hist.drill(a.opts.Drills.Status())
+	if a.drills != nil {
+		a.hist.drill(a.drills.Status())
 	}
 	if !a.hist.due(now) {
 		return
 	}
 	s := Sample{Time: now}
-	if a.opts.WAL != nil {
-		w := a.opts.WAL.Status()
+	if a.wal != nil {
+		w := a.wal.Status()
 		s.Streaming = w.Streaming
 		if w.Flushed > w.Archived {
 			s.BacklogBytes = int64(w.Flushed - w.Archived)
 		}
-		if a.opts.Probe != nil {
-			if p := a.opts.Probe.Status(); p.Up && p.ServerLSN > w.Flushed {
+		if a.probe != nil {
+			if p := a.probe.Status(); p.Up && p.ServerLSN > w.Flushed {
 				s.LagBytes = int64(p.ServerLSN - w.Flushed)
 			}
 		}

@@ -9,18 +9,7 @@ import (
 	"time"
 )
 
-// Component is one long-running part of the agent: the WAL receiver, the
-// base-backup schedule, the media watcher, the config watcher, the
-// database probe.
-type Component struct {
-	Name string
-	// Run works until ctx is cancelled. An error makes the supervisor
-	// report it and run the component again after a backoff; nil before
-	// ctx is cancelled means the component has nothing (more) to do.
-	Run func(ctx context.Context) error
-}
-
-// ComponentStatus is what the supervisor knows about a component.
+// ComponentStatus is what the supervisor knows about a part.
 type ComponentStatus struct {
 	Name    string `json:"name"`
 	Running bool   `json:"running"`
@@ -61,7 +50,7 @@ func newSupervisor(log *slog.Logger, minBackoff, maxBackoff time.Duration, onFai
 
 // register makes the components known (and visible in snapshot) before
 // they run.
-func (s *supervisor) register(comps []Component) {
+func (s *supervisor) register(comps []Part) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	for _, c := range comps {
@@ -73,20 +62,16 @@ func (s *supervisor) register(comps []Component) {
 }
 
 // run runs every component until ctx is cancelled and all have returned.
-func (s *supervisor) run(ctx context.Context, comps []Component) {
+func (s *supervisor) run(ctx context.Context, comps []Part) {
 	s.register(comps)
 	var wg sync.WaitGroup
 	for _, c := range comps {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			s.keep(ctx, c)
-		}()
+		wg.Go(func() { s.keep(ctx, c) })
 	}
 	wg.Wait()
 }
 
-func (s *supervisor) keep(ctx context.Context, c Component) {
+func (s *supervisor) keep(ctx context.Context, c Part) {
 	backoff := s.minBackoff
 	log := s.log.With("component", c.Name)
 	for {

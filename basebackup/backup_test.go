@@ -21,6 +21,7 @@ import (
 	"github.com/synbak/synbak/internal/pgtest"
 	"github.com/synbak/synbak/internal/repo"
 	"github.com/synbak/synbak/internal/repo/repotest"
+	"github.com/synbak/synbak/internal/wait"
 	"github.com/synbak/synbak/restore"
 	"github.com/synbak/synbak/wal"
 )
@@ -336,16 +337,7 @@ func walArchivedTo(t *testing.T, r *repo.Repo, tli uint32, lsn string) bool {
 	return err == nil
 }
 
-func waitFor(t *testing.T, timeout time.Duration, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %s waiting for %s", timeout, what)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-}
+var waitFor = wait.For
 
 // TestWALTimeout: without a WAL receiver the backup fails after
 // WALTimeout, says why, and leaves nothing behind.

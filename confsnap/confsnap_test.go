@@ -22,6 +22,7 @@ import (
 	"github.com/synbak/synbak/internal/repo/repotest"
 	"github.com/synbak/synbak/internal/storage"
 	"github.com/synbak/synbak/internal/synapse"
+	"github.com/synbak/synbak/internal/wait"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
@@ -31,17 +32,7 @@ func newTestRepo(t *testing.T) *repo.Repo {
 	return repotest.New(t, t.TempDir(), repo.Options{})
 }
 
-// waitFor polls cond until it is true or the timeout ends.
-func waitFor(t *testing.T, timeout time.Duration, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %s waiting for %s", timeout, what)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-}
+var waitFor = wait.For
 
 // clock is a settable clock for Snapshot.
 type clock struct {

@@ -14,6 +14,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/synbak/synbak/internal/durable"
 	"github.com/synbak/synbak/internal/repo"
 )
 
@@ -228,7 +229,7 @@ func Restore(ctx context.Context, r *repo.Repo, at time.Time, dir string) (Manif
 	if err := os.Remove(staging); err != nil {
 		return Manifest{}, fmt.Errorf("restore config: %w", err)
 	}
-	if err := syncDir(dir); err != nil {
+	if err := durable.SyncDir(dir); err != nil {
 		return Manifest{}, err
 	}
 	done = true
@@ -281,7 +282,12 @@ func restoreFile(ctx context.Context, r *repo.Repo, dst string, f Record) error 
 		return fmt.Errorf("object %s holds %d bytes with sha256 %s, the index says %d bytes: the repository is damaged",
 			ObjectName(f.SHA256), len(data), got, f.Size)
 	}
-	if err := writeFileSync(dst, data, 0o600, true); err != nil {
+	// Staged, never over an existing file; the staging directory is
+	// renamed into place as a whole.
+	if err := durable.Write(dst, durable.Options{NoOverwrite: true, SkipDirSync: true}, func(f *os.File) error {
+		_, err := f.Write(data)
+		return err
+	}); err != nil {
 		return err
 	}
 	owned := false
@@ -330,59 +336,10 @@ func restoredMode(f Record, owned bool) os.FileMode {
 	return mode
 }
 
-// writeFileSync writes data to path with exactly mode (whatever the umask)
-// and fsyncs it; excl refuses an existing file.
-func writeFileSync(path string, data []byte, mode os.FileMode, excl bool) error {
-	flags := os.O_WRONLY | os.O_CREATE | os.O_TRUNC
-	if excl {
-		flags = os.O_WRONLY | os.O_CREATE | os.O_EXCL
-	}
-	f, err := os.OpenFile(path, flags, mode)
-	if err != nil {
-		return err
-	}
-	_, err = f.Write(data)
-	if err == nil {
-		err = f.Chmod(mode)
-	}
-	if err == nil {
-		err = f.Sync()
-	}
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	return err
-}
-
-// replaceFile writes data to path through a temporary file in the same
-// directory and a rename, with exactly mode.
+// replaceFile writes data to path durably (a temporary file in the same
+// directory, renamed over it), with exactly mode.
 func replaceFile(path string, data []byte, mode os.FileMode) error {
-	tmp, err := os.CreateTemp(filepath.Dir(path), ".synbak-*")
-	if err != nil {
-		return err
-	}
-	name := tmp.Name()
-	tmp.Close()
-	defer os.Remove(name)
-	if err := writeFileSync(name, data, mode, false); err != nil {
-		return err
-	}
-	if err := os.Rename(name, path); err != nil {
-		return err
-	}
-	return syncDir(filepath.Dir(path))
-}
-
-func syncDir(dir string) error {
-	d, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	defer d.Close()
-	if err := d.Sync(); err != nil {
-		return fmt.Errorf("sync %s: %w", dir, err)
-	}
-	return nil
+	return durable.WriteFile(path, data, mode)
 }
 
 func writeManifest(dir string, m Manifest) error {

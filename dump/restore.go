@@ -87,11 +87,10 @@ type TargetPlan struct {
 	Size      int64  `json:"size"`
 	Parts     int    `json:"parts"`
 
-	tool    Tool
-	maint   map[string]string // connection to a maintenance database
-	params  map[string]string // connection to the database restored
-	origin  string
-	sameSrv bool
+	tool   Tool
+	maint  map[string]string // connection to a maintenance database
+	params map[string]string // connection to the database restored
+	origin string
 }
 
 // RestorePlan is what a restore from a dump does.

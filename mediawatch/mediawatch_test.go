@@ -24,6 +24,7 @@ import (
 	"github.com/synbak/synbak/internal/repo"
 	"github.com/synbak/synbak/internal/repo/repotest"
 	"github.com/synbak/synbak/internal/storage/local"
+	"github.com/synbak/synbak/internal/wait"
 )
 
 const testQuiet = 200 * time.Millisecond
@@ -86,17 +87,7 @@ func randomContent(rng *rand.Rand, n int) []byte {
 	return b[:n]
 }
 
-// waitFor polls cond until it is true or the timeout ends.
-func waitFor(t *testing.T, timeout time.Duration, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %s waiting for %s", timeout, what)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-}
+var waitFor = wait.For
 
 func readEvents(t *testing.T, r *repo.Repo) []Event {
 	t.Helper()

@@ -11,6 +11,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/synbak/synbak/internal/durable"
 	"github.com/synbak/synbak/internal/repo"
 )
 
@@ -154,30 +155,19 @@ func restoreFile(ctx context.Context, r *repo.Repo, dir string, ev Event) error 
 		return fmt.Errorf("%s: %w", ev.Path, err)
 	}
 	defer rd.Close()
-	tmp, err := os.CreateTemp(filepath.Dir(dst), ".synbak-*")
-	if err != nil {
-		return err
-	}
-	defer os.Remove(tmp.Name())
-	n, err := io.Copy(tmp, rd)
-	if err == nil {
-		info := rd.Info()
-		if info.SHA256 != ev.SHA256 || n != ev.Size {
-			err = fmt.Errorf("object %s holds %d bytes with sha256 %s, the index says %d bytes: the repository is damaged (run synbak verify)",
+	err = durable.Write(dst, durable.Options{SkipDirSync: true}, func(f *os.File) error {
+		n, err := io.Copy(f, rd)
+		if err != nil {
+			return err
+		}
+		if info := rd.Info(); info.SHA256 != ev.SHA256 || n != ev.Size {
+			return fmt.Errorf("object %s holds %d bytes with sha256 %s, the index says %d bytes: the repository is damaged (run synbak verify)",
 				ObjectName(ev.SHA256), n, info.SHA256, ev.Size)
 		}
-	}
-	if err == nil {
-		err = tmp.Sync()
-	}
-	if cerr := tmp.Close(); err == nil {
-		err = cerr
-	}
+		return os.Chtimes(f.Name(), ev.MTime, ev.MTime)
+	})
 	if err != nil {
 		return fmt.Errorf("%s: %w", ev.Path, err)
 	}
-	if err := os.Chtimes(tmp.Name(), ev.MTime, ev.MTime); err != nil {
-		return err
-	}
-	return os.Rename(tmp.Name(), dst)
+	return nil
 }

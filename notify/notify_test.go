@@ -14,6 +14,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/synbak/synbak/agent"
+	"github.com/synbak/synbak/internal/wait"
 )
 
 type webhookSink struct {
@@ -48,17 +49,6 @@ func (s *webhookSink) got() []map[string]any {
 	return append([]map[string]any(nil), s.events...)
 }
 
-func waitUntil(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-}
-
 // TestWebhookDedupAndEvents: the watcher reports a failed backup once per
 // distinct error, a failed drill and a slow one; the webhook gets JSON
 // with the kind, the lines and the plain text.
@@ -86,7 +76,7 @@ func TestWebhookDedupAndEvents(t *testing.T) {
 	w.check(st, now, false)
 	st.Drills = &agent.DrillStatus{Runs: 2, LastOK: true, LastDuration: 125}
 	w.check(st, now, false)
-	waitUntil(t, "3 events", func() bool { return len(sink.got()) >= 3 })
+	wait.For(t, 10*time.Second, "3 events", func() bool { return len(sink.got()) >= 3 })
 	time.Sleep(100 * time.Millisecond)
 	evs := sink.got()
 	if len(evs) != 3 {
@@ -115,7 +105,7 @@ func TestQueueBoundedAndPermanentErrors(t *testing.T) {
 	done := make(chan error, 1)
 	go func() { done <- n.Run(ctx) }()
 	n.Notify(Event{Kind: KindTest, Title: "in flight"})
-	waitUntil(t, "a request in flight", func() bool { sink.mu.Lock(); defer sink.mu.Unlock(); return sink.arrived == 1 })
+	wait.For(t, 10*time.Second, "a request in flight", func() bool { sink.mu.Lock(); defer sink.mu.Unlock(); return sink.arrived == 1 })
 	start := time.Now()
 	for i := range 9 {
 		n.Notify(Event{Kind: KindTest, Title: "event " + string(rune('0'+i))})
@@ -123,14 +113,14 @@ func TestQueueBoundedAndPermanentErrors(t *testing.T) {
 	if d := time.Since(start); d > time.Second {
 		t.Errorf("Notify blocked for %s", d)
 	}
-	waitUntil(t, "drops counted", func() bool {
+	wait.For(t, 10*time.Second, "drops counted", func() bool {
 		return testutil.ToFloat64(n.dropped.WithLabelValues("webhook")) >= 7
 	})
 	sink.mu.Lock()
 	sink.status = http.StatusForbidden
 	sink.mu.Unlock()
 	close(sink.block)
-	waitUntil(t, "the queued ones tried", func() bool { return len(sink.got()) >= 3 })
+	wait.For(t, 10*time.Second, "the queued ones tried", func() bool { return len(sink.got()) >= 3 })
 	time.Sleep(100 * time.Millisecond)
 	if got := len(sink.got()); got != 3 {
 		t.Errorf("%d requests, want 3 (one in flight, two queued; 403 not retried)", got)
@@ -157,7 +147,7 @@ func TestWeeklySummary(t *testing.T) {
 	var wg sync.WaitGroup
 	wg.Go(func() { _ = n.Run(ctx) })
 	wg.Go(func() { _ = w.Run(ctx) })
-	waitUntil(t, "a summary", func() bool { return len(sink.got()) >= 1 })
+	wait.For(t, 10*time.Second, "a summary", func() bool { return len(sink.got()) >= 1 })
 	cancel()
 	wg.Wait()
 	ev := sink.got()[0]

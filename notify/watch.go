@@ -41,6 +41,10 @@ type Watch struct {
 	drillRuns int
 }
 
+// ReadStatusFrom sets Status: the agent hands a Watch that is one of its
+// parts its own status (agent.StatusReader).
+func (w *Watch) ReadStatusFrom(status func() agent.Status) { w.Status = status }
+
 // Run watches until ctx is cancelled; it returns nil then.
 func (w *Watch) Run(ctx context.Context) error {
 	if w.Interval <= 0 {

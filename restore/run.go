@@ -551,8 +551,10 @@ func asOwner(cmd *exec.Cmd, o *Owner) {
 
 // Run restores: checks, plan, extraction, recovery to the target with
 // PostgreSQL, the Synapse fix-ups, media. It never writes into a non-empty
-// directory. On failure after extraction the data directory is left for
-// inspection and the server is stopped.
+// directory. On a failure after the plan it stops the server and removes
+// what it wrote (the data directory, the work directory, tablespaces, the
+// media and config targets; a directory that existed before is emptied),
+// unless Options.KeepFailed keeps them for inspection.
 func Run(ctx context.Context, opts Options) (rep Report, err error) {
 	if err := opts.defaults(); err != nil {
 		return rep, err

@@ -20,6 +20,7 @@ import (
 	"github.com/synbak/synbak/internal/pgtest"
 	"github.com/synbak/synbak/internal/repo"
 	"github.com/synbak/synbak/internal/repo/repotest"
+	"github.com/synbak/synbak/internal/wait"
 	"github.com/synbak/synbak/mediawatch"
 	"github.com/synbak/synbak/restore"
 	"github.com/synbak/synbak/wal"
@@ -48,16 +49,7 @@ func startReceiver(t *testing.T, c *pgtest.Cluster, r *repo.Repo) (stop func()) 
 	return stop
 }
 
-func waitFor(t *testing.T, timeout time.Duration, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %s waiting for %s", timeout, what)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-}
+var waitFor = wait.For
 
 // timeAfter polls until the server's clock is past t, and returns it.
 func timeAfter(t *testing.T, c *pgtest.Cluster, after time.Time) time.Time {

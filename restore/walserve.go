@@ -516,6 +516,9 @@ func FetchViaSocket(ctx context.Context, dir, file, dest string) error {
 	src := os.NewFile(uintptr(fd), file)
 	fd = -1 // src closes it
 	defer src.Close()
+	// Renamed into place without an fsync (not internal/durable):
+	// PostgreSQL reads the file at once and asks again after a crash, and
+	// an fsync per segment would slow the replay.
 	tmp := dest + ".synbak-tmp"
 	if linked(src, size, tmp) {
 		if err := os.Rename(tmp, dest); err != nil {

@@ -10,6 +10,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/synbak/synbak/internal/durable"
 )
 
 // RecordFile is where `synbak verify` leaves its last result in the state
@@ -48,32 +50,18 @@ func SaveRecord(stateDir string, rec Record) error {
 	if err := os.MkdirAll(stateDir, 0o700); err != nil {
 		return fmt.Errorf("state directory %s: %w", stateDir, err)
 	}
-	tmp, err := os.CreateTemp(stateDir, ".last-verify-*")
-	if err != nil {
-		return err
-	}
-	defer os.Remove(tmp.Name())
-	if _, err := tmp.Write(append(data, '\n')); err != nil {
-		tmp.Close()
-		return err
-	}
-	if os.Geteuid() == 0 {
-		var st unix.Stat_t
-		if unix.Stat(stateDir, &st) == nil && st.Uid != 0 {
-			if err := tmp.Chown(int(st.Uid), int(st.Gid)); err != nil {
-				tmp.Close()
-				return err
+	return durable.Write(filepath.Join(stateDir, RecordFile), durable.Options{Mode: 0o600}, func(f *os.File) error {
+		if _, err := f.Write(append(data, '\n')); err != nil {
+			return err
+		}
+		if os.Geteuid() == 0 {
+			var st unix.Stat_t
+			if unix.Stat(stateDir, &st) == nil && st.Uid != 0 {
+				return f.Chown(int(st.Uid), int(st.Gid))
 			}
 		}
-	}
-	if err := tmp.Sync(); err != nil {
-		tmp.Close()
-		return err
-	}
-	if err := tmp.Close(); err != nil {
-		return err
-	}
-	return os.Rename(tmp.Name(), filepath.Join(stateDir, RecordFile))
+		return nil
+	})
 }
 
 // LoadRecord reads the newest record in stateDir (nil, nil when there is

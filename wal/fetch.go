@@ -12,6 +12,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/synbak/synbak/internal/durable"
 	"github.com/synbak/synbak/internal/repo"
 )
 
@@ -247,31 +248,13 @@ func (f *Fetcher) copyObject(ctx context.Context, name, dest string) error {
 	return writeAtomic(dest, rd)
 }
 
+// writeAtomic writes what r holds to dest durably (restore_command's
+// file: PostgreSQL may read it at once).
 func writeAtomic(dest string, r io.Reader) error {
-	tmp := dest + ".synbak-tmp"
-	out, err := os.OpenFile(tmp, os.O_CREATE|os.O_WRONLY|os.O_TRUNC, 0o600)
-	if err != nil {
+	return durable.Write(dest, durable.Options{}, func(f *os.File) error {
+		_, err := io.Copy(f, r)
 		return err
-	}
-	if _, err := io.Copy(out, r); err != nil {
-		out.Close()
-		os.Remove(tmp)
-		return err
-	}
-	if err := out.Sync(); err != nil {
-		out.Close()
-		os.Remove(tmp)
-		return err
-	}
-	if err := out.Close(); err != nil {
-		os.Remove(tmp)
-		return err
-	}
-	if err := os.Rename(tmp, dest); err != nil {
-		os.Remove(tmp)
-		return err
-	}
-	return syncDir(filepath.Dir(dest))
+	})
 }
 
 func (f *Fetcher) cachePath(seg Segment) string {

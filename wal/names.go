@@ -37,15 +37,14 @@ const (
 
 // Segment identifies one WAL segment file.
 type Segment struct {
-	TLI   uint32
-	No    uint64 // segment number: LSN / segment size
-	Size  uint64 // segment size in bytes
-	valid bool
+	TLI  uint32
+	No   uint64 // segment number: LSN / segment size
+	Size uint64 // segment size in bytes
 }
 
 // SegmentAt returns the segment of tli that holds lsn.
 func SegmentAt(tli uint32, lsn pglogrepl.LSN, segSize uint64) Segment {
-	return Segment{TLI: tli, No: uint64(lsn) / segSize, Size: segSize, valid: true}
+	return Segment{TLI: tli, No: uint64(lsn) / segSize, Size: segSize}
 }
 
 // StartLSN is the segment's first byte.
@@ -97,7 +96,7 @@ func ParseSegmentName(name string, segSize uint64) (Segment, error) {
 	if lo >= perID {
 		return Segment{}, fmt.Errorf("%q is not a WAL segment name for %d-byte segments", name, segSize)
 	}
-	return Segment{TLI: uint32(tli), No: hi*perID + lo, Size: segSize, valid: true}, nil
+	return Segment{TLI: uint32(tli), No: hi*perID + lo, Size: segSize}, nil
 }
 
 // ParseHistoryName parses "0000000X.history" and returns the timeline.

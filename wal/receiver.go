@@ -25,6 +25,7 @@ import (
 
 	"github.com/synbak/synbak/internal/pgsource"
 	"github.com/synbak/synbak/internal/repo"
+	"github.com/synbak/synbak/internal/shutdown"
 )
 
 // Connector opens physical replication connections (pgsource.Source does).
@@ -53,6 +54,15 @@ type Options struct {
 	// then relies on that process); without it Run waits for the lock.
 	YieldSpool bool
 }
+
+// DefaultDrain bounds how long Run's uploader goes on storing the spool
+// after ctx is cancelled, when ctx carries no shutdown budget
+// (shutdown.WithBudget; the agent and `wal stream` give theirs).
+const DefaultDrain = 2 * time.Minute
+
+// finalReportTimeout bounds the last status update to the server at
+// shutdown (within the shutdown budget).
+const finalReportTimeout = 10 * time.Second
 
 // ErrPermanent marks errors that reconnecting cannot fix; Run returns them.
 var ErrPermanent = errors.New("permanent error")
@@ -230,26 +240,8 @@ func (r *Receiver) Run(ctx context.Context) (err error) {
 	}
 	defer sp.close()
 
-	up := newUploader(r.repo, sp, r.sysid, r.log, r)
-	upCtx, upCancel := context.WithCancel(context.WithoutCancel(ctx))
-	upDone := make(chan error, 1)
-	go func() { upDone <- up.run(upCtx) }()
-	defer func() {
-		// Let the uploader store what is finished and the open segment's
-		// last partial (bounded), then stop it.
-		up.drain()
-		select {
-		case uerr := <-upDone:
-			if uerr != nil {
-				r.log.Error("not everything in the spool could be stored in the repository; it stays in the spool and is stored at the next start", "dir", sp.dir, "err", uerr)
-			}
-			upCancel()
-		case <-time.After(2 * time.Minute):
-			r.log.Error("uploader did not finish within 2 minutes; the spool keeps what is not stored", "dir", sp.dir)
-			upCancel()
-			<-upDone
-		}
-	}()
+	up, stopUploader := r.startUploader(ctx, sp)
+	defer stopUploader()
 	if err := r.recoverSpool(sp, up); err != nil {
 		r.log.Error("recovering the spool's open segment failed; it is stored when streaming resumes", "err", err)
 	}
@@ -294,6 +286,37 @@ func (r *Receiver) Run(ctx context.Context) (err error) {
 		case <-time.After(wait):
 		}
 		backoff = min(backoff*2, r.opts.MaxBackoff)
+	}
+}
+
+// startUploader starts the spool's uploader. It outlives ctx by the
+// shutdown budget (what the caller's shutdown.WithBudget leaves, else
+// DefaultDrain): after ctx ends it stores what is finished and the open
+// segment's last partial, and is stopped when the budget is spent. What it
+// has not stored by then is fsynced in the spool and stored at the next
+// start. stop drains it and returns when it has returned.
+func (r *Receiver) startUploader(ctx context.Context, sp *spool) (up *uploader, stop func()) {
+	up = newUploader(r.repo, sp, r.sysid, r.log, r)
+	upCtx, upCancel := shutdown.Grace(ctx, DefaultDrain)
+	upDone := make(chan error, 1)
+	go func() { upDone <- up.run(upCtx) }()
+	return up, func() {
+		if ctx.Err() == nil {
+			// Run ends by itself (a permanent error): the drain is
+			// bounded all the same.
+			t := time.AfterFunc(DefaultDrain, upCancel)
+			defer t.Stop()
+		}
+		up.drain()
+		uerr := <-upDone
+		budgetSpent := upCtx.Err() != nil
+		upCancel()
+		switch {
+		case uerr != nil:
+			r.log.Error("not everything in the spool could be stored in the repository; it stays in the spool and is stored at the next start", "dir", sp.dir, "err", uerr)
+		case budgetSpent:
+			r.log.Warn("the shutdown budget ended before the spool was stored; what is left is durable in the spool and stored at the next start", "dir", sp.dir, "spooled_files", r.Status().Spooled)
+		}
 	}
 }
 
@@ -781,7 +804,7 @@ func (r *Receiver) stream(ctx context.Context, conn *pgconn.PgConn, sp *spool, u
 	defer rd.stop()
 	for {
 		if time.Now().After(nextStatus) {
-			if err := r.flushAndReport(ctx, conn, st, false); err != nil {
+			if err := r.flushAndReport(ctx, conn, st); err != nil {
 				return nil, err
 			}
 			nextStatus = time.Now().Add(r.opts.StatusInterval)
@@ -789,7 +812,7 @@ func (r *Receiver) stream(ctx context.Context, conn *pgconn.PgConn, sp *spool, u
 		if r.opts.PartialInterval > 0 && time.Since(lastPartial) >= r.opts.PartialInterval {
 			if st.cur != nil && st.cur.written > 0 && (st.cur.seg != r.partialSeg || st.cur.written > r.partialStored) {
 				// Only durable bytes go into a partial object.
-				if err := r.flushAndReport(ctx, conn, st, false); err != nil {
+				if err := r.flushAndReport(ctx, conn, st); err != nil {
 					return nil, err
 				}
 				r.requestPartial(up, sp, st.cur.seg, st.cur.synced, st.cur.times())
@@ -805,81 +828,108 @@ func (r *Receiver) stream(ctx context.Context, conn *pgconn.PgConn, sp *spool, u
 		msg, err := conn.ReceiveMessage(rd.at(deadline))
 		if err != nil {
 			if ctx.Err() != nil {
-				return nil, r.shutdown(conn, st)
+				return nil, r.shutdown(ctx, conn, st)
 			}
 			if pgconn.Timeout(err) {
 				continue
 			}
 			return nil, fmt.Errorf("receive WAL: %w", err)
 		}
-		switch m := msg.(type) {
-		case *pgproto3.CopyData:
-			if len(m.Data) == 0 {
-				continue
-			}
-			switch m.Data[0] {
-			case pglogrepl.XLogDataByteID:
-				xld, err := pglogrepl.ParseXLogData(m.Data[1:])
-				if err != nil {
-					return nil, fmt.Errorf("parse XLogData: %w", err)
-				}
-				if err := st.write(xld); err != nil {
-					return nil, err
-				}
-				r.update(func(s *Status) { s.Received = st.pos; s.ServerTime = xld.ServerTime })
-				if r.opts.Synchronous {
-					if err := r.flushAndReport(ctx, conn, st, false); err != nil {
-						return nil, err
-					}
-				}
-			case pglogrepl.PrimaryKeepaliveMessageByteID:
-				ka, err := pglogrepl.ParsePrimaryKeepaliveMessage(m.Data[1:])
-				if err != nil {
-					return nil, fmt.Errorf("parse keepalive: %w", err)
-				}
-				if ka.ServerWALEnd <= st.pos && st.cur != nil {
-					st.cur.last = ka.ServerTime
-				}
-				r.update(func(s *Status) { s.ServerTime = ka.ServerTime })
-				if ka.ReplyRequested {
-					if err := r.flushAndReport(ctx, conn, st, false); err != nil {
-						return nil, err
-					}
-					nextStatus = time.Now().Add(r.opts.StatusInterval)
-				}
-			default:
-				return nil, fmt.Errorf("unexpected replication message type %q", m.Data[0])
-			}
-		case *pgproto3.CopyDone:
-			// End of the timeline: keep its last segment as a partial.
-			if err := r.flushAndReport(ctx, conn, st, false); err != nil {
-				return nil, err
-			}
-			if err := st.finishTimeline(); err != nil {
-				return nil, err
-			}
-			res, err := pglogrepl.SendStandbyCopyDone(ctx, conn)
-			if err != nil {
-				return nil, fmt.Errorf("end of timeline %d: %w", tli, err)
-			}
-			if res == nil {
-				return nil, fmt.Errorf("end of timeline %d: the server sent no next timeline", tli)
-			}
-			return &timelineSwitch{tli: uint32(res.Timeline), switchLSN: res.LSN}, nil
-		case *pgproto3.ErrorResponse:
-			return nil, startError(pgconn.ErrorResponseToPgError(m), r.opts.Slot, start)
-		default:
-			// NoticeResponse and the like.
+		sw, replied, err := r.handle(ctx, conn, st, msg, start)
+		if err != nil || sw != nil {
+			return sw, err
+		}
+		if replied {
+			nextStatus = time.Now().Add(r.opts.StatusInterval)
 		}
 	}
 }
 
+// handle takes one message of the stream: WAL, a keepalive, the end of the
+// timeline (returned as the switch to the next one) or an error. replied
+// says that it sent a status update the server asked for.
+func (r *Receiver) handle(ctx context.Context, conn *pgconn.PgConn, st *streamState, msg pgproto3.BackendMessage, start pglogrepl.LSN) (sw *timelineSwitch, replied bool, err error) {
+	switch m := msg.(type) {
+	case *pgproto3.CopyData:
+		if len(m.Data) == 0 {
+			return nil, false, nil
+		}
+		replied, err := r.copyData(ctx, conn, st, m.Data)
+		return nil, replied, err
+	case *pgproto3.CopyDone:
+		sw, err := r.endTimeline(ctx, conn, st)
+		return sw, false, err
+	case *pgproto3.ErrorResponse:
+		return nil, false, startError(pgconn.ErrorResponseToPgError(m), r.opts.Slot, start)
+	default:
+		// NoticeResponse and the like.
+		return nil, false, nil
+	}
+}
+
+// copyData writes XLogData to the spool (fsynced and reported at once when
+// synchronous) and notes a keepalive's server time, answering it when the
+// server asks.
+func (r *Receiver) copyData(ctx context.Context, conn *pgconn.PgConn, st *streamState, data []byte) (replied bool, err error) {
+	switch data[0] {
+	case pglogrepl.XLogDataByteID:
+		xld, err := pglogrepl.ParseXLogData(data[1:])
+		if err != nil {
+			return false, fmt.Errorf("parse XLogData: %w", err)
+		}
+		if err := st.write(xld); err != nil {
+			return false, err
+		}
+		r.update(func(s *Status) { s.Received = st.pos; s.ServerTime = xld.ServerTime })
+		if r.opts.Synchronous {
+			return false, r.flushAndReport(ctx, conn, st)
+		}
+		return false, nil
+	case pglogrepl.PrimaryKeepaliveMessageByteID:
+		ka, err := pglogrepl.ParsePrimaryKeepaliveMessage(data[1:])
+		if err != nil {
+			return false, fmt.Errorf("parse keepalive: %w", err)
+		}
+		if ka.ServerWALEnd <= st.pos && st.cur != nil {
+			st.cur.last = ka.ServerTime
+		}
+		r.update(func(s *Status) { s.ServerTime = ka.ServerTime })
+		if !ka.ReplyRequested {
+			return false, nil
+		}
+		return true, r.flushAndReport(ctx, conn, st)
+	default:
+		return false, fmt.Errorf("unexpected replication message type %q", data[0])
+	}
+}
+
+// endTimeline ends the stream at the end of its timeline: the last segment
+// is kept as a partial, and the server names the next timeline.
+func (r *Receiver) endTimeline(ctx context.Context, conn *pgconn.PgConn, st *streamState) (*timelineSwitch, error) {
+	if err := r.flushAndReport(ctx, conn, st); err != nil {
+		return nil, err
+	}
+	if err := st.finishTimeline(); err != nil {
+		return nil, err
+	}
+	res, err := pglogrepl.SendStandbyCopyDone(ctx, conn)
+	if err != nil {
+		return nil, fmt.Errorf("end of timeline %d: %w", st.tli, err)
+	}
+	if res == nil {
+		return nil, fmt.Errorf("end of timeline %d: the server sent no next timeline", st.tli)
+	}
+	return &timelineSwitch{tli: uint32(res.Timeline), switchLSN: res.LSN}, nil
+}
+
 // shutdown makes what was received durable, reports it, stores the open
 // segment as a partial object and ends the replication.
-func (r *Receiver) shutdown(conn *pgconn.PgConn, st *streamState) error {
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+func (r *Receiver) shutdown(ctx context.Context, conn *pgconn.PgConn, st *streamState) error {
+	g, gcancel := shutdown.Grace(ctx, finalReportTimeout)
+	defer gcancel()
+	ctx, cancel := context.WithTimeout(g, finalReportTimeout)
 	defer cancel()
-	if err := r.flushAndReport(ctx, conn, st, false); err != nil {
+	if err := r.flushAndReport(ctx, conn, st); err != nil {
 		r.log.Warn("final status update failed", "err", err)
 	}
 	if st.cur != nil {
@@ -892,7 +942,7 @@ func (r *Receiver) shutdown(conn *pgconn.PgConn, st *streamState) error {
 
 // flushAndReport fsyncs the open segment and tells the server how far WAL is
 // written and durable. Apply is reported as 0 (invalid), like pg_receivewal.
-func (r *Receiver) flushAndReport(ctx context.Context, conn *pgconn.PgConn, st *streamState, reply bool) error {
+func (r *Receiver) flushAndReport(ctx context.Context, conn *pgconn.PgConn, st *streamState) error {
 	// Segments handed to the finisher come first: flush is contiguous.
 	if err := st.fin.wait(); err != nil {
 		return fmt.Errorf("%w (streaming stops acknowledging WAL until this is fixed)", err)
@@ -906,7 +956,7 @@ func (r *Receiver) flushAndReport(ctx context.Context, conn *pgconn.PgConn, st *
 		st.flushed = st.pos
 	}
 	r.noteFlushed(st.flushed)
-	return sendStatus(ctx, conn, st.pos, st.flushed, reply)
+	return sendStatus(ctx, conn, st.pos, st.flushed, false)
 }
 
 // sendStatus writes the 34-byte standby status update itself, because

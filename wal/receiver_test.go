@@ -19,6 +19,7 @@ import (
 	"github.com/synbak/synbak/internal/repo"
 	"github.com/synbak/synbak/internal/repo/repotest"
 	"github.com/synbak/synbak/internal/storage"
+	"github.com/synbak/synbak/internal/wait"
 	"github.com/synbak/synbak/wal"
 )
 
@@ -85,17 +86,7 @@ func startReceiver(t *testing.T, c *pgtest.Cluster, rp *repo.Repo, spool string,
 	return r
 }
 
-// waitFor polls cond until it holds or the timeout passes.
-func waitFor(t *testing.T, timeout time.Duration, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %s waiting for %s", timeout, what)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-}
+var waitFor = wait.For
 
 // switchWAL closes the current segment and returns the end of the segment
 // that held the WAL written so far.

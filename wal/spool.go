@@ -12,6 +12,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/synbak/synbak/internal/durable"
 )
 
 // The spool is the receiver's local, durable staging area (under
@@ -281,34 +283,13 @@ func diskErr(err error) error {
 	return err
 }
 
+// writeFileSync writes a small spool file (an open segment's times)
+// atomically; the spool's directory is synced when the segment is finished.
 func writeFileSync(p string, b []byte) error {
-	tmp := p + ".tmp"
-	f, err := os.OpenFile(tmp, os.O_CREATE|os.O_WRONLY|os.O_TRUNC, 0o600)
-	if err != nil {
+	return diskErr(durable.Write(p, durable.Options{SkipDirSync: true}, func(f *os.File) error {
+		_, err := f.Write(b)
 		return err
-	}
-	if _, err := f.Write(b); err != nil {
-		f.Close()
-		return diskErr(err)
-	}
-	if err := f.Sync(); err != nil {
-		f.Close()
-		return diskErr(err)
-	}
-	if err := f.Close(); err != nil {
-		return err
-	}
-	return os.Rename(tmp, p)
+	}))
 }
 
-func syncDir(dir string) error {
-	d, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	defer d.Close()
-	if err := d.Sync(); err != nil {
-		return fmt.Errorf("fsync directory %s: %w", dir, err)
-	}
-	return nil
-}
+func syncDir(dir string) error { return durable.SyncDir(dir) }

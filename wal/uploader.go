@@ -113,78 +113,19 @@ func (u *uploader) storePartial(seg Segment, valid uint64, t segTimes) {
 // returns after drain once everything is stored, or with the first error
 // while draining.
 func (u *uploader) run(ctx context.Context) error {
-	type result struct {
-		e       spoolEntry
-		partial *partialReq
-		err     error
-	}
-	results := make(chan result, uploadParallelism)
-	inflight := map[string]bool{} // spool file names being stored
-	busy := 0
-	partialBusy := false
+	s := &uploadScheduler{u: u, ctx: ctx, results: make(chan uploadResult, uploadParallelism), inflight: map[string]bool{}, retry: time.Second}
 	drainCh := u.drainCh
-	draining := false
-	var drainErr error
-	retry := time.Second
-	var highest pglogrepl.LSN       // the highest end of WAL stored by this run
-	var retryTimer <-chan time.Time // set while waiting to retry after a failure
 	for {
 		idle := true
-		if retryTimer == nil && drainErr == nil && ctx.Err() == nil {
-			entries, err := u.sp.pending()
-			if err == nil {
-				u.obs.spooled(len(entries))
-			}
-			if err != nil {
-				if draining {
-					drainErr = err
-				} else {
-					u.log.Error("listing the WAL spool failed; retrying", "err", err, "retry_in", retry)
-					retryTimer = time.After(retry)
-				}
-			}
-			for _, e := range entries {
-				if inflight[e.file] {
-					continue
-				}
-				idle = false
-				if busy == uploadParallelism {
-					break
-				}
-				inflight[e.file] = true
-				busy++
-				go func() { results <- result{e: e, err: u.storeFinished(ctx, e)} }()
-			}
-			if idle && busy < uploadParallelism && !partialBusy {
-				u.mu.Lock()
-				var req *partialReq
-				for _, p := range u.partial {
-					if req == nil || p.seg.TLI < req.seg.TLI || (p.seg.TLI == req.seg.TLI && p.seg.No < req.seg.No) {
-						req = p
-					}
-				}
-				if req != nil {
-					delete(u.partial, req.seg)
-				}
-				u.mu.Unlock()
-				if req != nil {
-					partialBusy = true
-					busy++
-					go func() { results <- result{partial: req, err: u.storeOpen(ctx, *req)} }()
-				}
-			}
+		if s.retryTimer == nil && s.drainErr == nil && ctx.Err() == nil {
+			idle = s.start()
 		}
-		if busy == 0 {
+		if s.busy == 0 {
 			if ctx.Err() != nil {
 				return nil
 			}
-			if draining && (idle || drainErr != nil) {
-				u.mu.Lock()
-				more := len(u.partial) > 0
-				u.mu.Unlock()
-				if !more || drainErr != nil {
-					return drainErr
-				}
+			if s.draining && (idle || s.drainErr != nil) && (s.drainErr != nil || !u.partialPending()) {
+				return s.drainErr
 			}
 		}
 		done := ctx.Done()
@@ -195,65 +136,169 @@ func (u *uploader) run(ctx context.Context) error {
 		case <-done:
 		case <-u.kickCh:
 		case <-drainCh:
-			draining = true
+			s.draining = true
 			drainCh = nil
-			retryTimer = nil // one more attempt at once
-		case <-retryTimer:
-			retryTimer = nil
-		case r := <-results:
-			busy--
-			if r.partial != nil {
-				partialBusy = false
-			} else {
-				delete(inflight, r.e.file)
-			}
-			if r.err != nil {
-				u.obs.uploadResult(r.err)
-				if r.partial != nil {
-					u.mu.Lock()
-					if _, ok := u.partial[r.partial.seg]; !ok {
-						u.partial[r.partial.seg] = r.partial
-					}
-					u.mu.Unlock()
-				}
-				if draining || ctx.Err() != nil {
-					if drainErr == nil && ctx.Err() == nil {
-						drainErr = r.err
-					}
-					continue
-				}
-				u.log.Error("storing WAL in the repository failed; retrying (the spool keeps it)", "err", r.err, "retry_in", retry)
-				if retryTimer == nil {
-					retryTimer = time.After(retry)
-					retry = min(retry*2, 30*time.Second)
-				}
-				continue
-			}
-			u.obs.uploadResult(nil)
-			retry = time.Second
-			var end pglogrepl.LSN
-			if r.partial == nil {
-				if r.e.valid == u.sp.segSize {
-					u.obs.archived(r.e.seg.EndLSN())
-				}
-				end = r.e.seg.StartLSN() + pglogrepl.LSN(r.e.valid)
-			} else {
-				end = r.partial.seg.StartLSN() + pglogrepl.LSN(r.partial.valid)
-			}
-			// Everything before the highest end stored so far is in the
-			// repository, except finished files that still wait (uploads
-			// complete out of order; a segment is finished, in order,
-			// before any later byte is acknowledged or stored).
-			highest = max(highest, end)
-			if entries, err := u.sp.pending(); err == nil {
-				u.obs.spooled(len(entries))
-				stored := highest
-				if len(entries) > 0 && entries[0].seg.StartLSN() < stored {
-					stored = entries[0].seg.StartLSN()
-				}
-				u.obs.stored(stored)
-			}
+			s.retryTimer = nil // one more attempt at once
+		case <-s.retryTimer:
+			s.retryTimer = nil
+		case r := <-s.results:
+			s.finished(r)
 		}
+	}
+}
+
+// uploadResult is one worker's outcome: a finished spool file (e) or a
+// snapshot of the open segment (partial) stored, or err.
+type uploadResult struct {
+	e       spoolEntry
+	partial *partialReq
+	err     error
+}
+
+// uploadScheduler is the state of one run: the workers in flight, the
+// retry after a failure, the drain, and the highest end of WAL stored.
+type uploadScheduler struct {
+	u           *uploader
+	ctx         context.Context
+	results     chan uploadResult
+	inflight    map[string]bool // spool file names being stored
+	busy        int
+	partialBusy bool
+	draining    bool
+	drainErr    error
+	retry       time.Duration
+	retryTimer  <-chan time.Time // set while waiting to retry after a failure
+	highest     pglogrepl.LSN    // the highest end of WAL stored by this run
+}
+
+// partialPending reports whether a snapshot of an open segment waits.
+func (u *uploader) partialPending() bool {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	return len(u.partial) > 0
+}
+
+// start starts workers for the finished files not yet in flight, oldest
+// first, and, when none waits, for the oldest open segment's snapshot. It
+// reports whether no finished file waits (idle).
+func (s *uploadScheduler) start() (idle bool) {
+	u := s.u
+	idle = true
+	entries, err := u.sp.pending()
+	if err == nil {
+		u.obs.spooled(len(entries))
+	}
+	if err != nil {
+		if s.draining {
+			s.drainErr = err
+		} else {
+			u.log.Error("listing the WAL spool failed; retrying", "err", err, "retry_in", s.retry)
+			s.retryTimer = time.After(s.retry)
+		}
+	}
+	for _, e := range entries {
+		if s.inflight[e.file] {
+			continue
+		}
+		idle = false
+		if s.busy == uploadParallelism {
+			break
+		}
+		s.inflight[e.file] = true
+		s.busy++
+		go func() { s.results <- uploadResult{e: e, err: u.storeFinished(s.ctx, e)} }()
+	}
+	if idle && s.busy < uploadParallelism && !s.partialBusy {
+		if req := u.takePartial(); req != nil {
+			s.partialBusy = true
+			s.busy++
+			go func() { s.results <- uploadResult{partial: req, err: u.storeOpen(s.ctx, *req)} }()
+		}
+	}
+	return idle
+}
+
+// takePartial removes and returns the oldest open segment's newest
+// snapshot request (nil: none).
+func (u *uploader) takePartial() *partialReq {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	var req *partialReq
+	for _, p := range u.partial {
+		if req == nil || p.seg.TLI < req.seg.TLI || (p.seg.TLI == req.seg.TLI && p.seg.No < req.seg.No) {
+			req = p
+		}
+	}
+	if req != nil {
+		delete(u.partial, req.seg)
+	}
+	return req
+}
+
+// finished takes a worker's result: a failure is retried (or, while
+// draining, ends the drain); a success moves the archived and stored
+// positions.
+func (s *uploadScheduler) finished(r uploadResult) {
+	u := s.u
+	s.busy--
+	if r.partial != nil {
+		s.partialBusy = false
+	} else {
+		delete(s.inflight, r.e.file)
+	}
+	if r.err != nil {
+		s.failed(r)
+		return
+	}
+	u.obs.uploadResult(nil)
+	s.retry = time.Second
+	var end pglogrepl.LSN
+	if r.partial == nil {
+		if r.e.valid == u.sp.segSize {
+			u.obs.archived(r.e.seg.EndLSN())
+		}
+		end = r.e.seg.StartLSN() + pglogrepl.LSN(r.e.valid)
+	} else {
+		end = r.partial.seg.StartLSN() + pglogrepl.LSN(r.partial.valid)
+	}
+	// Everything before the highest end stored so far is in the
+	// repository, except finished files that still wait (uploads
+	// complete out of order; a segment is finished, in order, before any
+	// later byte is acknowledged or stored).
+	s.highest = max(s.highest, end)
+	if entries, err := u.sp.pending(); err == nil {
+		u.obs.spooled(len(entries))
+		stored := s.highest
+		if len(entries) > 0 && entries[0].seg.StartLSN() < stored {
+			stored = entries[0].seg.StartLSN()
+		}
+		u.obs.stored(stored)
+	}
+}
+
+// failed handles a worker's error: the snapshot request goes back (unless
+// a newer one came), and the upload is retried after a growing delay, or,
+// while draining or stopping, the drain ends with the first error.
+func (s *uploadScheduler) failed(r uploadResult) {
+	u := s.u
+	u.obs.uploadResult(r.err)
+	if r.partial != nil {
+		u.mu.Lock()
+		if _, ok := u.partial[r.partial.seg]; !ok {
+			u.partial[r.partial.seg] = r.partial
+		}
+		u.mu.Unlock()
+	}
+	if s.draining || s.ctx.Err() != nil {
+		if s.drainErr == nil && s.ctx.Err() == nil {
+			s.drainErr = r.err
+		}
+		return
+	}
+	u.log.Error("storing WAL in the repository failed; retrying (the spool keeps it)", "err", r.err, "retry_in", s.retry)
+	if s.retryTimer == nil {
+		s.retryTimer = time.After(s.retry)
+		s.retry = min(s.retry*2, 30*time.Second)
 	}
 }
 

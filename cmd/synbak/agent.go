@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/spf13/cobra"
 
 	"github.com/synbak/synbak/agent"
@@ -21,6 +22,7 @@ import (
 	"github.com/synbak/synbak/drill"
 	"github.com/synbak/synbak/dump"
 	"github.com/synbak/synbak/internal/config"
+	"github.com/synbak/synbak/internal/durable"
 	"github.com/synbak/synbak/internal/pgsource"
 	"github.com/synbak/synbak/internal/repo"
 	"github.com/synbak/synbak/internal/synapse"
@@ -53,7 +55,9 @@ applied, as 'synbak prune' would.
 
 A part that fails is logged, counted and run again with backoff; it never
 stops the others. On SIGTERM the agent stops taking new work, stores the open
-partial WAL segment, sends a last status update to PostgreSQL and exits 0.
+partial WAL segment, sends a last status update to PostgreSQL, stores what
+it can of the WAL spool within shutdown_timeout (what is left is fsynced in
+the spool and stored at the next start) and exits 0.
 
 http.listen serves / (a status page for people: health, the recovery window
 on a time axis, lag, drills, sizes), /metrics (Prometheus), /healthz (200, or
@@ -96,32 +100,82 @@ func runAgent(ctx context.Context, cfg *config.Config) error {
 	if err != nil {
 		return err
 	}
-	facts := homeserverFacts(hs)
+	opts, err := agentOptions(cfg, hs, src, r, log)
+	if err != nil {
+		return err
+	}
+	a := agent.New(opts)
+	log.Info("agent starting", "repository", r.String(), "postgres", src.Redacted(), "slot", cfg.Postgres.Slot, "shutdown_timeout", cfg.ShutdownTimeout.D())
+	err = a.Run(ctx)
+	if err == nil {
+		log.Info("agent stopped")
+	}
+	return err
+}
 
-	rcv := wal.NewReceiver(src, r, walOptions(cfg), log.With("component", "wal"))
+// agentOptions builds the agent's parts from the configuration. Each
+// part's logger carries component=<its name>, added here and nowhere else.
+func agentOptions(cfg *config.Config, hs *synapse.Homeserver, src pgsource.Source, r *repo.Repo, log *slog.Logger) (agent.Options, error) {
+	partLog := func(name string) *slog.Logger { return log.With("component", name) }
+	facts := homeserverFacts(hs)
 	// Retention runs after each backup and each dump; never two at once.
 	var pruneMu sync.Mutex
 	prune := func(ctx context.Context) string {
 		pruneMu.Lock()
 		defer pruneMu.Unlock()
-		return agentPrune(ctx, cfg, r, log.With("component", "retention"))
+		return agentPrune(ctx, cfg, r, partLog("retention"))
 	}
-	sched := &agent.BackupSchedule{
-		Repo: r, Interval: cfg.Basebackup.Interval.D(), Log: log.With("component", "backups"),
-		Take: func(ctx context.Context) (*basebackup.Backup, error) {
-			return takeAgentBackup(ctx, cfg, src, r, facts, log.With("component", "backups"))
-		},
-		AfterBackup: func(ctx context.Context, _ *basebackup.Backup) string {
-			return prune(ctx)
-		},
+	blog := partLog("backups")
+	parts := []agent.Part{
+		{Name: "wal", Runner: wal.NewReceiver(src, r, walOptions(cfg), partLog("wal"))},
+		{Name: "backups", Runner: &agent.BackupSchedule{
+			Repo: r, Interval: cfg.Basebackup.Interval.D(), Log: blog,
+			Take: func(ctx context.Context) (*basebackup.Backup, error) {
+				return takeAgentBackup(ctx, cfg, src, r, facts, blog)
+			},
+			AfterBackup: func(ctx context.Context, _ *basebackup.Backup) string { return prune(ctx) },
+		}},
+		{Name: "probe", Runner: &agent.Probe{
+			Slot: cfg.Postgres.Slot, Interval: cfg.Health.ProbeInterval.D(),
+			Connect: func(ctx context.Context) (*pgconn.PgConn, error) { return src.Connect(ctx, "") },
+		}},
 	}
-	probe := &agent.Probe{
-		Slot: cfg.Postgres.Slot, Interval: cfg.Health.ProbeInterval.D(),
-		Connect: func(ctx context.Context) (*pgconn.PgConn, error) { return src.Connect(ctx, "") },
+	if hs != nil && hs.EnableLocalMediaStorage && cfg.Media.Enabled {
+		parts = append(parts, agent.Part{Name: "media", Runner: newAgentMedia(cfg, hs, src, r, partLog("media"))})
+	}
+	if hs != nil {
+		parts = append(parts, agent.Part{Name: "config", Runner: newAgentConfig(cfg, hs, src, r, partLog("config"))})
+	}
+	if iv := cfg.Drill.Interval.D(); iv > 0 {
+		dlog := partLog("drill")
+		parts = append(parts, agent.Part{Name: "drill", Runner: &agent.DrillSchedule{Interval: iv, Log: dlog, Drill: func(ctx context.Context) (agent.DrillResult, error) {
+			rep, err := drill.Run(ctx, drill.Options{Repo: r, Prefetch: cfg.WAL.PrefetchSegments, ScratchDir: cfg.Drill.ScratchDir, Log: dlog})
+			return agent.DrillResult{OK: rep.OK, Problems: rep.Problems, Seconds: rep.RTOSeconds}, err
+		}}})
+	}
+	if iv := cfg.Dump.Interval.D(); iv > 0 {
+		dlog := partLog("dumps")
+		parts = append(parts, agent.Part{Name: "dumps", Runner: &agent.DumpSchedule{Repo: r, Interval: iv, Log: dlog,
+			Take: func(ctx context.Context) (dump.Dump, error) {
+				return takeDump(ctx, cfg, hs, r, nil, dlog, mediaWatched(cfg))
+			},
+			AfterDump: func(ctx context.Context, _ dump.Dump) string { return prune(ctx) },
+		}})
+	}
+	server := ""
+	if hs != nil {
+		server = hs.ServerName
+	}
+	reg := prometheus.NewRegistry()
+	page, more, err := agentPageParts(cfg, r, server, reg, partLog)
+	if err != nil {
+		return agent.Options{}, err
 	}
 	build := currentBuild()
-	opts := agent.Options{
-		Log: log, Listen: cfg.HTTP.Listen,
+	return agent.Options{
+		Log: log, Listen: cfg.HTTP.Listen, Registry: reg, Page: page,
+		Parts:           append(parts, more...),
+		ShutdownTimeout: cfg.ShutdownTimeout.D(),
 		BuildInfo:       map[string]string{"version": build.Version, "commit": build.Commit},
 		RetentionWindow: cfg.Retention.Window.D(),
 		StateDir:        cfg.StateDir,
@@ -130,71 +184,13 @@ func runAgent(ctx context.Context, cfg *config.Config) error {
 			if err := writeFileAtomic(agentAddrFile(cfg), []byte(addr+"\n")); err != nil {
 				log.Warn("cannot record the agent's address for 'synbak status'", "file", agentAddrFile(cfg), "err", err)
 			}
-		}, WAL: rcv, Backups: sched, Probe: probe,
+		},
 		Health: agent.HealthOptions{
 			BackupInterval: cfg.Basebackup.Interval.D(), Disconnected: cfg.Health.Disconnected.D(),
 			SlotLag: int64(cfg.Health.SlotLagMB) << 20, MediaBacklog: cfg.Health.MediaBacklog.D(),
 			WALBacklog: cfg.Health.WALBacklog.D(),
 		},
-		Components: []agent.Component{
-			{Name: "wal", Run: rcv.Run},
-			{Name: "backups", Run: sched.Run},
-			{Name: "probe", Run: probe.Run},
-		},
-	}
-	var ag *agent.Agent // set before Run starts the components
-	if hs != nil && hs.EnableLocalMediaStorage && cfg.Media.Enabled {
-		mw := newAgentMedia(cfg, hs, src, r, log.With("component", "media"))
-		started := time.Now()
-		mw.opts.OnStored = func(ev mediawatch.Event) {
-			// Files written since the agent started: their mtime is
-			// when they were complete.
-			if ev.Event == mediawatch.Added && ev.MTime.After(started) {
-				ag.ObserveMediaLatency(time.Since(ev.MTime))
-			}
-		}
-		opts.Media = mw
-		opts.Components = append(opts.Components, agent.Component{Name: "media", Run: mw.Run})
-	}
-	if hs != nil {
-		cw := newAgentConfig(cfg, hs, src, r, log.With("component", "config"))
-		opts.Config = cw
-		opts.Components = append(opts.Components, agent.Component{Name: "config", Run: cw.Run})
-	}
-	if iv := cfg.Drill.Interval.D(); iv > 0 {
-		dlog := log.With("component", "drill")
-		opts.Drills = &agent.DrillSchedule{Interval: iv, Log: dlog, Drill: func(ctx context.Context) (agent.DrillResult, error) {
-			rep, err := drill.Run(ctx, drill.Options{Repo: r, Prefetch: cfg.WAL.PrefetchSegments, ScratchDir: cfg.Drill.ScratchDir, Log: dlog})
-			return agent.DrillResult{OK: rep.OK, Problems: rep.Problems, Seconds: rep.RTOSeconds}, err
-		}}
-		opts.Components = append(opts.Components, agent.Component{Name: "drill", Run: opts.Drills.Run})
-	}
-	if iv := cfg.Dump.Interval.D(); iv > 0 {
-		dlog := log.With("component", "dumps")
-		opts.Dumps = &agent.DumpSchedule{Repo: r, Interval: iv, Log: dlog,
-			Take: func(ctx context.Context) (dump.Dump, error) {
-				return takeDump(ctx, cfg, hs, r, nil, dlog, mediaWatched(cfg))
-			},
-			AfterDump: func(ctx context.Context, _ dump.Dump) string { return prune(ctx) },
-		}
-		opts.Components = append(opts.Components, agent.Component{Name: "dumps", Run: opts.Dumps.Run})
-	}
-	server := ""
-	if hs != nil {
-		server = hs.ServerName
-	}
-	if err := addPageAndNotify(cfg, &opts, r, server, func() agent.Status { return ag.Status() }, log); err != nil {
-		return err
-	}
-	a := agent.New(opts)
-	ag = a
-
-	log.Info("agent starting", "repository", r.String(), "postgres", src.Redacted(), "slot", cfg.Postgres.Slot)
-	err = a.Run(ctx)
-	if err == nil {
-		log.Info("agent stopped")
-	}
-	return err
+	}, nil
 }
 
 // homeserverFacts are recorded with every base backup, for a restore on a
@@ -272,6 +268,18 @@ func newAgentMedia(cfg *config.Config, hs *synapse.Homeserver, src pgsource.Sour
 	return m
 }
 
+// ReportLatencyTo makes the watcher report, for each file written since
+// the agent started, the time from its completion (its mtime) to its
+// durable copy (agent.LatencyReporter).
+func (m *agentMedia) ReportLatencyTo(observe func(time.Duration)) {
+	started := time.Now()
+	m.opts.OnStored = func(ev mediawatch.Event) {
+		if ev.Event == mediawatch.Added && ev.MTime.After(started) {
+			observe(time.Since(ev.MTime))
+		}
+	}
+}
+
 func (m *agentMedia) Stats() mediawatch.Stats {
 	m.mu.Lock()
 	defer m.mu.Unlock()
@@ -296,26 +304,9 @@ func (m *agentMedia) Run(ctx context.Context) error {
 	return w.Run(ctx)
 }
 
-// writeFileAtomic writes a small state file: temp file, fsync, rename.
-func writeFileAtomic(path string, b []byte) error {
-	tmp := path + ".tmp"
-	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
-	if err != nil {
-		return err
-	}
-	if _, err := f.Write(b); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Sync(); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Close(); err != nil {
-		return err
-	}
-	return os.Rename(tmp, path)
-}
+// writeFileAtomic writes a small state file durably, readable by its owner
+// only.
+func writeFileAtomic(path string, b []byte) error { return durable.WriteFile(path, b, 0o600) }
 
 // agentConfig is the config snapshot watcher as the agent sees it.
 type agentConfig struct{ w *confsnap.Watcher }

@@ -86,7 +86,7 @@ func loopback(listen string) bool {
 // to run) and the endpoint's authentication. Without authentication on a
 // non-loopback address it warns: the page and /status show the
 // homeserver's backup state (no secrets) to whoever can reach the port.
-func agentPage(cfg *config.Config, r *repo.Repo, server string, log *slog.Logger) (agent.PageOptions, *overview.Cache, error) {
+func agentPage(cfg *config.Config, r *repo.Repo, server string, ovLog, log *slog.Logger) (agent.PageOptions, *overview.Cache, error) {
 	auth, err := httpAuth(cfg)
 	if err != nil {
 		return agent.PageOptions{}, nil, err
@@ -95,24 +95,24 @@ func agentPage(cfg *config.Config, r *repo.Repo, server string, log *slog.Logger
 		log.Warn("http.listen is not a loopback address and no http.auth_token_file or http.basic_auth_file is set: anyone who reaches the port sees the status page, /status and /metrics",
 			"listen", cfg.HTTP.Listen)
 	}
-	cache := &overview.Cache{Repo: r, MaxAge: cfg.HTTP.OverviewMaxAge.D(), Log: log.With("component", "overview")}
+	cache := &overview.Cache{Repo: r, MaxAge: cfg.HTTP.OverviewMaxAge.D(), Log: ovLog}
 	return agent.PageOptions{Overview: cache, Server: server, Auth: auth}, cache, nil
 }
 
-// agentNotifier builds the notifier and its watcher from notify.*; nil
-// when no target is configured.
-func agentNotifier(cfg *config.Config, server string, status func() agent.Status, ov *overview.Cache, reg prometheus.Registerer, log *slog.Logger) (*notify.Notifier, *notify.Watch, error) {
+// agentNotifier builds the notifier and its watch from notify.*; nil when
+// no target is configured. The agent hands the watch its status
+// (agent.StatusReader) before it runs.
+func agentNotifier(cfg *config.Config, server string, ov *overview.Cache, reg prometheus.Registerer, nlog *slog.Logger) (*notify.Notifier, *notify.Watch, error) {
 	n := cfg.Notify
 	senders, err := notifySenders(cfg)
 	if err != nil || len(senders) == 0 {
 		return nil, nil, err
 	}
-	nlog := log.With("component", "notify")
 	nt := notify.New(notify.Options{Senders: senders, Log: nlog, Registerer: reg, Timeout: n.Timeout.D(), Dedup: n.Dedup.D()})
-	w := &notify.Watch{Notifier: nt, Status: status, Server: server, RedAfter: n.HealthGrace.D(), RTOBound: n.RTOBound.D(), Log: nlog}
+	w := &notify.Watch{Notifier: nt, Server: server, RedAfter: n.HealthGrace.D(), RTOBound: n.RTOBound.D(), Log: nlog}
 	if n.WeeklySummary {
 		w.SummaryEvery = 7 * 24 * time.Hour
-		w.Summary = func(ctx context.Context) []string { return summaryLines(ctx, status(), ov) }
+		w.Summary = func(ctx context.Context) []string { return summaryLines(ctx, w.Status(), ov) }
 	}
 	return nt, w, nil
 }
@@ -209,22 +209,18 @@ func summaryLines(ctx context.Context, st agent.Status, ov *overview.Cache) []st
 	return lines
 }
 
-// addPageAndNotify adds the status page's overview and, when configured,
-// the notifier and its watcher to the agent's options.
-func addPageAndNotify(cfg *config.Config, opts *agent.Options, r *repo.Repo, server string, status func() agent.Status, log *slog.Logger) error {
-	page, ov, err := agentPage(cfg, r, server, log)
+// agentPageParts returns the status page's options and the parts behind
+// it: the repository overview and, when configured, the notifier and its
+// watch (which reads the agent's status: agent.StatusReader).
+func agentPageParts(cfg *config.Config, r *repo.Repo, server string, reg prometheus.Registerer, partLog func(string) *slog.Logger) (agent.PageOptions, []agent.Part, error) {
+	page, ov, err := agentPage(cfg, r, server, partLog("overview"), partLog("http"))
 	if err != nil {
-		return err
+		return agent.PageOptions{}, nil, err
 	}
-	opts.Page = page
-	opts.Components = append(opts.Components, agent.Component{Name: "overview", Run: ov.Run})
-	if opts.Registry == nil {
-		opts.Registry = prometheus.NewRegistry()
-	}
-	nt, w, err := agentNotifier(cfg, server, status, ov, opts.Registry, log)
+	parts := []agent.Part{{Name: "overview", Runner: agent.RunFunc(ov.Run)}}
+	nt, w, err := agentNotifier(cfg, server, ov, reg, partLog("notify"))
 	if err != nil || nt == nil {
-		return err
+		return page, parts, err
 	}
-	opts.Components = append(opts.Components, agent.Component{Name: "notify", Run: nt.Run}, agent.Component{Name: "notify-watch", Run: w.Run})
-	return nil
+	return page, append(parts, agent.Part{Name: "notify", Runner: agent.RunFunc(nt.Run)}, agent.Part{Name: "notify-watch", Runner: w}), nil
 }

@@ -38,6 +38,7 @@ import (
 	"github.com/synbak/synbak/internal/storage/local"
 	"github.com/synbak/synbak/internal/storage/s3/s3test"
 	"github.com/synbak/synbak/internal/synapse"
+	"github.com/synbak/synbak/internal/wait"
 	"github.com/synbak/synbak/wal"
 )
 
@@ -57,6 +58,7 @@ type agentSite struct {
 	// secrets must never be in a file the restored server's user could
 	// read (the S3 secret key, the age identity's lines).
 	secrets []string
+	s3      *s3test.Server // set by useS3
 }
 
 func newAgentSite(t *testing.T) *agentSite {
@@ -107,6 +109,7 @@ func newAgentSite(t *testing.T) *agentSite {
 func (s *agentSite) useS3(t *testing.T) string {
 	t.Helper()
 	srv := s3test.Start(t)
+	s.s3 = srv
 	bucket := srv.NewBucket(t)
 	id, err := age.GenerateX25519Identity()
 	if err != nil {
@@ -285,16 +288,7 @@ func (s *agentSite) metric(t *testing.T, name string) string {
 	return ""
 }
 
-func waitFor(t *testing.T, timeout time.Duration, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %s waiting for %s", timeout, what)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-}
+var waitFor = wait.For
 
 // stop sends sig and waits at most limit for the agent to exit.
 func (p *agentProc) stop(t *testing.T, sig syscall.Signal, limit time.Duration) (time.Duration, error) {

@@ -10,7 +10,6 @@ import (
 
 	"github.com/synbak/synbak/internal/config"
 	"github.com/synbak/synbak/internal/pgsource"
-	"github.com/synbak/synbak/internal/synapse"
 )
 
 func newConfigCommand(st *rootState) *cobra.Command {
@@ -137,8 +136,6 @@ func runConfigCheck(w io.Writer, cfg *config.Config) error {
 	}
 	return nil
 }
-
-var _ = synapse.Load
 
 func identityOrNone(s string) string {
 	if s == "" {

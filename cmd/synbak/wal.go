@@ -10,6 +10,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/synbak/synbak/internal/config"
+	"github.com/synbak/synbak/internal/shutdown"
 	"github.com/synbak/synbak/wal"
 )
 
@@ -71,6 +72,10 @@ func runWALStream(ctx context.Context, cfg *config.Config) error {
 		return err
 	}
 	rcv := wal.NewReceiver(src, r, walOptions(cfg), log)
+	// After SIGTERM the receiver stores what it can of the spool within
+	// shutdown_timeout; what is left is fsynced and stored at the next start.
+	ctx, release := shutdown.WithBudget(ctx, cfg.ShutdownTimeout.D())
+	defer release()
 	done := make(chan struct{})
 	defer close(done)
 	go func() {

@@ -28,6 +28,7 @@ const module = "github.com/synbak/synbak/"
 var layers = map[string]int{
 	// Foundations: no synbak imports.
 	"internal/storage": 0, "internal/proc": 0, "internal/synapse": 0, "internal/pgsource": 0, "internal/config": 0,
+	"internal/shutdown": 0, "internal/durable": 0,
 	// Storage backends and the repository layer on top of them.
 	"internal/storage/local": 1, "internal/storage/s3": 1, "internal/storage/storagetest": 1, "internal/storage/s3/versitygw": 1,
 	"internal/repo": 2,
@@ -45,7 +46,7 @@ var layers = map[string]int{
 
 // testOnly are imported from _test.go files only (and from each other and
 // the benchmarks).
-var testOnly = []string{"internal/pgtest", "internal/repo/repotest", "internal/storage/s3/s3test", "retention/retentiontest", "internal/storage/storagetest", "notify/matrixtest"}
+var testOnly = []string{"internal/pgtest", "internal/wait", "internal/repo/repotest", "internal/storage/s3/s3test", "retention/retentiontest", "internal/storage/storagetest", "notify/matrixtest"}
 
 // configFree may not import the configuration layer: domain packages take
 // Options structs, a logger and their dependencies.

@@ -23,14 +23,19 @@ type Config struct {
 	WAL        WAL        `mapstructure:"wal"`
 	HTTP       HTTP       `mapstructure:"http"`
 	StateDir   string     `mapstructure:"state_dir"`
-	Basebackup Basebackup `mapstructure:"basebackup"`
-	Retention  Retention  `mapstructure:"retention"`
-	Dump       Dump       `mapstructure:"dump"`
-	Log        Log        `mapstructure:"log"`
-	Media      Media      `mapstructure:"media"`
-	Health     Health     `mapstructure:"health"`
-	Drill      Drill      `mapstructure:"drill"`
-	Notify     Notify     `mapstructure:"notify"`
+	// ShutdownTimeout is the shutdown budget of `agent` and `wal stream`:
+	// after SIGTERM they store what they can of the WAL spool within it
+	// (what is left stays fsynced in the spool for the next start) and
+	// exit 0. Keep it below systemd's TimeoutStopSec.
+	ShutdownTimeout Duration   `mapstructure:"shutdown_timeout"`
+	Basebackup      Basebackup `mapstructure:"basebackup"`
+	Retention       Retention  `mapstructure:"retention"`
+	Dump            Dump       `mapstructure:"dump"`
+	Log             Log        `mapstructure:"log"`
+	Media           Media      `mapstructure:"media"`
+	Health          Health     `mapstructure:"health"`
+	Drill           Drill      `mapstructure:"drill"`
+	Notify          Notify     `mapstructure:"notify"`
 }
 
 // Synapse says where the homeserver's configuration is.
@@ -249,6 +254,7 @@ func Defaults() map[string]any {
 		"wal.prefetch":                  4,
 		"http.listen":                   "127.0.0.1:9816",
 		"state_dir":                     "/var/lib/synbak",
+		"shutdown_timeout":              "90s",
 		"basebackup.interval":           "24h",
 		"basebackup.checkpoint":         "fast",
 		"basebackup.server_compression": "none",
@@ -351,6 +357,9 @@ func (c *Config) Validate() error {
 	}
 	if c.Media.ScanInterval.D() < 0 || c.Media.QuietPeriod.D() < 0 {
 		add(invalid("media.scan_interval and media.quiet_period must not be negative"))
+	}
+	if c.ShutdownTimeout.D() < time.Second {
+		add(invalid("shutdown_timeout %s: must be at least 1s (the time a stopping agent has to store the WAL spool)", c.ShutdownTimeout))
 	}
 	if c.Health.ProbeInterval.D() < 100*time.Millisecond {
 		add(invalid("health.probe_interval %s: must be at least 100ms", c.Health.ProbeInterval))

@@ -39,15 +39,16 @@ func TestParseDuration(t *testing.T) {
 
 func valid() Config {
 	return Config{
-		Repository: Repository{Path: "/r", Compression: "zstd", ZstdLevel: 2},
-		Postgres:   Postgres{Slot: "synbak"},
-		WAL:        WAL{StatusInterval: Duration(10 * time.Second), PartialInterval: Duration(10 * time.Second), PrefetchSegments: 4},
-		Retention:  Retention{Backups: 7},
-		Basebackup: Basebackup{Checkpoint: "fast", ServerCompression: "none", WALTimeout: Duration(10 * time.Minute), PartSizeMB: 1024},
-		Dump:       Dump{PartSizeMB: 1024},
-		Log:        Log{Level: "info", Format: "text"},
-		Media:      Media{Thumbnails: "auto"},
-		Health:     Health{ProbeInterval: Duration(10 * time.Second), Disconnected: Duration(time.Minute), SlotLagMB: 1024, MediaBacklog: Duration(10 * time.Minute), WALBacklog: Duration(2 * time.Minute)},
+		Repository:      Repository{Path: "/r", Compression: "zstd", ZstdLevel: 2},
+		ShutdownTimeout: Duration(90 * time.Second),
+		Postgres:        Postgres{Slot: "synbak"},
+		WAL:             WAL{StatusInterval: Duration(10 * time.Second), PartialInterval: Duration(10 * time.Second), PrefetchSegments: 4},
+		Retention:       Retention{Backups: 7},
+		Basebackup:      Basebackup{Checkpoint: "fast", ServerCompression: "none", WALTimeout: Duration(10 * time.Minute), PartSizeMB: 1024},
+		Dump:            Dump{PartSizeMB: 1024},
+		Log:             Log{Level: "info", Format: "text"},
+		Media:           Media{Thumbnails: "auto"},
+		Health:          Health{ProbeInterval: Duration(10 * time.Second), Disconnected: Duration(time.Minute), SlotLagMB: 1024, MediaBacklog: Duration(10 * time.Minute), WALBacklog: Duration(2 * time.Minute)},
 	}
 }
 
@@ -68,6 +69,7 @@ func TestValidate(t *testing.T) {
 		{func(c *Config) { c.WAL.StatusInterval = Duration(time.Millisecond) }, "wal.status_interval"},
 		{func(c *Config) { c.Retention.Backups = 0 }, "retention.backups 0"},
 		{func(c *Config) { c.Log.Format = "xml" }, "log.format"},
+		{func(c *Config) { c.ShutdownTimeout = Duration(100 * time.Millisecond) }, "shutdown_timeout 100ms"},
 	}
 	for _, tt := range tests {
 		c := valid()

@@ -101,9 +101,6 @@ func newRepo(b storage.Backend, opts Options) (*Repo, error) {
 	return &Repo{b: b, codec: c, level: level, log: log, recipients: opts.Recipients, identities: opts.Identities}, nil
 }
 
-// Backend returns the storage backend.
-func (r *Repo) Backend() storage.Backend { return r.b }
-
 // String describes the repository (its backend) for messages.
 func (r *Repo) String() string { return r.b.String() }
 

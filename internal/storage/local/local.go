@@ -29,6 +29,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/synbak/synbak/internal/durable"
 	"github.com/synbak/synbak/internal/storage"
 )
 
@@ -707,14 +708,4 @@ func mkdirAllOnce(dir string, own *owner) error {
 
 // syncDir fsyncs a directory so that entries created or removed in it are
 // durable.
-func syncDir(dir string) error {
-	d, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	err = d.Sync()
-	if cerr := d.Close(); err == nil {
-		err = cerr
-	}
-	return err
-}
+func syncDir(dir string) error { return durable.SyncDir(dir) }

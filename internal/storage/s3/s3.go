@@ -107,7 +107,7 @@ type Options struct {
 	// Transport replaces the HTTP transport (tests).
 	Transport http.RoundTripper
 	// Logger receives the one warning about a server without conditional
-	// writes (slog.Default() when nil).
+	// writes (nil: discarded, like every package's logger).
 	Logger *slog.Logger
 }
 
@@ -196,7 +196,7 @@ func New(opts Options) (*Backend, error) {
 	}
 	b.logger = opts.Logger
 	if b.logger == nil {
-		b.logger = slog.Default()
+		b.logger = slog.New(slog.DiscardHandler)
 	}
 	b.retryFor = opts.RetryTimeout
 	if b.retryFor == 0 {

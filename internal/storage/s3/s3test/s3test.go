@@ -12,6 +12,7 @@ import (
 	"fmt"
 	"os"
 	"sync/atomic"
+	"syscall"
 	"testing"
 
 	"github.com/minio/minio-go/v7"
@@ -75,6 +76,25 @@ func Start(t testing.TB) *Server {
 
 // Stop stops the server now (to test an unreachable endpoint).
 func (s *Server) Stop() { s.proc.Stop() }
+
+// Pause stops the server's process (SIGSTOP) without closing its socket:
+// connections are accepted by the kernel and requests hang, as with a
+// stalled storage server, until Resume. Cleanup resumes it.
+func (s *Server) Pause(t testing.TB) {
+	t.Helper()
+	if err := syscall.Kill(s.proc.PID(), syscall.SIGSTOP); err != nil {
+		t.Fatalf("s3test: pause: %v", err)
+	}
+	t.Cleanup(func() { _ = syscall.Kill(s.proc.PID(), syscall.SIGCONT) })
+}
+
+// Resume continues a paused server.
+func (s *Server) Resume(t testing.TB) {
+	t.Helper()
+	if err := syscall.Kill(s.proc.PID(), syscall.SIGCONT); err != nil {
+		t.Fatalf("s3test: resume: %v", err)
+	}
+}
 
 // Restart starts the stopped server again on the same endpoint with the
 // same data (the end of an outage). It may run on any goroutine.
