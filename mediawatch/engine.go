@@ -12,6 +12,8 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"runtime"
+	"runtime/debug"
 	"sort"
 	"strings"
 	"sync"
@@ -48,6 +50,10 @@ type Options struct {
 	// Workers is the number of parallel copies (default 8: a copy mostly
 	// waits for fsync, which the file system commits in groups).
 	Workers int
+	// CopyMemory bounds the buffers of the copies read into memory, in
+	// use or kept for the next ones, whatever the number of Workers
+	// (default 16 MiB); they are given up when the copying is done.
+	CopyMemory int64
 	// BatchInterval and BatchSize bound how long and how many events wait
 	// before an index batch is stored (defaults 1 s and 1000); a batch is
 	// stored at once when no other copy is in flight.
@@ -98,6 +104,11 @@ func (o Options) withDefaults() Options {
 	if o.Workers <= 0 {
 		o.Workers = 8
 	}
+	if o.CopyMemory <= 0 {
+		o.CopyMemory = 16 << 20
+	}
+	// Room for at least one copy of each kind.
+	o.CopyMemory = max(o.CopyMemory, bigFile+minBufClass)
 	if o.BatchInterval <= 0 {
 		o.BatchInterval = time.Second
 	}
@@ -236,8 +247,22 @@ type engine struct {
 	jobs    chan job
 	results chan Event
 
-	// bigSlots bounds the big in-memory copies (see bigFile).
-	bigSlots chan struct{}
+	// bufs holds the buffers of the in-memory copies (see bufPool).
+	bufs *bufPool
+	// enc keeps the compressors of compressed copies: at most
+	// GOMAXPROCS compress at once (it is CPU-bound), and no more
+	// compressors exist. releaseMemory replaces it with an empty one.
+	encMu sync.Mutex
+	enc   *repo.EncoderCache
+	// bulk is set by work that leaves memory behind (a full scan, many
+	// copies; under mu): once the engine is idle, releaseMemory gives it
+	// back. copied counts the events committed since the last release.
+	bulk   bool
+	copied int
+	// freeOS returns freed memory to the operating system
+	// (debug.FreeOSMemory); releases counts releaseMemory's calls.
+	freeOS   func()
+	releases int
 
 	// objects defers the durability of the objects the workers store
 	// (one directory fsync for many objects on a local repository); the
@@ -251,8 +276,44 @@ func newEngine(r *repo.Repo, store string, opts Options) *engine {
 		r: r, store: store, opts: opts, log: opts.Logger,
 		state: map[string]*entry{}, pending: map[string]pend{}, inflight: map[string]bool{}, failing: map[string]*fileFailure{},
 		wake: make(chan struct{}, 1), jobs: make(chan job, 64), results: make(chan Event, 256),
-		objects: r.NewSyncGroup(), bigSlots: make(chan struct{}, bigBuffers),
+		objects: r.NewSyncGroup(), bufs: newBufPool(opts.CopyMemory),
+		enc: repo.NewEncoderCache(compressors()), freeOS: debug.FreeOSMemory,
 	}
+}
+
+// compressors is how many copies compress at once: one per CPU.
+func compressors() int { return runtime.GOMAXPROCS(0) }
+
+// encoders returns the current compressor cache.
+func (e *engine) encoders() *repo.EncoderCache {
+	e.encMu.Lock()
+	defer e.encMu.Unlock()
+	return e.enc
+}
+
+// releaseAfter is how many copied files make the engine give memory back
+// once it is idle (a full scan always does).
+const releaseAfter = 1000
+
+// maybeRelease gives memory back when the engine is idle after bulk work:
+// the free copy buffers, the compressors, the pending set's table (a map
+// never shrinks), and then the freed heap to the operating system, so that
+// an idle agent holds little more than its per-file state.
+func (e *engine) maybeRelease() {
+	e.mu.Lock()
+	if !e.stats.ScanDone || len(e.pending) > 0 || len(e.inflight) > 0 || !(e.bulk || e.copied >= releaseAfter) {
+		e.mu.Unlock()
+		return
+	}
+	e.bulk, e.copied = false, 0
+	e.pending, e.inflight = map[string]pend{}, map[string]bool{}
+	e.releases++
+	e.mu.Unlock()
+	e.bufs.drop()
+	e.encMu.Lock()
+	e.enc = repo.NewEncoderCache(compressors())
+	e.encMu.Unlock()
+	e.freeOS()
 }
 
 // load rebuilds the state from the index.
@@ -373,6 +434,7 @@ func (e *engine) scanTrees(ctx context.Context, onDir func(rel string, level int
 		}
 	}
 	e.stats.ScanDone = true
+	e.bulk = true
 	e.mu.Unlock()
 	e.poke()
 	return nil
@@ -457,6 +519,7 @@ func (e *engine) runChecker(ctx context.Context) {
 		}
 		for e.checkPending(ctx) && ctx.Err() == nil {
 		}
+		e.maybeRelease()
 	}
 }
 
@@ -682,17 +745,10 @@ var errDigestMismatch = errors.New("sha256 differs from the database's")
 // smallFile is the size up to which a file is copied from memory.
 const smallFile = 1 << 20
 
-// Files up to bigFile are copied from memory too when one of bigBuffers
-// buffers is free (16 MiB in all), and streamed otherwise: a streamed file
-// is read and hashed twice (once for its name, once as it is stored).
-const (
-	bigFile    = 4 << 20
-	bigBuffers = 4
-)
-
-var bigBufs = sync.Pool{New: func() any { b := make([]byte, bigFile+1); return &b }}
-
-var smallBufs = sync.Pool{New: func() any { b := make([]byte, smallFile+1); return &b }}
+// Files up to bigFile are copied from memory too when the copy buffers'
+// budget (Options.CopyMemory) has room, and streamed otherwise: a streamed
+// file is read and hashed twice (once for its name, once as it is stored).
+const bigFile = 4 << 20
 
 // copyFile stores j's file as a content-addressed object and returns its
 // index event; ok is false when the file changed or vanished (look again).
@@ -737,26 +793,19 @@ func (e *engine) copyFile(ctx context.Context, j job) (Event, bool, error) {
 	var content repo.Content
 	var sum [32]byte
 	var head []byte
-	var bp *[]byte
+	var buf []byte
 	switch {
 	case j.size <= smallFile:
-		bp = smallBufs.Get().(*[]byte)
-		defer smallBufs.Put(bp)
-	case j.size <= bigFile:
-		select {
-		case e.bigSlots <- struct{}{}:
-			bp = bigBufs.Get().(*[]byte)
-			defer func() {
-				bigBufs.Put(bp)
-				<-e.bigSlots
-			}()
-		default:
+		if buf, err = e.bufs.get(ctx, int(j.size)+1); err != nil {
+			return Event{}, false, err
 		}
+	case j.size <= bigFile:
+		buf = e.bufs.tryGet(int(j.size) + 1)
 	}
-	if bp != nil {
+	if buf != nil {
+		defer e.bufs.put(buf)
 		// One byte more than expected, usually in one read: a read of a
 		// regular file that returns less than asked for ends at its end.
-		buf := (*bp)[:j.size+1]
 		n := 0
 		for n < len(buf) {
 			m, err := f.Read(buf[n:])
@@ -806,6 +855,8 @@ func (e *engine) copyFile(ctx context.Context, j job) (Event, bool, error) {
 		opts := []repo.PutOption{repo.InSyncGroup(e.objects)}
 		if incompressible(head) {
 			opts = append(opts, repo.Uncompressed())
+		} else {
+			opts = append(opts, repo.WithEncoderCache(e.encoders()))
 		}
 		if small != nil {
 			_, err = e.r.PutContent(ctx, name, content, nil, opts...)
@@ -919,6 +970,7 @@ func (e *engine) commitLocked(seq uint64, batch []Event) {
 	defer e.mu.Unlock()
 	e.seq = seq + 1
 	e.loose++
+	e.copied += len(batch)
 	for _, ev := range batch {
 		applyEvent(e.state, ev)
 		if st := e.state[ev.Path]; st != nil {
