@@ -231,6 +231,7 @@ type engine struct {
 
 	mu       sync.Mutex
 	state    map[string]*entry
+	arena    stateArena // the state's keys and entries
 	pending  map[string]pend
 	inflight map[string]bool
 	failing  map[string]*fileFailure
@@ -321,11 +322,12 @@ func (e *engine) load(ctx context.Context) error {
 	n := 0
 	err := loadIndex(ctx, e.r, func() error {
 		n = 0
-		clear(e.state)
+		e.state = map[string]*entry{}
+		e.arena.reset()
 		return nil
 	}, func(ev Event) error {
 		n++
-		applyEvent(e.state, ev)
+		applyEvent(e.state, &e.arena, ev)
 		return nil
 	}, func(info indexInfo) {
 		e.seq = info.last + 1
@@ -338,19 +340,28 @@ func (e *engine) load(ctx context.Context) error {
 	return nil
 }
 
-// applyEvent records ev in state.
-func applyEvent(state map[string]*entry, ev Event) {
+// applyEvent records ev in state, with new paths and entries from a (nil:
+// allocated one by one).
+func applyEvent(state map[string]*entry, a *stateArena, ev Event) {
 	st := state[ev.Path]
 	if st == nil {
-		st = &entry{}
-		state[ev.Path] = st
+		if a != nil {
+			st = a.entry()
+			state[a.name(ev.Path)] = st
+		} else {
+			st = &entry{}
+			state[ev.Path] = st
+		}
 	}
 	if ev.Event == Deleted {
 		st.deleted = true
 		return
 	}
-	b, _ := hex.DecodeString(ev.SHA256)
-	copy(st.sha[:], b)
+	// Without hex.DecodeString's allocation: this runs for every event
+	// of the index at start.
+	var h [64]byte
+	n := copy(h[:], ev.SHA256)
+	_, _ = hex.Decode(st.sha[:], h[:n])
 	st.size, st.mtime, st.deleted = ev.Size, ev.MTime.UnixNano(), false
 }
 
@@ -972,7 +983,7 @@ func (e *engine) commitLocked(seq uint64, batch []Event) {
 	e.loose++
 	e.copied += len(batch)
 	for _, ev := range batch {
-		applyEvent(e.state, ev)
+		applyEvent(e.state, &e.arena, ev)
 		if st := e.state[ev.Path]; st != nil {
 			st.gen = e.gen
 		}
