@@ -205,10 +205,25 @@ type entry struct {
 	gen     uint32 // full scan generation that last saw it
 }
 
+// pend is a pending path's times, as UnixNano (0: none): 16 bytes, not
+// two time.Time's 48, since the pending set holds every file of a store
+// during its initial scan.
 type pend struct {
-	firstSeen time.Time
-	notBefore time.Time
+	first     int64 // when first noticed
+	notBefore int64 // not examined again before then
 }
+
+func mkPend(firstSeen, notBefore time.Time) pend {
+	p := pend{first: firstSeen.UnixNano()}
+	if !notBefore.IsZero() {
+		p.notBefore = notBefore.UnixNano()
+	}
+	return p
+}
+
+func (p pend) firstSeen() time.Time { return time.Unix(0, p.first).UTC() }
+
+func (p pend) due(now time.Time) bool { return p.notBefore <= now.UnixNano() }
 
 type job struct {
 	path      string
@@ -377,7 +392,7 @@ func (e *engine) notice(rel string) {
 	e.mu.Lock()
 	if !e.inflight[rel] {
 		if _, ok := e.pending[rel]; !ok {
-			e.pending[rel] = pend{firstSeen: time.Now().UTC()}
+			e.pending[rel] = mkPend(time.Now(), time.Time{})
 		}
 	}
 	e.mu.Unlock()
@@ -397,7 +412,7 @@ func (e *engine) observe(rel string, fi fs.FileInfo, gen uint32) {
 	}
 	if !e.inflight[rel] {
 		if _, ok := e.pending[rel]; !ok {
-			e.pending[rel] = pend{firstSeen: time.Now().UTC()}
+			e.pending[rel] = mkPend(time.Now(), time.Time{})
 		}
 	}
 	e.mu.Unlock()
@@ -438,7 +453,7 @@ func (e *engine) scanTrees(ctx context.Context, onDir func(rel string, level int
 		for _, pre := range complete {
 			if strings.HasPrefix(p, pre) {
 				if _, ok := e.pending[p]; !ok {
-					e.pending[p] = pend{firstSeen: now}
+					e.pending[p] = mkPend(now, time.Time{})
 				}
 				break
 			}
@@ -545,7 +560,7 @@ func (e *engine) checkPending(ctx context.Context) (more bool) {
 	e.mu.Lock()
 	var paths []string
 	for p, pd := range e.pending {
-		if !now.Before(pd.notBefore) {
+		if pd.due(now) {
 			if len(paths) == checkBatch {
 				more = true
 				break
@@ -571,13 +586,13 @@ func (e *engine) checkPending(ctx context.Context) (more bool) {
 			delete(e.failing, p)
 			if st != nil && !st.deleted {
 				e.inflight[p] = true
-				ready = append(ready, job{path: p, firstSeen: pd.firstSeen, deleted: true})
+				ready = append(ready, job{path: p, firstSeen: pd.firstSeen(), deleted: true})
 			}
 		case err != nil:
 			if e.failed(p, err, now) {
 				e.log.Warn("cannot stat media file; retrying every 5s (logged again in 10m if it still fails)", "file", p, "err", err)
 			}
-			pd.notBefore = now.Add(5 * time.Second)
+			pd.notBefore = now.Add(5 * time.Second).UnixNano()
 			e.pending[p] = pd
 		case !fi.Mode().IsRegular():
 			delete(e.pending, p)
@@ -587,7 +602,7 @@ func (e *engine) checkPending(ctx context.Context) (more bool) {
 		case now.Sub(fi.ModTime()) < e.opts.QuietPeriod && e.dbEligible(p):
 			// The row is inserted once the file is complete: no need to
 			// wait for the quiet period when it says so.
-			j := job{path: p, size: fi.Size(), mtime: fi.ModTime(), firstSeen: pd.firstSeen}
+			j := job{path: p, size: fi.Size(), mtime: fi.ModTime(), firstSeen: pd.firstSeen()}
 			delete(e.pending, p)
 			e.inflight[p] = true
 			dbCheck = append(dbCheck, j)
@@ -596,10 +611,10 @@ func (e *engine) checkPending(ctx context.Context) (more bool) {
 			if mt.After(now) {
 				mt = now
 			}
-			pd.notBefore = mt.Add(e.opts.QuietPeriod)
+			pd.notBefore = mt.Add(e.opts.QuietPeriod).UnixNano()
 			e.pending[p] = pd
 		default:
-			j := job{path: p, size: fi.Size(), mtime: fi.ModTime(), firstSeen: pd.firstSeen}
+			j := job{path: p, size: fi.Size(), mtime: fi.ModTime(), firstSeen: pd.firstSeen()}
 			delete(e.pending, p)
 			e.inflight[p] = true
 			if now.Sub(fi.ModTime()) < e.opts.DBGrace && e.dbEligible(p) {
@@ -635,7 +650,7 @@ func (e *engine) checkPending(ctx context.Context) (more bool) {
 		}
 		e.mu.Lock()
 		delete(e.inflight, j.path)
-		e.pending[j.path] = pend{firstSeen: j.firstSeen, notBefore: notBefore}
+		e.pending[j.path] = mkPend(j.firstSeen, notBefore)
 		e.mu.Unlock()
 	}
 	for _, j := range ready {
@@ -712,7 +727,7 @@ func (e *engine) runWorker(ctx context.Context) {
 			e.log.Debug("media file differs from local_media_repository.sha256; waiting", "file", j.path, "err", err)
 			e.mu.Lock()
 			delete(e.inflight, j.path)
-			e.pending[j.path] = pend{firstSeen: j.firstSeen, notBefore: time.Now().Add(time.Second)}
+			e.pending[j.path] = mkPend(j.firstSeen, time.Now().Add(time.Second))
 			e.mu.Unlock()
 			continue
 		}
@@ -728,10 +743,10 @@ func (e *engine) runWorker(ctx context.Context) {
 						e.log.Warn("media copy failed; retrying every 5s (logged again in 10m if it still fails)", "file", j.path, "err", err)
 					}
 				}
-				e.pending[j.path] = pend{firstSeen: j.firstSeen, notBefore: time.Now().Add(5 * time.Second)}
+				e.pending[j.path] = mkPend(j.firstSeen, time.Now().Add(5*time.Second))
 			} else {
 				// Changed or vanished meanwhile: look again.
-				e.pending[j.path] = pend{firstSeen: j.firstSeen}
+				e.pending[j.path] = mkPend(j.firstSeen, time.Time{})
 			}
 			e.mu.Unlock()
 			continue
