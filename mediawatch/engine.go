@@ -276,7 +276,7 @@ type engine struct {
 	bulk   bool
 	copied int
 	// freeOS returns freed memory to the operating system
-	// (debug.FreeOSMemory); releases counts releaseMemory's calls.
+	// (freeOSMemory); releases counts maybeRelease's releases.
 	freeOS   func()
 	releases int
 
@@ -293,8 +293,18 @@ func newEngine(r *repo.Repo, store string, opts Options) *engine {
 		state: map[string]*entry{}, pending: map[string]pend{}, inflight: map[string]bool{}, failing: map[string]*fileFailure{},
 		wake: make(chan struct{}, 1), jobs: make(chan job, 64), results: make(chan Event, 256),
 		objects: r.NewSyncGroup(), bufs: newBufPool(opts.CopyMemory),
-		enc: repo.NewEncoderCache(compressors()), freeOS: debug.FreeOSMemory,
+		enc: repo.NewEncoderCache(compressors()), freeOS: freeOSMemory,
 	}
+}
+
+// freeOSMemory collects garbage twice, then returns the free memory to the
+// operating system: the first collection only moves what sync.Pools hold
+// (the repository's copy buffers and compressors of streamed and encrypted
+// copies) to their victim caches, the second frees it, and an idle agent
+// allocates too little for another collection to come soon.
+func freeOSMemory() {
+	runtime.GC()
+	debug.FreeOSMemory()
 }
 
 // compressors is how many copies compress at once: one per CPU.

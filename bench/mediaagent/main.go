@@ -277,6 +277,8 @@ func agent(exe, hs, dest, state string, n int, idle time.Duration) (result, erro
 	cmd := exec.Command(exe, "--homeserver", hs, "--repo", dest, "--log-level", "info", "agent")
 	cmd.Env = append(os.Environ(), "SYNBAK_STATE_DIR="+state, "SYNBAK_HTTP_LISTEN=127.0.0.1:0")
 	cmd.Stdout, cmd.Stderr = logf, logf
+	// No agent left behind when the benchmark is killed.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGTERM}
 	start := time.Now()
 	if err := cmd.Start(); err != nil {
 		return result{}, err
