@@ -267,11 +267,11 @@ type engine struct {
 	bufs *bufPool
 	// enc keeps the compressors of compressed copies: at most
 	// GOMAXPROCS compress at once (it is CPU-bound), and no more
-	// compressors exist. releaseMemory replaces it with an empty one.
+	// compressors exist. maybeRelease replaces it with an empty one.
 	encMu sync.Mutex
 	enc   *repo.EncoderCache
 	// bulk is set by work that leaves memory behind (a full scan, many
-	// copies; under mu): once the engine is idle, releaseMemory gives it
+	// copies; under mu): once the engine is idle, maybeRelease gives it
 	// back. copied counts the events committed since the last release.
 	bulk   bool
 	copied int
