@@ -395,17 +395,6 @@ type CompactReport struct {
 	Removed int
 }
 
-// compactHook, when set (tests), is called at each step of a compaction;
-// an error ends the compaction there, as a crash would.
-var compactHook func(step string) error
-
-func hook(step string) error {
-	if compactHook != nil {
-		return compactHook(step)
-	}
-	return nil
-}
-
 // Compact consolidates the media index: it writes a new snapshot holding
 // the newest snapshot's units, those of snapshots it does not subsume
 // (concurrent compactions) and every batch object no snapshot holds, then
@@ -421,6 +410,19 @@ func hook(step string) error {
 // batches; concurrent compactions lose nothing either (a loser's removals
 // only cover what its own snapshot holds; see readIndex).
 func Compact(ctx context.Context, r *repo.Repo) (CompactReport, error) {
+	return compactIndex(ctx, r, nil)
+}
+
+// compactIndex is Compact; step, when not nil (tests), is called at each
+// step of the compaction, and an error from it ends the compaction there,
+// as a crash would.
+func compactIndex(ctx context.Context, r *repo.Repo, step func(string) error) (CompactReport, error) {
+	hook := func(name string) error {
+		if step != nil {
+			return step(name)
+		}
+		return nil
+	}
 	var rep CompactReport
 	// First pass: what is there, and is there anything to consolidate?
 	plan, err := readIndex(ctx, r, math.MaxUint64, func(unit) error { return nil })

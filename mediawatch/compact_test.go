@@ -224,9 +224,9 @@ func TestCompactInterrupted(t *testing.T) {
 	var steps []string
 	{
 		r, _ := build(t)
-		compactHook = func(step string) error { steps = append(steps, step); return nil }
-		compact(t, r)
-		compactHook = nil
+		if _, err := compactIndex(context.Background(), r, func(step string) error { steps = append(steps, step); return nil }); err != nil {
+			t.Fatal(err)
+		}
 	}
 	if len(steps) != 3+11 { // planned, written, stored, 10 batches + the old snapshot removed
 		t.Fatalf("steps: %v", steps)
@@ -237,15 +237,13 @@ func TestCompactInterrupted(t *testing.T) {
 			r, h := build(t)
 			want := viewOf(t, r, h.clock)
 			n := 0
-			compactHook = func(string) error {
+			_, err := compactIndex(context.Background(), r, func(string) error {
 				n++
 				if n == k+1 {
 					return crash
 				}
 				return nil
-			}
-			_, err := Compact(context.Background(), r)
-			compactHook = nil
+			})
 			if !errors.Is(err, crash) {
 				t.Fatalf("Compact: %v, want the injected crash", err)
 			}
@@ -408,7 +406,7 @@ func TestCompactNeverOverwrites(t *testing.T) {
 	}
 	sameView(t, "with another snapshot holding batch 1", viewOf(t, r, h.clock), want)
 	var batches, snaps []string
-	compactHook = func(step string) error {
+	_, err = compactIndex(ctx, r, func(step string) error {
 		if step == "snapshot written" {
 			// Compact picked generation 2; take it before it publishes.
 			if _, err := r.Put(ctx, snapshotName(2, 8), bytes.NewReader(other),
@@ -418,9 +416,7 @@ func TestCompactNeverOverwrites(t *testing.T) {
 			batches, snaps = indexObjects(t, r)
 		}
 		return nil
-	}
-	_, err = Compact(ctx, r)
-	compactHook = nil
+	})
 	if !repo.IsConflict(err) {
 		t.Fatalf("Compact onto a taken name: %v, want a conflict", err)
 	}

@@ -28,14 +28,20 @@
 //
 // A file is hashed to name its object, the name is looked up (Stat: stored
 // already is a deduplication, no upload), and the object is stored. Files
-// up to 1 MiB (most media), and up to 4 MiB while one of four big buffers is
-// free, are read into memory once and hashed once: repo.Content carries the
+// up to 1 MiB (most media), and up to 4 MiB while the copy buffers' budget
+// (Options.CopyMemory, 16 MiB) has room, are read into memory once and
+// hashed once (buffers in power-of-two classes from 16 KiB, so a thumbnail
+// does not hold a megabyte, and at most the budget of them in use or kept
+// free, whatever the number of workers): repo.Content carries the
 // checksum into the object's trailer, so the repository does not hash the
 // same bytes again. Larger files are hashed, then streamed with
 // repo.WantSHA256, which checks the bytes the repository actually reads
 // and stores nothing when the file changed in between. Images, video,
 // audio and archives are stored without compression (by their first 512
-// bytes), so most objects go to the backend without a copy or a pipe.
+// bytes), so most objects go to the backend without a copy or a pipe; the
+// others are compressed at most one per CPU at a time, with compressors
+// kept in a repo.EncoderCache of that size (not the repository's sync.Pool,
+// which 32 workers filled with one zstd encoder each).
 //
 // Durability is grouped: objects are stored through a repo.SyncGroup, so
 // that on a local repository each object's file is fsynced before it is
@@ -68,6 +74,18 @@
 // costs at most a re-read of those files (the object exists already: Stat
 // by checksum, no second upload; or, if the crash came before the group's
 // Sync, it is stored again).
+//
+// # Memory
+//
+// A long-running agent shares a small server with Synapse and PostgreSQL.
+// Once the engine is idle after bulk work (a full scan, or 1,000 files
+// copied since the last time), it gives memory back: the free copy
+// buffers, the compressors, the pending set's table (a Go map never
+// shrinks), then debug.FreeOSMemory. The per-path state is carved from
+// large blocks (stateArena): a path costs its bytes and a 56-byte entry,
+// about 150 bytes with the map, and the scan's garbage does not pin heap
+// spans. bench/mediaagent measures the agent's resident set during and
+// after the initial copy of 100,000 and 300,000 files.
 //
 // # Index compaction
 //

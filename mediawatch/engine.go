@@ -12,6 +12,8 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"runtime"
+	"runtime/debug"
 	"sort"
 	"strings"
 	"sync"
@@ -48,6 +50,10 @@ type Options struct {
 	// Workers is the number of parallel copies (default 8: a copy mostly
 	// waits for fsync, which the file system commits in groups).
 	Workers int
+	// CopyMemory bounds the buffers of the copies read into memory, in
+	// use or kept for the next ones, whatever the number of Workers
+	// (default 16 MiB); they are given up when the copying is done.
+	CopyMemory int64
 	// BatchInterval and BatchSize bound how long and how many events wait
 	// before an index batch is stored (defaults 1 s and 1000); a batch is
 	// stored at once when no other copy is in flight.
@@ -98,6 +104,11 @@ func (o Options) withDefaults() Options {
 	if o.Workers <= 0 {
 		o.Workers = 8
 	}
+	if o.CopyMemory <= 0 {
+		o.CopyMemory = 16 << 20
+	}
+	// Room for at least one copy of each kind.
+	o.CopyMemory = max(o.CopyMemory, bigFile+minBufClass)
 	if o.BatchInterval <= 0 {
 		o.BatchInterval = time.Second
 	}
@@ -194,10 +205,25 @@ type entry struct {
 	gen     uint32 // full scan generation that last saw it
 }
 
+// pend is a pending path's times, as UnixNano (0: none): 16 bytes, not
+// two time.Time's 48, since the pending set holds every file of a store
+// during its initial scan.
 type pend struct {
-	firstSeen time.Time
-	notBefore time.Time
+	first     int64 // when first noticed
+	notBefore int64 // not examined again before then
 }
+
+func mkPend(firstSeen, notBefore time.Time) pend {
+	p := pend{first: firstSeen.UnixNano()}
+	if !notBefore.IsZero() {
+		p.notBefore = notBefore.UnixNano()
+	}
+	return p
+}
+
+func (p pend) firstSeen() time.Time { return time.Unix(0, p.first).UTC() }
+
+func (p pend) due(now time.Time) bool { return p.notBefore <= now.UnixNano() }
 
 type job struct {
 	path      string
@@ -220,6 +246,7 @@ type engine struct {
 
 	mu       sync.Mutex
 	state    map[string]*entry
+	arena    stateArena // the state's keys and entries
 	pending  map[string]pend
 	inflight map[string]bool
 	failing  map[string]*fileFailure
@@ -236,8 +263,22 @@ type engine struct {
 	jobs    chan job
 	results chan Event
 
-	// bigSlots bounds the big in-memory copies (see bigFile).
-	bigSlots chan struct{}
+	// bufs holds the buffers of the in-memory copies (see bufPool).
+	bufs *bufPool
+	// enc keeps the compressors of compressed copies: at most
+	// GOMAXPROCS compress at once (it is CPU-bound), and no more
+	// compressors exist. maybeRelease replaces it with an empty one.
+	encMu sync.Mutex
+	enc   *repo.EncoderCache
+	// bulk is set by work that leaves memory behind (a full scan, many
+	// copies; under mu): once the engine is idle, maybeRelease gives it
+	// back. copied counts the events committed since the last release.
+	bulk   bool
+	copied int
+	// freeOS returns freed memory to the operating system
+	// (freeOSMemory); releases counts maybeRelease's releases.
+	freeOS   func()
+	releases int
 
 	// objects defers the durability of the objects the workers store
 	// (one directory fsync for many objects on a local repository); the
@@ -251,8 +292,54 @@ func newEngine(r *repo.Repo, store string, opts Options) *engine {
 		r: r, store: store, opts: opts, log: opts.Logger,
 		state: map[string]*entry{}, pending: map[string]pend{}, inflight: map[string]bool{}, failing: map[string]*fileFailure{},
 		wake: make(chan struct{}, 1), jobs: make(chan job, 64), results: make(chan Event, 256),
-		objects: r.NewSyncGroup(), bigSlots: make(chan struct{}, bigBuffers),
+		objects: r.NewSyncGroup(), bufs: newBufPool(opts.CopyMemory),
+		enc: repo.NewEncoderCache(compressors()), freeOS: freeOSMemory,
 	}
+}
+
+// freeOSMemory collects garbage twice, then returns the free memory to the
+// operating system: the first collection only moves what sync.Pools hold
+// (the repository's copy buffers and compressors of streamed and encrypted
+// copies) to their victim caches, the second frees it, and an idle agent
+// allocates too little for another collection to come soon.
+func freeOSMemory() {
+	runtime.GC()
+	debug.FreeOSMemory()
+}
+
+// compressors is how many copies compress at once: one per CPU.
+func compressors() int { return runtime.GOMAXPROCS(0) }
+
+// encoders returns the current compressor cache.
+func (e *engine) encoders() *repo.EncoderCache {
+	e.encMu.Lock()
+	defer e.encMu.Unlock()
+	return e.enc
+}
+
+// releaseAfter is how many copied files make the engine give memory back
+// once it is idle (a full scan always does).
+const releaseAfter = 1000
+
+// maybeRelease gives memory back when the engine is idle after bulk work:
+// the free copy buffers, the compressors, the pending set's table (a map
+// never shrinks), and then the freed heap to the operating system, so that
+// an idle agent holds little more than its per-file state.
+func (e *engine) maybeRelease() {
+	e.mu.Lock()
+	if !e.stats.ScanDone || len(e.pending) > 0 || len(e.inflight) > 0 || !(e.bulk || e.copied >= releaseAfter) {
+		e.mu.Unlock()
+		return
+	}
+	e.bulk, e.copied = false, 0
+	e.pending, e.inflight = map[string]pend{}, map[string]bool{}
+	e.releases++
+	e.mu.Unlock()
+	e.bufs.drop()
+	e.encMu.Lock()
+	e.enc = repo.NewEncoderCache(compressors())
+	e.encMu.Unlock()
+	e.freeOS()
 }
 
 // load rebuilds the state from the index.
@@ -260,11 +347,12 @@ func (e *engine) load(ctx context.Context) error {
 	n := 0
 	err := loadIndex(ctx, e.r, func() error {
 		n = 0
-		clear(e.state)
+		e.state = map[string]*entry{}
+		e.arena.reset()
 		return nil
 	}, func(ev Event) error {
 		n++
-		applyEvent(e.state, ev)
+		applyEvent(e.state, &e.arena, ev)
 		return nil
 	}, func(info indexInfo) {
 		e.seq = info.last + 1
@@ -277,19 +365,28 @@ func (e *engine) load(ctx context.Context) error {
 	return nil
 }
 
-// applyEvent records ev in state.
-func applyEvent(state map[string]*entry, ev Event) {
+// applyEvent records ev in state, with new paths and entries from a (nil:
+// allocated one by one).
+func applyEvent(state map[string]*entry, a *stateArena, ev Event) {
 	st := state[ev.Path]
 	if st == nil {
-		st = &entry{}
-		state[ev.Path] = st
+		if a != nil {
+			st = a.entry()
+			state[a.name(ev.Path)] = st
+		} else {
+			st = &entry{}
+			state[ev.Path] = st
+		}
 	}
 	if ev.Event == Deleted {
 		st.deleted = true
 		return
 	}
-	b, _ := hex.DecodeString(ev.SHA256)
-	copy(st.sha[:], b)
+	// Without hex.DecodeString's allocation: this runs for every event
+	// of the index at start.
+	var h [64]byte
+	n := copy(h[:], ev.SHA256)
+	_, _ = hex.Decode(st.sha[:], h[:n])
 	st.size, st.mtime, st.deleted = ev.Size, ev.MTime.UnixNano(), false
 }
 
@@ -305,7 +402,7 @@ func (e *engine) notice(rel string) {
 	e.mu.Lock()
 	if !e.inflight[rel] {
 		if _, ok := e.pending[rel]; !ok {
-			e.pending[rel] = pend{firstSeen: time.Now().UTC()}
+			e.pending[rel] = mkPend(time.Now(), time.Time{})
 		}
 	}
 	e.mu.Unlock()
@@ -325,7 +422,7 @@ func (e *engine) observe(rel string, fi fs.FileInfo, gen uint32) {
 	}
 	if !e.inflight[rel] {
 		if _, ok := e.pending[rel]; !ok {
-			e.pending[rel] = pend{firstSeen: time.Now().UTC()}
+			e.pending[rel] = mkPend(time.Now(), time.Time{})
 		}
 	}
 	e.mu.Unlock()
@@ -366,13 +463,14 @@ func (e *engine) scanTrees(ctx context.Context, onDir func(rel string, level int
 		for _, pre := range complete {
 			if strings.HasPrefix(p, pre) {
 				if _, ok := e.pending[p]; !ok {
-					e.pending[p] = pend{firstSeen: now}
+					e.pending[p] = mkPend(now, time.Time{})
 				}
 				break
 			}
 		}
 	}
 	e.stats.ScanDone = true
+	e.bulk = true
 	e.mu.Unlock()
 	e.poke()
 	return nil
@@ -457,6 +555,7 @@ func (e *engine) runChecker(ctx context.Context) {
 		}
 		for e.checkPending(ctx) && ctx.Err() == nil {
 		}
+		e.maybeRelease()
 	}
 }
 
@@ -471,7 +570,7 @@ func (e *engine) checkPending(ctx context.Context) (more bool) {
 	e.mu.Lock()
 	var paths []string
 	for p, pd := range e.pending {
-		if !now.Before(pd.notBefore) {
+		if pd.due(now) {
 			if len(paths) == checkBatch {
 				more = true
 				break
@@ -497,13 +596,13 @@ func (e *engine) checkPending(ctx context.Context) (more bool) {
 			delete(e.failing, p)
 			if st != nil && !st.deleted {
 				e.inflight[p] = true
-				ready = append(ready, job{path: p, firstSeen: pd.firstSeen, deleted: true})
+				ready = append(ready, job{path: p, firstSeen: pd.firstSeen(), deleted: true})
 			}
 		case err != nil:
 			if e.failed(p, err, now) {
 				e.log.Warn("cannot stat media file; retrying every 5s (logged again in 10m if it still fails)", "file", p, "err", err)
 			}
-			pd.notBefore = now.Add(5 * time.Second)
+			pd.notBefore = now.Add(5 * time.Second).UnixNano()
 			e.pending[p] = pd
 		case !fi.Mode().IsRegular():
 			delete(e.pending, p)
@@ -513,7 +612,7 @@ func (e *engine) checkPending(ctx context.Context) (more bool) {
 		case now.Sub(fi.ModTime()) < e.opts.QuietPeriod && e.dbEligible(p):
 			// The row is inserted once the file is complete: no need to
 			// wait for the quiet period when it says so.
-			j := job{path: p, size: fi.Size(), mtime: fi.ModTime(), firstSeen: pd.firstSeen}
+			j := job{path: p, size: fi.Size(), mtime: fi.ModTime(), firstSeen: pd.firstSeen()}
 			delete(e.pending, p)
 			e.inflight[p] = true
 			dbCheck = append(dbCheck, j)
@@ -522,10 +621,10 @@ func (e *engine) checkPending(ctx context.Context) (more bool) {
 			if mt.After(now) {
 				mt = now
 			}
-			pd.notBefore = mt.Add(e.opts.QuietPeriod)
+			pd.notBefore = mt.Add(e.opts.QuietPeriod).UnixNano()
 			e.pending[p] = pd
 		default:
-			j := job{path: p, size: fi.Size(), mtime: fi.ModTime(), firstSeen: pd.firstSeen}
+			j := job{path: p, size: fi.Size(), mtime: fi.ModTime(), firstSeen: pd.firstSeen()}
 			delete(e.pending, p)
 			e.inflight[p] = true
 			if now.Sub(fi.ModTime()) < e.opts.DBGrace && e.dbEligible(p) {
@@ -561,7 +660,7 @@ func (e *engine) checkPending(ctx context.Context) (more bool) {
 		}
 		e.mu.Lock()
 		delete(e.inflight, j.path)
-		e.pending[j.path] = pend{firstSeen: j.firstSeen, notBefore: notBefore}
+		e.pending[j.path] = mkPend(j.firstSeen, notBefore)
 		e.mu.Unlock()
 	}
 	for _, j := range ready {
@@ -638,7 +737,7 @@ func (e *engine) runWorker(ctx context.Context) {
 			e.log.Debug("media file differs from local_media_repository.sha256; waiting", "file", j.path, "err", err)
 			e.mu.Lock()
 			delete(e.inflight, j.path)
-			e.pending[j.path] = pend{firstSeen: j.firstSeen, notBefore: time.Now().Add(time.Second)}
+			e.pending[j.path] = mkPend(j.firstSeen, time.Now().Add(time.Second))
 			e.mu.Unlock()
 			continue
 		}
@@ -654,10 +753,10 @@ func (e *engine) runWorker(ctx context.Context) {
 						e.log.Warn("media copy failed; retrying every 5s (logged again in 10m if it still fails)", "file", j.path, "err", err)
 					}
 				}
-				e.pending[j.path] = pend{firstSeen: j.firstSeen, notBefore: time.Now().Add(5 * time.Second)}
+				e.pending[j.path] = mkPend(j.firstSeen, time.Now().Add(5*time.Second))
 			} else {
 				// Changed or vanished meanwhile: look again.
-				e.pending[j.path] = pend{firstSeen: j.firstSeen}
+				e.pending[j.path] = mkPend(j.firstSeen, time.Time{})
 			}
 			e.mu.Unlock()
 			continue
@@ -682,17 +781,10 @@ var errDigestMismatch = errors.New("sha256 differs from the database's")
 // smallFile is the size up to which a file is copied from memory.
 const smallFile = 1 << 20
 
-// Files up to bigFile are copied from memory too when one of bigBuffers
-// buffers is free (16 MiB in all), and streamed otherwise: a streamed file
-// is read and hashed twice (once for its name, once as it is stored).
-const (
-	bigFile    = 4 << 20
-	bigBuffers = 4
-)
-
-var bigBufs = sync.Pool{New: func() any { b := make([]byte, bigFile+1); return &b }}
-
-var smallBufs = sync.Pool{New: func() any { b := make([]byte, smallFile+1); return &b }}
+// Files up to bigFile are copied from memory too when the copy buffers'
+// budget (Options.CopyMemory) has room, and streamed otherwise: a streamed
+// file is read and hashed twice (once for its name, once as it is stored).
+const bigFile = 4 << 20
 
 // copyFile stores j's file as a content-addressed object and returns its
 // index event; ok is false when the file changed or vanished (look again).
@@ -737,26 +829,19 @@ func (e *engine) copyFile(ctx context.Context, j job) (Event, bool, error) {
 	var content repo.Content
 	var sum [32]byte
 	var head []byte
-	var bp *[]byte
+	var buf []byte
 	switch {
 	case j.size <= smallFile:
-		bp = smallBufs.Get().(*[]byte)
-		defer smallBufs.Put(bp)
-	case j.size <= bigFile:
-		select {
-		case e.bigSlots <- struct{}{}:
-			bp = bigBufs.Get().(*[]byte)
-			defer func() {
-				bigBufs.Put(bp)
-				<-e.bigSlots
-			}()
-		default:
+		if buf, err = e.bufs.get(ctx, int(j.size)+1); err != nil {
+			return Event{}, false, err
 		}
+	case j.size <= bigFile:
+		buf = e.bufs.tryGet(int(j.size) + 1)
 	}
-	if bp != nil {
+	if buf != nil {
+		defer e.bufs.put(buf)
 		// One byte more than expected, usually in one read: a read of a
 		// regular file that returns less than asked for ends at its end.
-		buf := (*bp)[:j.size+1]
 		n := 0
 		for n < len(buf) {
 			m, err := f.Read(buf[n:])
@@ -806,6 +891,8 @@ func (e *engine) copyFile(ctx context.Context, j job) (Event, bool, error) {
 		opts := []repo.PutOption{repo.InSyncGroup(e.objects)}
 		if incompressible(head) {
 			opts = append(opts, repo.Uncompressed())
+		} else {
+			opts = append(opts, repo.WithEncoderCache(e.encoders()))
 		}
 		if small != nil {
 			_, err = e.r.PutContent(ctx, name, content, nil, opts...)
@@ -919,8 +1006,9 @@ func (e *engine) commitLocked(seq uint64, batch []Event) {
 	defer e.mu.Unlock()
 	e.seq = seq + 1
 	e.loose++
+	e.copied += len(batch)
 	for _, ev := range batch {
-		applyEvent(e.state, ev)
+		applyEvent(e.state, &e.arena, ev)
 		if st := e.state[ev.Path]; st != nil {
 			st.gen = e.gen
 		}

@@ -215,7 +215,7 @@ func VerifyDatabase(ctx context.Context, r *repo.Repo, db Querier, opts VerifyOp
 		clear(deletedAt)
 		return nil
 	}, func(ev Event) error {
-		applyEvent(state, ev)
+		applyEvent(state, nil, ev)
 		if ev.Event == Deleted {
 			deletedAt[ev.Path] = ev.At
 		}

@@ -51,8 +51,9 @@ func main() {
 	dropCaches := flag.Bool("drop-caches", true, "drop the page cache before each sync (root)")
 	runs := flag.Int("runs", 3, "rounds of initial syncs (configurations in alternating order); medians are reported")
 	synbak := flag.String("synbak", "", "the synbak binary to measure (default: build ./cmd/synbak)")
+	synbakBase := flag.String("synbak-base", "", "a second synbak binary, measured in the same rounds (e.g. the previous commit's)")
 	flag.Parse()
-	if err := run(*files, *rate, *seconds, *runs, *base, *synbak, *dropCaches); err != nil {
+	if err := run(*files, *rate, *seconds, *runs, *base, *synbak, *synbakBase, *dropCaches); err != nil {
 		fmt.Fprintln(os.Stderr, "mediasync:", err)
 		os.Exit(1)
 	}
@@ -107,7 +108,7 @@ func writeFile(p string, b []byte) error {
 	return f.Close()
 }
 
-func run(files, rate, seconds, runs int, base, exe string, drop bool) error {
+func run(files, rate, seconds, runs int, base, exe, exeBase string, drop bool) error {
 	if base == "" {
 		var err error
 		if base, err = os.MkdirTemp("", "mediasync-"); err != nil {
@@ -169,6 +170,14 @@ func run(files, rate, seconds, runs int, base, exe string, drop bool) error {
 			return exec.Command(exe, "--homeserver", hs, "--repo", dest, "--log-level", "error", "media", "sync")
 		}},
 	}
+	if exeBase != "" {
+		configs = append(configs, struct {
+			name string
+			cmd  func(dest string) *exec.Cmd
+		}{"synbak media sync (-synbak-base)", func(dest string) *exec.Cmd {
+			return exec.Command(exeBase, "--homeserver", hs, "--repo", dest, "--log-level", "error", "media", "sync")
+		}})
+	}
 	results := make([][]result, len(configs))
 	for round := range runs {
 		order := make([]int, len(configs))
@@ -217,6 +226,12 @@ func run(files, rate, seconds, runs int, base, exe string, drop bool) error {
 		med[0].wall.Seconds()/med[2].wall.Seconds(), med[1].wall.Seconds()/med[2].wall.Seconds())
 	for i := range runs {
 		fmt.Printf(" %.2f×", results[0][i].wall.Seconds()/results[2][i].wall.Seconds())
+	}
+	if exeBase != "" {
+		fmt.Printf("\nfiles/s ratio synbak/synbak-base (medians): %.2f×; CPU s ratio: %.2f×; per round:", med[3].wall.Seconds()/med[2].wall.Seconds(), med[2].cpu.Seconds()/med[3].cpu.Seconds())
+		for i := range runs {
+			fmt.Printf(" %.2f×", results[3][i].wall.Seconds()/results[2][i].wall.Seconds())
+		}
 	}
 	fmt.Print("\n\n")
 
