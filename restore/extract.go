@@ -12,6 +12,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strconv"
 	"strings"
 
@@ -225,7 +226,9 @@ func (x *extractor) archive(ctx context.Context, r *repo.Repo, b basebackup.Back
 			x.progress(x.done)
 		}
 	}
-	pr := r.OpenParts(ctx, func(n int) string { return basebackup.PartName(b.ID, a.Name, n) }, a.Parts, onRead)
+	// Archives stored as parallel frames are decoded on every core.
+	pr := r.OpenParts(ctx, func(n int) string { return basebackup.PartName(b.ID, a.Name, n) }, a.Parts, onRead,
+		repo.WithReadWorkers(runtime.NumCPU()))
 	defer pr.Close()
 	var src io.Reader = pr
 	switch {

@@ -10,9 +10,6 @@
 package main
 
 import (
-	"github.com/synbak/synbak/bench/internal/benchpg"
-	"github.com/synbak/synbak/bench/internal/benchs3"
-
 	"context"
 	"flag"
 	"fmt"
@@ -25,7 +22,8 @@ import (
 	"strings"
 	"syscall"
 
-	"github.com/jackc/pgx/v5"
+	"github.com/synbak/synbak/bench/internal/benchpg"
+	"github.com/synbak/synbak/bench/internal/benchs3"
 )
 
 type config struct {
@@ -35,6 +33,11 @@ type config struct {
 	s3     bool // into s3://bench/repo on a versitygw of its own
 	env    []string
 	args   []string // pg_basebackup arguments after -D DIR
+	// base runs the -synbak-base binary instead of the one measured.
+	base bool
+	// pgbackrest runs pgBackRest's full backup (compress-type=zst at its
+	// default level 3, process-max=2).
+	pgbackrest bool
 }
 
 var configs = []config{
@@ -44,6 +47,10 @@ var configs = []config{
 	{name: "synbak (zstd) to S3", synbak: true, s3: true},
 	{name: "synbak (s2)", synbak: true, env: []string{"SYNBAK_REPOSITORY_COMPRESSION=s2"}},
 	{name: "synbak (server lz4)", synbak: true, env: []string{"SYNBAK_BASEBACKUP_SERVER_COMPRESSION=lz4"}},
+	{name: "synbak (zstd level 3)", synbak: true, env: []string{"SYNBAK_REPOSITORY_ZSTD_LEVEL=3"}},
+	{name: "synbak (zstd, 1 worker)", synbak: true, env: []string{"SYNBAK_BASEBACKUP_COMPRESS_WORKERS=1"}},
+	{name: "synbak base (zstd)", synbak: true, base: true},
+	{name: "pgBackRest (zst, process-max 2)", pgbackrest: true},
 }
 
 type result struct {
@@ -72,6 +79,9 @@ func run() error {
 	pgBin := flag.String("pg-bin", "/usr/lib/postgresql/15/bin", "PostgreSQL binaries")
 	keep := flag.Bool("keep", false, "keep the work directory")
 	withS3 := flag.Bool("s3", true, "also run synbak backup into S3 (versitygw on loopback; without the versitygw binary it is left out unless -s3 is given)")
+	pgbenchShare := flag.Float64("pgbench-share", 2.0/3, "share of the database that is pgbench tables (the rest: Synapse-like event JSON); 1 = pgbench only, 0 = Synapse-like only")
+	synbakBase := flag.String("synbak-base", "", "a second synbak binary, measured as \"synbak base (zstd)\" (e.g. the previous build)")
+	only := flag.String("configs", "", "comma-separated configuration names to run (default: all available)")
 	flag.Parse()
 	if *withS3 {
 		if _, err := benchs3.Binary(); err != nil {
@@ -84,7 +94,13 @@ func run() error {
 			*withS3 = false
 		}
 	}
-	cfgs := slices.DeleteFunc(slices.Clone(configs), func(c config) bool { return c.s3 && !*withS3 })
+	_, errPgbr := exec.LookPath("pgbackrest")
+	cfgs := slices.DeleteFunc(slices.Clone(configs), func(c config) bool {
+		if *only != "" && !slices.Contains(strings.Split(*only, ","), c.name) {
+			return true
+		}
+		return (c.s3 && !*withS3) || (c.base && *synbakBase == "") || (c.pgbackrest && errPgbr != nil)
+	})
 
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
@@ -94,6 +110,12 @@ func run() error {
 	}
 	defer b.Close(*keep)
 	c, conn := b.Cluster, b.Conn
+	var pgbr *pgbackrest
+	if slices.ContainsFunc(cfgs, func(c config) bool { return c.pgbackrest }) {
+		if pgbr, err = newPgbackrest(ctx, c, filepath.Join(b.Work, "pgbackrest")); err != nil {
+			return err
+		}
+	}
 
 	var results []result
 	for _, s := range strings.Split(*sizes, ",") {
@@ -101,7 +123,7 @@ func run() error {
 		if err != nil {
 			return fmt.Errorf("-sizes: %w", err)
 		}
-		dbMB, err := fill(ctx, c, conn, gb)
+		dbMB, err := benchpg.Fill(ctx, c, conn, gb, *pgbenchShare)
 		if err != nil {
 			return err
 		}
@@ -119,7 +141,11 @@ func run() error {
 					return err
 				}
 				_ = exec.Command("sync").Run()
-				r, err := measure(ctx, c, cfg, b.Synbak, b.Work)
+				bin := b.Synbak
+				if cfg.base {
+					bin = *synbakBase
+				}
+				r, err := measure(ctx, c, cfg, bin, b.Work, pgbr)
 				if err != nil {
 					return fmt.Errorf("%s: %w", cfg.name, err)
 				}
@@ -137,13 +163,10 @@ func run() error {
 	return nil
 }
 
-// fill grows the database to about gb GiB: pgbench tables (about 2/3) and
-// Synapse-like event JSON (about 1/3; compresses ~3x, pgbench ~20x).
-func fill(ctx context.Context, c *benchpg.Cluster, conn *pgx.Conn, gb float64) (float64, error) {
-	return benchpg.Fill(ctx, c, conn, gb, 2.0/3)
-}
-
-func measure(ctx context.Context, c *benchpg.Cluster, cfg config, synbak, work string) (result, error) {
+func measure(ctx context.Context, c *benchpg.Cluster, cfg config, synbak, work string, pgbr *pgbackrest) (result, error) {
+	if cfg.pgbackrest {
+		return pgbr.measure(ctx, cfg)
+	}
 	out := filepath.Join(work, "out")
 	_ = os.RemoveAll(out)
 	if err := os.Mkdir(out, 0o700); err != nil {
@@ -262,7 +285,7 @@ func report(rs []result) {
 			continue
 		}
 		for _, c := range configs {
-			if c.synbak && !c.s3 && slices.Equal(c.env, remote.env) {
+			if c.synbak && !c.s3 && !c.base && slices.Equal(c.env, remote.env) {
 				local = c
 			}
 		}
