@@ -82,7 +82,15 @@ func run() error {
 	pgbenchShare := flag.Float64("pgbench-share", 2.0/3, "share of the database that is pgbench tables (the rest: Synapse-like event JSON); 1 = pgbench only, 0 = Synapse-like only")
 	synbakBase := flag.String("synbak-base", "", "a second synbak binary, measured as \"synbak base (zstd)\" (e.g. the previous build)")
 	only := flag.String("configs", "", "comma-separated configuration names to run (default: all available)")
+	extract := flag.Bool("extract", false, "after the backups of each size, measure restore's extract (restore.Extract) against pgBackRest's restore")
+	extractOnlyMode := flag.Bool("extract-only", false, "internal: be the extract phase's child process")
+	extractRepo := flag.String("extract-repo", "", "internal: -extract-only's repository")
+	extractDest := flag.String("extract-dest", "", "internal: -extract-only's target directory")
+	extractWorkers := flag.Int("extract-workers", 0, "internal: -extract-only's decoding goroutines (0: one per CPU)")
 	flag.Parse()
+	if *extractOnlyMode {
+		return extractOnly(*extractRepo, *extractDest, *extractWorkers)
+	}
 	if *withS3 {
 		if _, err := benchs3.Binary(); err != nil {
 			explicit := false
@@ -111,13 +119,13 @@ func run() error {
 	defer b.Close(*keep)
 	c, conn := b.Cluster, b.Conn
 	var pgbr *pgbackrest
-	if slices.ContainsFunc(cfgs, func(c config) bool { return c.pgbackrest }) {
+	if slices.ContainsFunc(cfgs, func(c config) bool { return c.pgbackrest }) || (*extract && errPgbr == nil) {
 		if pgbr, err = newPgbackrest(ctx, c, filepath.Join(b.Work, "pgbackrest")); err != nil {
 			return err
 		}
 	}
 
-	var results []result
+	var results, extracts []result
 	for _, s := range strings.Split(*sizes, ",") {
 		gb, err := strconv.ParseFloat(s, 64)
 		if err != nil {
@@ -158,8 +166,21 @@ func run() error {
 				results = append(results, r)
 			}
 		}
+		if *extract {
+			xs, err := extractPhase(ctx, c, b.Synbak, *synbakBase, b.Work, pgbr, *runs, s+" GiB", dbMB)
+			if err != nil {
+				return err
+			}
+			extracts = append(extracts, xs...)
+		}
 	}
-	report(results)
+	report(results, "pgBackRest (zst, process-max 2)")
+	if len(extracts) > 0 {
+		fmt.Println()
+		fmt.Println("Restore extract (files only, no recovery):")
+		fmt.Println()
+		report(extracts, "pgBackRest restore")
+	}
 	return nil
 }
 
@@ -234,7 +255,9 @@ func dirSize(dir string, synbak bool) (int64, error) {
 	})
 }
 
-func report(rs []result) {
+// report prints medians per size and configuration, with wall and CPU
+// ratios to the configuration named ref.
+func report(rs []result, ref string) {
 	type key struct{ size, config string }
 	groups := map[key][]result{}
 	var keys []key
@@ -245,24 +268,36 @@ func report(rs []result) {
 		}
 		groups[k] = append(groups[k], r)
 	}
-	fmt.Println("| DB size | client | wall s | CPU s | peak RSS MB | stored MiB | wall vs pg_basebackup -Z zstd |")
-	fmt.Println("|---|---|---|---|---|---|---|")
-	ref := map[string]float64{}
+	fmt.Printf("| DB size | client | wall s | CPU s | peak RSS MB | stored MiB | CPU s per stored GiB | wall vs %s | CPU vs %s |\n", ref, ref)
+	fmt.Println("|---|---|---|---|---|---|---|---|---|")
+	refWall, refCPU := map[string]float64{}, map[string]float64{}
+	for _, k := range keys {
+		if k.config != ref {
+			continue
+		}
+		var wall, cpu []float64
+		for _, r := range groups[k] {
+			wall, cpu = append(wall, r.wall), append(cpu, r.cpu)
+		}
+		refWall[k.size], refCPU[k.size] = benchpg.Median(wall), benchpg.Median(cpu)
+	}
 	for _, k := range keys {
 		g := groups[k]
 		var wall, cpu, rss []float64
 		for _, r := range g {
 			wall, cpu, rss = append(wall, r.wall), append(cpu, r.cpu), append(rss, r.rssMB)
 		}
-		w := benchpg.Median(wall)
-		if k.config == configs[0].name {
-			ref[k.size] = w
+		w, cp := benchpg.Median(wall), benchpg.Median(cpu)
+		ratio, cratio := "–", "–"
+		if refWall[k.size] > 0 {
+			ratio = fmt.Sprintf("%.2f", w/refWall[k.size])
+			cratio = fmt.Sprintf("%.2f", cp/refCPU[k.size])
 		}
-		ratio := "–"
-		if ref[k.size] > 0 {
-			ratio = fmt.Sprintf("%.2f", w/ref[k.size])
+		perGiB := "–"
+		if g[0].stored > 0 {
+			perGiB = fmt.Sprintf("%.1f", cp/(float64(g[0].stored)/(1<<30)))
 		}
-		fmt.Printf("| %s (%.0f MB) | %s | %.2f | %.2f | %.1f | %d | %s |\n", k.size, g[0].dbMB, k.config, w, benchpg.Median(cpu), benchpg.Median(rss), g[0].stored>>20, ratio)
+		fmt.Printf("| %s (%.0f MB) | %s | %.2f | %.2f | %.1f | %d | %s | %s | %s |\n", k.size, g[0].dbMB, k.config, w, cp, benchpg.Median(rss), g[0].stored>>20, perGiB, ratio, cratio)
 	}
 
 	// synbak into S3 against the same synbak into a local directory.
