@@ -81,7 +81,7 @@ func run() error {
 	withS3 := flag.Bool("s3", true, "also run synbak backup into S3 (versitygw on loopback; without the versitygw binary it is left out unless -s3 is given)")
 	pgbenchShare := flag.Float64("pgbench-share", 2.0/3, "share of the database that is pgbench tables (the rest: Synapse-like event JSON); 1 = pgbench only, 0 = Synapse-like only")
 	synbakBase := flag.String("synbak-base", "", "a second synbak binary, measured as \"synbak base (zstd)\" (e.g. the previous build)")
-	only := flag.String("configs", "", "comma-separated configuration names to run (default: all available)")
+	only := flag.String("configs", "", "semicolon-separated configuration names to run (default: all available)")
 	extract := flag.Bool("extract", false, "after the backups of each size, measure restore's extract (restore.Extract) against pgBackRest's restore")
 	extractOnlyMode := flag.Bool("extract-only", false, "internal: be the extract phase's child process")
 	extractRepo := flag.String("extract-repo", "", "internal: -extract-only's repository")
@@ -104,7 +104,7 @@ func run() error {
 	}
 	_, errPgbr := exec.LookPath("pgbackrest")
 	cfgs := slices.DeleteFunc(slices.Clone(configs), func(c config) bool {
-		if *only != "" && !slices.Contains(strings.Split(*only, ","), c.name) {
+		if *only != "" && !slices.Contains(strings.Split(*only, ";"), c.name) {
 			return true
 		}
 		return (c.s3 && !*withS3) || (c.base && *synbakBase == "") || (c.pgbackrest && errPgbr != nil)
