@@ -337,3 +337,26 @@ func TestFramesWithEncoderCache(t *testing.T) {
 		}
 	}
 }
+
+// TestWorkersOtherCodecs: WithWorkers with s2 (its concurrent writer) and
+// with no compression stores what every reader reads back.
+func TestWorkersOtherCodecs(t *testing.T) {
+	ctx := context.Background()
+	data := mixedPayload(3*frameSize + 3)
+	for _, comp := range []string{"s2", "none"} {
+		r, _ := initRepo(t, Options{Compression: comp})
+		for i, n := range []int{0, 100, len(data)} {
+			name := fmt.Sprintf("o%d", i)
+			res, err := r.Put(ctx, name, onlyReader{bytes.NewReader(data[:n])}, nil, WithWorkers(2))
+			if err != nil || res.SHA256 != sumHex(data[:n]) {
+				t.Fatalf("%s: Put %d bytes: %+v, %v", comp, n, res, err)
+			}
+			for _, rw := range []int{0, 2} {
+				got, err := readAllWith(r, name, WithReadWorkers(rw))
+				if err != nil || !bytes.Equal(got, data[:n]) {
+					t.Fatalf("%s, %d bytes, %d read workers: read %d bytes, %v", comp, n, rw, len(got), err)
+				}
+			}
+		}
+	}
+}
