@@ -146,17 +146,20 @@ func newFrameWriter(ctx context.Context, out io.Writer, h hash.Hash, level zstd.
 		free: make(chan *frameJob, 2*workers), failed: make(chan struct{})}
 }
 
-// compress fills j.out with marker and frame.
-func (w *frameWriter) compress(j *frameJob) {
-	enc, err := w.pool.getFrameEnc(w.level)
-	if err != nil {
-		j.err = fmt.Errorf("zstd: %w", err)
-		return
+// compress fills j.out with marker and frame, with enc (nil: one from the
+// pool, given back).
+func (w *frameWriter) compress(j *frameJob, enc *zstd.Encoder) {
+	if enc == nil {
+		var err error
+		if enc, err = w.pool.getFrameEnc(w.level); err != nil {
+			j.err = fmt.Errorf("zstd: %w", err)
+			return
+		}
+		defer w.pool.putFrameEnc(enc, w.level)
 	}
 	out := append(j.out[:0], frameMarkerPrefix[:]...)
 	out = append(out, 0, 0, 0, 0)
 	out = enc.EncodeAll(j.in, out)
-	w.pool.putFrameEnc(enc, w.level)
 	binary.LittleEndian.PutUint32(out[8:12], uint32(len(out)-frameMarkerSize))
 	j.out, j.err = out, nil
 }
@@ -179,8 +182,19 @@ func (w *frameWriter) start() {
 	w.queue = make(chan *frameJob, 2*w.workers)
 	for range w.workers {
 		w.wg.Go(func() {
+			// One encoder for the worker's life: taking it from the
+			// pool per frame made the repository's sync.Pool allocate
+			// new ones after every garbage collection.
+			enc, err := w.pool.getFrameEnc(w.level)
+			if err == nil {
+				defer w.pool.putFrameEnc(enc, w.level)
+			}
 			for j := range w.work {
-				w.compress(j)
+				if err != nil {
+					j.err = fmt.Errorf("zstd: %w", err)
+				} else {
+					w.compress(j, enc)
+				}
 				close(j.done)
 			}
 		})
@@ -310,7 +324,7 @@ func (w *frameWriter) close(flush bool) error {
 	if flush && w.cur != nil && len(w.cur.in) > 0 {
 		if !w.started {
 			// One frame: no goroutines.
-			w.compress(w.cur)
+			w.compress(w.cur, nil)
 			err = w.write(w.cur)
 		} else {
 			err = w.submit()
