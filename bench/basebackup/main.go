@@ -22,6 +22,8 @@ import (
 	"strings"
 	"syscall"
 
+	"github.com/jackc/pgx/v5"
+
 	"github.com/synbak/synbak/bench/internal/benchpg"
 	"github.com/synbak/synbak/bench/internal/benchs3"
 )
@@ -142,6 +144,15 @@ func run() error {
 				slices.Reverse(order)
 			}
 			for _, cfg := range order {
+				if conn.IsClosed() {
+					// The server reset every connection (a backend killed
+					// by another session on a shared machine): reconnect.
+					fmt.Fprintln(os.Stderr, "the benchmark's connection was closed; reconnecting")
+					if conn, err = pgx.Connect(ctx, c.DSN()); err != nil {
+						return err
+					}
+					b.Conn = conn
+				}
 				if _, err := conn.Exec(ctx, "select pg_drop_replication_slot(slot_name) from pg_replication_slots"); err != nil {
 					return err
 				}
