@@ -28,6 +28,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"runtime"
 	"strconv"
 	"strings"
 	"time"
@@ -54,6 +55,10 @@ type Options struct {
 	ZstdLevel int
 	// PartSize bounds the plaintext bytes per stored object; 0 means 1 GiB.
 	PartSize int64
+	// CompressWorkers is how many goroutines compress (and the repository
+	// hash and encrypt alongside) the archives: zstd as independent frames
+	// (repo.WithWorkers); 0 means one per CPU.
+	CompressWorkers int
 	// WALTimeout bounds the wait for the WAL the backup needs to appear in
 	// the repository; 0 means 10 minutes.
 	WALTimeout time.Duration
@@ -193,10 +198,15 @@ func (t *taker) putOpts() []repo.PutOption {
 	if t.opts.ServerCompression != "" {
 		return []repo.PutOption{repo.Uncompressed()}
 	}
-	if t.opts.ZstdLevel > 0 {
-		return []repo.PutOption{repo.WithZstdLevel(t.opts.ZstdLevel)}
+	workers := t.opts.CompressWorkers
+	if workers <= 0 {
+		workers = runtime.NumCPU()
 	}
-	return nil
+	opts := []repo.PutOption{repo.WithWorkers(workers)}
+	if t.opts.ZstdLevel > 0 {
+		opts = append(opts, repo.WithZstdLevel(t.opts.ZstdLevel))
+	}
+	return opts
 }
 
 func (t *taker) run() error {

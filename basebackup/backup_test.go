@@ -1,6 +1,7 @@
 package basebackup_test
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"io"
@@ -197,6 +198,15 @@ func TestBackupRestore(t *testing.T) {
 	}
 	if len(base.Parts) < 10 {
 		t.Errorf("base.tar stored in %d parts of 1 MiB for %d bytes", len(base.Parts), base.Size)
+	}
+	// Archives are compressed as parallel zstd frames (repo.WithWorkers):
+	// each frame is preceded by a skippable frame with its size.
+	raw, err := os.ReadFile(filepath.Join(repoDir, basebackup.PartName(b.ID, "base.tar", 0)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Contains(raw, []byte{0x50, 0x2a, 0x4d, 0x18, 4, 0, 0, 0}) {
+		t.Errorf("base.tar part 0 holds no zstd frame marker: not compressed as parallel frames")
 	}
 	if len(b.Tablespaces) != 2 || b.EndLSN <= b.StartLSN || b.PGVersion < 150000 || b.SystemID == "" || b.SegmentSize != 1<<20 {
 		t.Errorf("backup metadata %+v", b)

@@ -12,6 +12,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strconv"
 	"strings"
 
@@ -39,6 +40,10 @@ type ExtractOptions struct {
 	// Progress, when not nil, is called with the number of archive bytes
 	// read so far (of the backup's Size()) as extraction goes on.
 	Progress func(done int64)
+	// ReadWorkers is how many goroutines decode archives stored as
+	// parallel zstd frames (basebackup.Options.CompressWorkers); 0 means
+	// one per CPU, 1 the streaming decoder.
+	ReadWorkers int
 }
 
 // ErrNotEmpty marks a restore target that already has files in it.
@@ -67,7 +72,10 @@ func Extract(ctx context.Context, r *repo.Repo, b basebackup.Backup, pgdata stri
 	if err != nil {
 		return err
 	}
-	x := &extractor{owner: opts.Owner, progress: opts.Progress}
+	x := &extractor{owner: opts.Owner, progress: opts.Progress, readWorkers: opts.ReadWorkers}
+	if x.readWorkers <= 0 {
+		x.readWorkers = runtime.NumCPU()
+	}
 	tsDirs := map[uint32]string{}
 	for _, a := range b.Archives {
 		if a.TablespaceOID == 0 {
@@ -168,6 +176,8 @@ type extractor struct {
 	owner    *Owner
 	progress func(int64)
 	done     int64 // archive bytes read, for progress
+	// readWorkers decode an archive's frames (ExtractOptions.ReadWorkers).
+	readWorkers int
 }
 
 func (x *extractor) chown(path string) error {
@@ -225,7 +235,9 @@ func (x *extractor) archive(ctx context.Context, r *repo.Repo, b basebackup.Back
 			x.progress(x.done)
 		}
 	}
-	pr := r.OpenParts(ctx, func(n int) string { return basebackup.PartName(b.ID, a.Name, n) }, a.Parts, onRead)
+	// Archives stored as parallel frames are decoded on every core.
+	pr := r.OpenParts(ctx, func(n int) string { return basebackup.PartName(b.ID, a.Name, n) }, a.Parts, onRead,
+		repo.WithReadWorkers(x.readWorkers))
 	defer pr.Close()
 	var src io.Reader = pr
 	switch {

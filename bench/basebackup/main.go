@@ -10,9 +10,6 @@
 package main
 
 import (
-	"github.com/synbak/synbak/bench/internal/benchpg"
-	"github.com/synbak/synbak/bench/internal/benchs3"
-
 	"context"
 	"flag"
 	"fmt"
@@ -26,6 +23,9 @@ import (
 	"syscall"
 
 	"github.com/jackc/pgx/v5"
+
+	"github.com/synbak/synbak/bench/internal/benchpg"
+	"github.com/synbak/synbak/bench/internal/benchs3"
 )
 
 type config struct {
@@ -35,6 +35,11 @@ type config struct {
 	s3     bool // into s3://bench/repo on a versitygw of its own
 	env    []string
 	args   []string // pg_basebackup arguments after -D DIR
+	// base runs the -synbak-base binary instead of the one measured.
+	base bool
+	// pgbackrest runs pgBackRest's full backup (compress-type=zst at its
+	// default level 3, process-max=2).
+	pgbackrest bool
 }
 
 var configs = []config{
@@ -44,6 +49,10 @@ var configs = []config{
 	{name: "synbak (zstd) to S3", synbak: true, s3: true},
 	{name: "synbak (s2)", synbak: true, env: []string{"SYNBAK_REPOSITORY_COMPRESSION=s2"}},
 	{name: "synbak (server lz4)", synbak: true, env: []string{"SYNBAK_BASEBACKUP_SERVER_COMPRESSION=lz4"}},
+	{name: "synbak (zstd level 3)", synbak: true, env: []string{"SYNBAK_REPOSITORY_ZSTD_LEVEL=3"}},
+	{name: "synbak (zstd, 1 worker)", synbak: true, env: []string{"SYNBAK_BASEBACKUP_COMPRESS_WORKERS=1"}},
+	{name: "synbak base (zstd)", synbak: true, base: true},
+	{name: "pgBackRest (zst, process-max 2)", pgbackrest: true},
 }
 
 type result struct {
@@ -72,7 +81,18 @@ func run() error {
 	pgBin := flag.String("pg-bin", "/usr/lib/postgresql/15/bin", "PostgreSQL binaries")
 	keep := flag.Bool("keep", false, "keep the work directory")
 	withS3 := flag.Bool("s3", true, "also run synbak backup into S3 (versitygw on loopback; without the versitygw binary it is left out unless -s3 is given)")
+	pgbenchShare := flag.Float64("pgbench-share", 2.0/3, "share of the database that is pgbench tables (the rest: Synapse-like event JSON); 1 = pgbench only, 0 = Synapse-like only")
+	synbakBase := flag.String("synbak-base", "", "a second synbak binary, measured as \"synbak base (zstd)\" (e.g. the previous build)")
+	only := flag.String("configs", "", "semicolon-separated configuration names to run (default: all available)")
+	extract := flag.Bool("extract", false, "after the backups of each size, measure restore's extract (restore.Extract) against pgBackRest's restore")
+	extractOnlyMode := flag.Bool("extract-only", false, "internal: be the extract phase's child process")
+	extractRepo := flag.String("extract-repo", "", "internal: -extract-only's repository")
+	extractDest := flag.String("extract-dest", "", "internal: -extract-only's target directory")
+	extractWorkers := flag.Int("extract-workers", 0, "internal: -extract-only's decoding goroutines (0: one per CPU)")
 	flag.Parse()
+	if *extractOnlyMode {
+		return extractOnly(*extractRepo, *extractDest, *extractWorkers)
+	}
 	if *withS3 {
 		if _, err := benchs3.Binary(); err != nil {
 			explicit := false
@@ -84,7 +104,13 @@ func run() error {
 			*withS3 = false
 		}
 	}
-	cfgs := slices.DeleteFunc(slices.Clone(configs), func(c config) bool { return c.s3 && !*withS3 })
+	_, errPgbr := exec.LookPath("pgbackrest")
+	cfgs := slices.DeleteFunc(slices.Clone(configs), func(c config) bool {
+		if *only != "" && !slices.Contains(strings.Split(*only, ";"), c.name) {
+			return true
+		}
+		return (c.s3 && !*withS3) || (c.base && *synbakBase == "") || (c.pgbackrest && errPgbr != nil)
+	})
 
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
@@ -94,14 +120,20 @@ func run() error {
 	}
 	defer b.Close(*keep)
 	c, conn := b.Cluster, b.Conn
+	var pgbr *pgbackrest
+	if slices.ContainsFunc(cfgs, func(c config) bool { return c.pgbackrest }) || (*extract && errPgbr == nil) {
+		if pgbr, err = newPgbackrest(ctx, c, filepath.Join(b.Work, "pgbackrest")); err != nil {
+			return err
+		}
+	}
 
-	var results []result
+	var results, extracts []result
 	for _, s := range strings.Split(*sizes, ",") {
 		gb, err := strconv.ParseFloat(s, 64)
 		if err != nil {
 			return fmt.Errorf("-sizes: %w", err)
 		}
-		dbMB, err := fill(ctx, c, conn, gb)
+		dbMB, err := benchpg.Fill(ctx, c, conn, gb, *pgbenchShare)
 		if err != nil {
 			return err
 		}
@@ -112,6 +144,15 @@ func run() error {
 				slices.Reverse(order)
 			}
 			for _, cfg := range order {
+				if conn.IsClosed() {
+					// The server reset every connection (a backend killed
+					// by another session on a shared machine): reconnect.
+					fmt.Fprintln(os.Stderr, "the benchmark's connection was closed; reconnecting")
+					if conn, err = pgx.Connect(ctx, c.DSN()); err != nil {
+						return err
+					}
+					b.Conn = conn
+				}
 				if _, err := conn.Exec(ctx, "select pg_drop_replication_slot(slot_name) from pg_replication_slots"); err != nil {
 					return err
 				}
@@ -119,7 +160,11 @@ func run() error {
 					return err
 				}
 				_ = exec.Command("sync").Run()
-				r, err := measure(ctx, c, cfg, b.Synbak, b.Work)
+				bin := b.Synbak
+				if cfg.base {
+					bin = *synbakBase
+				}
+				r, err := measure(ctx, c, cfg, bin, b.Work, pgbr)
 				if err != nil {
 					return fmt.Errorf("%s: %w", cfg.name, err)
 				}
@@ -132,18 +177,28 @@ func run() error {
 				results = append(results, r)
 			}
 		}
+		if *extract {
+			xs, err := extractPhase(ctx, c, b.Synbak, *synbakBase, b.Work, pgbr, *runs, s+" GiB", dbMB)
+			if err != nil {
+				return err
+			}
+			extracts = append(extracts, xs...)
+		}
 	}
-	report(results)
+	report(results, "pgBackRest (zst, process-max 2)")
+	if len(extracts) > 0 {
+		fmt.Println()
+		fmt.Println("Restore extract (files only, no recovery):")
+		fmt.Println()
+		report(extracts, "pgBackRest restore")
+	}
 	return nil
 }
 
-// fill grows the database to about gb GiB: pgbench tables (about 2/3) and
-// Synapse-like event JSON (about 1/3; compresses ~3x, pgbench ~20x).
-func fill(ctx context.Context, c *benchpg.Cluster, conn *pgx.Conn, gb float64) (float64, error) {
-	return benchpg.Fill(ctx, c, conn, gb, 2.0/3)
-}
-
-func measure(ctx context.Context, c *benchpg.Cluster, cfg config, synbak, work string) (result, error) {
+func measure(ctx context.Context, c *benchpg.Cluster, cfg config, synbak, work string, pgbr *pgbackrest) (result, error) {
+	if cfg.pgbackrest {
+		return pgbr.measure(ctx, cfg)
+	}
 	out := filepath.Join(work, "out")
 	_ = os.RemoveAll(out)
 	if err := os.Mkdir(out, 0o700); err != nil {
@@ -211,7 +266,9 @@ func dirSize(dir string, synbak bool) (int64, error) {
 	})
 }
 
-func report(rs []result) {
+// report prints medians per size and configuration, with wall and CPU
+// ratios to the configuration named ref.
+func report(rs []result, ref string) {
 	type key struct{ size, config string }
 	groups := map[key][]result{}
 	var keys []key
@@ -222,24 +279,36 @@ func report(rs []result) {
 		}
 		groups[k] = append(groups[k], r)
 	}
-	fmt.Println("| DB size | client | wall s | CPU s | peak RSS MB | stored MiB | wall vs pg_basebackup -Z zstd |")
-	fmt.Println("|---|---|---|---|---|---|---|")
-	ref := map[string]float64{}
+	fmt.Printf("| DB size | client | wall s | CPU s | peak RSS MB | stored MiB | CPU s per stored GiB | wall vs %s | CPU vs %s |\n", ref, ref)
+	fmt.Println("|---|---|---|---|---|---|---|---|---|")
+	refWall, refCPU := map[string]float64{}, map[string]float64{}
+	for _, k := range keys {
+		if k.config != ref {
+			continue
+		}
+		var wall, cpu []float64
+		for _, r := range groups[k] {
+			wall, cpu = append(wall, r.wall), append(cpu, r.cpu)
+		}
+		refWall[k.size], refCPU[k.size] = benchpg.Median(wall), benchpg.Median(cpu)
+	}
 	for _, k := range keys {
 		g := groups[k]
 		var wall, cpu, rss []float64
 		for _, r := range g {
 			wall, cpu, rss = append(wall, r.wall), append(cpu, r.cpu), append(rss, r.rssMB)
 		}
-		w := benchpg.Median(wall)
-		if k.config == configs[0].name {
-			ref[k.size] = w
+		w, cp := benchpg.Median(wall), benchpg.Median(cpu)
+		ratio, cratio := "–", "–"
+		if refWall[k.size] > 0 {
+			ratio = fmt.Sprintf("%.2f", w/refWall[k.size])
+			cratio = fmt.Sprintf("%.2f", cp/refCPU[k.size])
 		}
-		ratio := "–"
-		if ref[k.size] > 0 {
-			ratio = fmt.Sprintf("%.2f", w/ref[k.size])
+		perGiB := "–"
+		if g[0].stored > 0 {
+			perGiB = fmt.Sprintf("%.1f", cp/(float64(g[0].stored)/(1<<30)))
 		}
-		fmt.Printf("| %s (%.0f MB) | %s | %.2f | %.2f | %.1f | %d | %s |\n", k.size, g[0].dbMB, k.config, w, benchpg.Median(cpu), benchpg.Median(rss), g[0].stored>>20, ratio)
+		fmt.Printf("| %s (%.0f MB) | %s | %.2f | %.2f | %.1f | %d | %s | %s | %s |\n", k.size, g[0].dbMB, k.config, w, cp, benchpg.Median(rss), g[0].stored>>20, perGiB, ratio, cratio)
 	}
 
 	// synbak into S3 against the same synbak into a local directory.
@@ -262,7 +331,7 @@ func report(rs []result) {
 			continue
 		}
 		for _, c := range configs {
-			if c.synbak && !c.s3 && slices.Equal(c.env, remote.env) {
+			if c.synbak && !c.s3 && !c.base && slices.Equal(c.env, remote.env) {
 				local = c
 			}
 		}

@@ -243,6 +243,7 @@ func takeAgentBackup(ctx context.Context, cfg *config.Config, src pgsource.Sourc
 		Checkpoint:        cfg.Basebackup.Checkpoint,
 		ServerCompression: cfg.Basebackup.ServerCompression,
 		PartSize:          int64(cfg.Basebackup.PartSizeMB) << 20,
+		CompressWorkers:   cfg.Basebackup.CompressWorkers,
 		WALTimeout:        cfg.Basebackup.WALTimeout.D(),
 		Facts:             facts,
 	}, log)

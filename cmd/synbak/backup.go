@@ -83,6 +83,7 @@ func runBackup(ctx context.Context, cfg *config.Config, stdout io.Writer) error 
 		Checkpoint:        cfg.Basebackup.Checkpoint,
 		ServerCompression: cfg.Basebackup.ServerCompression,
 		PartSize:          int64(cfg.Basebackup.PartSizeMB) << 20,
+		CompressWorkers:   cfg.Basebackup.CompressWorkers,
 		WALTimeout:        cfg.Basebackup.WALTimeout.D(),
 		Facts:             hsFacts,
 		Progress:          prog.update,

@@ -166,6 +166,9 @@ type Basebackup struct {
 	WALTimeout Duration `mapstructure:"wal_timeout"`
 	// PartSizeMB bounds each stored object of an archive, in MiB.
 	PartSizeMB int `mapstructure:"part_size_mb"`
+	// CompressWorkers is how many goroutines compress an archive (0: one
+	// per CPU).
+	CompressWorkers int `mapstructure:"compress_workers"`
 }
 
 // Retention configures what prune keeps.
@@ -260,6 +263,7 @@ func Defaults() map[string]any {
 		"basebackup.server_compression": "none",
 		"basebackup.wal_timeout":        "10m",
 		"basebackup.part_size_mb":       1024,
+		"basebackup.compress_workers":   0,
 		"retention.backups":             7,
 		"retention.window":              "14d",
 		"retention.dumps":               7,
@@ -385,6 +389,9 @@ func (c *Config) Validate() error {
 	}
 	if c.Basebackup.WALTimeout.D() <= 0 {
 		add(invalid("basebackup.wal_timeout %s: must be positive", c.Basebackup.WALTimeout))
+	}
+	if c.Basebackup.CompressWorkers < 0 || c.Basebackup.CompressWorkers > 256 {
+		add(invalid("basebackup.compress_workers %d: must be 0 (one per CPU) to 256", c.Basebackup.CompressWorkers))
 	}
 	if c.Basebackup.PartSizeMB < 1 {
 		add(invalid("basebackup.part_size_mb %d: must be at least 1", c.Basebackup.PartSizeMB))

@@ -40,15 +40,19 @@ type EncoderCache struct {
 
 	mu   sync.Mutex
 	zstd map[zstd.EncoderLevel][]*zstd.Encoder
-	s2   []*s2.Writer
-	bufs [][]byte
+	// frames are EncodeAll encoders (WithWorkers); at most max*workers
+	// are in use at once, and the cache keeps up to 2*max of them.
+	frames map[zstd.EncoderLevel][]*zstd.Encoder
+	s2     []*s2.Writer
+	bufs   [][]byte
 }
 
 // NewEncoderCache returns a cache for at most n Puts compressing at once
 // (at least 1).
 func NewEncoderCache(n int) *EncoderCache {
 	n = max(1, n)
-	return &EncoderCache{max: n, slots: make(chan struct{}, n), zstd: map[zstd.EncoderLevel][]*zstd.Encoder{}}
+	return &EncoderCache{max: n, slots: make(chan struct{}, n), zstd: map[zstd.EncoderLevel][]*zstd.Encoder{},
+		frames: map[zstd.EncoderLevel][]*zstd.Encoder{}}
 }
 
 // acquire waits for one of the max compression slots.
@@ -80,7 +84,7 @@ func (c *EncoderCache) getZstd(w io.Writer, level zstd.EncoderLevel) (*zstd.Enco
 		return e, nil
 	}
 	c.mu.Unlock()
-	return zstd.NewWriter(w, zstd.WithEncoderLevel(level), zstd.WithEncoderConcurrency(1), zstd.WithWindowSize(cacheZstdWindow))
+	return zstd.NewWriter(w, zstd.WithEncoderLevel(level), zstd.WithEncoderConcurrency(1), zstd.WithWindowSize(cacheZstdWindow), zstd.WithEncoderCRC(false))
 }
 
 func (c *EncoderCache) putZstd(e *zstd.Encoder, level zstd.EncoderLevel) {
@@ -129,6 +133,27 @@ func (c *EncoderCache) putBuf(b []byte) {
 	c.mu.Lock()
 	if len(c.bufs) < c.max {
 		c.bufs = append(c.bufs, b)
+	}
+	c.mu.Unlock()
+}
+
+func (c *EncoderCache) getFrameEnc(level zstd.EncoderLevel) (*zstd.Encoder, error) {
+	c.mu.Lock()
+	free := c.frames[level]
+	if n := len(free); n > 0 {
+		e := free[n-1]
+		c.frames[level] = free[:n-1]
+		c.mu.Unlock()
+		return e, nil
+	}
+	c.mu.Unlock()
+	return newFrameEncoder(level)
+}
+
+func (c *EncoderCache) putFrameEnc(e *zstd.Encoder, level zstd.EncoderLevel) {
+	c.mu.Lock()
+	if len(c.frames[level]) < 2*c.max {
+		c.frames[level] = append(c.frames[level], e)
 	}
 	c.mu.Unlock()
 }

@@ -47,6 +47,10 @@ import (
 // sha256 and length, whatever the codec; the existing object, with its
 // attributes, is kept.
 //
+// A zstd payload written WithWorkers is a sequence of independent frames,
+// each preceded by a skippable frame giving its size (frames.go): still one
+// valid zstd stream, read by the streaming reader as any other.
+//
 // Version 1 (magic "SYNBAK\x00\x01", written before the binding existed)
 // has the same header and a 48-byte trailer without the binding: its
 // payload is checked, its name and attributes are not. It stays readable, so

@@ -147,6 +147,7 @@ type PartsReader struct {
 	name   func(int) string
 	parts  []PartInfo
 	onRead func(n int)
+	opts   []GetOption
 	next   int
 	cur    *Reader
 	n      int64
@@ -154,8 +155,8 @@ type PartsReader struct {
 
 // OpenParts returns a reader of the parts named name(0..len(parts)-1);
 // onRead (optional) is called with the byte count of every read.
-func (r *Repo) OpenParts(ctx context.Context, name func(int) string, parts []PartInfo, onRead func(n int)) *PartsReader {
-	return &PartsReader{ctx: ctx, r: r, name: name, parts: parts, onRead: onRead}
+func (r *Repo) OpenParts(ctx context.Context, name func(int) string, parts []PartInfo, onRead func(n int), opts ...GetOption) *PartsReader {
+	return &PartsReader{ctx: ctx, r: r, name: name, parts: parts, onRead: onRead, opts: opts}
 }
 
 // N returns the number of plaintext bytes read so far.
@@ -167,7 +168,7 @@ func (p *PartsReader) Read(b []byte) (int, error) {
 			if p.next >= len(p.parts) {
 				return 0, io.EOF
 			}
-			rd, err := p.r.Get(p.ctx, p.name(p.next))
+			rd, err := p.r.Get(p.ctx, p.name(p.next), p.opts...)
 			if err != nil {
 				return 0, err
 			}

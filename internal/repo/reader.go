@@ -24,6 +24,7 @@ type Reader struct {
 	hold  *holdback
 	src   io.Reader // plaintext source (the decoder or hold)
 	dec   *zstd.Decoder
+	fdec  *frameReader // WithReadWorkers
 	h     hash.Hash
 	n     int64
 	info  Info
@@ -34,7 +35,11 @@ type Reader struct {
 // Get opens an object for reading its plaintext. The attributes are
 // available from Attrs at once; the checksum is checked as the payload is
 // read.
-func (r *Repo) Get(ctx context.Context, name string) (*Reader, error) {
+func (r *Repo) Get(ctx context.Context, name string, opts ...GetOption) (*Reader, error) {
+	var cfg getConfig
+	for _, o := range opts {
+		o(&cfg)
+	}
 	body, err := r.b.Get(ctx, name, 0, -1)
 	if err != nil {
 		return nil, fmt.Errorf("get %s: %w", name, err)
@@ -62,7 +67,10 @@ func (r *Repo) Get(ctx context.Context, name string) (*Reader, error) {
 		}
 		payload, rd.src = dr, dr
 	}
-	if hdr.codec == CodecZstd {
+	if hdr.codec == CodecZstd && cfg.workers > 1 {
+		rd.fdec = newFrameReader(payload, cfg.workers)
+		rd.src = rd.fdec
+	} else if hdr.codec == CodecZstd {
 		// Concurrency 1 decodes synchronously: no goroutines to leak.
 		dec, err := zstd.NewReader(payload, zstd.WithDecoderConcurrency(1), zstd.WithDecoderMaxWindow(128<<20))
 		if err != nil {
@@ -160,7 +168,12 @@ func (rd *Reader) Close() error {
 	if rd.dec != nil {
 		rd.dec.Close()
 	}
-	return rd.body.Close()
+	// The body first: it unblocks the frame reader's producer.
+	err := rd.body.Close()
+	if rd.fdec != nil {
+		rd.fdec.Close()
+	}
+	return err
 }
 
 // trackReader records the error of the underlying body, so that an I/O error

@@ -122,6 +122,9 @@ type putConfig struct {
 	level    zstd.EncoderLevel
 	encoders *sync.Map
 	cache    *EncoderCache // WithEncoderCache; nil: the pool in encoders
+	// workers, when > 0 (WithWorkers), compresses with that many
+	// goroutines: zstd as parallel frames (frames.go), s2 concurrently.
+	workers int
 	// recipients, when set, encrypt the payload (an encrypted repository).
 	recipients []age.Recipient
 	// known is the plaintext's sha256 when PutContent computed it already.
@@ -289,6 +292,24 @@ func frame(ctx context.Context, w io.Writer, rd io.Reader, hdr []byte, cfg putCo
 		}
 		sink = ew
 	}
+	if cfg.workers > 0 && cfg.codec == CodecZstd {
+		var pool frameEncPool = syncMapFrames{cfg.encoders}
+		if cfg.cache != nil {
+			pool = cfg.cache
+		}
+		fw := newFrameWriter(ctx, sink, h, cfg.level, pool, cfg.workers)
+		_, err := fw.ReadFrom(rd)
+		if cerr := fw.close(err == nil); err == nil {
+			err = cerr
+		}
+		if ew != nil && err == nil {
+			err = ew.Close()
+		}
+		if err != nil {
+			return fw.n, sum, err
+		}
+		return finishFrame(w, h, fw.n, cfg)
+	}
 	var payload io.Writer = sink
 	var enc *zstd.Encoder
 	if cfg.codec == CodecZstd {
@@ -304,7 +325,12 @@ func frame(ctx context.Context, w io.Writer, rd io.Reader, hdr []byte, cfg putCo
 		payload = enc
 	}
 	var s2w *s2.Writer
-	if cfg.codec == CodecS2 {
+	pooledS2 := cfg.workers <= 1
+	if cfg.codec == CodecS2 && !pooledS2 {
+		// S2's own writer compresses blocks concurrently.
+		s2w = s2.NewWriter(sink, s2.WriterConcurrency(cfg.workers))
+		payload = s2w
+	} else if cfg.codec == CodecS2 {
 		if cfg.cache != nil {
 			s2w = cfg.cache.getS2(sink)
 		} else {
@@ -327,9 +353,9 @@ func frame(ctx context.Context, w io.Writer, rd io.Reader, hdr []byte, cfg putCo
 		if err == nil && cerr != nil {
 			err = cerr
 		}
-		if cerr == nil && cfg.cache != nil {
+		if cerr == nil && pooledS2 && cfg.cache != nil {
 			cfg.cache.putS2(s2w)
-		} else if cerr == nil {
+		} else if cerr == nil && pooledS2 {
 			putS2Writer(cfg.encoders, s2w)
 		}
 	}
@@ -350,6 +376,13 @@ func frame(ctx context.Context, w io.Writer, rd io.Reader, hdr []byte, cfg putCo
 	if err != nil {
 		return n, sum, err
 	}
+	return finishFrame(w, h, n, cfg)
+}
+
+// finishFrame writes the trailer of a payload of n plaintext bytes whose
+// sha256 is h's (or cfg.known).
+func finishFrame(w io.Writer, h hash.Hash, n int64, cfg putConfig) (int64, [32]byte, error) {
+	var sum [32]byte
 	if cfg.known != nil {
 		sum = *cfg.known
 	} else {
@@ -542,7 +575,7 @@ func getEncoder(pools *sync.Map, w io.Writer, level zstd.EncoderLevel) (*zstd.En
 }
 
 func newZstdEncoder(w io.Writer, level zstd.EncoderLevel) (*zstd.Encoder, error) {
-	return zstd.NewWriter(w, zstd.WithEncoderLevel(level), zstd.WithEncoderConcurrency(1), zstd.WithWindowSize(1<<20))
+	return zstd.NewWriter(w, zstd.WithEncoderLevel(level), zstd.WithEncoderConcurrency(1), zstd.WithWindowSize(1<<20), zstd.WithEncoderCRC(false))
 }
 
 func putEncoder(pools *sync.Map, e *zstd.Encoder, level zstd.EncoderLevel) {

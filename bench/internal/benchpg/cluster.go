@@ -360,3 +360,15 @@ func SwitchWAL(ctx context.Context, conn *pgx.Conn) (endLSN int64, segment strin
 	}
 	return endLSN, segment, nil
 }
+
+// AsServer makes cmd run as the server's OS user (the postgres user when we
+// are root), e.g. a backup tool that reads the data directory.
+func (c *Cluster) AsServer(cmd *exec.Cmd) { c.asServer(cmd) }
+
+// Chown gives p to the server's OS user (nothing when we are not root).
+func (c *Cluster) Chown(p string) error {
+	if c.cred == nil {
+		return nil
+	}
+	return os.Chown(p, int(c.cred.Uid), int(c.cred.Gid))
+}

@@ -43,9 +43,10 @@ const (
 	// DefaultPartSize is the size of a multipart upload's parts (the first
 	// 2,000; see partSizeFor) and the largest object sent with a single
 	// PUT. 8 MiB: base-backup archives are split into objects of 1 GiB by
-	// default (128 parts), and memory is about (Parallel+1) parts.
+	// default (128 parts), and memory is about Parallel parts.
 	DefaultPartSize = 8 << 20
-	// DefaultParallel is how many parts of one object are uploaded at once.
+	// DefaultParallel is how many parts of one object are in memory at
+	// once: uploading, or one of them being filled.
 	DefaultParallel = 2
 	// minPartSize is S3's minimum for every part but the last.
 	minPartSize = 5 << 20
@@ -88,7 +89,8 @@ type Options struct {
 	PathStyle bool
 	// PartSize is the size of multipart parts (DefaultPartSize when 0,
 	// at least 5 MiB; parts after the 2,000th are larger, see
-	// partSizeFor). Memory per Put is at most about (Parallel+1)*PartSize,
+	// partSizeFor). Memory per Put is at most about Parallel*PartSize (a
+	// part being filled holds one of the Parallel slots),
 	// and an object up to PartSize takes only its own size (see Put).
 	PartSize int
 	// Parallel is how many parts of one object are uploaded at once
@@ -798,21 +800,30 @@ func (b *Backend) putMultipart(ctx context.Context, name string, r io.Reader, h 
 		parts = append(parts, minio.CompletePart{PartNumber: num, ETag: p.ETag})
 		mu.Unlock()
 	}
-	// start uploads a part; it takes buf in any case.
-	start := func(num int, buf *storage.Buffer) bool {
+	// A part holds one of the parallel slots from before it is filled
+	// until its upload returns, so that at most b.parallel parts are in
+	// memory (one filling while the others upload), not one more.
+	acquire := func() bool {
 		select {
 		case sem <- struct{}{}:
+			return true
 		case <-uctx.Done():
-			buf.Release()
 			return false
 		}
+	}
+	// start uploads a part in the slot its caller holds.
+	start := func(num int, buf *storage.Buffer) {
 		size += buf.Len()
 		wg.Add(1)
 		go upload(num, buf)
-		return true
 	}
 	num := 1
-	ok := start(num, first)
+	ok := acquire()
+	if ok {
+		start(num, first)
+	} else {
+		first.Release()
+	}
 	eof := false
 	cur := next
 	for ok && !eof && !failed() {
@@ -822,8 +833,13 @@ func (b *Backend) putMultipart(ctx context.Context, name string, r io.Reader, h 
 			fail(fmt.Errorf("put %s in %s: more than %d parts (%d bytes so far): split the object", name, b.where(), maxParts, size))
 			break
 		}
+		if ok = acquire(); !ok {
+			cur.Release()
+			break
+		}
 		e, rerr := cur.Fill(uctx, r, b.partSizeFor(num))
 		if rerr != nil {
+			<-sem
 			cur.Release()
 			if ctx.Err() != nil {
 				rerr = ctx.Err()
@@ -835,11 +851,12 @@ func (b *Backend) putMultipart(ctx context.Context, name string, r io.Reader, h 
 		}
 		eof = e
 		if cur.Len() == 0 {
+			<-sem
 			cur.Release()
 			break
 		}
 		cur.Each(func(p []byte) { h.Write(p) })
-		ok = start(num, cur)
+		start(num, cur)
 		cur = new(storage.Buffer)
 	}
 	// The empty buffer after the last part started, or next when part 1
