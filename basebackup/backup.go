@@ -145,6 +145,7 @@ func Take(ctx context.Context, conn *pgconn.PgConn, r *repo.Repo, opts Options, 
 		SegmentSize:       segSize,
 		ServerCompression: opts.ServerCompression,
 		Facts:             opts.Facts,
+		Kind:              KindFull,
 	}
 	if b.Label == "" {
 		b.Label = "synbak " + b.ID
