@@ -175,7 +175,7 @@ type Report struct {
 // String renders the report for the terminal.
 func (rp Report) String() string {
 	var sb strings.Builder
-	fmt.Fprintf(&sb, "Restored backup %s to %s\n", rp.Plan.BackupID, rp.Plan.Target)
+	fmt.Fprintf(&sb, "Restored backup %s%s to %s\n", rp.Plan.BackupID, rp.Plan.ChainNote(), rp.Plan.Target)
 	when := "unknown (no transaction replayed after the backup)"
 	if rp.RecoveryTime != nil {
 		when = rp.RecoveryTime.UTC().Format(time.RFC3339Nano)
@@ -628,10 +628,13 @@ func Run(ctx context.Context, opts Options) (rep Report, err error) {
 	ws.startPrefetch()
 
 	b := plan.Backup()
-	log.Info("extracting base backup", "backup", b.ID, "pgdata", opts.PGData)
-	xopts := ExtractOptions{Owner: owner}
+	log.Info("extracting base backup", "backup", b.ID, "kind", b.KindName(), "chain", len(plan.BackupChain()), "pgdata", opts.PGData)
+	xopts := ExtractOptions{Owner: owner, Chain: plan.BackupChain()}
 	if opts.Progress != nil {
-		total := b.Size() - b.Manifest.Size // the manifest is not extracted
+		var total int64
+		for _, m := range plan.BackupChain() {
+			total += m.Size() - m.Manifest.Size // the manifest is not extracted
+		}
 		xopts.Progress = func(done int64) { opts.Progress(Progress{Phase: "extract", Done: done, Total: total}) }
 	}
 	if err := Extract(ctx, opts.Repo, b, opts.PGData, xopts, log); err != nil {
