@@ -154,6 +154,34 @@ func ids(bs []Backup) []string {
 	return out
 }
 
+// RefusedError says why an incremental backup was not taken (Take then
+// takes a full one): the server is older than 17 or summarize_wal is off,
+// the parent or a member of its chain is gone, or the server refused
+// (another timeline, WAL summaries that no longer reach the parent).
+type RefusedError struct {
+	Parent string
+	Reason string
+	// Err is the server's error or the broken chain, when there is one.
+	Err error
+}
+
+func (e *RefusedError) Error() string {
+	s := fmt.Sprintf("no incremental backup on top of %s: %s", e.Parent, e.Reason)
+	if e.Err != nil {
+		s += ": " + e.Err.Error()
+	}
+	return s
+}
+
+func (e *RefusedError) Unwrap() error { return e.Err }
+
+// IsIncrementalRefused reports whether err says that an incremental backup
+// cannot be taken (see RefusedError).
+func IsIncrementalRefused(err error) bool {
+	var re *RefusedError
+	return errors.As(err, &re)
+}
+
 // Dependents maps each backup ID to the IDs of the backups in all that
 // depend on it (whose Chain names it: its incremental children and their
 // descendants), in the order of all. Backups nobody depends on are absent.

@@ -127,3 +127,48 @@ func TestDependents(t *testing.T) {
 		t.Fatalf("Dependents = %v", d)
 	}
 }
+
+func TestChooseParent(t *testing.T) {
+	f := newChainFix(t)
+	at := f.full.StartTime.Add(72 * time.Hour)
+	for _, tc := range []struct {
+		name     string
+		mode     Mode
+		interval time.Duration
+		want     string
+	}{
+		{"auto, full young enough", ModeAuto, 7 * 24 * time.Hour, f.inc2.ID},
+		{"auto, full too old", ModeAuto, 48 * time.Hour, ""},
+		{"auto, full_interval 0", ModeAuto, 0, ""},
+		{"incremental ignores the age", ModeIncremental, time.Hour, f.inc2.ID},
+		{"full", ModeFull, 7 * 24 * time.Hour, ""},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			p, reason, err := ChooseParent(f.ctx, f.r, tc.mode, tc.interval, at)
+			if err != nil {
+				t.Fatal(err)
+			}
+			got := ""
+			if p != nil {
+				got = p.ID
+			}
+			if got != tc.want || (p == nil && tc.mode != ModeFull && reason == "") {
+				t.Fatalf("ChooseParent = %q (%q), want %q", got, reason, tc.want)
+			}
+		})
+	}
+	// A chain with a member missing is never built on.
+	if err := f.r.Delete(f.ctx, MetaName(f.inc1.ID)); err != nil {
+		t.Fatal(err)
+	}
+	p, reason, err := ChooseParent(f.ctx, f.r, ModeIncremental, 0, at)
+	if err != nil || p != nil || reason == "" {
+		t.Fatalf("ChooseParent over a broken chain = %v, %q, %v; want none, with the reason", p, reason, err)
+	}
+	// An empty repository: a full backup.
+	empty := repotest.New(t, t.TempDir(), repotest.Zstd)
+	p, reason, err = ChooseParent(f.ctx, empty, ModeAuto, time.Hour, at)
+	if err != nil || p != nil || reason == "" {
+		t.Fatalf("ChooseParent in an empty repository = %v, %q, %v", p, reason, err)
+	}
+}

@@ -109,6 +109,9 @@ type Backup struct {
 	// oldest first: the full backup first, Parent last. Empty for a full
 	// backup.
 	Chain []string `json:"chain,omitempty"`
+	// IncrementalRefused says why an incremental backup was asked for but
+	// this full backup was taken instead (empty when none was asked for).
+	IncrementalRefused string `json:"incremental_refused,omitempty"`
 }
 
 // Backup kinds (Backup.Kind).
