@@ -13,6 +13,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"regexp"
 	"slices"
 	"sort"
 	"strconv"
@@ -239,21 +240,48 @@ func loadManifest(ctx context.Context, r *repo.Repo, b basebackup.Backup) (manif
 	return m, nil
 }
 
+// vmFork matches a visibility map fork's segment file, the fork's first
+// segment as submatch 1.
+var vmFork = regexp.MustCompile(`^(.*/[0-9]+_vm)(\.[0-9]+)?$`)
+
+// Stale visibility maps. PostgreSQL (17 and 18 as released when this was
+// written) clears visibility map bits as a side effect of heap inserts,
+// updates and deletes without naming the map's block in the WAL record, so
+// the WAL summarizer never sees the change and an incremental backup sends
+// the map page only when something else (VACUUM setting bits) touched it:
+// a rebuilt map can claim pages all-visible that are not, which makes
+// index-only scans skip rows' visibility checks and VACUUM skip the pages
+// for good, and amcheck's verify_heapam does not notice (pgsql-hackers,
+// "Why clearing the VM doesn't require registering vm buffer in wal
+// record", March 2026; TestRestoreIncrementalChain showed it on 17.10 and
+// 18.4). A missing map is always correct (no page is known all-visible;
+// the next VACUUM rebuilds it, WAL replay creates it as needed), so a
+// chain restore removes every visibility map the newest backup sent
+// incrementally and keeps those it sent whole. The cost: the first VACUUM
+// after the restore reads the affected tables in full.
+
 // finish makes the restored file set the newest manifest's: every file it
 // lists exists with the length the chain gave it, and files it does not
 // list (left by older members of a chain) are removed, as are directories
 // the newest backup no longer has.
 func (x *extractor) finish(newest manifest, pgdata string, tsDirs map[uint32]string, chain bool, log *slog.Logger) error {
 	want := map[string]bool{}
+	// staleVM are the visibility map forks (as manifest paths of their
+	// first segment, "<dir>/<relfilenode>_vm") that the newest backup sent
+	// incrementally: see dropStaleVM.
+	staleVM := map[string]bool{}
 	for p := range newest {
-		name, _ := isIncremental(p)
+		name, inc := isIncremental(p)
 		want[name] = true
+		if m := vmFork.FindStringSubmatch(name); inc && chain && m != nil {
+			staleVM[m[1]] = true
+		}
 	}
 	roots := map[string]string{pgdata: ""}
 	for oid, dir := range tsDirs {
 		roots[dir] = "pg_tblspc/" + strconv.FormatUint(uint64(oid), 10) + "/"
 	}
-	var removed int
+	var removed, vmRemoved int
 	for root, prefix := range roots {
 		var dirs []string
 		err := filepath.WalkDir(root, func(path string, d fs.DirEntry, err error) error {
@@ -273,6 +301,10 @@ func (x *extractor) finish(newest manifest, pgdata string, tsDirs map[uint32]str
 			case d.Type().IsRegular():
 				if want[name] {
 					delete(want, name)
+					if m := vmFork.FindStringSubmatch(name); m != nil && staleVM[m[1]] {
+						vmRemoved++
+						return os.Remove(path)
+					}
 					return nil
 				}
 				if !chain {
@@ -303,7 +335,7 @@ func (x *extractor) finish(newest manifest, pgdata string, tsDirs map[uint32]str
 		return fmt.Errorf("%w: %d files the backup's manifest lists are not in its archives, e.g. %s", repo.ErrCorrupt, len(missing), missing[0])
 	}
 	if chain {
-		log.Info("chain reconstructed", "incremental_files", x.rebuilt, "removed_files", removed)
+		log.Info("chain reconstructed", "incremental_files", x.rebuilt, "removed_files", removed, "visibility_maps_dropped", vmRemoved)
 	}
 	return nil
 }
@@ -561,19 +593,7 @@ func (x *extractor) applyFile(src io.Reader, size int64, path string) error {
 }
 
 func (x *extractor) writeFile(path string, data []byte, mode os.FileMode) error {
-	flags := os.O_WRONLY | os.O_CREATE | os.O_EXCL
-	if x.apply {
-		flags = os.O_WRONLY | os.O_CREATE | os.O_TRUNC
-	}
-	f, err := os.OpenFile(path, flags, mode)
-	if err != nil {
-		return err
-	}
-	_, err = f.Write(data)
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err != nil {
+	if err := os.WriteFile(path, data, mode); err != nil {
 		return err
 	}
 	return x.chown(path)
