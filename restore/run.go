@@ -641,6 +641,9 @@ func Run(ctx context.Context, opts Options) (rep Report, err error) {
 		return rep, err
 	}
 	phase("extract", start)
+	if len(plan.BackupChain()) > 1 {
+		rep.Warnings = append(rep.Warnings, "restored from an incremental chain: visibility maps the newest backup carried only in part were left out (PostgreSQL's incremental backups can carry stale ones); run `vacuumdb --all` once the server is in service to rebuild them")
+	}
 
 	start = time.Now()
 	srv, err := opts.configure(plan, owner, restoreCommand(c.exe, sockDir), sockDir)
