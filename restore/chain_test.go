@@ -60,6 +60,7 @@ func testIncrementalChain(t *testing.T, major int) {
 	// comparison would notice. (PostgreSQL 18's initdb turns them on by
 	// default; 17's does not.) Autovacuum off: nothing writes but the
 	// test.
+	tsLoc := pgtest.ServerDir(t) // empty and owned by postgres, as CREATE TABLESPACE wants
 	c := pgtest.Start(t, pgtest.Options{
 		Major:      major,
 		InitdbArgs: []string{"--wal-segsize=1", "--data-checksums"},
@@ -68,7 +69,12 @@ func testIncrementalChain(t *testing.T, major int) {
 	c.CreateDB(t, "synapse")
 	c.CreateSynapseSchema(t, "synapse")
 	body := "repeat(md5(i::text), 6)"
+	c.Exec(t, "postgres", fmt.Sprintf("CREATE TABLESPACE ts LOCATION '%s'", tsLoc))
 	for _, q := range []string{
+		// A table in a tablespace: its INCREMENTAL. files are in the
+		// tablespace's archive.
+		"CREATE TABLE tsx (id int primary key, body text) TABLESPACE ts",
+		"INSERT INTO tsx SELECT i, " + body + " FROM generate_series(1, 3000) i",
 		"CREATE TABLE ext (id int primary key, body text)",
 		"INSERT INTO ext SELECT i, " + body + " FROM generate_series(1, 3000) i",
 		"CREATE TABLE shrink (id int primary key, body text)",
@@ -125,6 +131,7 @@ func testIncrementalChain(t *testing.T, major int) {
 	c.Exec(t, "synapse", "TRUNCATE trunc")
 	c.Exec(t, "synapse", "INSERT INTO trunc SELECT i, 'after truncate' FROM generate_series(1, 10) i")
 	c.Exec(t, "synapse", "INSERT INTO ext SELECT i, "+body+" FROM generate_series(3001, 3200) i")
+	c.Exec(t, "synapse", "UPDATE tsx SET body = 'changed' WHERE id % 100 = 0")
 	inc1 := take(&full)
 	timeAfter(t, c, inc1.EndTime)
 	tA, sumsA := at("UPDATE upd SET v = v + 100 WHERE id = 1")
@@ -136,6 +143,7 @@ func testIncrementalChain(t *testing.T, major int) {
 	c.Exec(t, "synapse", "DELETE FROM shrink WHERE id > 2000")
 	c.Exec(t, "synapse", "VACUUM shrink")
 	c.Exec(t, "synapse", "UPDATE upd SET v = v + 1 WHERE id % 7 = 0")
+	c.Exec(t, "synapse", "INSERT INTO tsx SELECT i, "+body+" FROM generate_series(3001, 3500) i")
 	if ext, shrink := relSize("ext"), relSize("shrink"); ext <= extBefore || shrink >= shrinkBefore {
 		t.Fatalf("ext %d -> %d bytes, shrink %d -> %d: the test needs one relation extended and one shrunk", extBefore, ext, shrinkBefore, shrink)
 	}
@@ -143,9 +151,9 @@ func testIncrementalChain(t *testing.T, major int) {
 	// The relation files that exercise the reconstruction went into the
 	// incremental as INCREMENTAL. files.
 	inc2Files := manifestPaths(t, r, inc2.ID)
-	for _, rel := range []string{"ext", "shrink"} {
+	for _, rel := range []string{"ext", "shrink", "tsx"} {
 		path := c.Text(t, "synapse", "select pg_relation_filepath($1)", rel)
-		inc := filepath.Dir(path) + "/INCREMENTAL." + filepath.Base(path)
+		inc := filepath.Dir(path) + "/INCREMENTAL." + filepath.Base(path) // pg_tblspc/<OID>/... for tsx
 		if !slices.Contains(inc2Files, inc) {
 			t.Errorf("backup %s lacks %s (the table %s sent incrementally)", inc2.ID, inc, rel)
 		}
@@ -342,6 +350,33 @@ func compareRelationFiles(t *testing.T, a, b string) {
 			if err != nil {
 				t.Fatal(err)
 			}
+		}
+		// Tablespaces, by their path in the data directory.
+		links, err := os.ReadDir(filepath.Join(root, "pg_tblspc"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, l := range links {
+			dir, err := filepath.EvalSymlinks(filepath.Join(root, "pg_tblspc", l.Name()))
+			if err != nil {
+				t.Fatal(err)
+			}
+			err = filepath.WalkDir(dir, func(path string, d fs.DirEntry, err error) error {
+				if err != nil {
+					return err
+				}
+				if d.Type().IsRegular() && relationFile.MatchString(d.Name()) {
+					rel, _ := filepath.Rel(dir, path)
+					out[filepath.Join("pg_tblspc", l.Name(), rel)] = true
+				}
+				return nil
+			})
+			if err != nil {
+				t.Fatal(err)
+			}
+		}
+		if len(links) == 0 {
+			t.Errorf("%s has no tablespace", root)
 		}
 		return out
 	}

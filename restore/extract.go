@@ -125,7 +125,7 @@ func Extract(ctx context.Context, r *repo.Repo, b basebackup.Backup, pgdata stri
 		}
 		x.apply = i > 0
 		if len(chain) > 1 {
-			log.Info("extracting chain member", "backup", m.ID, "kind", kindName(m), "member", i+1, "of", len(chain))
+			log.Info("extracting chain member", "backup", m.ID, "kind", m.KindName(), "member", i+1, "of", len(chain))
 		}
 		if err := x.member(ctx, r, m, man, pgdata, tsDirs, log); err != nil {
 			return err
@@ -216,10 +216,6 @@ func (x *extractor) member(ctx context.Context, r *repo.Repo, b basebackup.Backu
 		return fmt.Errorf("backup %s: %w: %d files its manifest lists are not in its archives, e.g. %s", b.ID, repo.ErrCorrupt, len(missing), missing[0])
 	}
 	return nil
-}
-
-func kindName(b basebackup.Backup) string {
-	return b.KindName()
 }
 
 // loadManifest reads backup b's backup_manifest (checksum-verified).
