@@ -27,6 +27,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"strconv"
 	"strings"
@@ -231,7 +232,15 @@ func (t *taker) prepareIncremental(parent Backup) error {
 		return fmt.Errorf("read the manifest of parent %s: %w", parent.ID, err)
 	}
 	defer rd.Close()
-	if _, err := t.conn.CopyFrom(t.ctx, rd, "UPLOAD_MANIFEST"); err != nil {
+	er := &errReader{r: rd}
+	if _, err := t.conn.CopyFrom(t.ctx, er, "UPLOAD_MANIFEST"); err != nil {
+		if er.err != nil {
+			// The server only hears that the copy failed (CopyFail).
+			if repo.IsCorrupt(er.err) {
+				return &RefusedError{Parent: parent.ID, Reason: "the parent's stored backup_manifest is damaged", Err: er.err}
+			}
+			return fmt.Errorf("read the manifest of parent %s: %w", parent.ID, er.err)
+		}
 		if refusal(err) {
 			return &RefusedError{Parent: parent.ID, Reason: "the server refused the parent's manifest", Err: err}
 		}
@@ -242,6 +251,20 @@ func (t *taker) prepareIncremental(parent Backup) error {
 	t.b.Chain = ids(chain)
 	t.log.Info("incremental backup", "parent", parent.ID, "chain", len(chain))
 	return nil
+}
+
+// errReader remembers the error its reader returned (other than io.EOF).
+type errReader struct {
+	r   io.Reader
+	err error
+}
+
+func (e *errReader) Read(p []byte) (int, error) {
+	n, err := e.r.Read(p)
+	if err != nil && err != io.EOF {
+		e.err = err
+	}
+	return n, err
 }
 
 // refused turns the backup into a full one after err (a RefusedError).

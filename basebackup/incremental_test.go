@@ -6,6 +6,8 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"os"
+	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
@@ -104,7 +106,8 @@ func TestIncremental(t *testing.T) {
 			c.Pgbench(t, "postgres", "-i", "-s", "4", "-q")
 			c.Exec(t, "postgres", "CREATE TABLE dropped AS SELECT g AS id, repeat('d', 200) AS v FROM generate_series(1, 20000) g")
 			c.Exec(t, "postgres", "CREATE TABLE truncated AS SELECT g AS id, repeat('t', 200) AS v FROM generate_series(1, 20000) g")
-			r := newRepo(t, t.TempDir())
+			dir := t.TempDir()
+			r := newRepo(t, dir)
 			startReceiver(t, c, r)
 
 			full := takeBackup(t, c, r, nil)
@@ -195,6 +198,22 @@ func TestIncremental(t *testing.T) {
 			gone := takeBackup(t, c, r, inc1)
 			if gone.Kind != basebackup.KindFull || gone.IncrementalRefused == "" {
 				t.Fatalf("on top of a deleted parent: kind %q refused %q, want a full backup saying why", gone.Kind, gone.IncrementalRefused)
+			}
+
+			// The parent's stored manifest damaged: the upload fails on
+			// its checksum, and a full backup is taken instead.
+			mpath := filepath.Join(dir, filepath.FromSlash(basebackup.ManifestName(gone.ID)))
+			data, err := os.ReadFile(mpath)
+			if err != nil {
+				t.Fatal(err)
+			}
+			data[len(data)/2] ^= 0x5a
+			if err := os.WriteFile(mpath, data, 0o600); err != nil {
+				t.Fatal(err)
+			}
+			damaged := takeBackup(t, c, r, gone)
+			if damaged.Kind != basebackup.KindFull || damaged.IncrementalRefused == "" {
+				t.Fatalf("on top of a damaged manifest: kind %q refused %q, want a full backup saying why", damaged.Kind, damaged.IncrementalRefused)
 			}
 		})
 	}

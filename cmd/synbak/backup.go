@@ -52,6 +52,9 @@ On a terminal it shows a progress bar, otherwise a log line every 10 seconds.
 It prints the backup's id on standard output at the end.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			if full && incremental {
+				return usageError{errors.New("--full and --incremental exclude each other")}
+			}
 			cfg, err := st.load()
 			if err != nil {
 				return err
@@ -68,7 +71,6 @@ It prints the backup's id on standard output at the end.`,
 	}
 	cmd.Flags().BoolVar(&full, "full", false, "take a full backup")
 	cmd.Flags().BoolVar(&incremental, "incremental", false, "take an incremental backup on top of the newest one (PostgreSQL 17+, summarize_wal = on), whatever basebackup.full_interval says")
-	cmd.MarkFlagsMutuallyExclusive("full", "incremental")
 	return cmd
 }
 
