@@ -91,8 +91,9 @@ func runChain(ctx context.Context, o chainOptions) error {
 	}
 	logf("updated %d rows (every row on every %d. page)", tag.RowsAffected(), every)
 	// The incremental first (--incremental builds on the newest backup),
-	// then a full backup of the same moment; the target between them
-	// restores from the chain, --latest from the full backup.
+	// then a full backup of the same moment; a target between them
+	// restores from the chain, one after both from the full backup (both
+	// time targets past the last commit: the same recovery path).
 	incTook, err := backup("incremental")
 	if err != nil {
 		return err
@@ -104,6 +105,10 @@ func runChain(ctx context.Context, o chainOptions) error {
 	time.Sleep(1100 * time.Millisecond) // backup end times are whole seconds apart from the target
 	fullTook, err := backup("full")
 	if err != nil {
+		return err
+	}
+	var after time.Time
+	if err := b.Conn.QueryRow(ctx, "SELECT now()").Scan(&after); err != nil {
 		return err
 	}
 	if _, err := b.Conn.Exec(ctx, "SELECT pg_switch_wal()"); err != nil {
@@ -158,7 +163,7 @@ func runChain(ctx context.Context, o chainOptions) error {
 		}
 		for _, which := range order {
 			if which == "full" {
-				r, err := restore("full", "--latest")
+				r, err := restore("full", "--target-time", after.UTC().Format(time.RFC3339Nano))
 				if err != nil {
 					return err
 				}
