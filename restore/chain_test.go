@@ -191,6 +191,16 @@ func testIncrementalChain(t *testing.T, major int) {
 		if got := chainIDs(p); !slices.Equal(got, want) {
 			t.Fatalf("plan for %s: chain %v, want %v\n%s", target, got, want, p)
 		}
+		// The dry run's text lists the chain (none for a full backup).
+		text := p.String()
+		if strings.Contains(text, "backup chain:") != (len(want) > 1) {
+			t.Errorf("plan text for a chain of %d:\n%s", len(want), text)
+		}
+		for i, b := range wantChain {
+			if len(want) > 1 && !strings.Contains(text, fmt.Sprintf("%s (%s, ended", b.ID, b.KindName())) {
+				t.Errorf("plan text lacks member %d, %s:\n%s", i+1, b.ID, text)
+			}
+		}
 		pgdata := filepath.Join(pgtest.ServerDir(t), "data")
 		rep, err := restore.Run(ctx, restore.Options{
 			Repo: r, Prefetch: 4, Target: target, PGData: pgdata,
