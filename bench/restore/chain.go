@@ -92,8 +92,7 @@ func runChain(ctx context.Context, o chainOptions) error {
 	logf("updated %d rows (every row on every %d. page)", tag.RowsAffected(), every)
 	// The incremental first (--incremental builds on the newest backup),
 	// then a full backup of the same moment; a target between them
-	// restores from the chain, one after both from the full backup (both
-	// time targets past the last commit: the same recovery path).
+	// restores from the chain, one after both from the full backup.
 	incTook, err := backup("incremental")
 	if err != nil {
 		return err
@@ -111,10 +110,17 @@ func runChain(ctx context.Context, o chainOptions) error {
 	if err := b.Conn.QueryRow(ctx, "SELECT now()").Scan(&after); err != nil {
 		return err
 	}
+	// A commit after both targets: both recoveries stop at it, the same
+	// way, and the archive is known complete past the targets once its
+	// segment is stored.
+	time.Sleep(1100 * time.Millisecond)
+	if _, err := b.Conn.Exec(ctx, "CREATE TABLE bench_marker ()"); err != nil {
+		return err
+	}
 	if _, err := b.Conn.Exec(ctx, "SELECT pg_switch_wal()"); err != nil {
 		return err
 	}
-	time.Sleep(2 * time.Second) // the receiver stores the switched segment
+	time.Sleep(3 * time.Second) // the receiver stores the switched segment
 
 	type run struct {
 		wall, extract float64
