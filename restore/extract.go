@@ -175,7 +175,7 @@ func Extract(ctx context.Context, r *repo.Repo, b basebackup.Backup, pgdata stri
 // leftover). A tablespace the newest backup no longer has is skipped:
 // nothing of it survives.
 func (x *extractor) member(ctx context.Context, r *repo.Repo, b basebackup.Backup, man manifest, pgdata string, tsDirs map[uint32]string, log *slog.Logger) error {
-	x.man, x.seen, x.dirs = man, map[string]bool{}, map[string]bool{}
+	x.man, x.seen, x.dirs, x.links = man, map[string]bool{}, map[string]bool{}, map[string]bool{}
 	var skipped []string
 	var base *basebackup.Archive
 	for i := range b.Archives {
@@ -294,6 +294,13 @@ func (x *extractor) finish(newest manifest, pgdata string, tsDirs map[uint32]str
 				if chain && !x.dirs[name] {
 					dirs = append(dirs, path)
 				}
+			case d.Type()&fs.ModeSymlink != 0:
+				// An older member's pg_tblspc/<OID> link to a tablespace
+				// dropped since, still pointing at the server's location.
+				if chain && !x.links[name] {
+					removed++
+					return os.Remove(path)
+				}
 			case d.Type().IsRegular():
 				if want[name] {
 					delete(want, name)
@@ -364,11 +371,12 @@ type extractor struct {
 
 	// The chain member being extracted: its manifest, the prefix of the
 	// current archive's paths in it ("" or pg_tblspc/<OID>/), the
-	// manifest paths and directories seen in its archives.
+	// manifest paths, directories and symlinks seen in its archives.
 	man    manifest
 	prefix string
 	seen   map[string]bool
 	dirs   map[string]bool
+	links  map[string]bool
 	// apply is set for the incrementals of a chain: files replace or
 	// update what the older members wrote.
 	apply bool
@@ -499,6 +507,7 @@ func (x *extractor) entry(tr *tar.Reader, hdr *tar.Header, dir string, tsDirs ma
 		}
 		return x.chown(path)
 	case tar.TypeSymlink:
+		x.links[mname] = true
 		if x.apply {
 			if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
 				return err
