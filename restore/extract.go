@@ -81,7 +81,7 @@ func Extract(ctx context.Context, r *repo.Repo, b basebackup.Backup, pgdata stri
 	if err != nil {
 		return err
 	}
-	x := &extractor{owner: opts.Owner, progress: opts.Progress, buf: make([]byte, 1<<20)}
+	x := &extractor{owner: opts.Owner, progress: opts.Progress, buf: make([]byte, 1<<20), heapChanged: map[string]int{}, vmWhole: map[string]int{}}
 	tsDirs := map[uint32]string{}
 	for _, a := range b.Archives {
 		if a.TablespaceOID == 0 {
@@ -123,7 +123,7 @@ func Extract(ctx context.Context, r *repo.Repo, b basebackup.Backup, pgdata stri
 		if err != nil {
 			return err
 		}
-		x.apply = i > 0
+		x.apply, x.index = i > 0, i
 		if len(chain) > 1 {
 			log.Info("extracting chain member", "backup", m.ID, "kind", m.KindName(), "member", i+1, "of", len(chain))
 		}
@@ -236,10 +236,6 @@ func loadManifest(ctx context.Context, r *repo.Repo, b basebackup.Backup) (manif
 	return m, nil
 }
 
-// vmFork matches a visibility map fork's segment file, the fork's first
-// segment as submatch 1.
-var vmFork = regexp.MustCompile(`^(.*/[0-9]+_vm)(\.[0-9]+)?$`)
-
 // Stale visibility maps. PostgreSQL (17 and 18 as released when this was
 // written) clears visibility map bits as a side effect of heap inserts,
 // updates and deletes without naming the map's block in the WAL record, so
@@ -250,11 +246,14 @@ var vmFork = regexp.MustCompile(`^(.*/[0-9]+_vm)(\.[0-9]+)?$`)
 // for good, and amcheck's verify_heapam does not notice (pgsql-hackers,
 // "Why clearing the VM doesn't require registering vm buffer in wal
 // record", March 2026; TestRestoreIncrementalChain showed it on 17.10 and
-// 18.4). A missing map is always correct (no page is known all-visible;
-// the next VACUUM rebuilds it, WAL replay creates it as needed), so a
-// chain restore removes every visibility map the newest backup sent
-// incrementally and keeps those it sent whole. The cost: the first VACUUM
-// after the restore reads the affected tables in full.
+// 18.4). Such a clear always comes with a change of the heap page, which
+// is WAL-logged and summarized. So a map is trusted when its relation's
+// main fork did not change (no block written, same length, in every
+// segment) in any member after the last one that sent the map whole (the
+// full backup sends every file whole); otherwise the map is removed. A
+// missing map is always correct (no page is known all-visible; the next
+// VACUUM rebuilds it, WAL replay creates it as needed). The cost: the
+// first VACUUM after the restore reads the changed tables in full.
 
 // finish makes the restored file set the newest manifest's: every file it
 // lists exists with the length the chain gave it, and files it does not
@@ -262,16 +261,19 @@ var vmFork = regexp.MustCompile(`^(.*/[0-9]+_vm)(\.[0-9]+)?$`)
 // the newest backup no longer has.
 func (x *extractor) finish(newest manifest, pgdata string, tsDirs map[uint32]string, chain bool, log *slog.Logger) error {
 	want := map[string]bool{}
-	// staleVM are the visibility map forks (as manifest paths of their
-	// first segment, "<dir>/<relfilenode>_vm") that the newest backup sent
-	// incrementally: see dropStaleVM.
-	staleVM := map[string]bool{}
 	for p := range newest {
-		name, inc := isIncremental(p)
+		name, _ := isIncremental(p)
 		want[name] = true
-		if m := vmFork.FindStringSubmatch(name); inc && chain && m != nil {
-			staleVM[m[1]] = true
+	}
+	// A visibility map is stale when its relation's main fork changed in a
+	// member after the last one that sent the map whole.
+	staleVM := func(name string) bool {
+		m := relFile.FindStringSubmatch(name)
+		if !chain || m == nil || m[3] != "_vm" {
+			return false
 		}
+		changed, ok := x.heapChanged[m[1]+m[2]]
+		return ok && changed > x.vmWhole[m[1]+m[2]]
 	}
 	roots := map[string]string{pgdata: ""}
 	for oid, dir := range tsDirs {
@@ -304,7 +306,7 @@ func (x *extractor) finish(newest manifest, pgdata string, tsDirs map[uint32]str
 			case d.Type().IsRegular():
 				if want[name] {
 					delete(want, name)
-					if m := vmFork.FindStringSubmatch(name); m != nil && staleVM[m[1]] {
+					if staleVM(name) {
 						vmRemoved++
 						return os.Remove(path)
 					}
@@ -382,6 +384,39 @@ type extractor struct {
 	apply bool
 	// rebuilt counts the INCREMENTAL. files applied.
 	rebuilt int
+	// index is the position in the chain of the backup being extracted;
+	// heapChanged maps a relation (directory and relfilenode, as in the
+	// manifest) to the last member that changed its main fork, vmWhole to
+	// the last member that sent its visibility map whole (see
+	// "Stale visibility maps").
+	index       int
+	heapChanged map[string]int
+	vmWhole     map[string]int
+}
+
+// relFile matches a relation's segment files: directory, relfilenode,
+// fork, segment.
+var relFile = regexp.MustCompile(`^(.*/)?([0-9]+)(_vm|_fsm|_init)?(\.[0-9]+)?$`)
+
+// relationWritten records that the file name (a manifest path without
+// INCREMENTAL.) was written by the current member, whole or changed by an
+// INCREMENTAL. file.
+func (x *extractor) relationWritten(name string, whole bool) {
+	m := relFile.FindStringSubmatch(name)
+	if m == nil {
+		return
+	}
+	key := m[1] + m[2]
+	switch m[3] {
+	case "":
+		if x.index > 0 {
+			x.heapChanged[key] = x.index
+		}
+	case "_vm":
+		if whole {
+			x.vmWhole[key] = x.index
+		}
+	}
 }
 
 func (x *extractor) chown(path string) error {
@@ -525,8 +560,12 @@ func (x *extractor) entry(tr *tar.Reader, hdr *tar.Header, dir string, tsDirs ma
 		}
 		src := io.TeeReader(tr, check)
 		if target, ok := isIncremental(name); ok && x.apply {
-			if err := x.applyFile(src, hdr.Size, filepath.Join(dir, target)); err != nil {
+			changed, err := x.applyFile(src, hdr.Size, filepath.Join(dir, target))
+			if err != nil {
 				return err
+			}
+			if changed {
+				x.relationWritten(x.prefix+filepath.ToSlash(target), false)
 			}
 			return check.done()
 		} else if ok {
@@ -569,6 +608,7 @@ func (x *extractor) entry(tr *tar.Reader, hdr *tar.Header, dir string, tsDirs ma
 		if err := check.done(); err != nil {
 			return err
 		}
+		x.relationWritten(mname, true)
 		return x.chown(path)
 	default:
 		return fmt.Errorf("unsupported tar entry type %q", hdr.Typeflag)
@@ -577,24 +617,25 @@ func (x *extractor) entry(tr *tar.Reader, hdr *tar.Header, dir string, tsDirs ma
 
 // applyFile applies an INCREMENTAL. file of size bytes, read from src, to
 // path, the file the older members of the chain rebuilt.
-func (x *extractor) applyFile(src io.Reader, size int64, path string) error {
+func (x *extractor) applyFile(src io.Reader, size int64, path string) (changed bool, err error) {
 	h, err := readIncrementalHeader(src, size)
 	if err != nil {
-		return err
+		return false, err
 	}
 	f, err := os.OpenFile(path, os.O_RDWR, 0)
 	if errors.Is(err, os.ErrNotExist) {
-		return fmt.Errorf("%w: no older backup of the chain has %s (the server sends a file incrementally only when the parent backup has it)", basebackup.ErrChainBroken, filepath.Base(path))
+		return false, fmt.Errorf("%w: no older backup of the chain has %s (the server sends a file incrementally only when the parent backup has it)", basebackup.ErrChainBroken, filepath.Base(path))
 	}
 	if err != nil {
-		return err
+		return false, err
 	}
-	if err := applyIncremental(f, h, src, x.buf); err != nil {
+	changed, err = applyIncremental(f, h, src, x.buf)
+	if err != nil {
 		f.Close()
-		return err
+		return false, err
 	}
 	x.rebuilt++
-	return f.Close()
+	return changed, f.Close()
 }
 
 func (x *extractor) writeFile(path string, data []byte, mode os.FileMode) error {

@@ -189,15 +189,17 @@ func unexpectedEOF(err error) error {
 // from r and its blocks next, to f, the file as rebuilt from the older
 // backups: cut f to the truncation length, write the blocks, extend it to
 // the reconstructed length. buf (a multiple of blockSize) batches runs of
-// consecutive blocks into one write.
-func applyIncremental(f *os.File, h incrementalHeader, r io.Reader, buf []byte) error {
+// consecutive blocks into one write. changed reports whether the file
+// differs from before: blocks written or its length changed.
+func applyIncremental(f *os.File, h incrementalHeader, r io.Reader, buf []byte) (changed bool, err error) {
 	fi, err := f.Stat()
 	if err != nil {
-		return err
+		return false, err
 	}
+	before := fi.Size()
 	if cut := int64(h.TruncateBlocks) * blockSize; fi.Size() > cut {
 		if err := f.Truncate(cut); err != nil {
-			return err
+			return false, err
 		}
 	}
 	for i := 0; i < len(h.Blocks); {
@@ -208,22 +210,24 @@ func applyIncremental(f *os.File, h incrementalHeader, r io.Reader, buf []byte) 
 		}
 		chunk := buf[:(j-i)*blockSize]
 		if _, err := io.ReadFull(r, chunk); err != nil {
-			return fmt.Errorf("%w: blocks: %w", ErrBadIncremental, unexpectedEOF(err))
+			return false, fmt.Errorf("%w: blocks: %w", ErrBadIncremental, unexpectedEOF(err))
 		}
 		if _, err := f.WriteAt(chunk, int64(h.Blocks[i])*blockSize); err != nil {
-			return err
+			return false, err
 		}
 		i = j
 	}
 	want := int64(h.Length()) * blockSize
 	fi, err = f.Stat()
 	if err != nil {
-		return err
+		return false, err
 	}
 	if fi.Size() < want {
-		return f.Truncate(want)
+		if err := f.Truncate(want); err != nil {
+			return false, err
+		}
 	}
-	return nil
+	return len(h.Blocks) > 0 || want != before, nil
 }
 
 // stripIncrementalLabel drops the INCREMENTAL FROM LSN/TLI lines from a

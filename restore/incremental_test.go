@@ -128,8 +128,12 @@ func applyBytes(t *testing.T, old, inc []byte, bufBlocks int) []byte {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := applyIncremental(f, h, r, make([]byte, bufBlocks*blockSize)); err != nil {
+	changed, err := applyIncremental(f, h, r, make([]byte, bufBlocks*blockSize))
+	if err != nil {
 		t.Fatal(err)
+	}
+	if want := len(h.Blocks) > 0 || int64(h.Length())*blockSize != int64(len(old)); changed != want {
+		t.Errorf("changed = %v, want %v", changed, want)
 	}
 	if r.Len() != 0 {
 		t.Errorf("%d bytes of the INCREMENTAL. file left unread", r.Len())
@@ -189,7 +193,7 @@ func TestApplyIncremental(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := applyIncremental(f, h, r, make([]byte, blockSize)); !errors.Is(err, ErrBadIncremental) || !errors.Is(err, io.ErrUnexpectedEOF) {
+	if _, err := applyIncremental(f, h, r, make([]byte, blockSize)); !errors.Is(err, ErrBadIncremental) || !errors.Is(err, io.ErrUnexpectedEOF) {
 		t.Errorf("short blocks: %v", err)
 	}
 }

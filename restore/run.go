@@ -642,7 +642,7 @@ func Run(ctx context.Context, opts Options) (rep Report, err error) {
 	}
 	phase("extract", start)
 	if len(plan.BackupChain()) > 1 {
-		rep.Warnings = append(rep.Warnings, "restored from an incremental chain: visibility maps the newest backup carried only in part were left out (PostgreSQL's incremental backups can carry stale ones); run `vacuumdb --all` once the server is in service to rebuild them")
+		rep.Warnings = append(rep.Warnings, "restored from an incremental chain: the visibility maps of tables written to since the full backup were left out (PostgreSQL's incremental backups can carry stale ones); run `vacuumdb --all` once the server is in service to rebuild them")
 	}
 
 	start = time.Now()
