@@ -96,7 +96,7 @@ func (s *BackupSchedule) Run(ctx context.Context) error {
 				return nil, err
 			}
 			last = b
-			return []any{"id", b.ID, "size", b.Size(), "seconds", b.EndTime.Sub(b.StartTime).Seconds()}, nil
+			return []any{"id", b.ID, "kind", b.KindName(), "parent", b.Parent, "size", b.Size(), "seconds", b.EndTime.Sub(b.StartTime).Seconds()}, nil
 		},
 		afterTake: func(ctx context.Context) {
 			if s.AfterBackup == nil {

@@ -27,6 +27,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"runtime"
 	"strconv"
@@ -67,6 +68,13 @@ type Options struct {
 	// Progress, if not nil, is called from Take's goroutine as the backup
 	// advances (at most about every 100 ms, and at every phase change).
 	Progress func(Progress)
+	// Incremental, if not nil, asks for an incremental backup on top of
+	// this complete backup (PostgreSQL 17 or later with summarize_wal on):
+	// its stored backup_manifest is uploaded (UPLOAD_MANIFEST) and
+	// BASE_BACKUP sends only what changed since. When that is not possible
+	// (see IsIncrementalRefused), Take takes a full backup instead, logs
+	// why, and records the reason in Backup.IncrementalRefused.
+	Incremental *Backup
 }
 
 // Progress reports a running backup.
@@ -149,17 +157,135 @@ func Take(ctx context.Context, conn *pgconn.PgConn, r *repo.Repo, opts Options, 
 		SegmentSize:       segSize,
 		ServerCompression: opts.ServerCompression,
 		Facts:             opts.Facts,
+		Kind:              KindFull,
 	}
 	if b.Label == "" {
 		b.Label = "synbak " + b.ID
 	}
 	log = log.With("backup", b.ID)
 	t := &taker{ctx: ctx, conn: conn, r: r, opts: opts, log: log, b: b}
-	if err := t.run(); err != nil {
+	if opts.Incremental != nil {
+		err := t.prepareIncremental(*opts.Incremental)
+		if err != nil && !IsIncrementalRefused(err) {
+			return nil, fmt.Errorf("base backup %s: %w", b.ID, err)
+		}
+		if err != nil {
+			t.refused(err)
+		}
+	}
+	err = t.run()
+	if err != nil && IsIncrementalRefused(err) && t.b.Incremental() && !t.started {
+		// The server refused before sending anything: take a full
+		// backup on the same connection instead.
+		t.refused(err)
+		err = t.run()
+	}
+	if err != nil {
 		t.cleanup()
 		return nil, fmt.Errorf("base backup %s: %w", b.ID, err)
 	}
 	return b, nil
+}
+
+// prepareIncremental checks what synbak can check before asking the server
+// for an incremental backup on top of parent, and uploads parent's
+// manifest. A reason not to take one is a RefusedError.
+func (t *taker) prepareIncremental(parent Backup) error {
+	refuse := func(format string, args ...any) error {
+		return &RefusedError{Parent: parent.ID, Reason: fmt.Sprintf(format, args...)}
+	}
+	if t.b.PGVersion < 170000 {
+		return refuse("PostgreSQL %d has no incremental backups (they need PostgreSQL 17 or later)", t.b.PGVersion)
+	}
+	on, err := show(t.ctx, t.conn, "summarize_wal")
+	if err != nil {
+		return err
+	}
+	if on != "on" {
+		return refuse("summarize_wal is off on the server (ALTER SYSTEM SET summarize_wal = on; SELECT pg_reload_conf();)")
+	}
+	if parent.SystemID != t.b.SystemID {
+		return refuse("parent %s is of system %s, the server is %s", parent.ID, parent.SystemID, t.b.SystemID)
+	}
+	if parent.PGVersion/10000 != t.b.PGVersion/10000 {
+		return refuse("parent %s was taken from PostgreSQL %d, the server is %d", parent.ID, parent.PGVersion, t.b.PGVersion)
+	}
+	if parent.SegmentSize != t.b.SegmentSize {
+		return refuse("parent %s has WAL segments of %d bytes, the server %d", parent.ID, parent.SegmentSize, t.b.SegmentSize)
+	}
+	// The parent and everything it needs must still be in the repository.
+	cur, err := Load(t.ctx, t.r, parent.ID)
+	if err != nil {
+		if repo.IsNotExist(err) {
+			return refuse("parent %s is no longer in the repository", parent.ID)
+		}
+		return err
+	}
+	chain, err := LoadChain(t.ctx, t.r, cur)
+	if err != nil {
+		if IsChainBroken(err) {
+			return &RefusedError{Parent: parent.ID, Reason: "the parent's chain is not usable", Err: err}
+		}
+		return err
+	}
+	rd, err := t.r.Get(t.ctx, ManifestName(parent.ID))
+	if err != nil {
+		if repo.IsNotExist(err) {
+			return refuse("parent %s has no backup_manifest in the repository", parent.ID)
+		}
+		return fmt.Errorf("read the manifest of parent %s: %w", parent.ID, err)
+	}
+	defer rd.Close()
+	er := &errReader{r: rd}
+	if _, err := t.conn.CopyFrom(t.ctx, er, "UPLOAD_MANIFEST"); err != nil {
+		if er.err != nil {
+			// The server only hears that the copy failed (CopyFail).
+			if repo.IsCorrupt(er.err) {
+				return &RefusedError{Parent: parent.ID, Reason: "the parent's stored backup_manifest is damaged", Err: er.err}
+			}
+			return fmt.Errorf("read the manifest of parent %s: %w", parent.ID, er.err)
+		}
+		if refusal(err) {
+			return &RefusedError{Parent: parent.ID, Reason: "the server refused the parent's manifest", Err: err}
+		}
+		return fmt.Errorf("UPLOAD_MANIFEST of parent %s: %w", parent.ID, err)
+	}
+	t.b.Kind = KindIncremental
+	t.b.Parent = parent.ID
+	t.b.Chain = ids(chain)
+	t.log.Info("incremental backup", "parent", parent.ID, "chain", len(chain))
+	return nil
+}
+
+// errReader remembers the error its reader returned (other than io.EOF).
+type errReader struct {
+	r   io.Reader
+	err error
+}
+
+func (e *errReader) Read(p []byte) (int, error) {
+	n, err := e.r.Read(p)
+	if err != nil && err != io.EOF {
+		e.err = err
+	}
+	return n, err
+}
+
+// refused turns the backup into a full one after err (a RefusedError).
+func (t *taker) refused(err error) {
+	t.b.Kind, t.b.Parent, t.b.Chain = KindFull, "", nil
+	t.b.IncrementalRefused = err.Error()
+	t.log.Info("taking a full backup instead of an incremental one", "err", err)
+}
+
+// refusal reports whether err is the server saying that it cannot take an
+// incremental backup here (PostgreSQL reports every such reason as
+// object_not_in_prerequisite_state: WAL summarization off, a timeline the
+// server's history does not hold, summaries missing for the range since
+// the parent).
+func refusal(err error) bool {
+	var pe *pgconn.PgError
+	return errors.As(err, &pe) && pe.Code == "55000"
 }
 
 type taker struct {
@@ -172,6 +298,9 @@ type taker struct {
 
 	progress   Progress
 	lastReport time.Time
+	// started is set once the server began sending the backup (and
+	// objects may have been stored).
+	started bool
 }
 
 func (t *taker) report(force bool) {
@@ -190,6 +319,9 @@ func (t *taker) command() string {
 	cmd := fmt.Sprintf("BASE_BACKUP ( LABEL '%s', PROGRESS true, CHECKPOINT '%s', WAIT false, MANIFEST 'yes', TABLESPACE_MAP true, TARGET 'client'", label, t.opts.Checkpoint)
 	if t.opts.ServerCompression != "" {
 		cmd += fmt.Sprintf(", COMPRESSION '%s'", t.opts.ServerCompression)
+	}
+	if t.b.Incremental() {
+		cmd += ", INCREMENTAL"
 	}
 	return cmd + " )"
 }
@@ -211,7 +343,7 @@ func (t *taker) putOpts() []repo.PutOption {
 
 func (t *taker) run() error {
 	t.progress = Progress{ID: t.b.ID, Phase: "streaming"}
-	t.log.Info("starting base backup", "checkpoint", t.opts.Checkpoint, "server_compression", t.opts.ServerCompression)
+	t.log.Info("starting base backup", "kind", t.b.KindName(), "parent", t.b.Parent, "checkpoint", t.opts.Checkpoint, "server_compression", t.opts.ServerCompression)
 	if err := t.stream(); err != nil {
 		return err
 	}
@@ -305,6 +437,7 @@ func (t *taker) stream() (err error) {
 			if copied || inCopy {
 				return fmt.Errorf("%w: a second CopyOutResponse (a pre-15 server or an unknown protocol)", ErrProtocol)
 			}
+			t.started = true
 			if err := t.header(sets); err != nil {
 				return err
 			}
@@ -380,7 +513,16 @@ func (t *taker) stream() (err error) {
 			sets = nil
 		case *pgproto3.CommandComplete, *pgproto3.NoticeResponse, *pgproto3.ParameterStatus:
 		case *pgproto3.ErrorResponse:
-			return fmt.Errorf("server: %w", pgconn.ErrorResponseToPgError(m))
+			pe := pgconn.ErrorResponseToPgError(m)
+			if t.b.Incremental() && !inCopy && !copied && refusal(pe) {
+				// Sent before the backup started: the connection stays
+				// usable once its ReadyForQuery is read.
+				if err := t.drain(); err != nil {
+					return err
+				}
+				return &RefusedError{Parent: t.b.Parent, Reason: "the server refused", Err: pe}
+			}
+			return fmt.Errorf("server: %w", pe)
 		case *pgproto3.ReadyForQuery:
 			if !copied {
 				return fmt.Errorf("%w: the server ended BASE_BACKUP without sending the backup", ErrProtocol)
@@ -388,6 +530,19 @@ func (t *taker) stream() (err error) {
 			return t.trailer(sets)
 		default:
 			return fmt.Errorf("%w: %T", ErrProtocol, msg)
+		}
+	}
+}
+
+// drain reads up to the ReadyForQuery that follows an error.
+func (t *taker) drain() error {
+	for {
+		msg, err := t.conn.ReceiveMessage(t.ctx)
+		if err != nil {
+			return fmt.Errorf("receive: %w", err)
+		}
+		if _, ok := msg.(*pgproto3.ReadyForQuery); ok {
+			return nil
 		}
 	}
 }

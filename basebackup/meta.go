@@ -114,6 +114,37 @@ type Backup struct {
 	// Facts are what the caller recorded with the backup (Synapse database
 	// names, server name ...), for a restore on a new machine.
 	Facts map[string]string `json:"facts,omitempty"`
+	// Kind is KindFull or KindIncremental; empty (backups taken before
+	// incremental backups existed) means a full backup.
+	Kind string `json:"kind,omitempty"`
+	// Parent is the ID of the backup an incremental backup was taken on
+	// top of (its direct parent); empty for a full backup.
+	Parent string `json:"parent,omitempty"`
+	// Chain lists the IDs of the backups an incremental backup depends on,
+	// oldest first: the full backup first, Parent last. Empty for a full
+	// backup.
+	Chain []string `json:"chain,omitempty"`
+	// IncrementalRefused says why an incremental backup was asked for but
+	// this full backup was taken instead (empty when none was asked for).
+	IncrementalRefused string `json:"incremental_refused,omitempty"`
+}
+
+// Backup kinds (Backup.Kind).
+const (
+	KindFull        = "full"
+	KindIncremental = "incremental"
+)
+
+// Incremental reports whether b is an incremental backup: its archives hold
+// INCREMENTAL.<relfile> files that need the older backups of its Chain.
+func (b Backup) Incremental() bool { return b.Kind == KindIncremental }
+
+// KindName returns b's kind for people: "full" or "incremental".
+func (b Backup) KindName() string {
+	if b.Incremental() {
+		return KindIncremental
+	}
+	return KindFull
 }
 
 // Object describes a stored stream: plaintext size and sha256, stored size.

@@ -185,7 +185,7 @@ func lastLines(s string, n int) string {
 func (r Report) String() string {
 	var sb strings.Builder
 	if r.Restore.Plan.BackupID != "" {
-		fmt.Fprintf(&sb, "Drill: restored backup %s to the end of the archive", r.Restore.Plan.BackupID)
+		fmt.Fprintf(&sb, "Drill: restored backup %s%s to the end of the archive", r.Restore.Plan.BackupID, r.Restore.Plan.ChainNote())
 		if r.Restore.RecoveryTime != nil {
 			fmt.Fprintf(&sb, " (last commit %s)", r.Restore.RecoveryTime.UTC().Format(time.RFC3339))
 		}

@@ -9,10 +9,14 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"log/slog"
 	"os"
 	"path/filepath"
+	"regexp"
 	"runtime"
+	"slices"
+	"sort"
 	"strconv"
 	"strings"
 
@@ -44,6 +48,10 @@ type ExtractOptions struct {
 	// parallel zstd frames (basebackup.Options.CompressWorkers); 0 means
 	// one per CPU, 1 the streaming decoder.
 	ReadWorkers int
+	// Chain, when set, is the restored backup's chain as
+	// basebackup.LoadChain returns it (oldest first, ending with the
+	// backup); Extract loads it otherwise.
+	Chain []basebackup.Backup
 }
 
 // ErrNotEmpty marks a restore target that already has files in it.
@@ -60,10 +68,16 @@ func TablespaceDir(pgdata string, oid uint32) string {
 // Extract writes backup b from r into pgdata (missing or empty; created
 // with mode 0700), its tablespaces into their directories with
 // pg_tblspc/<OID> symlinks to them and tablespace_map rewritten to the new
-// locations, and the backup manifest as pgdata/backup_manifest. Every part
-// is checksum-verified as it is read, and its size and sha256 are checked
-// against the backup's metadata. Archives are streamed: nothing is
-// held in memory or staged on disk.
+// locations. Every part is checksum-verified as it is read, its size and
+// sha256 are checked against the backup's metadata, and every file
+// against the backup's manifest. Archives are streamed: nothing is held in
+// memory or staged on disk.
+//
+// An incremental backup is rebuilt from its chain (opts.Chain, else
+// loaded from r): the full backup is extracted, then each incremental
+// applied on top (see incremental.go), and the result checked against the
+// newest manifest. A full backup's manifest is written as
+// pgdata/backup_manifest.
 func Extract(ctx context.Context, r *repo.Repo, b basebackup.Backup, pgdata string, opts ExtractOptions, log *slog.Logger) error {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
@@ -72,7 +86,7 @@ func Extract(ctx context.Context, r *repo.Repo, b basebackup.Backup, pgdata stri
 	if err != nil {
 		return err
 	}
-	x := &extractor{owner: opts.Owner, progress: opts.Progress, readWorkers: opts.ReadWorkers}
+	x := &extractor{owner: opts.Owner, progress: opts.Progress, readWorkers: opts.ReadWorkers, buf: make([]byte, 1<<20), heapChanged: map[string]int{}, vmWhole: map[string]int{}}
 	if x.readWorkers <= 0 {
 		x.readWorkers = runtime.NumCPU()
 	}
@@ -102,25 +116,33 @@ func Extract(ctx context.Context, r *repo.Repo, b basebackup.Backup, pgdata stri
 			return err
 		}
 	}
-	// Tablespaces first, the data directory last: a half-extracted data
-	// directory is the more misleading leftover.
-	var base *basebackup.Archive
-	for i := range b.Archives {
-		a := &b.Archives[i]
-		if a.TablespaceOID == 0 {
-			base = a
-			continue
-		}
-		log.Info("extracting tablespace", "oid", a.TablespaceOID, "dir", tsDirs[a.TablespaceOID], "size", a.Size)
-		if err := x.archive(ctx, r, b, *a, tsDirs[a.TablespaceOID], nil); err != nil {
+	chain := opts.Chain
+	if len(chain) == 0 {
+		if chain, err = basebackup.LoadChain(ctx, r, b); err != nil {
 			return err
 		}
 	}
-	if base == nil {
-		return fmt.Errorf("backup %s has no data directory archive (base.tar)", b.ID)
+	if last := chain[len(chain)-1]; last.ID != b.ID {
+		return fmt.Errorf("backup %s: the chain given ends with %s", b.ID, last.ID)
 	}
-	log.Info("extracting data directory", "dir", pgdata, "size", base.Size)
-	if err := x.archive(ctx, r, b, *base, pgdata, tsDirs); err != nil {
+	var newest manifest
+	for i, m := range chain {
+		man, err := loadManifest(ctx, r, m)
+		if err != nil {
+			return err
+		}
+		x.apply, x.index = i > 0, i
+		if len(chain) > 1 {
+			log.Info("extracting chain member", "backup", m.ID, "kind", m.KindName(), "member", i+1, "of", len(chain))
+		}
+		if err := x.member(ctx, r, m, man, pgdata, tsDirs, log); err != nil {
+			return err
+		}
+		newest = man
+	}
+	// The final file set is the newest manifest's (INCREMENTAL. stripped):
+	// files of older members that it lacks were deleted on the server.
+	if err := x.finish(newest, pgdata, tsDirs, len(chain) > 1, log); err != nil {
 		return err
 	}
 	for oid, dir := range tsDirs {
@@ -140,14 +162,193 @@ func Extract(ctx context.Context, r *repo.Repo, b basebackup.Backup, pgdata stri
 			return err
 		}
 	}
-	if err := x.copyObject(ctx, r, basebackup.ManifestName(b.ID), filepath.Join(pgdata, "backup_manifest")); err != nil {
-		return err
+	// A chain's newest manifest lists INCREMENTAL. files, not what was
+	// rebuilt: no backup_manifest then (the server never reads it).
+	if len(chain) == 1 {
+		if err := x.copyObject(ctx, r, basebackup.ManifestName(b.ID), filepath.Join(pgdata, "backup_manifest")); err != nil {
+			return err
+		}
 	}
 	// One syncfs per file system instead of an fsync per file.
 	for _, dir := range append([]string{pgdata}, mapValues(tsDirs)...) {
 		if err := syncFS(dir); err != nil {
 			return err
 		}
+	}
+	return nil
+}
+
+// member extracts one backup of the chain: its tablespaces first, the data
+// directory last (a half-extracted data directory is the more misleading
+// leftover). A tablespace the newest backup no longer has is skipped:
+// nothing of it survives.
+func (x *extractor) member(ctx context.Context, r *repo.Repo, b basebackup.Backup, man manifest, pgdata string, tsDirs map[uint32]string, log *slog.Logger) error {
+	x.man, x.seen, x.dirs, x.links = man, map[string]bool{}, map[string]bool{}, map[string]bool{}
+	var skipped []string
+	var base *basebackup.Archive
+	for i := range b.Archives {
+		a := &b.Archives[i]
+		if a.TablespaceOID == 0 {
+			base = a
+			continue
+		}
+		dir, ok := tsDirs[a.TablespaceOID]
+		if !ok {
+			log.Info("skipping a tablespace the newer backups no longer have", "backup", b.ID, "oid", a.TablespaceOID)
+			skipped = append(skipped, "pg_tblspc/"+strconv.FormatUint(uint64(a.TablespaceOID), 10)+"/")
+			continue
+		}
+		log.Info("extracting tablespace", "backup", b.ID, "oid", a.TablespaceOID, "dir", dir, "size", a.Size)
+		x.prefix = "pg_tblspc/" + strconv.FormatUint(uint64(a.TablespaceOID), 10) + "/"
+		if err := x.archive(ctx, r, b, *a, dir, nil); err != nil {
+			return err
+		}
+	}
+	if base == nil {
+		return fmt.Errorf("backup %s has no data directory archive (base.tar)", b.ID)
+	}
+	log.Info("extracting data directory", "backup", b.ID, "dir", pgdata, "size", base.Size)
+	x.prefix = ""
+	if err := x.archive(ctx, r, b, *base, pgdata, tsDirs); err != nil {
+		return err
+	}
+	// Every file the manifest lists was in the archives.
+	var missing []string
+	for p := range man {
+		if !x.seen[p] && !slices.ContainsFunc(skipped, func(pre string) bool { return strings.HasPrefix(p, pre) }) {
+			missing = append(missing, p)
+		}
+	}
+	if len(missing) > 0 {
+		sort.Strings(missing)
+		return fmt.Errorf("backup %s: %w: %d files its manifest lists are not in its archives, e.g. %s", b.ID, repo.ErrCorrupt, len(missing), missing[0])
+	}
+	return nil
+}
+
+// loadManifest reads backup b's backup_manifest (checksum-verified).
+func loadManifest(ctx context.Context, r *repo.Repo, b basebackup.Backup) (manifest, error) {
+	rd, err := r.Get(ctx, basebackup.ManifestName(b.ID))
+	if err != nil {
+		return nil, fmt.Errorf("backup %s: %w", b.ID, err)
+	}
+	defer rd.Close()
+	m, err := parseManifest(rd)
+	if err != nil {
+		return nil, fmt.Errorf("backup %s: %w", b.ID, err)
+	}
+	// Read to the end so that the object's checksum is checked.
+	if _, err := io.Copy(io.Discard, rd); err != nil {
+		return nil, fmt.Errorf("backup %s: %w", b.ID, err)
+	}
+	return m, nil
+}
+
+// Stale visibility maps. PostgreSQL (17 and 18 as released when this was
+// written) clears visibility map bits as a side effect of heap inserts,
+// updates and deletes without naming the map's block in the WAL record, so
+// the WAL summarizer never sees the change and an incremental backup sends
+// the map page only when something else (VACUUM setting bits) touched it:
+// a rebuilt map can claim pages all-visible that are not, which makes
+// index-only scans skip rows' visibility checks and VACUUM skip the pages
+// for good, and amcheck's verify_heapam does not notice (pgsql-hackers,
+// "Why clearing the VM doesn't require registering vm buffer in wal
+// record", March 2026; TestRestoreIncrementalChain showed it on 17.10 and
+// 18.4). Such a clear always comes with a change of the heap page, which
+// is WAL-logged and summarized. So a map is trusted when its relation's
+// main fork did not change (no block written, same length, in every
+// segment) in any member after the last one that sent the map whole (the
+// full backup sends every file whole); otherwise the map is removed. A
+// missing map is always correct (no page is known all-visible; the next
+// VACUUM rebuilds it, WAL replay creates it as needed). The cost: the
+// first VACUUM after the restore reads the changed tables in full.
+
+// finish makes the restored file set the newest manifest's: every file it
+// lists exists with the length the chain gave it, and files it does not
+// list (left by older members of a chain) are removed, as are directories
+// the newest backup no longer has.
+func (x *extractor) finish(newest manifest, pgdata string, tsDirs map[uint32]string, chain bool, log *slog.Logger) error {
+	want := map[string]bool{}
+	for p := range newest {
+		name, _ := isIncremental(p)
+		want[name] = true
+	}
+	// A visibility map is stale when its relation's main fork changed in a
+	// member after the last one that sent the map whole.
+	staleVM := func(name string) bool {
+		m := relFile.FindStringSubmatch(name)
+		if !chain || m == nil || m[3] != "_vm" {
+			return false
+		}
+		changed, ok := x.heapChanged[m[1]+m[2]]
+		return ok && changed > x.vmWhole[m[1]+m[2]]
+	}
+	roots := map[string]string{pgdata: ""}
+	for oid, dir := range tsDirs {
+		roots[dir] = "pg_tblspc/" + strconv.FormatUint(uint64(oid), 10) + "/"
+	}
+	var removed, vmRemoved int
+	for root, prefix := range roots {
+		var dirs []string
+		err := filepath.WalkDir(root, func(path string, d fs.DirEntry, err error) error {
+			if err != nil {
+				return err
+			}
+			rel, err := filepath.Rel(root, path)
+			if err != nil || rel == "." {
+				return err
+			}
+			name := prefix + filepath.ToSlash(rel)
+			switch {
+			case d.IsDir():
+				if chain && !x.dirs[name] {
+					dirs = append(dirs, path)
+				}
+			case d.Type()&fs.ModeSymlink != 0:
+				// An older member's pg_tblspc/<OID> link to a tablespace
+				// dropped since, still pointing at the server's location.
+				if chain && !x.links[name] {
+					removed++
+					return os.Remove(path)
+				}
+			case d.Type().IsRegular():
+				if want[name] {
+					delete(want, name)
+					if staleVM(name) {
+						vmRemoved++
+						return os.Remove(path)
+					}
+					return nil
+				}
+				if !chain {
+					return fmt.Errorf("%s: %w: the backup's manifest does not list it", name, repo.ErrCorrupt)
+				}
+				removed++
+				return os.Remove(path)
+			}
+			return nil
+		})
+		if err != nil {
+			return err
+		}
+		// Deepest first; a directory that still holds files is the
+		// newest backup's (its archive only lacked the directory entry).
+		for i := len(dirs) - 1; i >= 0; i-- {
+			if err := os.Remove(dirs[i]); err != nil && !errors.Is(err, unix.ENOTEMPTY) && !errors.Is(err, unix.EEXIST) {
+				return err
+			}
+		}
+	}
+	if len(want) > 0 {
+		var missing []string
+		for p := range want {
+			missing = append(missing, p)
+		}
+		sort.Strings(missing)
+		return fmt.Errorf("%w: %d files the backup's manifest lists are not in its archives, e.g. %s", repo.ErrCorrupt, len(missing), missing[0])
+	}
+	if chain {
+		log.Info("chain reconstructed", "incremental_files", x.rebuilt, "removed_files", removed, "visibility_maps_dropped", vmRemoved)
 	}
 	return nil
 }
@@ -178,6 +379,54 @@ type extractor struct {
 	done     int64 // archive bytes read, for progress
 	// readWorkers decode an archive's frames (ExtractOptions.ReadWorkers).
 	readWorkers int
+	buf      []byte
+
+	// The chain member being extracted: its manifest, the prefix of the
+	// current archive's paths in it ("" or pg_tblspc/<OID>/), the
+	// manifest paths, directories and symlinks seen in its archives.
+	man    manifest
+	prefix string
+	seen   map[string]bool
+	dirs   map[string]bool
+	links  map[string]bool
+	// apply is set for the incrementals of a chain: files replace or
+	// update what the older members wrote.
+	apply bool
+	// rebuilt counts the INCREMENTAL. files applied.
+	rebuilt int
+	// index is the position in the chain of the backup being extracted;
+	// heapChanged maps a relation (directory and relfilenode, as in the
+	// manifest) to the last member that changed its main fork, vmWhole to
+	// the last member that sent its visibility map whole (see
+	// "Stale visibility maps").
+	index       int
+	heapChanged map[string]int
+	vmWhole     map[string]int
+}
+
+// relFile matches a relation's segment files: directory, relfilenode,
+// fork, segment.
+var relFile = regexp.MustCompile(`^(.*/)?([0-9]+)(_vm|_fsm|_init)?(\.[0-9]+)?$`)
+
+// relationWritten records that the file name (a manifest path without
+// INCREMENTAL.) was written by the current member, whole or changed by an
+// INCREMENTAL. file.
+func (x *extractor) relationWritten(name string, whole bool) {
+	m := relFile.FindStringSubmatch(name)
+	if m == nil {
+		return
+	}
+	key := m[1] + m[2]
+	switch m[3] {
+	case "":
+		if x.index > 0 {
+			x.heapChanged[key] = x.index
+		}
+	case "_vm":
+		if whole {
+			x.vmWhole[key] = x.index
+		}
+	}
 }
 
 func (x *extractor) chown(path string) error {
@@ -296,39 +545,109 @@ func (x *extractor) entry(tr *tar.Reader, hdr *tar.Header, dir string, tsDirs ma
 	if err := x.mkdirAll(filepath.Dir(path)); err != nil {
 		return err
 	}
+	mname := x.prefix + filepath.ToSlash(name)
 	switch hdr.Typeflag {
 	case tar.TypeDir:
+		x.dirs[mname] = true
 		if err := os.Mkdir(path, 0o700); err != nil && !errors.Is(err, os.ErrExist) {
 			return err
 		}
 		return x.chown(path)
 	case tar.TypeSymlink:
+		x.links[mname] = true
+		if x.apply {
+			if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
+				return err
+			}
+		}
 		if err := os.Symlink(hdr.Linkname, path); err != nil {
 			return err
 		}
 		return x.chown(path)
 	case tar.TypeReg:
-		if tsDirs != nil && name == "tablespace_map" {
-			if _, err := io.Copy(io.Discard, tr); err != nil {
-				return err
-			}
-			return x.writeFile(path, []byte(tablespaceMap(tsDirs)), 0o600)
-		}
-		f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, os.FileMode(hdr.Mode)&0o700|0o600)
+		x.seen[mname] = true
+		check, err := x.man.check(mname)
 		if err != nil {
 			return err
 		}
-		if _, err := io.Copy(f, tr); err != nil {
+		src := io.TeeReader(tr, check)
+		if target, ok := isIncremental(name); ok && x.apply {
+			changed, err := x.applyFile(src, hdr.Size, filepath.Join(dir, target))
+			if err != nil {
+				return err
+			}
+			if changed {
+				x.relationWritten(x.prefix+filepath.ToSlash(target), false)
+			}
+			return check.done()
+		} else if ok {
+			return fmt.Errorf("an INCREMENTAL. file in a full backup (or the first backup of a chain)")
+		}
+		switch {
+		case tsDirs != nil && name == "tablespace_map":
+			if _, err := io.Copy(io.Discard, src); err != nil {
+				return err
+			}
+			if err := check.done(); err != nil {
+				return err
+			}
+			return x.writeFile(path, []byte(tablespaceMap(tsDirs)), 0o600)
+		case tsDirs != nil && name == "backup_label":
+			label, err := io.ReadAll(io.LimitReader(src, 1<<20))
+			if err != nil {
+				return err
+			}
+			if err := check.done(); err != nil {
+				return err
+			}
+			return x.writeFile(path, stripIncrementalLabel(label), os.FileMode(hdr.Mode)&0o700|0o600)
+		}
+		flags := os.O_WRONLY | os.O_CREATE | os.O_EXCL
+		if x.apply {
+			flags = os.O_WRONLY | os.O_CREATE | os.O_TRUNC
+		}
+		f, err := os.OpenFile(path, flags, os.FileMode(hdr.Mode)&0o700|0o600)
+		if err != nil {
+			return err
+		}
+		if _, err := io.CopyBuffer(f, src, x.buf); err != nil {
 			f.Close()
 			return err
 		}
 		if err := f.Close(); err != nil {
 			return err
 		}
+		if err := check.done(); err != nil {
+			return err
+		}
+		x.relationWritten(mname, true)
 		return x.chown(path)
 	default:
 		return fmt.Errorf("unsupported tar entry type %q", hdr.Typeflag)
 	}
+}
+
+// applyFile applies an INCREMENTAL. file of size bytes, read from src, to
+// path, the file the older members of the chain rebuilt.
+func (x *extractor) applyFile(src io.Reader, size int64, path string) (changed bool, err error) {
+	h, err := readIncrementalHeader(src, size)
+	if err != nil {
+		return false, err
+	}
+	f, err := os.OpenFile(path, os.O_RDWR, 0)
+	if errors.Is(err, os.ErrNotExist) {
+		return false, fmt.Errorf("%w: no older backup of the chain has %s (the server sends a file incrementally only when the parent backup has it)", basebackup.ErrChainBroken, filepath.Base(path))
+	}
+	if err != nil {
+		return false, err
+	}
+	changed, err = applyIncremental(f, h, src, x.buf)
+	if err != nil {
+		f.Close()
+		return false, err
+	}
+	x.rebuilt++
+	return changed, f.Close()
 }
 
 func (x *extractor) writeFile(path string, data []byte, mode os.FileMode) error {

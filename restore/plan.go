@@ -136,6 +136,10 @@ type Plan struct {
 	BackupEndLSN   pglogrepl.LSN `json:"backup_end_lsn"`
 	BackupEndTime  time.Time     `json:"backup_end_time"`
 	PGVersion      int           `json:"pg_version_num"`
+	// Chain is what the restore extracts, oldest first: the backup alone
+	// when it is a full backup; for an incremental, the full backup it
+	// builds on, the incrementals between, the backup last.
+	Chain []ChainMember `json:"chain"`
 	// Timeline is the timeline recovery follows to the target.
 	Timeline uint32 `json:"timeline"`
 	// FirstSegment..LastSegment are the WAL objects replay needs (proved
@@ -150,6 +154,7 @@ type Plan struct {
 	Window            *Window       `json:"recovery_window"`
 
 	backup basebackup.Backup
+	chain  []basebackup.Backup
 	// segments are the names PostgreSQL asks restore_command for, in
 	// replay order, FirstSegment..LastSegment (the restore prefetches
 	// them); lastPartial says the last is served from a partial object.
@@ -208,6 +213,36 @@ func parseLSN(field, text string) (pglogrepl.LSN, error) {
 // Backup returns the backup the plan restores.
 func (p Plan) Backup() basebackup.Backup { return p.backup }
 
+// BackupChain returns the backups the restore extracts, oldest first,
+// ending with Backup() (Backup() alone for a full backup).
+func (p Plan) BackupChain() []basebackup.Backup { return p.chain }
+
+// ChainNote is "" for a full backup, else " (incremental, rebuilt from a
+// chain of N backups from full backup ID)" for reports.
+func (p Plan) ChainNote() string {
+	if len(p.Chain) < 2 {
+		return ""
+	}
+	return fmt.Sprintf(" (incremental, rebuilt from a chain of %d backups from full backup %s)", len(p.Chain), p.Chain[0].ID)
+}
+
+// ChainMember is one backup a restore extracts.
+type ChainMember struct {
+	ID      string    `json:"id"`
+	Kind    string    `json:"kind"`
+	EndTime time.Time `json:"end_time"`
+	// Size is the plaintext size of its archives.
+	Size int64 `json:"size"`
+}
+
+func chainMembers(chain []basebackup.Backup) []ChainMember {
+	out := make([]ChainMember, len(chain))
+	for i, b := range chain {
+		out[i] = ChainMember{ID: b.ID, Kind: b.KindName(), EndTime: b.EndTime.UTC(), Size: b.Size() - b.Manifest.Size}
+	}
+	return out
+}
+
 // String renders the plan for --dry-run.
 func (p Plan) String() string {
 	var sb strings.Builder
@@ -215,6 +250,13 @@ func (p Plan) String() string {
 	fmt.Fprintf(&sb, "  target:          %s\n", p.Target)
 	fmt.Fprintf(&sb, "  base backup:     %s (ended %s, WAL %s to %s, PostgreSQL %s)\n",
 		p.BackupID, p.BackupEndTime.UTC().Format(time.RFC3339), p.BackupStartLSN, p.BackupEndLSN, PGVersionString(p.PGVersion))
+	if len(p.Chain) > 1 {
+		var ids []string
+		for _, m := range p.Chain {
+			ids = append(ids, fmt.Sprintf("%s (%s, ended %s)", m.ID, m.Kind, m.EndTime.Format(time.RFC3339)))
+		}
+		fmt.Fprintf(&sb, "  backup chain:    %s, rebuilt oldest first:\n                   %s\n", countOf(len(p.Chain), "backup", "backups"), strings.Join(ids, "\n                   "))
+	}
 	fmt.Fprintf(&sb, "  WAL replayed:    %s .. %s (%s, timeline %d, all present)\n", p.FirstSegment, p.LastSegment, countOf(p.Segments, "object", "objects"), p.Timeline)
 	fmt.Fprintf(&sb, "  archive:         contiguous to %s, complete to %s\n", p.ArchiveEndLSN, p.ArchiveCompleteTo.UTC().Format(time.RFC3339Nano))
 	fmt.Fprintf(&sb, "  recovery window: %s\n", strings.TrimPrefix(p.Window.String(), "restores are possible "))
@@ -337,6 +379,13 @@ func NewPlan(ctx context.Context, r *repo.Repo, target Point) (Plan, error) {
 			ErrRefused, target, backups[0].ID, backups[0].EndTime.UTC().Format(time.RFC3339), backups[0].EndLSN, window)
 	}
 	b := *chosen
+	chain, err := basebackup.LoadChain(ctx, r, b)
+	if basebackup.IsChainBroken(err) {
+		return Plan{}, fmt.Errorf("%w: %w; %s", ErrRefused, err, chainAlternatives(ctx, r, backups, b, window))
+	}
+	if err != nil {
+		return Plan{}, err
+	}
 	if !onPath(spans, b.Timeline) {
 		return Plan{}, fmt.Errorf("%w: backup %s is on timeline %d, which is not an ancestor of the newest timeline %d; restoring to an abandoned timeline is not supported", ErrRefused, b.ID, b.Timeline, a.newest)
 	}
@@ -365,12 +414,42 @@ func NewPlan(ctx context.Context, r *repo.Repo, target Point) (Plan, error) {
 		Target:   target,
 		BackupID: b.ID, BackupStartLSN: b.StartLSN, BackupEndLSN: b.EndLSN,
 		BackupEndTime: b.EndTime.UTC(), PGVersion: b.PGVersion,
+		Chain:        chainMembers(chain),
 		Timeline:     spans[len(spans)-1].tli,
 		FirstSegment: end.first, LastSegment: end.last, Segments: end.count,
 		ArchiveEndLSN: end.endLSN, ArchiveCompleteTo: end.completeTo.UTC(),
 		Window: window,
-		backup: b, segments: end.names, lastPartial: end.lastPartial, segSize: a.segSize,
+		backup: b, chain: chain, segments: end.names, lastPartial: end.lastPartial, segSize: a.segSize,
 	}, nil
+}
+
+// chainAlternatives says which targets still restore when b's chain is
+// broken: before b's end (an older backup with a complete chain) or after
+// a later one.
+func chainAlternatives(ctx context.Context, r *repo.Repo, backups []basebackup.Backup, b basebackup.Backup, window *Window) string {
+	intact := func(c basebackup.Backup) bool {
+		_, err := basebackup.LoadChain(ctx, r, c)
+		return err == nil
+	}
+	var alts []string
+	for i := len(backups) - 1; i >= 0; i-- {
+		c := backups[i]
+		if c.EndTime.Before(b.EndTime) && intact(c) {
+			alts = append(alts, fmt.Sprintf("a target before %s (the end of backup %s) restores from backup %s (%s, ended %s)",
+				b.EndTime.UTC().Format(time.RFC3339), b.ID, c.ID, c.KindName(), c.EndTime.UTC().Format(time.RFC3339)))
+			break
+		}
+	}
+	for _, c := range backups {
+		if c.EndTime.After(b.EndTime) && intact(c) {
+			alts = append(alts, fmt.Sprintf("a target at or after %s restores from backup %s (%s)", c.EndTime.UTC().Format(time.RFC3339), c.ID, c.KindName()))
+			break
+		}
+	}
+	if len(alts) == 0 {
+		return fmt.Sprintf("no other backup can serve this target; take a full backup (`synbak backup --full`) to restore from then on (%s)", window)
+	}
+	return "restore to another time: " + strings.Join(alts, "; or ") + fmt.Sprintf(" (%s)", window)
 }
 
 func onPath(spans []timelineSpan, tli uint32) bool {

@@ -205,7 +205,7 @@ func (rp *Report) UnmarshalJSON(data []byte) error {
 // String renders the report for the terminal.
 func (rp Report) String() string {
 	var sb strings.Builder
-	fmt.Fprintf(&sb, "Restored backup %s to %s\n", rp.Plan.BackupID, rp.Plan.Target)
+	fmt.Fprintf(&sb, "Restored backup %s%s to %s\n", rp.Plan.BackupID, rp.Plan.ChainNote(), rp.Plan.Target)
 	when := "unknown (no transaction replayed after the backup)"
 	if rp.RecoveryTime != nil {
 		when = rp.RecoveryTime.UTC().Format(time.RFC3339Nano)
@@ -660,16 +660,22 @@ func Run(ctx context.Context, opts Options) (rep Report, err error) {
 	ws.startPrefetch()
 
 	b := plan.Backup()
-	log.Info("extracting base backup", "backup", b.ID, "pgdata", opts.PGData)
-	xopts := ExtractOptions{Owner: owner}
+	log.Info("extracting base backup", "backup", b.ID, "kind", b.KindName(), "chain", len(plan.BackupChain()), "pgdata", opts.PGData)
+	xopts := ExtractOptions{Owner: owner, Chain: plan.BackupChain()}
 	if opts.Progress != nil {
-		total := b.Size() - b.Manifest.Size // the manifest is not extracted
+		var total int64
+		for _, m := range plan.BackupChain() {
+			total += m.Size() - m.Manifest.Size // the manifest is not extracted
+		}
 		xopts.Progress = func(done int64) { opts.Progress(Progress{Phase: "extract", Done: done, Total: total}) }
 	}
 	if err := Extract(ctx, opts.Repo, b, opts.PGData, xopts, log); err != nil {
 		return rep, err
 	}
 	phase("extract", start)
+	if len(plan.BackupChain()) > 1 {
+		rep.Warnings = append(rep.Warnings, "restored from an incremental chain: the visibility maps of tables written to since the full backup were left out (PostgreSQL's incremental backups can carry stale ones); run `vacuumdb --all` once the server is in service to rebuild them")
+	}
 
 	start = time.Now()
 	srv, err := opts.configure(plan, owner, restoreCommand(c.exe, sockDir), sockDir)

@@ -37,7 +37,8 @@ type Result struct {
 }
 
 // Apply deletes what p names, in the crash-safe order of the package doc:
-// backups (oldest first; each marked, then its backup.json, then the rest),
+// backups (oldest first, an incremental before the members of its chain;
+// each marked, then its backup.json, then the rest),
 // then dumps (likewise with dump.json), then WAL (ascending names), then
 // media and config objects that the
 // indexes, read again now, still do not need. It stops at the first error;
@@ -67,6 +68,10 @@ func Apply(ctx context.Context, r *repo.Repo, p Plan, log *slog.Logger) (Result,
 		if len(p.walObjs) > 0 || p.Media.Objects > 0 || p.Config.Objects > 0 {
 			return res, errors.New("retention: plan deletes objects but keeps no backup (not made by NewPlan?)")
 		}
+	}
+
+	if err := checkDependents(ctx, r, p); err != nil {
+		return res, err
 	}
 
 	// (1) Backups, then (2) dumps, oldest first: a backup without
@@ -255,6 +260,43 @@ func deleteSet(ctx context.Context, r *repo.Repo, b Backup, kind, metaName, mark
 	}
 	if err := r.Delete(ctx, markerName); err != nil {
 		return fmt.Errorf("delete %s %s: %w", kind, b.ID, err)
+	}
+	return nil
+}
+
+// errNeeded marks a plan that would delete a backup that a backup it keeps
+// (perhaps one taken since the plan) depends on.
+var errNeeded = errors.New("retention: a backup the plan deletes is needed by an incremental backup it keeps")
+
+// IsNeeded reports whether Apply refused a plan because an incremental
+// backup it does not delete depends on one it does (run prune again: a new
+// plan keeps the chain).
+func IsNeeded(err error) bool { return errors.Is(err, errNeeded) }
+
+// checkDependents reads the complete backups again and refuses the plan when
+// one it does not delete has a chain naming one it does: an incremental
+// backup taken on top of a backup after the plan was made.
+func checkDependents(ctx context.Context, r *repo.Repo, p Plan) error {
+	if len(p.Delete) == 0 {
+		return nil
+	}
+	del := map[string]bool{}
+	for _, b := range p.Delete {
+		del[b.ID] = true
+	}
+	all, err := basebackup.List(ctx, r)
+	if err != nil {
+		return err
+	}
+	for _, b := range all {
+		if del[b.ID] {
+			continue
+		}
+		for _, id := range b.Chain {
+			if del[id] {
+				return fmt.Errorf("%w: %s needs %s", errNeeded, b.ID, id)
+			}
+		}
 	}
 	return nil
 }

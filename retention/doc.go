@@ -9,7 +9,10 @@
 //     start (ties: the later id); without one, the oldest complete backup.
 //   - Kept complete backups: the anchor, every backup after it in id order
 //     or with a later EndTime, and the newest Backups ones (Backups >= 1,
-//     so the newest backup is always kept). The others go.
+//     so the newest backup is always kept), and every backup in the Chain
+//     of a kept incremental backup (its full backup and the incrementals
+//     between: a restore from it needs them all, so the WAL from their
+//     starts is kept too). The others go.
 //   - WAL (wal/<TLI>/<SEG> and wal/<TLI>/<SEG>.partial.<VALID>): an object
 //     is kept when some kept backup B has B.Timeline < TLI, or
 //     B.Timeline == TLI and SEG >= B.StartLSN's segment. Everything else on
@@ -47,7 +50,10 @@
 //
 // # Order and crash safety (Apply)
 //
-//  1. Backups, oldest first. A complete one: store the marker
+//  1. Backups, oldest first, except that an incremental backup goes before
+//     the members of its chain (grouped by the chain's full backup, newest
+//     first within it), so an interrupted prune never leaves a complete
+//     incremental without its parent. A complete one: store the marker
 //     backups/<ID>/pruning, delete backup.json (from then on neither restore
 //     nor list offers it), then its other objects, the marker last. A
 //     backup without backup.json but with the marker is the leftover of an

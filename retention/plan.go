@@ -263,9 +263,23 @@ func NewPlan(ctx context.Context, r *repo.Repo, opts Options) (Plan, error) {
 		}
 		a := complete[anchor]
 		p.Anchor = a.ID
+		keepIDs := map[string]bool{}
 		for i, b := range complete {
-			keep := i >= anchor || b.EndTime.After(a.EndTime) || i >= len(complete)-opts.Backups
-			if keep {
+			if i >= anchor || b.EndTime.After(a.EndTime) || i >= len(complete)-opts.Backups {
+				keepIDs[b.ID] = true
+			}
+		}
+		// An incremental backup needs its whole chain (Chain names every
+		// ancestor, so one pass suffices).
+		for _, b := range complete {
+			if keepIDs[b.ID] {
+				for _, id := range b.Chain {
+					keepIDs[id] = true
+				}
+			}
+		}
+		for _, b := range complete {
+			if keepIDs[b.ID] {
 				kept = append(kept, b)
 				p.Kept = append(p.Kept, b.ID)
 				if p.Horizon.IsZero() || b.StartTime.Before(p.Horizon) {
@@ -303,7 +317,7 @@ func NewPlan(ctx context.Context, r *repo.Repo, opts Options) (Plan, error) {
 			p.Untouched = append(p.Untouched, inc.ID)
 		}
 	}
-	sort.SliceStable(p.Delete, func(i, j int) bool { return p.Delete[i].ID < p.Delete[j].ID })
+	sortDeletions(p.Delete, complete)
 
 	// Dumps; a kept dump moves the horizon back to its start.
 	if err := p.planDumps(ctx, r, opts.Dumps, now); err != nil {
@@ -327,6 +341,33 @@ func NewPlan(ctx context.Context, r *repo.Repo, opts Options) (Plan, error) {
 		return Plan{}, err
 	}
 	return p, nil
+}
+
+// sortDeletions orders the backups to delete oldest first, except that an
+// incremental backup goes before the backups of its chain: an interrupted
+// prune never leaves a complete backup whose parent is gone. Backups are
+// grouped by the full backup their chain starts with (oldest group first),
+// and within a group the newest goes first.
+func sortDeletions(del []Backup, complete []basebackup.Backup) {
+	root := map[string]string{}
+	for _, b := range complete {
+		if len(b.Chain) > 0 {
+			root[b.ID] = b.Chain[0]
+		}
+	}
+	rootOf := func(id string) string {
+		if r, ok := root[id]; ok {
+			return r
+		}
+		return id
+	}
+	sort.SliceStable(del, func(i, j int) bool {
+		ri, rj := rootOf(del[i].ID), rootOf(del[j].ID)
+		if ri != rj {
+			return ri < rj
+		}
+		return del[i].ID > del[j].ID
+	})
 }
 
 func deletion(id string, complete bool, objs []storage.ObjectInfo, marker, reason string) Backup {

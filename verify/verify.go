@@ -157,18 +157,22 @@ feed:
 		problem("base backups: %v: restores cannot pick a backup", err)
 	}
 	rep.Backups = len(backups)
+	damaged := map[string]bool{} // backups with a missing, corrupt or mismatched object
 	for _, b := range backups {
 		check := func(name string, want basebackup.Object) {
 			info, ok := infos[name]
 			if _, listed := find(names, name); !listed {
 				problem("backup %s unusable: %s is missing", b.ID, name)
+				damaged[b.ID] = true
 				return
 			}
 			if !ok {
+				damaged[b.ID] = true
 				return // already reported as corrupt
 			}
 			if info.Size != want.Size || info.SHA256 != want.SHA256 {
 				problem("backup %s unusable: %s holds %d bytes with sha256 %s, backup.json records %d bytes with %s", b.ID, name, info.Size, info.SHA256, want.Size, want.SHA256)
+				damaged[b.ID] = true
 			}
 		}
 		for _, a := range b.Archives {
@@ -177,6 +181,22 @@ feed:
 			}
 		}
 		check(basebackup.ManifestName(b.ID), b.Manifest)
+	}
+	// 2a. Incremental backups: every chain complete and consistent, and
+	// every member's objects whole.
+	for _, b := range backups {
+		if !b.Incremental() {
+			continue
+		}
+		if _, err := basebackup.LoadChain(ctx, r, b); err != nil {
+			problem("backup %s unusable: %v", b.ID, err)
+			continue
+		}
+		for _, id := range b.Chain {
+			if damaged[id] {
+				problem("backup %s unusable: its chain member %s is damaged (see its problems)", b.ID, id)
+			}
+		}
 	}
 
 	// 2b. Logical dumps: every part as dump.json records it.

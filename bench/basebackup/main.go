@@ -6,6 +6,11 @@
 //
 //	go run ./bench/basebackup -sizes 1,2 -runs 1
 //
+// With -incremental it compares instead, on PostgreSQL 17 or later, a full
+// backup with an incremental one after -change-pct % of the blocks changed:
+//
+//	go run ./bench/basebackup -incremental -sizes 2
+//
 // See bench/README.md for what is measured and how to read it.
 package main
 
@@ -89,9 +94,22 @@ func run() error {
 	extractRepo := flag.String("extract-repo", "", "internal: -extract-only's repository")
 	extractDest := flag.String("extract-dest", "", "internal: -extract-only's target directory")
 	extractWorkers := flag.Int("extract-workers", 0, "internal: -extract-only's decoding goroutines (0: one per CPU)")
+	incremental := flag.Bool("incremental", false, "instead: full against incremental backups on PostgreSQL 17+ (-inc-pg-bin), a database of the first -sizes GiB, -change-pct % of its blocks changed")
+	incPGBin := flag.String("inc-pg-bin", "/opt/synbak-pg/17/bin", "with -incremental: PostgreSQL 17+ server binaries")
+	changePct := flag.Int("change-pct", 5, "with -incremental: the percentage of the tables' blocks changed before the incremental backup")
 	flag.Parse()
 	if *extractOnlyMode {
 		return extractOnly(*extractRepo, *extractDest, *extractWorkers)
+	}
+	if *incremental {
+		ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+		defer stop()
+		first, _, _ := strings.Cut(*sizes, ",")
+		gb, err := strconv.ParseFloat(first, 64)
+		if err != nil {
+			return fmt.Errorf("-sizes: %w", err)
+		}
+		return runIncremental(ctx, incrementalOptions{synbak: *synbak, pgBin: *incPGBin, clientBin: *pgBin, gb: gb, changePct: *changePct, keep: *keep})
 	}
 	if *withS3 {
 		if _, err := benchs3.Binary(); err != nil {

@@ -52,7 +52,20 @@ func main() {
 	flag.StringVar(&o.pgBin, "pg-bin", "/usr/lib/postgresql/15/bin", "PostgreSQL binaries")
 	flag.BoolVar(&o.keep, "keep", false, "keep the work directory")
 	flag.StringVar(&o.jsonOut, "json", "", "write every run and the summary as JSON to this file")
+	chain := flag.Bool("chain", false, "instead: restore from an incremental chain against a full backup (PostgreSQL 17+; see chain.go)")
+	chainGB := flag.Float64("chain-gb", 2, "-chain: GiB of Synapse-like data")
+	chainChanged := flag.Float64("chain-changed", 0.05, "-chain: share of the pages changed between the full backup and the incremental")
+	chainPGBin := flag.String("chain-pg-bin", "/opt/synbak-pg/17/bin", "-chain: PostgreSQL 17+ binaries")
 	flag.Parse()
+	if *chain {
+		ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+		defer stop()
+		if err := runChain(ctx, chainOptions{gb: *chainGB, changed: *chainChanged, runs: o.runs, synbak: o.synbak, pgBin: *chainPGBin, keep: o.keep}); err != nil {
+			fmt.Fprintln(os.Stderr, "restore bench -chain:", err)
+			os.Exit(1)
+		}
+		return
+	}
 	o.configs = strings.Split(configs, ",")
 	if !slices.Contains(o.configs, "cp") {
 		fmt.Fprintln(os.Stderr, "-configs must include cp (the floor)")

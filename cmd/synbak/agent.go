@@ -239,7 +239,12 @@ func takeAgentBackup(ctx context.Context, cfg *config.Config, src pgsource.Sourc
 		return nil, err
 	}
 	defer conn.Close(context.Background())
+	parent, err := chooseParent(ctx, r, basebackup.ModeAuto, cfg, log)
+	if err != nil {
+		return nil, err
+	}
 	return basebackup.Take(ctx, conn, r, basebackup.Options{
+		Incremental:       parent,
 		Checkpoint:        cfg.Basebackup.Checkpoint,
 		ServerCompression: cfg.Basebackup.ServerCompression,
 		PartSize:          int64(cfg.Basebackup.PartSizeMB) << 20,

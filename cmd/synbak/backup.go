@@ -21,7 +21,8 @@ import (
 )
 
 func newBackupCommand(st *rootState) *cobra.Command {
-	return &cobra.Command{
+	var full, incremental bool
+	cmd := &cobra.Command{
 		Use:   "backup",
 		Short: "Take a base backup now",
 		Long: `backup runs BASE_BACKUP over a replication connection and streams the data
@@ -35,20 +36,57 @@ WAL itself (like wal stream); when an agent or a wal stream already does so
 for this state_dir, it leaves that to them. If the WAL does not arrive within
 basebackup.wal_timeout the backup fails and is not listed as complete.
 
+Full and incremental backups: on PostgreSQL 17 or later with summarize_wal
+on, a backup can be incremental: only the blocks changed since its parent
+(the newest complete backup) are read and stored, and a restore needs the
+whole chain from the full backup it builds on. Without --full or
+--incremental the agent's rule applies: incremental while the newest full
+backup is younger than basebackup.full_interval (default 7d), full
+otherwise. --incremental builds on the newest backup whatever its age;
+--full takes a full backup. When the server cannot take an incremental
+backup (an older server, summarize_wal off, the parent gone or on another
+timeline, WAL summaries that no longer reach back to it) a full backup is
+taken instead and the summary says why.
+
 On a terminal it shows a progress bar, otherwise a log line every 10 seconds.
 It prints the backup's id on standard output at the end.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			if full && incremental {
+				return usageError{errors.New("--full and --incremental exclude each other")}
+			}
 			cfg, err := st.load()
 			if err != nil {
 				return err
 			}
-			return runBackup(cmd.Context(), cfg, cmd.OutOrStdout())
+			mode := basebackup.ModeAuto
+			switch {
+			case full:
+				mode = basebackup.ModeFull
+			case incremental:
+				mode = basebackup.ModeIncremental
+			}
+			return runBackup(cmd.Context(), cfg, mode, cmd.OutOrStdout())
 		},
 	}
+	cmd.Flags().BoolVar(&full, "full", false, "take a full backup")
+	cmd.Flags().BoolVar(&incremental, "incremental", false, "take an incremental backup on top of the newest one (PostgreSQL 17+, summarize_wal = on), whatever basebackup.full_interval says")
+	return cmd
 }
 
-func runBackup(ctx context.Context, cfg *config.Config, stdout io.Writer) error {
+// chooseParent applies the full/incremental policy and logs its choice.
+func chooseParent(ctx context.Context, r *repo.Repo, mode basebackup.Mode, cfg *config.Config, log *slog.Logger) (*basebackup.Backup, error) {
+	parent, reason, err := basebackup.ChooseParent(ctx, r, mode, cfg.Basebackup.FullInterval.D(), time.Now())
+	if err != nil {
+		return nil, err
+	}
+	if parent == nil && reason != "" {
+		log.Info("taking a full backup", "reason", reason)
+	}
+	return parent, nil
+}
+
+func runBackup(ctx context.Context, cfg *config.Config, mode basebackup.Mode, stdout io.Writer) error {
 	log := newLogger(cfg, os.Stderr)
 	src, hsFacts, err := backupSource(cfg)
 	if err != nil {
@@ -78,8 +116,13 @@ func runBackup(ctx context.Context, cfg *config.Config, stdout io.Writer) error 
 	}
 	defer rcv.stop()
 
+	parent, err := chooseParent(ctx, r, mode, cfg, log)
+	if err != nil {
+		return err
+	}
 	prog := newProgressPrinter(os.Stderr, log)
 	b, err := basebackup.Take(bctx, conn, r, basebackup.Options{
+		Incremental:       parent,
 		Checkpoint:        cfg.Basebackup.Checkpoint,
 		ServerCompression: cfg.Basebackup.ServerCompression,
 		PartSize:          int64(cfg.Basebackup.PartSizeMB) << 20,
@@ -112,8 +155,16 @@ func backupSummary(b *basebackup.Backup, took time.Duration) string {
 	if stored > 0 {
 		ratio = fmt.Sprintf(" (%.1f:1)", float64(b.Size())/float64(stored))
 	}
-	return fmt.Sprintf("backup %s complete: %s read, %s stored%s; needs WAL %s to %s (timeline %d); took %s",
-		b.ID, humanBytes(b.Size()), humanBytes(stored), ratio, b.StartLSN, b.EndLSN, b.EndTimeline, took.Round(100*time.Millisecond))
+	kind := "full"
+	if b.Incremental() {
+		kind = fmt.Sprintf("incremental on %s (chain of %d)", b.Parent, len(b.Chain)+1)
+	}
+	s := fmt.Sprintf("backup %s (%s) complete: %s read, %s stored%s; needs WAL %s to %s (timeline %d); took %s",
+		b.ID, kind, humanBytes(b.Size()), humanBytes(stored), ratio, b.StartLSN, b.EndLSN, b.EndTimeline, took.Round(100*time.Millisecond))
+	if b.IncrementalRefused != "" {
+		s += "; not incremental: " + b.IncrementalRefused
+	}
+	return s
 }
 
 // backupSource finds PostgreSQL and the Synapse facts recorded with the

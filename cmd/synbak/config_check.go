@@ -66,6 +66,7 @@ func runConfigCheck(w io.Writer, cfg *config.Config) error {
 	p("  wal:                   status every %s, partial segment stored every %s, synchronous %t\n",
 		cfg.WAL.StatusInterval, cfg.WAL.PartialInterval, cfg.WAL.Synchronous)
 	p("  basebackup.interval:   %s\n", cfg.Basebackup.Interval)
+	p("  basebackup.full_interval: %s\n", cfg.Basebackup.FullInterval)
 	keepDumps := fmt.Sprintf("the newest %d dumps", cfg.Retention.Dumps)
 	if cfg.Retention.Dumps == 0 {
 		keepDumps = "every dump"

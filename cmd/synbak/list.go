@@ -74,6 +74,14 @@ type listBackup struct {
 	Size        int64     `json:"size"`
 	StoredSize  int64     `json:"stored_size"`
 	Tablespaces int       `json:"tablespaces"`
+	// Kind is "full" or "incremental"; Parent and Chain (oldest first,
+	// the full backup first) name what an incremental backup needs.
+	Kind   string   `json:"kind"`
+	Parent string   `json:"parent,omitempty"`
+	Chain  []string `json:"chain,omitempty"`
+	// IncrementalRefused says why an incremental was asked for but this
+	// full backup was taken instead.
+	IncrementalRefused string `json:"incremental_refused,omitempty"`
 }
 
 type listDump struct {
@@ -180,6 +188,7 @@ func buildListing(ctx context.Context, r *repo.Repo) (listing, error) {
 			ID: b.ID, Label: b.Label, StartTime: b.StartTime, EndTime: b.EndTime,
 			StartLSN: b.StartLSN.String(), EndLSN: b.EndLSN.String(), Timeline: b.Timeline,
 			PGVersion: b.PGVersion, Size: b.Size(), StoredSize: b.StoredSize(), Tablespaces: len(b.Tablespaces),
+			Kind: b.KindName(), Parent: b.Parent, Chain: b.Chain, IncrementalRefused: b.IncrementalRefused,
 		})
 	}
 	inc, err := basebackup.ListIncomplete(ctx, r)
@@ -256,9 +265,13 @@ func printListing(out io.Writer, l listing) {
 		fmt.Fprintln(out, "Base backups: none")
 	} else {
 		tw := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
-		fmt.Fprintln(tw, "BACKUP\tSTARTED\tENDED\tSTART LSN\tEND LSN\tTLI\tSIZE\tSTORED")
+		fmt.Fprintln(tw, "BACKUP\tKIND\tPARENT\tSTARTED\tENDED\tSTART LSN\tEND LSN\tTLI\tSIZE\tSTORED")
 		for _, b := range l.Backups {
-			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%d\t%s\t%s\n", b.ID, b.StartTime.Format(time.RFC3339), b.EndTime.Format(time.RFC3339),
+			parent := b.Parent
+			if parent == "" {
+				parent = "-"
+			}
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%d\t%s\t%s\n", b.ID, b.Kind, parent, b.StartTime.Format(time.RFC3339), b.EndTime.Format(time.RFC3339),
 				b.StartLSN, b.EndLSN, b.Timeline, humanBytes(b.Size), humanBytes(b.StoredSize))
 		}
 		tw.Flush()

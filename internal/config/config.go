@@ -157,6 +157,11 @@ type HTTP struct {
 // Basebackup configures scheduled base backups.
 type Basebackup struct {
 	Interval Duration `mapstructure:"interval"`
+	// FullInterval: the agent's backups are incremental (PostgreSQL 17+
+	// with summarize_wal on) on top of the newest complete backup while
+	// the newest full backup is younger than this; 0 makes every backup
+	// full.
+	FullInterval Duration `mapstructure:"full_interval"`
 	// Checkpoint is BASE_BACKUP's checkpoint mode: fast or spread.
 	Checkpoint string `mapstructure:"checkpoint"`
 	// ServerCompression is none, lz4 or zstd (the server compresses; for
@@ -259,6 +264,7 @@ func Defaults() map[string]any {
 		"state_dir":                     "/var/lib/synbak",
 		"shutdown_timeout":              "90s",
 		"basebackup.interval":           "24h",
+		"basebackup.full_interval":      "7d",
 		"basebackup.checkpoint":         "fast",
 		"basebackup.server_compression": "none",
 		"basebackup.wal_timeout":        "10m",
@@ -376,6 +382,9 @@ func (c *Config) Validate() error {
 	}
 	if c.Basebackup.Interval.D() < 0 {
 		add(invalid("basebackup.interval %s: must not be negative", c.Basebackup.Interval))
+	}
+	if c.Basebackup.FullInterval.D() < 0 {
+		add(invalid("basebackup.full_interval %s: must not be negative (0 makes every backup full)", c.Basebackup.FullInterval))
 	}
 	switch c.Basebackup.Checkpoint {
 	case "fast", "spread":

@@ -67,6 +67,7 @@ func TestValidate(t *testing.T) {
 		{func(c *Config) { c.Postgres.Slot = "" }, "postgres.slot"},
 		{func(c *Config) { c.Postgres.DSN, c.Postgres.DSNFile = "x", "y" }, "postgres.dsn and postgres.dsn_file"},
 		{func(c *Config) { c.WAL.StatusInterval = Duration(time.Millisecond) }, "wal.status_interval"},
+		{func(c *Config) { c.Basebackup.FullInterval = Duration(-time.Hour) }, "basebackup.full_interval"},
 		{func(c *Config) { c.Retention.Backups = 0 }, "retention.backups 0"},
 		{func(c *Config) { c.Log.Format = "xml" }, "log.format"},
 		{func(c *Config) { c.ShutdownTimeout = Duration(100 * time.Millisecond) }, "shutdown_timeout 100ms"},

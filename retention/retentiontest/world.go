@@ -299,6 +299,32 @@ func (w *World) AddDumps(t testing.TB) {
 	}
 }
 
+// MakeIncremental turns backup child into an incremental backup on top of
+// backup parent (indexes into Backups; parent must be made incremental
+// first when it is one): its backup.json is written again with kind,
+// parent and chain.
+func (w *World) MakeIncremental(t testing.TB, child, parent int) {
+	t.Helper()
+	ctx := context.Background()
+	p := w.Backups[parent]
+	b := &w.Backups[child]
+	b.Kind = basebackup.KindIncremental
+	b.Parent = p.ID
+	b.Chain = append(append([]string{}, p.Chain...), p.ID)
+	if p.Kind == "" {
+		w.Backups[parent].Kind = basebackup.KindFull
+	}
+	for _, bk := range []basebackup.Backup{w.Backups[parent], *b} {
+		if err := w.R.Delete(ctx, basebackup.MetaName(bk.ID)); err != nil {
+			t.Fatal(err)
+		}
+		meta, _ := json.Marshal(bk)
+		if _, err := w.R.Put(ctx, basebackup.MetaName(bk.ID), bytes.NewReader(meta), map[string]string{"kind": "basebackup"}); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
 // id is a backup id as basebackup.NewID makes them, with a fixed suffix
 // so that two worlds built from the same T0 are identical.
 func id(t time.Time, n int) string {

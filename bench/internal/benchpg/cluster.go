@@ -22,13 +22,17 @@ import (
 // Cluster is a throwaway PostgreSQL cluster whose postmaster is a child of
 // this process (not daemonized by pg_ctl: PID 1 here does not reap zombies).
 type Cluster struct {
-	Bin     string // server binaries
-	dir     string // base directory, owned by the server user
-	Data    string // data directory
-	Port    int
-	logPath string
-	cred    *syscall.Credential // set when we are root
-	home    string
+	Bin string // server binaries
+	// ClientBin, when set, holds the client tools (pgbench) instead of Bin:
+	// the npm server packages of 16+ have none, and Debian's 15 talk to
+	// newer servers.
+	ClientBin string
+	dir       string // base directory, owned by the server user
+	Data      string // data directory
+	Port      int
+	logPath   string
+	cred      *syscall.Credential // set when we are root
+	home      string
 
 	cmd  *exec.Cmd
 	done chan struct{}

@@ -17,7 +17,11 @@ import (
 // MB.
 func Fill(ctx context.Context, c *Cluster, conn *pgx.Conn, gb, pgbenchShare float64) (float64, error) {
 	if scale := int(gb * pgbenchShare * 1024 / 15); scale > 0 { // ~15 MB per scale unit
-		cmd := exec.CommandContext(ctx, filepath.Join(c.Bin, "pgbench"), "-i", "-q", "-s", strconv.Itoa(scale),
+		bin := c.Bin
+		if c.ClientBin != "" {
+			bin = c.ClientBin
+		}
+		cmd := exec.CommandContext(ctx, filepath.Join(bin, "pgbench"), "-i", "-q", "-s", strconv.Itoa(scale),
 			"-h", "127.0.0.1", "-p", strconv.Itoa(c.Port), "-U", "postgres", "postgres")
 		cmd.Env = CleanEnv()
 		if out, err := cmd.CombinedOutput(); err != nil {
