@@ -1,6 +1,8 @@
 package basebackup
 
 import (
+	"github.com/jackc/pglogrepl"
+
 	"context"
 	"errors"
 	"slices"
@@ -25,7 +27,7 @@ func newChainFix(t *testing.T) *chainFix {
 	t0 := time.Date(2026, 12, 1, 3, 0, 0, 0, time.UTC)
 	mk := func(i int, kind, parent string, chain []string) Backup {
 		st := t0.Add(time.Duration(i) * time.Hour)
-		return Backup{ID: NewID(st), StartTime: st, StartLSN: LSN(i+1) << 24, EndLSN: LSN(i+1)<<24 + 100,
+		return Backup{ID: NewID(st), StartTime: st, StartLSN: pglogrepl.LSN(i+1) << 24, EndLSN: pglogrepl.LSN(i+1)<<24 + 100,
 			SystemID: "7000", PGVersion: 170010, Kind: kind, Parent: parent, Chain: chain}
 	}
 	f.full = mk(0, KindFull, "", nil)

@@ -1,6 +1,8 @@
 package verify_test
 
 import (
+	"github.com/jackc/pglogrepl"
+
 	"bytes"
 	"context"
 	"encoding/json"
@@ -37,7 +39,7 @@ func TestVerifyChains(t *testing.T) {
 	for i := range 3 {
 		st := t0.Add(time.Duration(i) * time.Hour)
 		b := basebackup.Backup{ID: basebackup.NewID(st), StartTime: st, EndTime: st.Add(time.Minute), SystemID: "7", PGVersion: 170010,
-			StartLSN: basebackup.LSN(i+1) << 24, EndLSN: basebackup.LSN(i+1)<<24 + 0x100, Timeline: 1, EndTimeline: 1, SegmentSize: 1 << 24,
+			StartLSN: pglogrepl.LSN(i+1) << 24, EndLSN: pglogrepl.LSN(i+1)<<24 + 0x100, Timeline: 1, EndTimeline: 1, SegmentSize: 1 << 24,
 			Kind: basebackup.KindFull}
 		if i > 0 {
 			b.Kind, b.Parent, b.Chain = basebackup.KindIncremental, chain[len(chain)-1], append([]string{}, chain...)
