@@ -379,7 +379,7 @@ type extractor struct {
 	done     int64 // archive bytes read, for progress
 	// readWorkers decode an archive's frames (ExtractOptions.ReadWorkers).
 	readWorkers int
-	buf      []byte
+	buf         []byte
 
 	// The chain member being extracted: its manifest, the prefix of the
 	// current archive's paths in it ("" or pg_tblspc/<OID>/), the
