@@ -195,13 +195,29 @@ func runChain(ctx context.Context, o chainOptions) error {
 		}
 		return benchpg.Median(v)
 	}
+	best := func(rs []run, f func(run) float64) float64 {
+		m := f(rs[0])
+		for _, r := range rs[1:] {
+			m = min(m, f(r))
+		}
+		return m
+	}
 	wall := func(r run) float64 { return r.wall }
 	extract := func(r run) float64 { return r.extract }
 	fmt.Printf("\nRestore from a chain (full + incremental, about %.0f %% of the pages changed) vs a full backup of the same moment\n", o.changed*100)
 	fmt.Printf("database %.0f MB; backups: incremental %.1f s, full %.1f s; medians of %d runs\n\n", mb, incTook.Seconds(), fullTook.Seconds(), o.runs)
-	fmt.Printf("| restore from | wall (s) | extract (s) |\n|---|---|---|\n")
-	fmt.Printf("| full backup | %.1f | %.1f |\n", med(fulls, wall), med(fulls, extract))
-	fmt.Printf("| chain (full + incremental) | %.1f | %.1f |\n", med(chains, wall), med(chains, extract))
-	fmt.Printf("| ratio chain / full | %.2f | %.2f |\n", med(chains, wall)/med(fulls, wall), med(chains, extract)/med(fulls, extract))
+	fmt.Printf("| restore from | wall median (s) | extract median (s) | wall best (s) | extract best (s) |\n|---|---|---|---|---|\n")
+	fmt.Printf("| full backup | %.1f | %.1f | %.1f | %.1f |\n", med(fulls, wall), med(fulls, extract), best(fulls, wall), best(fulls, extract))
+	fmt.Printf("| chain (full + incremental) | %.1f | %.1f | %.1f | %.1f |\n", med(chains, wall), med(chains, extract), best(chains, wall), best(chains, extract))
+	fmt.Printf("| ratio chain / full | %.2f | %.2f | %.2f | %.2f |\n", med(chains, wall)/med(fulls, wall), med(chains, extract)/med(fulls, extract),
+		best(chains, wall)/best(fulls, wall), best(chains, extract)/best(fulls, extract))
+	walls := func(rs []run) string {
+		var out []string
+		for _, r := range rs {
+			out = append(out, fmt.Sprintf("%.1f", r.wall))
+		}
+		return strings.Join(out, ", ")
+	}
+	fmt.Printf("\nruns (wall s, in order): full %s; chain %s\n", walls(fulls), walls(chains))
 	return nil
 }
