@@ -16,6 +16,7 @@ import (
 	"github.com/synbak/synbak/basebackup"
 	"github.com/synbak/synbak/internal/pgtest"
 	"github.com/synbak/synbak/internal/repo"
+	"github.com/synbak/synbak/internal/repo/repotest"
 )
 
 // incrementalMajors are the majors of the matrix that have incremental
@@ -103,11 +104,13 @@ func TestIncremental(t *testing.T) {
 		t.Run(fmt.Sprintf("pg%d", major), func(t *testing.T) {
 			ctx := context.Background()
 			c := pgtest.Start(t, pgtest.Options{Major: major, InitdbArgs: initdbArgs, Conf: incConf})
-			c.Pgbench(t, "postgres", "-i", "-s", "4", "-q")
+			c.Pgbench(t, "postgres", "-i", "-s", "1", "-q")
 			c.Exec(t, "postgres", "CREATE TABLE dropped AS SELECT g AS id, repeat('d', 200) AS v FROM generate_series(1, 20000) g")
 			c.Exec(t, "postgres", "CREATE TABLE truncated AS SELECT g AS id, repeat('t', 200) AS v FROM generate_series(1, 20000) g")
 			dir := t.TempDir()
-			r := newRepo(t, dir)
+			// Uncompressed: the test takes eight backups, and zstd under
+			// the race detector would take most of its time.
+			r := repotest.New(t, dir, repo.Options{Compression: "none"})
 			startReceiver(t, c, r)
 
 			full := takeBackup(t, c, r, nil)
@@ -118,7 +121,7 @@ func TestIncremental(t *testing.T) {
 				t.Fatalf("the full backup's manifest lists %d INCREMENTAL. files", n)
 			}
 
-			c.Exec(t, "postgres", "UPDATE pgbench_accounts SET abalance = abalance + 1 WHERE aid % 5000 = 0")
+			c.Exec(t, "postgres", "UPDATE pgbench_accounts SET abalance = abalance + 1 WHERE aid % 2000 = 0")
 			c.Exec(t, "postgres", "TRUNCATE truncated")
 			c.Exec(t, "postgres", "DROP TABLE dropped")
 			c.Exec(t, "postgres", "CREATE TABLE created AS SELECT g AS id FROM generate_series(1, 1000) g")
@@ -146,7 +149,7 @@ func TestIncremental(t *testing.T) {
 				}
 				// Much smaller than the full backup: a few changed blocks
 				// and the small files sent whole.
-				if b.StoredSize()*2 > full.StoredSize() || b.Size()*4 > full.Size() {
+				if b.StoredSize()*4 > full.StoredSize() || b.Size()*4 > full.Size() {
 					t.Errorf("incremental %s stores %d bytes (%d sent), the full %d (%d): want far less", b.ID, b.StoredSize(), b.Size(), full.StoredSize(), full.Size())
 				}
 				files := manifestFiles(t, r, b.ID)
