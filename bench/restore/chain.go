@@ -48,6 +48,13 @@ func runChain(ctx context.Context, o chainOptions) error {
 		return err
 	}
 	logf("database: %.0f MB", mb)
+	var heap int64
+	if err := b.Conn.QueryRow(ctx, "select pg_relation_size('event_json')").Scan(&heap); err != nil {
+		return err
+	}
+	// Above 1 GiB the relation spans two segment files (event_json.1), and
+	// the chain's reconstruction goes across the segment boundary.
+	logf("event_json heap: %.0f MB (%d segment files)", float64(heap)/(1<<20), heap/(1<<30)+1)
 	repoDir := filepath.Join(b.Work, "repo")
 	env := append(benchpg.CleanEnv("SYNBAK_REPOSITORY_PATH="+repoDir, "SYNBAK_REPOSITORY_COMPRESSION=zstd"),
 		"SYNBAK_POSTGRES_DSN="+b.Cluster.DSN(), "SYNBAK_POSTGRES_SLOT=bench",
