@@ -48,13 +48,14 @@ func runChain(ctx context.Context, o chainOptions) error {
 		return err
 	}
 	logf("database: %.0f MB", mb)
-	var heap int64
-	if err := b.Conn.QueryRow(ctx, "select pg_relation_size('event_json')").Scan(&heap); err != nil {
+	var rel string
+	var size int64
+	if err := b.Conn.QueryRow(ctx, "select c.oid::regclass::text, pg_relation_size(c.oid) from pg_class c order by 2 desc limit 1").Scan(&rel, &size); err != nil {
 		return err
 	}
-	// Above 1 GiB the relation spans two segment files (event_json.1), and
-	// the chain's reconstruction goes across the segment boundary.
-	logf("event_json heap: %.0f MB (%d segment files)", float64(heap)/(1<<20), heap/(1<<30)+1)
+	// Above 1 GiB a relation spans two segment files (<relfilenode>.1),
+	// and the chain's reconstruction goes across the segment boundary.
+	logf("largest relation: %s, %.0f MB (%d segment files)", rel, float64(size)/(1<<20), size/(1<<30)+1)
 	repoDir := filepath.Join(b.Work, "repo")
 	env := append(benchpg.CleanEnv("SYNBAK_REPOSITORY_PATH="+repoDir, "SYNBAK_REPOSITORY_COMPRESSION=zstd"),
 		"SYNBAK_POSTGRES_DSN="+b.Cluster.DSN(), "SYNBAK_POSTGRES_SLOT=bench",
