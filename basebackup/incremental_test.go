@@ -23,16 +23,7 @@ import (
 // backups (17 and later).
 func incrementalMajors(t *testing.T) []int {
 	t.Helper()
-	var out []int
-	for _, m := range pgtest.MatrixMajors(t) {
-		if m >= 17 {
-			out = append(out, m)
-		}
-	}
-	if len(out) == 0 {
-		t.Skipf("no PostgreSQL 17 or newer in the test matrix (%s)", pgtest.MajorsEnv)
-	}
-	return out
+	return pgtest.MatrixMajorsFrom(t, 17)
 }
 
 var incConf = append(slices.Clone(clusterConf), "summarize_wal = on", "fsync = off")

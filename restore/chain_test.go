@@ -36,16 +36,7 @@ func TestRestoreIncrementalChain(t *testing.T) {
 	if testing.Short() {
 		t.Skip("needs PostgreSQL (skipped with -short)")
 	}
-	var majors []int
-	for _, m := range pgtest.MatrixMajors(t) {
-		if m >= 17 {
-			majors = append(majors, m)
-		}
-	}
-	if len(majors) == 0 {
-		t.Skipf("no PostgreSQL 17 or newer in the test matrix (%s)", pgtest.MajorsEnv)
-	}
-	for _, major := range majors {
+	for _, major := range pgtest.MatrixMajorsFrom(t, 17) {
 		t.Run(fmt.Sprintf("PostgreSQL %d", major), func(t *testing.T) { testIncrementalChain(t, major) })
 	}
 }

@@ -3,6 +3,7 @@ package main
 import (
 	"encoding/json"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 
@@ -20,13 +21,7 @@ func TestBackupIncrementalFlags(t *testing.T) {
 	if testing.Short() {
 		t.Skip("needs PostgreSQL (skipped with -short)")
 	}
-	major := 0
-	for _, m := range pgtest.MatrixMajors(t) {
-		major = max(major, m)
-	}
-	if major < 17 {
-		t.Skipf("incremental backups need PostgreSQL 17; the matrix's newest is %d", major)
-	}
+	major := slices.Max(pgtest.MatrixMajorsFrom(t, 17))
 	c := pgtest.Start(t, pgtest.Options{Major: major, InitdbArgs: []string{"--wal-segsize=1"}, Conf: []string{"summarize_wal = on", "fsync = off"}})
 	c.Exec(t, "postgres", "CREATE TABLE filler AS SELECT g, md5(g::text) AS h FROM generate_series(1, 200000) g")
 	// Frozen now, so that autovacuum does not rewrite every page between

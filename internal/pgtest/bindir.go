@@ -330,3 +330,24 @@ func MatrixMajors(t testing.TB) []int {
 	}
 	return want
 }
+
+// MatrixMajorsFrom returns the majors of MatrixMajors that are at least
+// min (e.g. 17 for incremental backups). With none, the test skips, or
+// fails when CI is set: in CI a missing server is a failure.
+func MatrixMajorsFrom(t testing.TB, min int) []int {
+	t.Helper()
+	var out []int
+	for _, m := range MatrixMajors(t) {
+		if m >= min {
+			out = append(out, m)
+		}
+	}
+	if len(out) == 0 {
+		msg := fmt.Sprintf("pgtest: no PostgreSQL %d or newer in the test matrix (%s; run .ci/install-pg.sh)", min, MajorsEnv)
+		if os.Getenv("CI") != "" {
+			t.Fatal(msg)
+		}
+		t.Skip(msg)
+	}
+	return out
+}
