@@ -111,6 +111,11 @@ type pageData struct {
 func (a *Agent) handlePage(mux *http.ServeMux) {
 	mux.HandleFunc("GET /{$}", func(w http.ResponseWriter, r *http.Request) {
 		start := time.Now()
+		// The drill table shows what /status shows, also when a drill
+		// ended since the last sample.
+		if a.drills != nil {
+			a.hist.drill(a.drills.Status())
+		}
 		d := pageData{Server: a.opts.Page.Server, Now: start.UTC(), Status: a.Status(), Drills: a.hist.lastDrills(), CSS: template.CSS(pageCSS)}
 		d.Problems = append(d.Problems, d.Status.Problems...)
 		if a.opts.Page.Overview != nil {

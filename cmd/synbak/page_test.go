@@ -148,39 +148,41 @@ func TestStatusPageInBrowser(t *testing.T) {
 	defer cancel()
 	bctx, cancel := chromedp.NewContext(actx)
 	defer cancel()
-	bctx, cancel = context.WithTimeout(bctx, 60*time.Second)
+	// Generous: on a loaded 2-core CI machine Chromium's start alone can
+	// take tens of seconds.
+	bctx, cancel = context.WithTimeout(bctx, 3*time.Minute)
 	defer cancel()
 	if err := chromedp.Do(bctx, chromedp.Navigate("http://"+s.addr(t)+"/"), chromedp.WaitVisible(chromedp.CSS("#timeline"))); err != nil {
 		t.Fatalf("browser: %v", err)
 	}
-	text := func(sel string) string {
-		t.Helper()
-		v, err := chromedp.Run(bctx, chromedp.Text(chromedp.CSS(sel)))
+	// Everything the checks need is read in one evaluation, so that no
+	// query can hold a node of a document the browser has since replaced
+	// (the page refreshes itself every minute).
+	type pageRead struct {
+		Title, HealthClass, Health, Gaps, Drills, Window string
+		NGap, NWindow, NFailed, NTL2, NBackups          int
+	}
+	const readPage = `(() => {
+		const text = s => { const e = document.querySelector(s); return e ? e.innerText : ""; };
+		const n = s => document.querySelectorAll(s).length;
+		const h = document.querySelector("#health");
+		return {Title: document.title, HealthClass: h ? h.className : "", Health: text("#health"),
+			Gaps: text("#gaps"), Drills: text("#drills"), Window: text("#window"),
+			NGap: n("#timeline rect.gap"), NWindow: n("#timeline rect.win"), NFailed: n("#drills tr.drill.failed"),
+			NTL2: n("#row-wal-2"), NBackups: n("#timeline path.backup")};
+	})()`
+	// An evaluation that meets the refresh fails ("execution context was
+	// destroyed"); the next one reads the new document.
+	var pg pageRead
+	waitFor(t, 2*time.Minute, "the page read in one evaluation", func() bool {
+		pg, err = chromedp.Run(bctx, chromedp.Evaluate[pageRead](readPage))
 		if err != nil {
-			t.Fatalf("text of %s: %v", sel, err)
+			t.Logf("reading the page: %v", err)
 		}
-		return v
-	}
-	count := func(sel string) int {
-		t.Helper()
-		v, err := chromedp.Run(bctx, chromedp.Evaluate[int](`document.querySelectorAll(`+strconvQuote(sel)+`).length`))
-		if err != nil {
-			t.Fatalf("count %s: %v", sel, err)
-		}
-		return v
-	}
-	title, err := chromedp.Run(bctx, chromedp.Title())
-	if err != nil {
-		t.Fatal(err)
-	}
-	cls, err := chromedp.Run(bctx, chromedp.AttributeValue(chromedp.CSS("#health"), "class"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	healthClass := cls.Value
-	health, gaps, drills, window := text("#health"), text("#gaps"), text("#drills"), text("#window")
-	nGap, nWindow, nFailed := count("#timeline rect.gap"), count("#timeline rect.win"), count("#drills tr.drill.failed")
-	nTL2, nBackups := count("#row-wal-2"), count("#timeline path.backup")
+		return err == nil
+	})
+	title, healthClass, health, gaps, drills, window := pg.Title, pg.HealthClass, pg.Health, pg.Gaps, pg.Drills, pg.Window
+	nGap, nWindow, nFailed, nTL2, nBackups := pg.NGap, pg.NWindow, pg.NFailed, pg.NTL2, pg.NBackups
 	shot, err := chromedp.Run(bctx, chromedp.FullScreenshot(100))
 	if err != nil {
 		t.Fatalf("screenshot: %v", err)
