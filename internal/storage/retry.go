@@ -8,6 +8,7 @@ import (
 	"math/rand/v2"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 )
 
@@ -237,15 +238,104 @@ const bufChunk = 256 << 10
 // chunk is a pooled piece of a Buffer. out is set while it is handed out:
 // a chunk handed out twice, or returned twice, is a bug that would mix two
 // objects' bytes, and panics instead.
+//
+// Its bytes live outside the Go heap (an anonymous mapping) where the
+// system allows: the garbage collector lets the heap grow to twice what is
+// live before it collects (GOGC=100), so buffers on the heap cost about
+// twice their size in resident memory. A base backup to S3 holds two 8 MiB
+// parts in chunks; on the heap they made its peak resident set 1.7x the
+// local repository's.
 type chunk struct {
-	b   [bufChunk]byte
-	out atomic.Bool
+	b      []byte
+	mapped bool
+	out    atomic.Bool
 }
 
-var chunkPool = sync.Pool{New: func() any { return new(chunk) }}
+func newChunk() *chunk {
+	if b, err := syscall.Mmap(-1, 0, bufChunk, syscall.PROT_READ|syscall.PROT_WRITE, syscall.MAP_ANON|syscall.MAP_PRIVATE); err == nil {
+		return &chunk{b: b, mapped: true}
+	}
+	return &chunk{b: make([]byte, bufChunk)}
+}
+
+// free gives a chunk nobody holds back to the system.
+func (c *chunk) free() {
+	if c.mapped {
+		_ = syscall.Munmap(c.b)
+	}
+	c.b = nil
+}
+
+// chunkCache keeps released chunks for the next Buffer, up to
+// maxFreeChunks for as long as Buffers come and go, and gives them all back
+// once no chunk has been taken for chunkIdle, so an idle agent holds none.
+var chunkCache = &freeChunks{idle: chunkIdle}
+
+const (
+	// maxFreeChunks bounds the cache: three default S3 parts (8 MiB
+	// each), what one multipart upload and the next object hold.
+	maxFreeChunks = 96
+	// chunkIdle is how long the cache keeps chunks nobody takes.
+	chunkIdle = 30 * time.Second
+)
+
+type freeChunks struct {
+	idle  time.Duration
+	mu    sync.Mutex
+	free  []*chunk
+	taken uint64 // chunks handed out so far; the idle timer compares it
+	timer *time.Timer
+}
+
+func (f *freeChunks) get() *chunk {
+	f.mu.Lock()
+	f.taken++
+	var c *chunk
+	if n := len(f.free); n > 0 {
+		c, f.free[n-1] = f.free[n-1], nil
+		f.free = f.free[:n-1]
+	}
+	f.mu.Unlock()
+	if c == nil {
+		c = newChunk()
+	}
+	return c
+}
+
+func (f *freeChunks) put(c *chunk) {
+	f.mu.Lock()
+	if len(f.free) >= maxFreeChunks {
+		f.mu.Unlock()
+		c.free()
+		return
+	}
+	f.free = append(f.free, c)
+	if f.timer == nil {
+		f.timer = time.AfterFunc(f.idle, f.trimIfIdle(f.taken))
+	}
+	f.mu.Unlock()
+}
+
+// trimIfIdle returns the timer's function: it frees the cache's chunks
+// when none was taken since taken, else it checks again f.idle later.
+func (f *freeChunks) trimIfIdle(taken uint64) func() {
+	return func() {
+		f.mu.Lock()
+		if f.taken != taken {
+			f.timer = time.AfterFunc(f.idle, f.trimIfIdle(f.taken))
+			f.mu.Unlock()
+			return
+		}
+		for _, c := range f.free {
+			c.free()
+		}
+		f.free, f.timer = nil, nil
+		f.mu.Unlock()
+	}
+}
 
 func getChunk() *chunk {
-	c := chunkPool.Get().(*chunk)
+	c := chunkCache.get()
 	if c.out.Swap(true) {
 		panic("storage: a buffer chunk was handed out twice")
 	}
@@ -256,7 +346,7 @@ func putChunk(c *chunk) {
 	if !c.out.Swap(false) {
 		panic("storage: a buffer chunk was returned twice")
 	}
-	chunkPool.Put(c)
+	chunkCache.put(c)
 }
 
 // Buffer holds bytes in fixed-size chunks from a pool shared by all
