@@ -364,6 +364,13 @@ var frameDecPool = sync.Pool{New: func() any {
 type frameReader struct {
 	src     io.Reader
 	workers int
+	// h, when not nil, is fed the plaintext in order by a goroutine of its
+	// own (hashed is then true), so that hashing overlaps with decoding and
+	// with the caller's use of the bytes instead of adding to the
+	// caller's serial work. The streaming fallback does not hash.
+	h      hash.Hash
+	hashed bool
+	out    chan *frameJob // what Read takes: queue, or the hasher's output
 
 	started bool
 	stream  *zstd.Decoder
@@ -377,8 +384,8 @@ type frameReader struct {
 	closed  bool
 }
 
-func newFrameReader(src io.Reader, workers int) *frameReader {
-	return &frameReader{src: src, workers: max(2, workers)}
+func newFrameReader(src io.Reader, workers int, h hash.Hash) *frameReader {
+	return &frameReader{src: src, workers: max(2, workers), h: h}
 }
 
 // errFrame marks damage in the frame structure.
@@ -414,6 +421,24 @@ func (f *frameReader) begin() error {
 			for j := range work {
 				f.decode(j)
 				close(j.done)
+			}
+		})
+	}
+	f.out = f.queue
+	if f.h != nil {
+		// Every job passes through here in order; the channel holds as
+		// many as exist, so the hasher never waits for Read.
+		f.hashed = true
+		ready := make(chan *frameJob, inflight+1)
+		f.out = ready
+		f.wg.Go(func() {
+			defer close(ready)
+			for j := range f.queue {
+				<-j.done
+				if j.err == nil {
+					f.h.Write(j.out)
+				}
+				ready <- j
 			}
 		})
 	}
@@ -496,7 +521,7 @@ func (f *frameReader) Read(p []byte) (int, error) {
 			f.free <- f.cur
 			f.cur = nil
 		}
-		j, ok := <-f.queue
+		j, ok := <-f.out
 		if !ok {
 			f.err = io.EOF
 			return 0, io.EOF
@@ -527,8 +552,8 @@ func (f *frameReader) Close() {
 		return
 	}
 	close(f.stop)
-	// Let the producer finish: drain what it queues.
-	for j := range f.queue {
+	// Let the producer (and the hasher) finish: drain what they queue.
+	for j := range f.out {
 		<-j.done
 	}
 	f.wg.Wait()

@@ -68,7 +68,7 @@ func (r *Repo) Get(ctx context.Context, name string, opts ...GetOption) (*Reader
 		payload, rd.src = dr, dr
 	}
 	if hdr.codec == CodecZstd && cfg.workers > 1 {
-		rd.fdec = newFrameReader(payload, cfg.workers)
+		rd.fdec = newFrameReader(payload, cfg.workers, rd.h)
 		rd.src = rd.fdec
 	} else if hdr.codec == CodecZstd {
 		// Concurrency 1 decodes synchronously: no goroutines to leak.
@@ -102,7 +102,9 @@ func (rd *Reader) Read(p []byte) (int, error) {
 	}
 	n, err := rd.src.Read(p)
 	if n > 0 {
-		rd.h.Write(p[:n])
+		if rd.fdec == nil || !rd.fdec.hashed {
+			rd.h.Write(p[:n])
+		}
 		rd.n += int64(n)
 	}
 	switch {
