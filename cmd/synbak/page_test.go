@@ -160,7 +160,7 @@ func TestStatusPageInBrowser(t *testing.T) {
 	// (the page refreshes itself every minute).
 	type pageRead struct {
 		Title, HealthClass, Health, Gaps, Drills, Window string
-		NGap, NWindow, NFailed, NTL2, NBackups          int
+		NGap, NWindow, NFailed, NTL2, NBackups           int
 	}
 	const readPage = `(() => {
 		const text = s => { const e = document.querySelector(s); return e ? e.innerText : ""; };
