@@ -536,7 +536,60 @@ func (c *Cluster) kill() error {
 		case <-time.After(20 * time.Millisecond):
 		}
 	}
+	// A backend can outlive the group's SIGKILL for a moment (CI saw one
+	// log "unexpected postmaster exit" after the kill) and keep the
+	// shared memory attached: a restart then refuses with "pre-existing
+	// shared memory block is still in use". Wait until nothing is
+	// attached to the segment postmaster.pid names.
+	if id, ok := c.shmID(); ok {
+		for shmAttached(id) {
+			select {
+			case <-timeout:
+				return fmt.Errorf("shared memory %d of postmaster %d still attached %v after SIGKILL", id, pid, stopTimeout)
+			case <-time.After(20 * time.Millisecond):
+			}
+		}
+	}
 	return nil
+}
+
+// shmID returns the System V shared memory id in postmaster.pid (its
+// seventh line: key and id).
+func (c *Cluster) shmID() (int, bool) {
+	b, err := os.ReadFile(filepath.Join(c.DataDir, "postmaster.pid"))
+	if err != nil {
+		return 0, false
+	}
+	lines := strings.Split(string(b), "\n")
+	if len(lines) < 7 {
+		return 0, false
+	}
+	f := strings.Fields(lines[6])
+	if len(f) != 2 {
+		return 0, false
+	}
+	id, err := strconv.Atoi(f[1])
+	return id, err == nil
+}
+
+// shmAttached reports whether a process is attached to the segment id
+// (/proc/sysvipc/shm: its nattch column).
+func shmAttached(id int) bool {
+	b, err := os.ReadFile("/proc/sysvipc/shm")
+	if err != nil {
+		return false
+	}
+	for _, line := range strings.Split(string(b), "\n")[1:] {
+		f := strings.Fields(line)
+		if len(f) < 7 {
+			continue
+		}
+		if sid, err := strconv.Atoi(f[1]); err == nil && sid == id {
+			n, err := strconv.Atoi(f[6])
+			return err == nil && n > 0
+		}
+	}
+	return false
 }
 
 // PID returns the postmaster's PID while it runs, else 0.

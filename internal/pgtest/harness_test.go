@@ -164,6 +164,11 @@ func TestKillStartAgain(t *testing.T) {
 	if groupAlive(pid) {
 		t.Fatal("backends still running after Kill")
 	}
+	if id, ok := c.shmID(); !ok {
+		t.Error("no shared memory id in postmaster.pid after Kill")
+	} else if shmAttached(id) {
+		t.Errorf("shared memory %d still attached after Kill", id)
+	}
 	// The backend is gone (groupAlive above); its socket's end reaches
 	// the client asynchronously, so poll for the failed ping.
 	pingFails := false
