@@ -24,6 +24,7 @@
 package basebackup
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -236,15 +237,17 @@ func (t *taker) prepareIncremental(parent Backup) error {
 		return fmt.Errorf("read the manifest of parent %s: %w", parent.ID, err)
 	}
 	defer rd.Close()
-	er := &errReader{r: rd}
-	if _, err := t.conn.CopyFrom(t.ctx, er, "UPLOAD_MANIFEST"); err != nil {
-		if er.err != nil {
-			// The server only hears that the copy failed (CopyFail).
-			if repo.IsCorrupt(er.err) {
-				return &RefusedError{Parent: parent.ID, Reason: "the parent's stored backup_manifest is damaged", Err: er.err}
-			}
-			return fmt.Errorf("read the manifest of parent %s: %w", parent.ID, er.err)
+	// Read whole and checked before the upload: the server parses the
+	// manifest as it arrives and may refuse a damaged one before its
+	// checksum, at the end, has been read.
+	manifest, err := io.ReadAll(rd)
+	if err != nil {
+		if repo.IsCorrupt(err) {
+			return &RefusedError{Parent: parent.ID, Reason: "the parent's stored backup_manifest is damaged", Err: err}
 		}
+		return fmt.Errorf("read the manifest of parent %s: %w", parent.ID, err)
+	}
+	if _, err := t.conn.CopyFrom(t.ctx, bytes.NewReader(manifest), "UPLOAD_MANIFEST"); err != nil {
 		if refusal(err) {
 			return &RefusedError{Parent: parent.ID, Reason: "the server refused the parent's manifest", Err: err}
 		}
@@ -255,20 +258,6 @@ func (t *taker) prepareIncremental(parent Backup) error {
 	t.b.Chain = ids(chain)
 	t.log.Info("incremental backup", "parent", parent.ID, "chain", len(chain))
 	return nil
-}
-
-// errReader remembers the error its reader returned (other than io.EOF).
-type errReader struct {
-	r   io.Reader
-	err error
-}
-
-func (e *errReader) Read(p []byte) (int, error) {
-	n, err := e.r.Read(p)
-	if err != nil && err != io.EOF {
-		e.err = err
-	}
-	return n, err
 }
 
 // refused turns the backup into a full one after err (a RefusedError).
