@@ -6,7 +6,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -221,5 +220,3 @@ func TestStatusPageInBrowser(t *testing.T) {
 		t.Errorf("agent exit: %v", err)
 	}
 }
-
-func strconvQuote(s string) string { return strconv.Quote(s) }

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"math/rand/v2"
+	"runtime"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -246,21 +247,29 @@ const bufChunk = 256 << 10
 // parts in chunks; on the heap they made its peak resident set 1.7x the
 // local repository's.
 type chunk struct {
-	b      []byte
-	mapped bool
-	out    atomic.Bool
+	b   []byte
+	out atomic.Bool
+	// unmap, for a mapped chunk, unmaps it once the chunk is unreachable:
+	// a Buffer that is never released loses its chunks to the garbage
+	// collector, as it did when they were on the heap.
+	unmap *runtime.Cleanup
 }
 
 func newChunk() *chunk {
-	if b, err := syscall.Mmap(-1, 0, bufChunk, syscall.PROT_READ|syscall.PROT_WRITE, syscall.MAP_ANON|syscall.MAP_PRIVATE); err == nil {
-		return &chunk{b: b, mapped: true}
+	b, err := syscall.Mmap(-1, 0, bufChunk, syscall.PROT_READ|syscall.PROT_WRITE, syscall.MAP_ANON|syscall.MAP_PRIVATE)
+	if err != nil {
+		return &chunk{b: make([]byte, bufChunk)}
 	}
-	return &chunk{b: make([]byte, bufChunk)}
+	c := &chunk{b: b}
+	unmap := runtime.AddCleanup(c, func(b []byte) { _ = syscall.Munmap(b) }, b)
+	c.unmap = &unmap
+	return c
 }
 
 // free gives a chunk nobody holds back to the system.
 func (c *chunk) free() {
-	if c.mapped {
+	if c.unmap != nil {
+		c.unmap.Stop()
 		_ = syscall.Munmap(c.b)
 	}
 	c.b = nil
