@@ -25,6 +25,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/synbak/synbak/basebackup"
+	"github.com/synbak/synbak/internal/durable"
 	"github.com/synbak/synbak/internal/repo"
 )
 
@@ -610,10 +611,12 @@ func (x *extractor) entry(tr *tar.Reader, hdr *tar.Header, dir string, tsDirs ma
 		if err != nil {
 			return err
 		}
-		if _, err := io.CopyBuffer(f, src, x.buf); err != nil {
+		fb := durable.NewFlushBehind(f)
+		if _, err := io.CopyBuffer(fb, src, x.buf); err != nil {
 			f.Close()
 			return err
 		}
+		fb.Flush()
 		if err := f.Close(); err != nil {
 			return err
 		}

@@ -4,15 +4,18 @@
 package pgsource
 
 import (
+	"bufio"
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net/url"
 	"regexp"
 	"strconv"
 	"strings"
 
 	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgproto3"
 )
 
 // Source is a PostgreSQL connection string and where it came from.
@@ -68,11 +71,21 @@ func (s Source) ReplicationConfig(appName string) (*pgconn.Config, error) {
 		return nil, err
 	}
 	c.RuntimeParams["replication"] = "true"
+	// Replication streams are bulk data (WAL, base backups): read the
+	// socket in big chunks. pgproto3 alone reads at most what its
+	// 8 KiB-to-one-message buffer holds, about 16 KiB a read(2) on a
+	// BASE_BACKUP stream.
+	c.BuildFrontend = func(r io.Reader, w io.Writer) *pgproto3.Frontend {
+		return pgproto3.NewFrontend(bufio.NewReaderSize(r, replicationReadBuffer), w)
+	}
 	if appName != "" {
 		c.RuntimeParams["application_name"] = appName
 	}
 	return c, nil
 }
+
+// replicationReadBuffer is the read buffer of a replication connection.
+const replicationReadBuffer = 256 << 10
 
 // ConnectReplication opens a physical replication connection.
 func (s Source) ConnectReplication(ctx context.Context, appName string) (*pgconn.PgConn, error) {

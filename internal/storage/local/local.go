@@ -197,7 +197,10 @@ func (b *Backend) put(ctx context.Context, name string, r io.Reader, g *syncGrou
 
 	// No checksum on the way: the rare name that exists already is
 	// compared byte by byte with the temporary file.
-	size, err := copyCtx(ctx, f, r)
+	// Writeback starts while the object is still arriving, so that the
+	// fsync below waits for little.
+	fb := durable.NewFlushBehind(f)
+	size, err := copyCtx(ctx, fb, r)
 	if err != nil {
 		return fmt.Errorf("put %s in %s: %w", name, b.dir, diskFull(b.dir, err))
 	}
