@@ -1,6 +1,7 @@
 package durable
 
 import (
+	"io"
 	"os"
 
 	"golang.org/x/sys/unix"
@@ -27,7 +28,7 @@ type FlushBehind struct {
 
 // NewFlushBehind returns a FlushBehind writing to f at its current offset.
 func NewFlushBehind(f *os.File) *FlushBehind {
-	off, err := f.Seek(0, 1)
+	off, err := f.Seek(0, io.SeekCurrent)
 	if err != nil {
 		off = 0
 	}
