@@ -317,13 +317,13 @@ func (t *taker) command() string {
 
 func (t *taker) putOpts() []repo.PutOption {
 	if t.opts.ServerCompression != "" {
-		return []repo.PutOption{repo.Uncompressed()}
+		return []repo.PutOption{repo.Uncompressed(), repo.FastChecksum()}
 	}
 	workers := t.opts.CompressWorkers
 	if workers <= 0 {
 		workers = runtime.NumCPU()
 	}
-	opts := []repo.PutOption{repo.WithWorkers(workers)}
+	opts := []repo.PutOption{repo.WithWorkers(workers), repo.FastChecksum()}
 	if t.opts.ZstdLevel > 0 {
 		opts = append(opts, repo.WithZstdLevel(t.opts.ZstdLevel))
 	}

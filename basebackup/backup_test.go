@@ -182,8 +182,9 @@ func TestBackupRestore(t *testing.T) {
 		var sum int64
 		for i, p := range a.Parts {
 			sum += p.Size
-			if len(p.SHA256) != 64 || p.Size == 0 || (i < len(a.Parts)-1 && p.Size != 1<<20) {
-				t.Errorf("archive %s part %d: %+v, want a sha256 and 1 MiB except the last", a.Name, i, p)
+			// Parts are version 3 objects: an XXH3-128, not a sha256.
+			if !p.Valid() || p.XXH3 == "" || p.Size == 0 || (i < len(a.Parts)-1 && p.Size != 1<<20) {
+				t.Errorf("archive %s part %d: %+v, want an xxh3 checksum and 1 MiB except the last", a.Name, i, p)
 			}
 		}
 		if sum != a.Size {

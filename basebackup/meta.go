@@ -147,7 +147,8 @@ func (b Backup) KindName() string {
 	return KindFull
 }
 
-// Object describes a stored stream: plaintext size and sha256, stored size.
+// Object describes a stored stream: plaintext size and checksum (sha256,
+// or xxh3 for a version 3 object), stored size.
 type Object = repo.PartInfo
 
 // Archive is one tar stream of the backup (the data directory or one
@@ -165,7 +166,7 @@ type Archive struct {
 	Parts      []Part `json:"parts"`
 }
 
-// Part is one stored object of an archive: plaintext size and sha256 (as
+// Part is one stored object of an archive: plaintext size and checksum (as
 // its repository trailer records them), stored size.
 type Part = Object
 

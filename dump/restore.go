@@ -173,8 +173,8 @@ func PlanRestore(ctx context.Context, r *repo.Repo, d Dump, opts RestoreOptions)
 			if err != nil {
 				return p, fmt.Errorf("dump %s: %s: %w", d.ID, name, err)
 			}
-			if info.Size != part.Size || info.SHA256 != part.SHA256 {
-				return p, fmt.Errorf("dump %s: %s: %w: %d bytes with sha256 %s, the dump recorded %d bytes with %s", d.ID, name, repo.ErrCorrupt, info.Size, info.SHA256, part.Size, part.SHA256)
+			if info.Size != part.Size || info.Checksum != part.Checksum {
+				return p, fmt.Errorf("dump %s: %s: %w: %d bytes with %s, the dump recorded %d bytes with %s", d.ID, name, repo.ErrCorrupt, info.Size, info.Checksum.Describe(), part.Size, part.Checksum.Describe())
 			}
 		}
 		p.WorkBytes += db.Size

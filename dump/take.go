@@ -175,7 +175,7 @@ func takeOne(ctx context.Context, r *repo.Repo, id string, src Source, opts Opti
 	w := r.NewPartWriter(ctx, func(n int) string { return PartName(id, db.Name, n) },
 		func(n int) map[string]string {
 			return map[string]string{"kind": "dump", "dump_id": id, "database": db.Name, "part": strconv.Itoa(n)}
-		}, opts.PartSize)
+		}, opts.PartSize, repo.FastChecksum())
 	prog := Progress{ID: id, Database: db.Name, Index: i + 1, Count: len(opts.Sources), DatabaseSize: db.DatabaseSize}
 	buf := make([]byte, 1<<20)
 	for {

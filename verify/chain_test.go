@@ -31,7 +31,7 @@ func TestVerifyChains(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		return basebackup.Object{Size: res.Size, StoredSize: res.StoredSize, SHA256: res.SHA256}
+		return basebackup.Object{Size: res.Size, StoredSize: res.StoredSize, Checksum: res.Checksum}
 	}
 	t0 := time.Date(2026, 12, 1, 3, 0, 0, 0, time.UTC)
 	var chain []string

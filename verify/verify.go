@@ -170,8 +170,8 @@ feed:
 				damaged[b.ID] = true
 				return // already reported as corrupt
 			}
-			if info.Size != want.Size || info.SHA256 != want.SHA256 {
-				problem("backup %s unusable: %s holds %d bytes with sha256 %s, backup.json records %d bytes with %s", b.ID, name, info.Size, info.SHA256, want.Size, want.SHA256)
+			if info.Size != want.Size || info.Checksum != want.Checksum {
+				problem("backup %s unusable: %s holds %d bytes with %s, backup.json records %d bytes with %s", b.ID, name, info.Size, info.Checksum.Describe(), want.Size, want.Checksum.Describe())
 				damaged[b.ID] = true
 			}
 		}
@@ -217,9 +217,9 @@ feed:
 				if !ok {
 					continue // already reported as corrupt
 				}
-				if info.Size != p.Size || info.SHA256 != p.SHA256 {
-					problem("dump %s unusable: %s (database %s) holds %d bytes with sha256 %s, dump.json records %d bytes with %s",
-						d.ID, name, db.Name, info.Size, info.SHA256, p.Size, p.SHA256)
+				if info.Size != p.Size || info.Checksum != p.Checksum {
+					problem("dump %s unusable: %s (database %s) holds %d bytes with %s, dump.json records %d bytes with %s",
+						d.ID, name, db.Name, info.Size, info.Checksum.Describe(), p.Size, p.Checksum.Describe())
 				}
 			}
 		}

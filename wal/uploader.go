@@ -330,7 +330,7 @@ func (u *uploader) storeFinished(ctx context.Context, e spoolEntry) error {
 	if !complete {
 		name = e.seg.PartialObjectName(e.valid)
 	}
-	_, err = u.repo.Put(ctx, name, io.NewSectionReader(f, 0, int64(e.valid)), u.attrs(e.seg, e.valid, u.sp.readTimes(e.file)), repo.WithEncoderCache(u.encoders))
+	_, err = u.repo.Put(ctx, name, io.NewSectionReader(f, 0, int64(e.valid)), u.attrs(e.seg, e.valid, u.sp.readTimes(e.file)), repo.WithEncoderCache(u.encoders), repo.FastChecksum())
 	if repo.IsConflict(err) {
 		f.Close()
 		aside, aerr := u.sp.setAside(e.file, time.Now().UTC().Format("20060102T150405Z"))
@@ -372,7 +372,7 @@ func (u *uploader) storeOpen(ctx context.Context, req partialReq) error {
 		return nil
 	}
 	name := req.seg.PartialObjectName(req.valid)
-	if _, err := u.repo.Put(ctx, name, io.NewSectionReader(f, 0, int64(req.valid)), u.attrs(req.seg, req.valid, req.times), repo.WithEncoderCache(u.encoders)); err != nil {
+	if _, err := u.repo.Put(ctx, name, io.NewSectionReader(f, 0, int64(req.valid)), u.attrs(req.seg, req.valid, req.times), repo.WithEncoderCache(u.encoders), repo.FastChecksum()); err != nil {
 		if repo.IsConflict(err) {
 			u.log.Error("partial segment differs from the repository's copy; kept the repository's", "object", name, "err", err)
 			return nil

@@ -27,11 +27,15 @@ func TestBindingNameAndAttributes(t *testing.T) {
 	for _, tc := range []struct {
 		what string
 		opts Options
+		put  []PutOption
 	}{
-		{"zstd", Options{}},
-		{"s2", Options{Compression: "s2"}},
-		{"none", Options{Compression: "none"}},
-		{"encrypted", Options{Recipients: []age.Recipient{id.Recipient()}, Identities: []age.Identity{id}}},
+		{"zstd", Options{}, nil},
+		{"s2", Options{Compression: "s2"}, nil},
+		{"none", Options{Compression: "none"}, nil},
+		{"encrypted", Options{Recipients: []age.Recipient{id.Recipient()}, Identities: []age.Identity{id}}, nil},
+		{"zstd, version 3", Options{}, []PutOption{FastChecksum(), WithWorkers(2)}},
+		{"none, version 3", Options{Compression: "none"}, []PutOption{FastChecksum()}},
+		{"encrypted, version 3", Options{Recipients: []age.Recipient{id.Recipient()}, Identities: []age.Identity{id}}, []PutOption{FastChecksum()}},
 	} {
 		t.Run(tc.what, func(t *testing.T) {
 			r, b := initRepo(t, tc.opts)
@@ -40,7 +44,7 @@ func TestBindingNameAndAttributes(t *testing.T) {
 			attrsB := map[string]string{"start_lsn": "0/2000000", "timeline": "1"}
 			put := func(name string, data []byte, attrs map[string]string) {
 				t.Helper()
-				if _, err := r.Put(ctx, name, bytes.NewReader(data), attrs); err != nil {
+				if _, err := r.Put(ctx, name, bytes.NewReader(data), attrs, tc.put...); err != nil {
 					t.Fatal(err)
 				}
 			}

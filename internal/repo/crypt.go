@@ -14,12 +14,12 @@ import (
 // encrypted one every object but the metadata (meta/) has its payload
 // encrypted with age (filippo.io/age) after compression, to the recipients
 // of Options.Recipients; the codec byte carries flagEncrypted. The header
-// (magic, codec, attributes) and the trailer (plaintext sha256 and length)
+// (magic, codec, attributes) and the trailer (plaintext checksum and length)
 // stay in clear, so that listing, planning and Stat work without the key,
 // and so that a repeated Put of the same plaintext (which encrypts to other
 // bytes) is recognized as identical. Without the identity, verify can check
 // an object's framing, size and attributes (--quick); the payload's
-// integrity (age's authenticated chunks, then the sha256) needs the key.
+// integrity (age's authenticated chunks, then the checksum) needs the key.
 
 // flagEncrypted marks an age-encrypted payload in the codec byte.
 const flagEncrypted = 0x80

@@ -29,7 +29,7 @@ import (
 // the streaming one in Get (objects stored before this existed, and by
 // readers that predate it, read the same way). A reader that knows the
 // markers (WithReadWorkers) reads frame by frame and decodes several at
-// once. The frames carry no zstd checksum: the object's sha256 of the
+// once. The frames carry no zstd checksum: the object's checksum of the
 // plaintext, checked by every reader, covers them.
 
 const (

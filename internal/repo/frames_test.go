@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/binary"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -16,6 +17,7 @@ import (
 
 	"filippo.io/age"
 	"github.com/klauspost/compress/zstd"
+	"github.com/zeebo/xxh3"
 	"go.uber.org/goleak"
 )
 
@@ -38,7 +40,7 @@ func storedPayload(t *testing.T, b interface{ Dir() string }, name string) []byt
 		t.Fatal(err)
 	}
 	alen := binary.BigEndian.Uint32(raw[9:13])
-	return raw[fixedHeaderSize+int(alen) : len(raw)-trailerSize]
+	return raw[fixedHeaderSize+int(alen) : len(raw)-trailerLen(int(raw[7]))]
 }
 
 // frameOffsets walks the markers of a payload and returns the offset of
@@ -70,14 +72,20 @@ func TestFramesRoundTrip(t *testing.T) {
 	r, b := initRepo(t, Options{})
 	data := mixedPayload(3*frameSize + 12345)
 	for _, n := range []int{0, 1, frameSize - 1, frameSize, frameSize + 1, 3*frameSize + 12345} {
-		for _, workers := range []int{1, 3} {
+		for _, workers := range []int{1, 3, -3} {
+			// -3: three workers, version 3 (XXH3-128).
 			name := fmt.Sprintf("f/%d-%d", n, workers)
-			res, err := r.Put(ctx, name, onlyReader{bytes.NewReader(data[:n])}, nil, WithWorkers(workers))
+			opts, want := []PutOption{WithWorkers(workers)}, Checksum{SHA256: sumHex(data[:n])}
+			if workers < 0 {
+				x := xxh3.Hash128(data[:n]).Bytes()
+				opts, want = []PutOption{WithWorkers(-workers), FastChecksum()}, Checksum{XXH3: hex.EncodeToString(x[:])}
+			}
+			res, err := r.Put(ctx, name, onlyReader{bytes.NewReader(data[:n])}, nil, opts...)
 			if err != nil {
 				t.Fatalf("%s: Put: %v", name, err)
 			}
-			if res.Size != int64(n) || res.SHA256 != sumHex(data[:n]) {
-				t.Fatalf("%s: Put result %+v", name, res)
+			if res.Size != int64(n) || res.Checksum != want {
+				t.Fatalf("%s: Put result %+v, want %s", name, res, want.Describe())
 			}
 			payload := storedPayload(t, b, name)
 			offs := frameOffsets(t, payload)

@@ -7,12 +7,13 @@ import (
 	"io"
 )
 
-// PartInfo describes one stored part: plaintext size and sha256 (as its
-// trailer records them), stored size.
+// PartInfo describes one stored part: plaintext size and checksum (as its
+// trailer records them: "sha256", or "xxh3" for a version 3 object), stored
+// size.
 type PartInfo struct {
-	Size       int64  `json:"size"`
-	StoredSize int64  `json:"stored_size"`
-	SHA256     string `json:"sha256"`
+	Size       int64 `json:"size"`
+	StoredSize int64 `json:"stored_size"`
+	Checksum
 }
 
 // errPartAborted closes a part's pipe when the backup fails.
@@ -104,7 +105,7 @@ func (w *PartWriter) finishPart() error {
 	if res.res.Size != w.inPart {
 		return fmt.Errorf("store %s: stored %d bytes, sent %d", w.name(len(w.parts)), res.res.Size, w.inPart)
 	}
-	w.parts = append(w.parts, PartInfo{Size: res.res.Size, StoredSize: res.res.StoredSize, SHA256: res.res.SHA256})
+	w.parts = append(w.parts, PartInfo{Size: res.res.Size, StoredSize: res.res.StoredSize, Checksum: res.res.Checksum})
 	return nil
 }
 
@@ -127,8 +128,8 @@ func (w *PartWriter) fail(err error) error {
 func (w *PartWriter) Abort() { _ = w.fail(errPartAborted) }
 
 // Close finishes the last part and returns the parts stored. The
-// checksums are repo.Put's (sha256 of each part's plaintext): hashing the
-// whole archive once more cost about 10% of a backup's CPU.
+// checksums are repo.Put's (of each part's plaintext): hashing the whole
+// archive once more cost about 10% of a backup's CPU.
 func (w *PartWriter) Close() ([]PartInfo, error) {
 	if err := w.finishPart(); err != nil {
 		return nil, err
@@ -138,7 +139,7 @@ func (w *PartWriter) Close() ([]PartInfo, error) {
 
 // PartsReader reads a stream stored by a PartWriter, part by part. Get
 // checks each part against its own trailer; PartsReader also checks that
-// the trailer's size and sha256 are the ones the caller recorded (so that a
+// the trailer's size and checksum are the ones the caller recorded (so that a
 // part replaced by another valid object is caught), and its EOF comes only
 // after every part was read and checked.
 type PartsReader struct {
@@ -187,9 +188,9 @@ func (p *PartsReader) Read(b []byte) (int, error) {
 			if cerr != nil {
 				return n, cerr
 			}
-			if info.Size != want.Size || info.SHA256 != want.SHA256 {
-				return n, fmt.Errorf("%s: %w: %d bytes with sha256 %s, the metadata recorded %d bytes with %s",
-					info.Name, ErrCorrupt, info.Size, info.SHA256, want.Size, want.SHA256)
+			if info.Size != want.Size || info.Checksum != want.Checksum {
+				return n, fmt.Errorf("%s: %w: %d bytes with %s, the metadata recorded %d bytes with %s",
+					info.Name, ErrCorrupt, info.Size, info.Checksum.Describe(), want.Size, want.Checksum.Describe())
 			}
 			if n > 0 {
 				return n, nil

@@ -1,8 +1,8 @@
 package repo
 
 import (
+	"bytes"
 	"context"
-	"crypto/sha256"
 	"errors"
 	"fmt"
 	"hash"
@@ -13,7 +13,7 @@ import (
 )
 
 // Reader streams an object's plaintext and checks it: when the payload ends,
-// Read compares sha256 and length with the trailer and returns io.EOF only if
+// Read compares checksum and length with the trailer and returns io.EOF only if
 // they match. Any damage (bad framing, truncation, a zstd error, a checksum
 // or length mismatch) is an error for which IsCorrupt is true, never io.EOF.
 type Reader struct {
@@ -54,7 +54,7 @@ func (r *Repo) Get(ctx context.Context, name string, opts ...GetOption) (*Reader
 		return nil, r.corrupt(name, err)
 	}
 	hold := &holdback{r: track, track: track, keep: hdr.trailerLen()}
-	rd := &Reader{r: r, name: name, body: body, hdr: hdr, hold: hold, src: hold, h: sha256.New()}
+	rd := &Reader{r: r, name: name, body: body, hdr: hdr, hold: hold, src: hold, h: newSum(hdr.version)}
 	var payload io.Reader = hold
 	if hdr.encrypted {
 		dr, err := r.decryptFrom(name, hold)
@@ -88,7 +88,7 @@ func (r *Repo) Get(ctx context.Context, name string, opts ...GetOption) (*Reader
 // Attrs returns the object's attributes (never nil).
 func (rd *Reader) Attrs() map[string]string { return rd.hdr.attrs }
 
-// Info describes the object; Size, SHA256 and StoredSize are known once Read
+// Info describes the object; Size, Checksum and StoredSize are known once Read
 // has returned io.EOF.
 func (rd *Reader) Info() Info { return rd.info }
 
@@ -139,13 +139,12 @@ func (rd *Reader) finish() error {
 	if err != nil {
 		return rd.r.corrupt(rd.name, err)
 	}
-	var sum [32]byte
-	rd.h.Sum(sum[:0])
+	sum := rd.h.Sum(nil)
 	if tr.size != rd.n {
 		return rd.r.corrupt(rd.name, fmt.Errorf("plaintext is %d bytes, trailer says %d", rd.n, tr.size))
 	}
-	if sum != tr.sum {
-		return rd.r.corrupt(rd.name, fmt.Errorf("plaintext sha256 %s, trailer says %s", hexSum(sum), hexSum(tr.sum)))
+	if !bytes.Equal(sum, tr.sum) {
+		return rd.r.corrupt(rd.name, fmt.Errorf("plaintext %s %x, trailer says %x", sumName(rd.hdr.version), sum, tr.sum))
 	}
 	if err := checkBinding(rd.hdr.version, rd.name, rd.hdr.raw, tr); err != nil {
 		return rd.r.corrupt(rd.name, err)
@@ -154,7 +153,7 @@ func (rd *Reader) finish() error {
 		Name:       rd.name,
 		StoredSize: rd.hdr.size + rd.hold.passed + int64(rd.hold.keep),
 		Size:       rd.n,
-		SHA256:     hexSum(sum),
+		Checksum:   checksumOf(rd.hdr.version, sum),
 		Codec:      rd.hdr.codec,
 		Attrs:      rd.hdr.attrs,
 	}

@@ -1,6 +1,6 @@
 // Package repo is the repository layer on top of a storage.Backend: it
 // frames every object with a header (codec, attributes) and a trailer
-// (sha256 and length of the plaintext), compresses payloads with zstd, checks
+// (checksum and length of the plaintext), compresses payloads with zstd, checks
 // every object whenever it is read, and keeps the repository's metadata
 // (format version, PostgreSQL system identifier).
 //
@@ -8,8 +8,8 @@
 package repo
 
 import (
+	"bytes"
 	"context"
-	"crypto/sha256"
 	"errors"
 	"fmt"
 	"hash"
@@ -110,8 +110,9 @@ type PutResult struct {
 	Size int64
 	// StoredSize is the length of the stored object (framing included).
 	StoredSize int64
-	// SHA256 is the plaintext's sha256, lowercase hex.
-	SHA256 string
+	// Checksum is the plaintext's checksum (sha256, or XXH3-128 with
+	// FastChecksum).
+	Checksum
 }
 
 // PutOption changes how one Put stores its object.
@@ -131,6 +132,9 @@ type putConfig struct {
 	known *[32]byte
 	// want, when set (WantSHA256), is the sha256 the plaintext must have.
 	want *[32]byte
+	// fast (FastChecksum) writes a version 3 object (XXH3-128) unless
+	// known or want need the sha256.
+	fast bool
 	// group, when set (InSyncGroup), defers durability to its Sync.
 	group *SyncGroup
 	// name and rawAttrs are the object's name and attributes block, which
@@ -189,7 +193,10 @@ func (r *Repo) put(ctx context.Context, name string, rd io.Reader, c *Content, a
 		}
 		cfg.known = &c.sum
 	}
-	hdr, err := encodeHeader(Codec(byte(cfg.codec)|flags), attrs)
+	if cfg.known != nil || cfg.want != nil {
+		cfg.fast = false
+	}
+	hdr, err := encodeHeader(Codec(byte(cfg.codec)|flags), attrs, cfg.fast)
 	if err != nil {
 		return PutResult{}, fmt.Errorf("put %s: %w", name, err)
 	}
@@ -201,7 +208,7 @@ func (r *Repo) put(ctx context.Context, name string, rd io.Reader, c *Content, a
 
 	type result struct {
 		size, stored int64
-		sum          [32]byte
+		sum          []byte
 		err          error
 	}
 	var res result
@@ -209,9 +216,9 @@ func (r *Repo) put(ctx context.Context, name string, rd io.Reader, c *Content, a
 	if c != nil && cfg.codec == CodecNone && len(cfg.recipients) == 0 {
 		// The object is header, the bytes themselves and trailer: no
 		// pipe, no framing goroutine, no copy.
-		seg := &segments{parts: [][]byte{hdr, c.data, encodeTrailer(name, cfg.rawAttrs, c.sum, int64(len(c.data)))}}
+		seg := &segments{parts: [][]byte{hdr, c.data, encodeTrailer(name, cfg.rawAttrs, c.sum[:], int64(len(c.data)))}}
 		berr = backendPut(ctx, name, seg)
-		res = result{size: int64(len(c.data)), stored: seg.size(), sum: c.sum}
+		res = result{size: int64(len(c.data)), stored: seg.size(), sum: c.sum[:]}
 		if berr == nil && seg.off != seg.size() {
 			res.err = io.ErrShortWrite
 		}
@@ -234,7 +241,11 @@ func (r *Repo) put(ctx context.Context, name string, rd io.Reader, c *Content, a
 	if res.err != nil && !errors.Is(res.err, errAborted) && !errors.Is(res.err, io.ErrClosedPipe) && !errors.Is(res.err, io.ErrShortWrite) {
 		return PutResult{}, fmt.Errorf("put %s: %w", name, res.err)
 	}
-	out := PutResult{Size: res.size, StoredSize: res.stored, SHA256: hexSum(res.sum)}
+	version := 2
+	if cfg.fast {
+		version = 3
+	}
+	out := PutResult{Size: res.size, StoredSize: res.stored, Checksum: checksumOf(version, res.sum)}
 	if berr == nil {
 		if res.err != nil {
 			// The backend returned success without reading everything.
@@ -253,20 +264,45 @@ func (r *Repo) put(ctx context.Context, name string, rd io.Reader, c *Content, a
 	if err != nil {
 		return PutResult{}, fmt.Errorf("put %s: %w, and reading the existing object failed: %w", name, berr, err)
 	}
-	if info.SHA256 != out.SHA256 || info.Size != out.Size {
-		return PutResult{}, fmt.Errorf("put %s in %s: %w: existing plaintext sha256 %s (%d bytes), new %s (%d bytes)",
-			name, r.b, storage.ErrConflict, info.SHA256, info.Size, out.SHA256, out.Size)
+	existing, what := info.Checksum, info.Checksum.Describe()
+	if existing.version() != version && info.Size == out.Size {
+		// Stored with the other algorithm (by another synbak version):
+		// hash its plaintext with this one's.
+		if existing, err = r.rehash(ctx, name, version); err != nil {
+			return PutResult{}, fmt.Errorf("put %s: %w, and reading the existing object failed: %w", name, berr, err)
+		}
+		what += ", " + existing.Describe()
+	}
+	if existing != out.Checksum || info.Size != out.Size {
+		return PutResult{}, fmt.Errorf("put %s in %s: %w: existing plaintext %s (%d bytes), new %s (%d bytes)",
+			name, r.b, storage.ErrConflict, what, info.Size, out.Checksum.Describe(), out.Size)
 	}
 	// Its durability may still be pending (another writer's Put).
 	cfg.group.Include(name)
-	out.StoredSize = info.StoredSize
+	// What the metadata records must be what the stored object says.
+	out.StoredSize, out.Checksum = info.StoredSize, info.Checksum
 	return out, nil
+}
+
+// rehash reads object name whole (checking it) and returns its plaintext's
+// checksum in the algorithm of format version v.
+func (r *Repo) rehash(ctx context.Context, name string, v int) (Checksum, error) {
+	rd, err := r.Get(ctx, name)
+	if err != nil {
+		return Checksum{}, err
+	}
+	defer rd.Close()
+	h := newSum(v)
+	if _, err := io.Copy(h, rd); err != nil {
+		return Checksum{}, err
+	}
+	return checksumOf(v, h.Sum(nil)), nil
 }
 
 // frame writes header, payload and trailer to w, reading the plaintext from
 // rd, and returns the plaintext length and checksum.
-func frame(ctx context.Context, w io.Writer, rd io.Reader, hdr []byte, cfg putConfig) (int64, [32]byte, error) {
-	var sum [32]byte
+func frame(ctx context.Context, w io.Writer, rd io.Reader, hdr []byte, cfg putConfig) (int64, []byte, error) {
+	var sum []byte
 	if cfg.cache != nil {
 		// At most the cache's bound of Puts read, hash and compress at
 		// once; their backend writes and fsyncs overlap with the next ones.
@@ -279,8 +315,11 @@ func frame(ctx context.Context, w io.Writer, rd io.Reader, hdr []byte, cfg putCo
 		return 0, sum, err
 	}
 	var h hash.Hash
-	if cfg.known == nil {
-		h = sha256.New()
+	switch {
+	case cfg.fast:
+		h = newSum(3)
+	case cfg.known == nil:
+		h = newSum(2)
 	}
 	// sink receives the payload: w itself, or an age stream into w.
 	var sink io.Writer = w
@@ -380,18 +419,18 @@ func frame(ctx context.Context, w io.Writer, rd io.Reader, hdr []byte, cfg putCo
 }
 
 // finishFrame writes the trailer of a payload of n plaintext bytes whose
-// sha256 is h's (or cfg.known).
-func finishFrame(w io.Writer, h hash.Hash, n int64, cfg putConfig) (int64, [32]byte, error) {
-	var sum [32]byte
+// checksum is h's (or cfg.known).
+func finishFrame(w io.Writer, h hash.Hash, n int64, cfg putConfig) (int64, []byte, error) {
+	var sum []byte
 	if cfg.known != nil {
-		sum = *cfg.known
+		sum = cfg.known[:]
 	} else {
-		h.Sum(sum[:0])
+		sum = h.Sum(nil)
 	}
-	if cfg.want != nil && *cfg.want != sum {
+	if cfg.want != nil && !bytes.Equal(cfg.want[:], sum) {
 		// Before the trailer: the backend sees a failed read and stores
 		// nothing.
-		return n, sum, fmt.Errorf("%w: expected %s, read %s", ErrUnexpectedContent, hexSum(*cfg.want), hexSum(sum))
+		return n, sum, fmt.Errorf("%w: expected %s, read %x", ErrUnexpectedContent, hexSum(*cfg.want), sum)
 	}
 	if _, err := w.Write(encodeTrailer(cfg.name, cfg.rawAttrs, sum, n)); err != nil {
 		return n, sum, err
@@ -452,8 +491,8 @@ type Info struct {
 	StoredSize int64
 	// Size is the plaintext length.
 	Size int64
-	// SHA256 is the plaintext's sha256, lowercase hex.
-	SHA256 string
+	// Checksum is the plaintext's checksum as the trailer records it.
+	Checksum
 	// Codec is how the payload is stored.
 	Codec Codec
 	// Encrypted is true when the payload is age-encrypted.
@@ -483,10 +522,7 @@ func (r *Repo) Stat(ctx context.Context, name string) (Info, error) {
 	if err != nil {
 		return Info{}, r.corrupt(name, err)
 	}
-	tlen := int64(trailerSizeV1)
-	if fh.version != 1 {
-		tlen = trailerSize
-	}
+	tlen := int64(trailerLen(fh.version))
 	hsize := int64(fixedHeaderSize + fh.attrsLen)
 	if hsize > oi.Size-tlen {
 		return Info{}, r.corrupt(name, fmt.Errorf("attributes block of %d bytes runs past the payload", fh.attrsLen))
@@ -521,7 +557,7 @@ func (r *Repo) Stat(ctx context.Context, name string) (Info, error) {
 	if c == CodecNone && !encrypted && payload != tr.size {
 		return Info{}, r.corrupt(name, fmt.Errorf("payload is %d bytes, trailer says %d", payload, tr.size))
 	}
-	return Info{Name: name, StoredSize: oi.Size, Size: tr.size, SHA256: hexSum(tr.sum), Codec: c, Encrypted: encrypted, Attrs: attrs}, nil
+	return Info{Name: name, StoredSize: oi.Size, Size: tr.size, Checksum: checksumOf(fh.version, tr.sum), Codec: c, Encrypted: encrypted, Attrs: attrs}, nil
 }
 
 // readRange reads exactly length bytes at offset; a short object is corrupt.

@@ -10,6 +10,7 @@ import (
 	"io"
 	"math/rand/v2"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -84,58 +85,91 @@ func readAll(t *testing.T, r *Repo, name string) ([]byte, error) {
 	return io.ReadAll(rd)
 }
 
+// xxh128Hex returns xxh128sum's XXH3-128 of b: the referee of version 3
+// objects' checksums is the xxhash project's own tool.
+func xxh128Hex(t *testing.T, b []byte) string {
+	t.Helper()
+	if _, err := exec.LookPath("xxh128sum"); err != nil {
+		if os.Getenv("CI") != "" {
+			t.Fatalf("xxh128sum (Debian package xxhash) is needed in CI: %v", err)
+		}
+		t.Skip("xxh128sum not installed (apt-get install xxhash)")
+	}
+	cmd := exec.Command("xxh128sum", "-")
+	cmd.Stdin = bytes.NewReader(b)
+	out, err := cmd.Output()
+	if err != nil {
+		t.Fatalf("xxh128sum: %v", err)
+	}
+	f := strings.Fields(string(out))
+	if len(f) == 0 || len(f[0]) != 32 {
+		t.Fatalf("xxh128sum printed %q", out)
+	}
+	return f[0]
+}
+
 func TestRoundTrip(t *testing.T) {
 	data := mixedPayload(10<<20 + 777)
-	for _, comp := range []string{"zstd", "s2", "none"} {
-		t.Run(comp, func(t *testing.T) {
-			ctx := context.Background()
-			r, b := initRepo(t, Options{Compression: comp})
-			res, err := r.Put(ctx, "base/obj", onlyReader{bytes.NewReader(data)}, map[string]string{"k": "v"})
-			if err != nil {
-				t.Fatal(err)
-			}
-			if res.Size != int64(len(data)) || res.SHA256 != sumHex(data) {
-				t.Fatalf("PutResult = %+v, want size %d sha256 %s", res, len(data), sumHex(data))
-			}
-			oi, err := b.Stat(ctx, "base/obj")
-			if err != nil || oi.Size != res.StoredSize {
-				t.Fatalf("backend Stat = %+v, %v; want size %d", oi, err, res.StoredSize)
-			}
-			if comp == "zstd" && res.StoredSize >= res.Size*9/10 {
-				t.Errorf("zstd stored %d bytes of %d, expected compression", res.StoredSize, res.Size)
-			}
-			if comp == "none" && res.StoredSize != res.Size+fixedHeaderSize+int64(len(`{"k":"v"}`))+trailerSize {
-				t.Errorf("none stored %d bytes of %d, want plaintext plus framing", res.StoredSize, res.Size)
-			}
+	for _, fast := range []bool{false, true} {
+		for _, comp := range []string{"zstd", "s2", "none"} {
+			t.Run(fmt.Sprintf("%s/fast=%v", comp, fast), func(t *testing.T) { testRoundTrip(t, data, comp, fast) })
+		}
+	}
+}
 
-			rd, err := r.Get(ctx, "base/obj")
-			if err != nil {
-				t.Fatal(err)
-			}
-			got, err := io.ReadAll(rd)
-			if err != nil {
-				t.Fatal(err)
-			}
-			if !bytes.Equal(got, data) {
-				t.Fatalf("read back %d bytes sha256 %s, want %d bytes %s", len(got), sumHex(got), len(data), sumHex(data))
-			}
-			want := Info{Name: "base/obj", StoredSize: res.StoredSize, Size: res.Size, SHA256: res.SHA256,
-				Codec: map[string]Codec{"zstd": CodecZstd, "s2": CodecS2, "none": CodecNone}[comp], Attrs: map[string]string{"k": "v"}}
-			if fmt.Sprint(rd.Info()) != fmt.Sprint(want) {
-				t.Errorf("Reader.Info = %+v, want %+v", rd.Info(), want)
-			}
-			if err := rd.Close(); err != nil {
-				t.Fatal(err)
-			}
-			st, err := r.Stat(ctx, "base/obj")
-			if err != nil || fmt.Sprint(st) != fmt.Sprint(want) {
-				t.Errorf("Stat = %+v, %v; want %+v", st, err, want)
-			}
-			v, err := r.Verify(ctx, "base/obj")
-			if err != nil || fmt.Sprint(v) != fmt.Sprint(want) {
-				t.Errorf("Verify = %+v, %v; want %+v", v, err, want)
-			}
-		})
+func testRoundTrip(t *testing.T, data []byte, comp string, fast bool) {
+	ctx := context.Background()
+	r, b := initRepo(t, Options{Compression: comp})
+	var opts []PutOption
+	wantSum, tlen := Checksum{SHA256: sumHex(data)}, trailerSize
+	if fast {
+		opts = append(opts, FastChecksum())
+		wantSum, tlen = Checksum{XXH3: xxh128Hex(t, data)}, trailerSizeV3
+	}
+	res, err := r.Put(ctx, "base/obj", onlyReader{bytes.NewReader(data)}, map[string]string{"k": "v"}, opts...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.Size != int64(len(data)) || res.Checksum != wantSum {
+		t.Fatalf("PutResult = %+v, want size %d %s", res, len(data), wantSum.Describe())
+	}
+	oi, err := b.Stat(ctx, "base/obj")
+	if err != nil || oi.Size != res.StoredSize {
+		t.Fatalf("backend Stat = %+v, %v; want size %d", oi, err, res.StoredSize)
+	}
+	if comp == "zstd" && res.StoredSize >= res.Size*9/10 {
+		t.Errorf("zstd stored %d bytes of %d, expected compression", res.StoredSize, res.Size)
+	}
+	if comp == "none" && res.StoredSize != res.Size+fixedHeaderSize+int64(len(`{"k":"v"}`))+int64(tlen) {
+		t.Errorf("none stored %d bytes of %d, want plaintext plus framing", res.StoredSize, res.Size)
+	}
+
+	rd, err := r.Get(ctx, "base/obj")
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := io.ReadAll(rd)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(got, data) {
+		t.Fatalf("read back %d bytes sha256 %s, want %d bytes %s", len(got), sumHex(got), len(data), sumHex(data))
+	}
+	want := Info{Name: "base/obj", StoredSize: res.StoredSize, Size: res.Size, Checksum: wantSum,
+		Codec: map[string]Codec{"zstd": CodecZstd, "s2": CodecS2, "none": CodecNone}[comp], Attrs: map[string]string{"k": "v"}}
+	if fmt.Sprint(rd.Info()) != fmt.Sprint(want) {
+		t.Errorf("Reader.Info = %+v, want %+v", rd.Info(), want)
+	}
+	if err := rd.Close(); err != nil {
+		t.Fatal(err)
+	}
+	st, err := r.Stat(ctx, "base/obj")
+	if err != nil || fmt.Sprint(st) != fmt.Sprint(want) {
+		t.Errorf("Stat = %+v, %v; want %+v", st, err, want)
+	}
+	v, err := r.Verify(ctx, "base/obj")
+	if err != nil || fmt.Sprint(v) != fmt.Sprint(want) {
+		t.Errorf("Verify = %+v, %v; want %+v", v, err, want)
 	}
 }
 
@@ -226,12 +260,27 @@ func wantCorrupt(t *testing.T, r *Repo, name, what string) {
 }
 
 func TestCorruption(t *testing.T) {
+	for _, fast := range []bool{false, true} {
+		for _, comp := range []string{"zstd", "s2", "none"} {
+			testCorruption(t, comp, fast)
+		}
+	}
+}
+
+func testCorruption(t *testing.T, comp string, fast bool) {
 	ctx := context.Background()
 	data := mixedPayload(1 << 20)
-	for _, comp := range []string{"zstd", "s2", "none"} {
+	// trailerSize and the checksum's length in this version's trailer.
+	trailerSize, sl := trailerSize, 32
+	var opts []PutOption
+	if fast {
+		trailerSize, sl = trailerSizeV3, 16
+		opts = append(opts, FastChecksum())
+	}
+	{
 		r, b := initRepo(t, Options{Compression: comp})
 		put := func(name string) PutResult {
-			res, err := r.Put(ctx, name, bytes.NewReader(data), map[string]string{"a": "b"})
+			res, err := r.Put(ctx, name, bytes.NewReader(data), map[string]string{"a": "b"}, opts...)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -244,13 +293,16 @@ func TestCorruption(t *testing.T) {
 			statBad  bool // Stat (header and trailer only) notices
 			readable bool // damage is invisible to the framing (payload)
 		}{
-			{"flipped payload byte", func(b []byte) []byte { b[hdr+(int64(len(b))-hdr-trailerSize)/2] ^= 0x40; return b }, false, true},
+			{"flipped payload byte", func(b []byte) []byte { b[hdr+(int64(len(b))-hdr-int64(trailerSize))/2] ^= 0x40; return b }, false, true},
 			{"flipped first payload byte", func(b []byte) []byte { b[hdr] ^= 1; return b }, false, true},
 			{"flipped last payload byte", func(b []byte) []byte { b[len(b)-trailerSize-1] ^= 1; return b }, false, true},
 			// The binding covers checksum and length: Stat notices.
 			{"flipped checksum", func(b []byte) []byte { b[len(b)-trailerSize] ^= 1; return b }, true, true},
-			{"wrong length", func(b []byte) []byte { b[len(b)-trailerSize+39] ^= 1; return b }, true, true},
-			{"flipped binding", func(b []byte) []byte { b[len(b)-trailerSize+40] ^= 1; return b }, true, true},
+			{"wrong length", func(b []byte) []byte { b[len(b)-trailerSize+sl+7] ^= 1; return b }, true, true},
+			{"flipped binding", func(b []byte) []byte { b[len(b)-trailerSize+sl+8] ^= 1; return b }, true, true},
+			// A version 3 object relabelled version 2 (or back): its
+			// trailer no longer parses or its binding fails.
+			{"other version", func(b []byte) []byte { b[7] ^= 1; return b }, true, false},
 			{"flipped attribute value bit", func(b []byte) []byte { b[hdr-3] ^= 1; return b }, true, true},
 			{"bad header magic", func(b []byte) []byte { b[0] = 'X'; return b }, true, false},
 			{"bad codec", func(b []byte) []byte { b[8] = 9; return b }, true, false},
@@ -264,7 +316,7 @@ func TestCorruption(t *testing.T) {
 			{"appended garbage", func(b []byte) []byte { return append(b, "garbage"...) }, true, false},
 		}
 		for i, c := range cases {
-			what := comp + ": " + c.what
+			what := fmt.Sprintf("%s (fast %v): %s", comp, fast, c.what)
 			name := fmt.Sprintf("obj/%d", i)
 			put(name)
 			edit(t, b, name, c.fn)
@@ -367,18 +419,63 @@ func TestRePutDifferentEncoding(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, opt := range []PutOption{WithZstdLevel(19), Uncompressed(), WithZstdLevel(1)} {
+	for _, opt := range []PutOption{WithZstdLevel(19), Uncompressed(), WithZstdLevel(1), FastChecksum()} {
 		res, err := r.Put(ctx, "x", bytes.NewReader(data), map[string]string{"other": "attrs"}, opt)
 		if err != nil {
 			t.Fatalf("re-Put of the same plaintext: %v", err)
 		}
-		if res.SHA256 != first.SHA256 || res.StoredSize != first.StoredSize {
+		if res.Checksum != first.Checksum || res.StoredSize != first.StoredSize {
 			t.Errorf("re-Put result %+v, want the existing object's %+v", res, first)
 		}
 	}
 	oi, err := b.Stat(ctx, "x")
 	if err != nil || oi.Size != first.StoredSize {
 		t.Fatalf("stored object changed: %+v, %v", oi, err)
+	}
+}
+
+// TestRePutAcrossChecksums: an object stored with one checksum algorithm
+// and put again with the other (another synbak version resuming a WAL
+// segment) is identical content when the plaintexts are equal, a conflict
+// when they differ, and the result always describes the stored object.
+func TestRePutAcrossChecksums(t *testing.T) {
+	ctx := context.Background()
+	data := mixedPayload(2 << 20)
+	other := bytes.Clone(data)
+	other[len(other)/2] ^= 1
+	for _, firstFast := range []bool{false, true} {
+		r, b := initRepo(t, Options{})
+		var first, second []PutOption
+		if firstFast {
+			first = append(first, FastChecksum())
+		} else {
+			second = append(second, FastChecksum())
+		}
+		stored, err := r.Put(ctx, "x", bytes.NewReader(data), nil, first...)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if (stored.XXH3 != "") != firstFast {
+			t.Fatalf("first Put (fast %v) recorded %s", firstFast, stored.Describe())
+		}
+		res, err := r.Put(ctx, "x", bytes.NewReader(data), nil, second...)
+		if err != nil {
+			t.Fatalf("re-Put of the same plaintext with the other checksum: %v", err)
+		}
+		if res != stored {
+			t.Errorf("re-Put result %+v, want the stored object's %+v", res, stored)
+		}
+		_, err = r.Put(ctx, "x", bytes.NewReader(other), nil, second...)
+		if !IsConflict(err) {
+			t.Fatalf("re-Put of other plaintext with the other checksum: %v, want IsConflict", err)
+		}
+		if !strings.Contains(err.Error(), stored.Describe()) {
+			t.Errorf("conflict error %q does not name the stored checksum %s", err, stored.Describe())
+		}
+		oi, err := b.Stat(ctx, "x")
+		if err != nil || oi.Size != stored.StoredSize {
+			t.Fatalf("stored object changed: %+v, %v", oi, err)
+		}
 	}
 }
 
