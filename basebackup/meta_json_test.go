@@ -10,6 +10,8 @@ import (
 
 	"github.com/google/go-cmp/cmp"
 	"github.com/jackc/pglogrepl"
+
+	"github.com/synbak/synbak/internal/repo"
 )
 
 var update = flag.Bool("update", false, "rewrite the golden files in testdata/")
@@ -83,5 +85,25 @@ func TestBackupJSON(t *testing.T) {
 	}
 	if !bytes.Contains(out, []byte(`"end_lsn": "1/A0000100"`)) {
 		t.Errorf("LSN not written as X/X:\n%s", out)
+	}
+	if p := b.Archives[0].Parts[0]; p.SHA256 == "" || p.XXH3 != "" || !p.Valid() {
+		t.Errorf("an earlier backup's part loads as %+v, want its sha256 alone", p)
+	}
+}
+
+// TestPartJSON: a part stored as a version 3 object records "xxh3" and no
+// "sha256", and loads back as the same checksum.
+func TestPartJSON(t *testing.T) {
+	p := Part{Size: 1 << 20, StoredSize: 4242, Checksum: repo.Checksum{XXH3: "06b05ab6733a618578af5f94892f3950"}}
+	out, err := json.Marshal(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := `{"size":1048576,"stored_size":4242,"xxh3":"06b05ab6733a618578af5f94892f3950"}`; string(out) != want {
+		t.Errorf("part JSON %s, want %s", out, want)
+	}
+	var back Part
+	if err := json.Unmarshal(out, &back); err != nil || back != p {
+		t.Errorf("round trip: %+v, %v; want %+v", back, err, p)
 	}
 }

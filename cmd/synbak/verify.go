@@ -28,7 +28,8 @@ func newVerifyCommand(st *rootState) *cobra.Command {
 		Short: "Check every object's checksum and that every backup can be restored",
 		Long: `verify reads the whole repository and checks what restores rely on:
 
-  - every object's sha256 (--quick: its framing, size and metadata only);
+  - every object's checksum (sha256, or XXH3-128 for WAL and base-backup
+    parts; --quick: its framing, size and metadata only);
   - every base backup's parts and manifest against its backup.json;
   - the WAL from every backup's start to the newest WAL, across timelines
     (history files present and readable, no missing segment);

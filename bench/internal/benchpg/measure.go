@@ -1,9 +1,13 @@
 package benchpg
 
 import (
+	"fmt"
 	"io/fs"
+	"os"
+	"os/exec"
 	"path/filepath"
 	"slices"
+	"time"
 )
 
 // DirSize sums the apparent sizes of the files under dir whose path
@@ -35,4 +39,26 @@ func Median(v []float64) float64 {
 	s := slices.Clone(v)
 	slices.Sort(s)
 	return s[len(s)/2]
+}
+
+// WaitIOQuiet syncs and then waits until the kernel's I/O pressure (the
+// "some" share of the last 10 s in /proc/pressure/io) is below threshold
+// percent, or until limit has passed; it returns how long it waited. A run
+// started while the previous one's gigabytes are still being written back
+// or freed measured up to 3x slower, whichever tool it was.
+func WaitIOQuiet(threshold float64, limit time.Duration) time.Duration {
+	start := time.Now()
+	_ = exec.Command("sync").Run()
+	for time.Since(start) < limit {
+		b, err := os.ReadFile("/proc/pressure/io")
+		if err != nil {
+			break // no PSI: nothing to wait for
+		}
+		var avg10 float64
+		if _, err := fmt.Sscanf(string(b), "some avg10=%f", &avg10); err != nil || avg10 < threshold {
+			break
+		}
+		time.Sleep(250 * time.Millisecond)
+	}
+	return time.Since(start)
 }
