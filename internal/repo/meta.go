@@ -193,7 +193,8 @@ func (r *Repo) loadMeta(ctx context.Context) (Meta, error) {
 	return Meta{}, fmt.Errorf("read repository metadata in %s: %w; try again", r.b, errMetaVanished)
 }
 
-func (r *Repo) loadMetaOnce(ctx context.Context) (Meta, error) {
+// listMeta returns the names of the metadata versions, oldest first.
+func (r *Repo) listMeta(ctx context.Context) ([]string, error) {
 	var names []string
 	err := r.b.List(ctx, metaPrefix, func(oi storage.ObjectInfo) error {
 		if seq, ok := parseMetaName(oi.Name); ok && seq > 0 {
@@ -202,7 +203,15 @@ func (r *Repo) loadMetaOnce(ctx context.Context) (Meta, error) {
 		return nil
 	})
 	if err != nil {
-		return Meta{}, fmt.Errorf("read repository metadata in %s: %w", r.b, err)
+		return nil, fmt.Errorf("read repository metadata in %s: %w", r.b, err)
+	}
+	return names, nil
+}
+
+func (r *Repo) loadMetaOnce(ctx context.Context) (Meta, error) {
+	names, err := r.listMeta(ctx)
+	if err != nil {
+		return Meta{}, err
 	}
 	if len(names) == 0 {
 		n, err := r.countObjects(ctx)
@@ -210,6 +219,16 @@ func (r *Repo) loadMetaOnce(ctx context.Context) (Meta, error) {
 			return Meta{}, fmt.Errorf("read repository metadata in %s: %w", r.b, err)
 		}
 		if n > 0 {
+			// The objects may be the metadata a concurrent Init stored
+			// after the listing above (TestConcurrentInit): look again
+			// before calling the metadata lost.
+			again, err := r.listMeta(ctx)
+			if err != nil {
+				return Meta{}, err
+			}
+			if len(again) > 0 {
+				return Meta{}, errMetaVanished
+			}
 			what := fmt.Sprintf("%d objects", n)
 			switch {
 			case n == 1:
