@@ -3,7 +3,6 @@ package basebackup
 import (
 	"bytes"
 	"encoding/json"
-	"flag"
 	"os"
 	"path/filepath"
 	"testing"
@@ -11,29 +10,9 @@ import (
 	"github.com/google/go-cmp/cmp"
 	"github.com/jackc/pglogrepl"
 
+	"github.com/synbak/synbak/internal/golden"
 	"github.com/synbak/synbak/internal/repo"
 )
-
-var update = flag.Bool("update", false, "rewrite the golden files in testdata/")
-
-// golden compares got with testdata/name, or rewrites it with -update.
-func golden(t *testing.T, name string, got []byte) {
-	t.Helper()
-	path := filepath.Join("testdata", name)
-	if *update {
-		if err := os.WriteFile(path, got, 0o644); err != nil {
-			t.Fatal(err)
-		}
-		return
-	}
-	want, err := os.ReadFile(path)
-	if err != nil {
-		t.Fatalf("%v (run go test -update to create it)", err)
-	}
-	if d := cmp.Diff(string(want), string(got)); d != "" {
-		t.Errorf("%s differs (-want +got; go test -update rewrites it):\n%s", path, d)
-	}
-}
 
 // TestBackupJSON: a backup.json written by earlier versions (LSNs as X/X
 // text) loads into pglogrepl.LSN fields, and writing it again keeps every
@@ -59,7 +38,7 @@ func TestBackupJSON(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	golden(t, "backup.golden.json", append(out, '\n'))
+	golden.Check(t, "backup.golden.json", append(out, '\n'))
 	// Every field of the old file survives a rewrite unchanged.
 	var was, now map[string]any
 	if err := json.Unmarshal(old, &was); err != nil {

@@ -2,40 +2,16 @@ package restore
 
 import (
 	"encoding/json"
-	"flag"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
-	"github.com/google/go-cmp/cmp"
 	"github.com/jackc/pglogrepl"
+
+	"github.com/synbak/synbak/internal/golden"
 )
-
-var update = flag.Bool("update", false, "rewrite the golden files in testdata/")
-
-// Golden compares got with testdata/name, or rewrites it with -update.
-func Golden(t *testing.T, name string, got []byte) {
-	t.Helper()
-	path := filepath.Join("testdata", name)
-	if *update {
-		if err := os.MkdirAll("testdata", 0o755); err != nil {
-			t.Fatal(err)
-		}
-		if err := os.WriteFile(path, got, 0o644); err != nil {
-			t.Fatal(err)
-		}
-		return
-	}
-	want, err := os.ReadFile(path)
-	if err != nil {
-		t.Fatalf("%v (go test -update creates it)", err)
-	}
-	if d := cmp.Diff(string(want), string(got)); d != "" {
-		t.Errorf("%s differs (-want +got; go test -update rewrites it):\n%s", path, d)
-	}
-}
 
 // TestRecoverySettingsGolden: postgresql.auto.conf as the restore writes
 // it for the restored server, for each kind of target: the backup's own
@@ -65,7 +41,7 @@ func TestRecoverySettingsGolden(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			Golden(t, "recovery."+c.name+".conf", got)
+			golden.Check(t, "recovery."+c.name+".conf", got)
 		})
 	}
 }

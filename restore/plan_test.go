@@ -11,6 +11,7 @@ import (
 	"github.com/jackc/pglogrepl"
 
 	"github.com/synbak/synbak/basebackup"
+	"github.com/synbak/synbak/internal/golden"
 	"github.com/synbak/synbak/internal/repo"
 	"github.com/synbak/synbak/internal/storage/local"
 	"github.com/synbak/synbak/restore"
@@ -177,12 +178,12 @@ func TestPlanGolden(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			restore.Golden(t, "plan."+c.name+".txt", []byte(p.String()))
+			golden.Check(t, "plan."+c.name+".txt", []byte(p.String()))
 			js, err := json.MarshalIndent(p, "", "  ")
 			if err != nil {
 				t.Fatal(err)
 			}
-			restore.Golden(t, "plan."+c.name+".json", append(js, '\n'))
+			golden.Check(t, "plan."+c.name+".json", append(js, '\n'))
 			var back restore.Plan
 			if err := json.Unmarshal(js, &back); err != nil {
 				t.Fatal(err)

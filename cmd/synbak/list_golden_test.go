@@ -4,41 +4,19 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
-	"flag"
 	"os"
 	"path/filepath"
 	"testing"
 	"time"
 
-	"github.com/google/go-cmp/cmp"
 	"github.com/jackc/pglogrepl"
 
 	"github.com/synbak/synbak/basebackup"
+	"github.com/synbak/synbak/internal/golden"
 	"github.com/synbak/synbak/internal/repo"
 	"github.com/synbak/synbak/internal/repo/repotest"
 	"github.com/synbak/synbak/wal"
 )
-
-var update = flag.Bool("update", false, "rewrite the golden files in testdata/")
-
-// golden compares got with testdata/name, or rewrites it with -update.
-func golden(t *testing.T, name string, got []byte) {
-	t.Helper()
-	path := filepath.Join("testdata", name)
-	if *update {
-		if err := os.WriteFile(path, got, 0o644); err != nil {
-			t.Fatal(err)
-		}
-		return
-	}
-	want, err := os.ReadFile(path)
-	if err != nil {
-		t.Fatalf("%v (go test -update creates it)", err)
-	}
-	if d := cmp.Diff(string(want), string(got)); d != "" {
-		t.Errorf("%s differs (-want +got; go test -update rewrites it):\n%s", path, d)
-	}
-}
 
 // TestListGolden: `synbak list --json` (and its text) over a fixed
 // repository: two backups, an incomplete one, WAL on two timelines with a
@@ -113,8 +91,8 @@ func TestListGolden(t *testing.T) {
 	if err := printJSON(&js, l); err != nil {
 		t.Fatal(err)
 	}
-	golden(t, "list.golden.json", js.Bytes())
+	golden.Check(t, "list.golden.json", js.Bytes())
 	var txt bytes.Buffer
 	printListing(&txt, l)
-	golden(t, "list.golden.txt", txt.Bytes())
+	golden.Check(t, "list.golden.txt", txt.Bytes())
 }

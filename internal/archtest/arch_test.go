@@ -46,7 +46,7 @@ var layers = map[string]int{
 
 // testOnly are imported from _test.go files only (and from each other and
 // the benchmarks).
-var testOnly = []string{"internal/pgtest", "internal/wait", "internal/repo/repotest", "internal/storage/s3/s3test", "retention/retentiontest", "internal/storage/storagetest", "notify/matrixtest"}
+var testOnly = []string{"internal/pgtest", "internal/wait", "internal/golden", "internal/repo/repotest", "internal/storage/s3/s3test", "retention/retentiontest", "internal/storage/storagetest", "notify/matrixtest"}
 
 // configFree may not import the configuration layer: domain packages take
 // Options structs, a logger and their dependencies.
