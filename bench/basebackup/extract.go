@@ -100,9 +100,8 @@ func extractPhase(ctx context.Context, c *benchpg.Cluster, synbak, synbakBase, w
 		for j, x := range order {
 			// A new directory every run, all removed at the end: deleting
 			// the previous run's gigabytes just before a run made ext4
-			// skip recently freed inodes (recently_deleted) and free
-			// blocks during it, which slowed whichever tool ran next by
-			// up to 2x.
+			// skip recently freed inodes (recently_deleted, 14% of one
+			// profile) in whichever tool ran next.
 			dest := filepath.Join(dir, fmt.Sprintf("dest-%d-%d", i, j))
 			if err := os.Mkdir(dest, 0o700); err != nil {
 				return nil, err

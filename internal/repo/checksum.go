@@ -1,6 +1,9 @@
 package repo
 
-import "fmt"
+import (
+	"encoding/hex"
+	"fmt"
+)
 
 // Checksum is an object's plaintext checksum as its trailer records it, in
 // lowercase hex: SHA256 for format versions 1 and 2, XXH3 (XXH3-128) for
@@ -51,7 +54,7 @@ func isLowerHex(s string, n int) bool {
 // checksumOf returns the Checksum of a version v object whose plaintext
 // checksum is sum.
 func checksumOf(v int, sum []byte) Checksum {
-	h := fmt.Sprintf("%x", sum)
+	h := hex.EncodeToString(sum)
 	if v == 3 {
 		return Checksum{XXH3: h}
 	}

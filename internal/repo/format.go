@@ -126,9 +126,9 @@ func (c Codec) String() string {
 	return fmt.Sprintf("codec(%d)", byte(c))
 }
 
-// encodeHeader returns the header of a version 2 object (version 3 with
-// v3) for codec and attrs.
-func encodeHeader(c Codec, attrs map[string]string, v3 bool) ([]byte, error) {
+// encodeHeader returns the header of a version 2 or 3 object for codec and
+// attrs.
+func encodeHeader(version int, c Codec, attrs map[string]string) ([]byte, error) {
 	if attrs == nil {
 		attrs = map[string]string{}
 	}
@@ -140,7 +140,7 @@ func encodeHeader(c Codec, attrs map[string]string, v3 bool) ([]byte, error) {
 		return nil, fmt.Errorf("attributes are %d bytes, more than the limit of %d", len(a), maxAttrsSize)
 	}
 	h := make([]byte, 0, fixedHeaderSize+len(a))
-	if v3 {
+	if version == 3 {
 		h = append(h, headerMagicV3...)
 	} else {
 		h = append(h, headerMagic...)
@@ -311,13 +311,9 @@ func bindDigest(version int, name string, rawAttrs []byte, sum []byte, size int6
 	return b
 }
 
-// encodeTrailer returns the trailer of a version 2 object (version 3 when
-// sum is 16 bytes) named name whose attributes block is rawAttrs.
-func encodeTrailer(name string, rawAttrs []byte, sum []byte, size int64) []byte {
-	version := 2
-	if len(sum) == 16 {
-		version = 3
-	}
+// encodeTrailer returns the trailer of a version 2 or 3 object named name
+// whose attributes block is rawAttrs.
+func encodeTrailer(version int, name string, rawAttrs []byte, sum []byte, size int64) []byte {
 	t := make([]byte, 0, trailerLen(version))
 	t = append(t, sum...)
 	t = binary.BigEndian.AppendUint64(t, uint64(size))
@@ -362,7 +358,7 @@ func checkBinding(version int, name string, rawAttrs []byte, t trailer) error {
 
 func hexSum(s [32]byte) string { return hex.EncodeToString(s[:]) }
 
-// sumNames says which checksum a version's objects carry, for Info.
+// The names of the plaintext checksums, for messages.
 const (
 	sumSHA256 = "sha256"
 	sumXXH3   = "xxh3-128"

@@ -115,6 +115,16 @@ type PutResult struct {
 	Checksum
 }
 
+// version returns the object format version Put writes: 3 with
+// FastChecksum, unless the sha256 is known or wanted (content-addressed
+// objects), else 2.
+func (c putConfig) version() int {
+	if c.fast && c.known == nil && c.want == nil {
+		return 3
+	}
+	return 2
+}
+
 // PutOption changes how one Put stores its object.
 type PutOption func(*putConfig)
 
@@ -132,8 +142,8 @@ type putConfig struct {
 	known *[32]byte
 	// want, when set (WantSHA256), is the sha256 the plaintext must have.
 	want *[32]byte
-	// fast (FastChecksum) writes a version 3 object (XXH3-128) unless
-	// known or want need the sha256.
+	// fast (FastChecksum) asks for a version 3 object (XXH3-128); see
+	// version.
 	fast bool
 	// group, when set (InSyncGroup), defers durability to its Sync.
 	group *SyncGroup
@@ -193,10 +203,8 @@ func (r *Repo) put(ctx context.Context, name string, rd io.Reader, c *Content, a
 		}
 		cfg.known = &c.sum
 	}
-	if cfg.known != nil || cfg.want != nil {
-		cfg.fast = false
-	}
-	hdr, err := encodeHeader(Codec(byte(cfg.codec)|flags), attrs, cfg.fast)
+	version := cfg.version()
+	hdr, err := encodeHeader(version, Codec(byte(cfg.codec)|flags), attrs)
 	if err != nil {
 		return PutResult{}, fmt.Errorf("put %s: %w", name, err)
 	}
@@ -216,7 +224,7 @@ func (r *Repo) put(ctx context.Context, name string, rd io.Reader, c *Content, a
 	if c != nil && cfg.codec == CodecNone && len(cfg.recipients) == 0 {
 		// The object is header, the bytes themselves and trailer: no
 		// pipe, no framing goroutine, no copy.
-		seg := &segments{parts: [][]byte{hdr, c.data, encodeTrailer(name, cfg.rawAttrs, c.sum[:], int64(len(c.data)))}}
+		seg := &segments{parts: [][]byte{hdr, c.data, encodeTrailer(version, name, cfg.rawAttrs, c.sum[:], int64(len(c.data)))}}
 		berr = backendPut(ctx, name, seg)
 		res = result{size: int64(len(c.data)), stored: seg.size(), sum: c.sum[:]}
 		if berr == nil && seg.off != seg.size() {
@@ -240,10 +248,6 @@ func (r *Repo) put(ctx context.Context, name string, rd io.Reader, c *Content, a
 
 	if res.err != nil && !errors.Is(res.err, errAborted) && !errors.Is(res.err, io.ErrClosedPipe) && !errors.Is(res.err, io.ErrShortWrite) {
 		return PutResult{}, fmt.Errorf("put %s: %w", name, res.err)
-	}
-	version := 2
-	if cfg.fast {
-		version = 3
 	}
 	out := PutResult{Size: res.size, StoredSize: res.stored, Checksum: checksumOf(version, res.sum)}
 	if berr == nil {
@@ -315,11 +319,8 @@ func frame(ctx context.Context, w io.Writer, rd io.Reader, hdr []byte, cfg putCo
 		return 0, sum, err
 	}
 	var h hash.Hash
-	switch {
-	case cfg.fast:
-		h = newSum(3)
-	case cfg.known == nil:
-		h = newSum(2)
+	if cfg.known == nil {
+		h = newSum(cfg.version())
 	}
 	// sink receives the payload: w itself, or an age stream into w.
 	var sink io.Writer = w
@@ -432,7 +433,7 @@ func finishFrame(w io.Writer, h hash.Hash, n int64, cfg putConfig) (int64, []byt
 		// nothing.
 		return n, sum, fmt.Errorf("%w: expected %s, read %x", ErrUnexpectedContent, hexSum(*cfg.want), sum)
 	}
-	if _, err := w.Write(encodeTrailer(cfg.name, cfg.rawAttrs, sum, n)); err != nil {
+	if _, err := w.Write(encodeTrailer(cfg.version(), cfg.name, cfg.rawAttrs, sum, n)); err != nil {
 		return n, sum, err
 	}
 	return n, sum, nil

@@ -43,9 +43,10 @@ func Median(v []float64) float64 {
 
 // WaitIOQuiet syncs and then waits until the kernel's I/O pressure (the
 // "some" share of the last 10 s in /proc/pressure/io) is below threshold
-// percent, or until limit has passed; it returns how long it waited. A run
-// started while the previous one's gigabytes are still being written back
-// or freed measured up to 3x slower, whichever tool it was.
+// percent, or until limit has passed; it returns how long it waited, so
+// that no run starts while the previous one's gigabytes are still being
+// written back. (It does not remove the slower runs that follow large
+// frees on this VM: bench/README.md, "A slow window after big frees".)
 func WaitIOQuiet(threshold float64, limit time.Duration) time.Duration {
 	start := time.Now()
 	_ = exec.Command("sync").Run()
